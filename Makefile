@@ -1,0 +1,51 @@
+# cityops: the two commands are `make run` and `make test`; every target sets up what it needs.
+SHELL := /bin/bash
+PYTHON_SYS ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STACK := bash deploy/local/stack.sh
+PYTEST_ARGS ?=
+
+.PHONY: setup up down status run test test-unit lint bench bench-grid clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+up: setup
+	$(STACK) up
+
+down:
+	$(STACK) down
+
+status:
+	$(STACK) status
+
+run: setup
+	$(STACK) up
+	$(PY) -m pipeline.cli run
+
+# The whole suite against the real broker and server; stops what it started even when tests fail.
+test: setup
+	$(STACK) run-with $(PY) -m pytest $(PYTEST_ARGS)
+
+# Unit tests only: no services needed.
+test-unit: setup
+	$(PY) -m pytest -m "not kafka and not clickhouse" $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check pipeline rules grid tests
+	$(VENV)/bin/mypy
+
+bench: setup
+	$(STACK) run-with $(PY) -m pipeline.bench
+
+bench-grid: setup
+	$(PY) -m grid.bench
+
+clean: down
+	rm -rf var $(VENV)

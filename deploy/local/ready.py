@@ -1,0 +1,45 @@
+"""Exit 0 when the named local service answers for real, 1 otherwise (used by the start scripts).
+
+kafka HOST:PORT       -- the broker returns cluster metadata
+clickhouse HOST:PORT  -- `SELECT 1` answers over the native protocol
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def kafka_ready(bootstrap: str) -> bool:
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000, client_id="cityops-ready")
+    try:
+        admin.list_topics()
+        return True
+    finally:
+        admin.close()
+
+
+def clickhouse_ready(address: str) -> bool:
+    from clickhouse_driver import Client
+
+    host, port = address.rsplit(":", 1)
+    client = Client(host=host, port=int(port), connect_timeout=2, send_receive_timeout=5)
+    try:
+        return bool(client.execute("SELECT 1") == [(1,)])
+    finally:
+        client.disconnect()
+
+
+def main() -> int:
+    service, address = sys.argv[1], sys.argv[2]
+    try:
+        ok = kafka_ready(address) if service == "kafka" else clickhouse_ready(address)
+    except Exception as err:  # any failure means "not ready yet"; the caller retries
+        print(f"{service} not ready: {err}", file=sys.stderr)
+        return 1
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,37 @@
+"""`cityops`: the one command-line entry point. Each package adds its own sub-commands.
+
+A module in COMMAND_MODULES exposes `register(subparsers)`, which adds parsers whose `func(args) -> int`
+runs the command. The order here is the order of `cityops --help`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+COMMAND_MODULES = (
+    "pipeline.topics",      # cityops topics create|list
+    "pipeline.migrate",     # cityops db migrate|status
+    "pipeline.worker",      # cityops worker
+    "pipeline.run",         # cityops run
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cityops", description="cityops: city operations event processing")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    rc: int = args.func(args)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""Settings, read once from the environment into a frozen object.
+
+Every variable is documented in the README ("Configuration"). Defaults fit the local stack started by
+deploy/local (Kafka on 127.0.0.1:19092, ClickHouse on 127.0.0.1:19000).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Kafka topic names (CONTRACTS.md); internal topics are ours to name."""
+
+    raw_hotline: str = "cityops.raw.hotline"
+    raw_patrol: str = "cityops.raw.patrol"
+    raw_iot: str = "cityops.raw.iot"
+    case_updates: str = "cityops.case-updates"
+    assignments: str = "cityops.assignments"
+    deadletter: str = "cityops.deadletter"
+    unlocated: str = "cityops.unlocated"
+
+    def all(self) -> list[str]:
+        return [self.raw_hotline, self.raw_patrol, self.raw_iot, self.case_updates,
+                self.assignments, self.deadletter, self.unlocated]
+
+
+@dataclass(frozen=True)
+class Settings:
+    kafka_bootstrap: str = "127.0.0.1:19092"
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_sasl_mechanism: str | None = None
+    kafka_username: str | None = None
+    kafka_password: str | None = None
+    kafka_ssl_cafile: str | None = None
+    partitions: int = 4
+    clickhouse_host: str = "127.0.0.1"
+    clickhouse_port: int = 19000
+    clickhouse_user: str = "default"
+    clickhouse_password: str = ""
+    clickhouse_database: str = "cityops"
+    clickhouse_secure: bool = False
+    clickhouse_ca_certs: str | None = None
+    var_dir: Path = ROOT / "var"
+    app_id: str = "cityops"
+    topics: Topics = field(default_factory=Topics)
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
+        e = dict(os.environ if env is None else env)
+        kafka_port = e.get("CITYOPS_KAFKA_PORT", "19092")
+        return cls(
+            kafka_bootstrap=e.get("CITYOPS_KAFKA_BOOTSTRAP", f"127.0.0.1:{kafka_port}"),
+            kafka_security_protocol=e.get("CITYOPS_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT"),
+            kafka_sasl_mechanism=e.get("CITYOPS_KAFKA_SASL_MECHANISM") or None,
+            kafka_username=e.get("CITYOPS_KAFKA_USERNAME") or None,
+            kafka_password=e.get("CITYOPS_KAFKA_PASSWORD") or None,
+            kafka_ssl_cafile=e.get("CITYOPS_KAFKA_SSL_CAFILE") or None,
+            partitions=int(e.get("CITYOPS_PARTITIONS", "4")),
+            clickhouse_host=e.get("CITYOPS_CLICKHOUSE_HOST", "127.0.0.1"),
+            clickhouse_port=int(e.get("CITYOPS_CLICKHOUSE_PORT", "19000")),
+            clickhouse_user=e.get("CITYOPS_CLICKHOUSE_USER", "default"),
+            clickhouse_password=e.get("CITYOPS_CLICKHOUSE_PASSWORD", ""),
+            clickhouse_database=e.get("CITYOPS_CLICKHOUSE_DATABASE", "cityops"),
+            clickhouse_secure=e.get("CITYOPS_CLICKHOUSE_SECURE", "0") in ("1", "true", "yes"),
+            clickhouse_ca_certs=e.get("CITYOPS_CLICKHOUSE_CA_CERTS") or None,
+            var_dir=Path(e.get("CITYOPS_VAR", str(ROOT / "var"))),
+            app_id=e.get("CITYOPS_APP_ID", "cityops"),
+        )
+
+    def kafka_client_options(self) -> dict[str, object]:
+        """Connection options for kafka-python clients (security settings only when configured)."""
+        opts: dict[str, object] = {"bootstrap_servers": self.kafka_bootstrap.split(",")}
+        if self.kafka_security_protocol != "PLAINTEXT":
+            opts["security_protocol"] = self.kafka_security_protocol
+        if self.kafka_sasl_mechanism:
+            opts["sasl_mechanism"] = self.kafka_sasl_mechanism
+            opts["sasl_plain_username"] = self.kafka_username
+            opts["sasl_plain_password"] = self.kafka_password
+        if self.kafka_ssl_cafile:
+            opts["ssl_cafile"] = self.kafka_ssl_cafile
+        return opts

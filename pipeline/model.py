@@ -1,0 +1,62 @@
+"""The one event model that the three sources are normalized into, and what later stages add to it.
+
+An `Event` is immutable; stages return new values (`dataclasses.replace`) rather than mutating, so a batch can
+be retried safely.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+Source = Literal["hotline", "patrol", "iot"]
+DiscoveredBy = Literal["citizen", "patrol", "sensor"]
+Team = Literal["enforcement", "handling", "supervision"]
+GridKind = Literal["street", "residential", "village", "building"]
+
+SOURCES: tuple[Source, ...] = ("hotline", "patrol", "iot")
+TEAMS: tuple[Team, ...] = ("enforcement", "handling", "supervision")
+DISCOVERED_BY: dict[Source, DiscoveredBy] = {"hotline": "citizen", "patrol": "patrol", "iot": "sensor"}
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    """Where the grid put an event. `cell` is None when the point is outside every cell."""
+
+    cell: str | None
+    subdistrict: str | None
+    grid_kind: GridKind | None
+    grid_version: str
+    snapped: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One report of a problem, from any source, after decoding and validation.
+
+    `event_id` is stable: `<source>:<source id>` (ticket number, patrol report id, or sensor id + measurement
+    time), so a replayed message maps to the same event.
+    """
+
+    event_id: str
+    source: Source
+    category: str
+    occurred_at: datetime              # when the citizen called / patrol observed / sensor measured (UTC)
+    lon: float | None = None           # WGS84; None for a hotline ticket with only an address
+    lat: float | None = None
+    address: str | None = None
+    description: str = ""
+    request_type: str | None = None    # hotline: consult, help, complaint, report, suggestion
+    channel: str | None = None         # hotline: phone, app, web, wechat
+    team: str | None = None            # patrol: the reporting patrol team
+    actor: str | None = None           # patrol: inspector id; never a citizen's name
+    sensor_id: str | None = None
+    sensor_type: str | None = None
+    value: float | None = None
+    caller_hash: str | None = None     # hotline: keyed hash of the caller's phone, never the phone itself
+    location: Location | None = None
+
+    @property
+    def discovered_by(self) -> DiscoveredBy:
+        return DISCOVERED_BY[self.source]
