@@ -53,6 +53,11 @@ class EventRow:
     snapped: bool
     merged: bool                  # True when it joined an existing case
     grid_version: str
+    grid_kind: str = ""
+    request_type: str = ""        # hotline only
+    sensor_type: str = ""         # iot only
+    value: float | None = None    # iot only: the reading
+    description: str = ""         # free text with phone numbers and ID numbers masked by the worker
 
 
 @dataclass(frozen=True, slots=True)
