@@ -1,0 +1,241 @@
+"""Source adapters: raw Kafka bytes -> a validated `Event` (or `CaseUpdate`), or `InvalidEvent(reason)`.
+
+One adapter per input topic (CONTRACTS.md "Input topics"). Each checks types, required fields, taxonomy codes,
+timestamps, coordinate ranges and sizes, and normalizes into `pipeline.model.Event`. Nothing here retries or
+logs: an invalid message raises `InvalidEvent`, which the worker turns into a dead letter.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+
+from pipeline.model import Event, Source
+from pipeline.privacy import caller_hash, mask_text
+from pipeline.taxonomy import Taxonomy, default_taxonomy
+
+MAX_MESSAGE_BYTES = 64 * 1024
+MAX_DESCRIPTION = 4000
+MAX_ID = 128
+MAX_SHORT_TEXT = 200
+REQUEST_TYPES = frozenset({"consult", "help", "complaint", "report", "suggestion"})
+CHANNELS = frozenset({"phone", "app", "web", "wechat"})
+ACTIONS = frozenset({"accept", "resolve", "verify", "reject", "reopen"})
+TEAMS = frozenset({"enforcement", "handling", "supervision"})
+
+
+class InvalidEvent(ValueError):
+    """A message that can never be processed; it goes to the dead-letter topic with `reason`."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class TimeWindow:
+    """Accepted event times: not before `earliest`, not more than `max_ahead` past the wall clock."""
+
+    earliest: datetime = datetime(2015, 1, 1, tzinfo=UTC)
+    max_ahead: timedelta = timedelta(hours=1)
+
+
+@dataclass(frozen=True, slots=True)
+class CaseUpdate:
+    """A team's report back on a case (`cityops.case-updates`)."""
+
+    update_id: str
+    case_id: str
+    action: str
+    team: str
+    actor: str
+    at: datetime
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Decoder:
+    taxonomy: Taxonomy
+    window: TimeWindow = TimeWindow()
+    now: Callable[[], datetime] = lambda: datetime.now(UTC)
+
+    # -- the four topics -------------------------------------------------------------------------------
+
+    def hotline(self, raw: bytes) -> Event:
+        obj = _object(raw)
+        ticket = _string(obj, "service_request_id", max_len=MAX_ID)
+        at = self._time(obj, "requested_datetime")
+        code = self._category(obj, "service_code")
+        caller = obj.get("caller")
+        names: tuple[str, ...] = ()
+        phone_hash = None
+        if caller is not None:
+            if not isinstance(caller, dict):
+                raise InvalidEvent("caller: must be an object with name and phone")
+            name = _opt_string(caller, "name", MAX_SHORT_TEXT, prefix="caller.")
+            phone = _opt_string(caller, "phone", 40, prefix="caller.")
+            names = (name,) if name else ()
+            phone_hash = caller_hash(phone) if phone else None
+        description = _opt_string(obj, "description", MAX_DESCRIPTION) or ""
+        request_type = _opt_enum(obj, "request_type", REQUEST_TYPES)
+        channel = _opt_enum(obj, "channel", CHANNELS)
+        address = _opt_string(obj, "address_string", 500)
+        has_lat, has_lon = obj.get("lat") is not None, obj.get("long") is not None
+        if has_lat != has_lon:
+            raise InvalidEvent("lat/long: both or neither must be given")
+        lon = lat = None
+        if has_lat:
+            lon, lat = _coords(obj, "long", "lat")
+        elif not address:
+            raise InvalidEvent("location: neither lat/long nor address_string given")
+        return Event(
+            event_id=f"hotline:{ticket}", source="hotline", category=code, occurred_at=at, lon=lon, lat=lat,
+            address=mask_text(address, names) if address else None, description=mask_text(description, names),
+            request_type=request_type, channel=channel, caller_hash=phone_hash,
+        )
+
+    def patrol(self, raw: bytes) -> Event:
+        obj = _object(raw)
+        report = _string(obj, "report_id", max_len=MAX_ID)
+        at = self._time(obj, "observed_at")
+        team = _string(obj, "team", max_len=MAX_SHORT_TEXT)
+        inspector = _string(obj, "inspector", max_len=MAX_SHORT_TEXT)
+        code = self._category(obj, "category")
+        lon, lat = _coords(obj, "lon", "lat")
+        note = _opt_string(obj, "note", MAX_DESCRIPTION) or ""
+        _opt_string(obj, "photo_url", 2000)
+        return Event(event_id=f"patrol:{report}", source="patrol", category=code, occurred_at=at, lon=lon,
+                     lat=lat, description=mask_text(note), team=team, actor=inspector)
+
+    def iot(self, raw: bytes) -> Event:
+        """A sensor reading. Its category is filled in later from the sensor registry (a reading is no case)."""
+        obj = _object(raw)
+        sensor = _string(obj, "sensor_id", max_len=MAX_ID)
+        sensor_type = _string(obj, "sensor_type", max_len=64)
+        value = _number(obj, "value")
+        at = self._time(obj, "measured_at")
+        _opt_string(obj, "unit", 32)
+        lon = lat = None
+        if obj.get("lat") is not None or obj.get("lon") is not None:
+            lon, lat = _coords(obj, "lon", "lat")
+        return Event(event_id=f"iot:{sensor}@{at.strftime('%Y%m%dT%H%M%S.%f')}", source="iot", category="",
+                     occurred_at=at, lon=lon, lat=lat, sensor_id=sensor, sensor_type=sensor_type, value=value)
+
+    def case_update(self, raw: bytes) -> CaseUpdate:
+        obj = _object(raw)
+        case_id = _string(obj, "case_id", max_len=MAX_ID)
+        action = _opt_enum(obj, "action", ACTIONS)
+        if action is None:
+            raise InvalidEvent(f"action: required, one of {', '.join(sorted(ACTIONS))}")
+        team = _opt_enum(obj, "team", TEAMS)
+        if team is None:
+            raise InvalidEvent(f"team: required, one of {', '.join(sorted(TEAMS))}")
+        actor = _string(obj, "actor", max_len=MAX_SHORT_TEXT)
+        at = self._time(obj, "at")
+        note = _opt_string(obj, "note", MAX_DESCRIPTION) or ""
+        update_id = _opt_string(obj, "update_id", MAX_ID) or f"{case_id}:{action}:{team}:{at.isoformat()}"
+        return CaseUpdate(update_id=update_id, case_id=case_id, action=action, team=team, actor=actor, at=at,
+                          note=mask_text(note))
+
+    def for_source(self, source: Source) -> Callable[[bytes], Event]:
+        return {"hotline": self.hotline, "patrol": self.patrol, "iot": self.iot}[source]
+
+    # -- shared checks ---------------------------------------------------------------------------------
+
+    def _category(self, obj: dict[str, Any], key: str) -> str:
+        code = _string(obj, key, max_len=16)
+        if code not in self.taxonomy:
+            raise InvalidEvent(f"{key}: unknown category code {code!r} (not in the taxonomy)")
+        return code
+
+    def _time(self, obj: dict[str, Any], key: str) -> datetime:
+        text = _string(obj, key, max_len=64)
+        try:
+            at = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            raise InvalidEvent(f"{key}: not an ISO 8601 time: {text[:64]!r}") from None
+        if at.tzinfo is None or at.utcoffset() is None:
+            raise InvalidEvent(f"{key}: time has no UTC offset: {text!r}")
+        at = at.astimezone(UTC)
+        if at < self.window.earliest:
+            raise InvalidEvent(f"{key}: {text} is before {self.window.earliest.date()} (too far in the past)")
+        if at > self.now() + self.window.max_ahead:
+            raise InvalidEvent(f"{key}: {text} is in the future")
+        return at
+
+
+def default_decoder() -> Decoder:
+    return Decoder(taxonomy=default_taxonomy())
+
+
+def _object(raw: bytes) -> dict[str, Any]:
+    if len(raw) > MAX_MESSAGE_BYTES:
+        raise InvalidEvent(f"message too large: {len(raw)} bytes (limit {MAX_MESSAGE_BYTES})")
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as err:
+        raise InvalidEvent(f"not valid UTF-8 JSON: {err}") from None
+    if not isinstance(obj, dict):
+        raise InvalidEvent(f"not a JSON object but {type(obj).__name__}")
+    return obj
+
+
+def _string(obj: dict[str, Any], key: str, max_len: int) -> str:
+    if key not in obj or obj[key] is None:
+        raise InvalidEvent(f"{key}: required field missing")
+    value = obj[key]
+    if not isinstance(value, str):
+        raise InvalidEvent(f"{key}: must be a string, got {type(value).__name__}")
+    value = value.strip()
+    if not value:
+        raise InvalidEvent(f"{key}: must not be empty")
+    if len(value) > max_len:
+        raise InvalidEvent(f"{key}: too long ({len(value)} characters, limit {max_len})")
+    return value
+
+
+def _opt_string(obj: dict[str, Any], key: str, max_len: int, prefix: str = "") -> str | None:
+    value = obj.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidEvent(f"{prefix}{key}: must be a string, got {type(value).__name__}")
+    if len(value) > max_len:
+        raise InvalidEvent(f"{prefix}{key}: too long ({len(value)} characters, limit {max_len})")
+    return value.strip() or None
+
+
+def _opt_enum(obj: dict[str, Any], key: str, allowed: frozenset[str]) -> str | None:
+    value = obj.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or value not in allowed:
+        raise InvalidEvent(f"{key}: {str(value)[:40]!r} is not one of {', '.join(sorted(allowed))}")
+    return value
+
+
+def _number(obj: dict[str, Any], key: str) -> float:
+    if key not in obj or obj[key] is None:
+        raise InvalidEvent(f"{key}: required field missing")
+    value = obj[key]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidEvent(f"{key}: must be a number, got {type(value).__name__}")
+    out = float(value)
+    if not math.isfinite(out):
+        raise InvalidEvent(f"{key}: must be finite")
+    return out
+
+
+def _coords(obj: dict[str, Any], lon_key: str, lat_key: str) -> tuple[float, float]:
+    lon, lat = _number(obj, lon_key), _number(obj, lat_key)
+    if not -90.0 <= lat <= 90.0:
+        hint = " (lat/lon swapped?)" if -90.0 <= lon <= 90.0 and -180.0 <= lat <= 180.0 else ""
+        raise InvalidEvent(f"{lat_key}: latitude {lat} out of range{hint}")
+    if not -180.0 <= lon <= 180.0:
+        raise InvalidEvent(f"{lon_key}: longitude {lon} out of range")
+    return lon, lat
