@@ -1,0 +1,286 @@
+"""The dispatch rules engine: load a ruleset, dispatch events, explain decisions, reload safely while running.
+
+    ruleset = load_ruleset(DEFAULT_RULES)                  # RulesError (.problems) if the file is wrong
+    d = ruleset.dispatch(event, history)                   # Dispatch(team, priority, sla, due_at, ...)
+    print(ruleset.explain(event, history).render())        # every rule considered, matched or not and why
+
+`due_at` is the event's `occurred_at` + SLA (the SLA clock starts when the problem was reported, and a replay
+gives the same due time), unless the caller passes `now` (e.g. when dispatching a case opened long after the
+event), then `now` + SLA.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from pipeline.model import Event
+from pipeline.taxonomy import Taxonomy, default_taxonomy
+from rules.compiled import Bucket, CompiledRule, bucket, compile_default, compile_rule, index
+from rules.durations import format_duration
+from rules.errors import RulesError
+from rules.recurrence import RecurrenceCounter
+from rules.shadow import shadow_warnings
+from rules.spec import RulesetSpec, parse_ruleset
+
+DEFAULT_RULES = Path(__file__).resolve().parent / "hongkou.yaml"
+
+log = logging.getLogger("cityops.rules")
+
+# Metric names, declared once (the worker exports RulesHolder.metrics() under these names).
+METRIC_RELOADS = "cityops_rules_reloads_total"  # new versions installed by hot reload
+METRIC_REFUSALS = "cityops_rules_reload_refusals_total"  # invalid new versions refused (old one kept)
+METRIC_REFUSING = "cityops_rules_reload_refusing"  # 1 while the file on disk is refused, else 0
+
+_new = object.__new__
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """Where one event goes: team, urgency (priority 1 = most urgent), SLA and due time, escalation target on
+    overdue, extra notifications, tags, and which rule of which ruleset version decided it and why."""
+
+    team: str
+    priority: int
+    sla: timedelta
+    due_at: datetime
+    escalate_to: str | None
+    notify: tuple[str, ...]
+    tags: tuple[str, ...]
+    rule_id: str
+    reason: str
+    ruleset_version: str
+
+
+@dataclass(frozen=True)
+class RuleTrace:
+    """One rule as `explain` saw it: whether the event passed the index, matched, and was chosen."""
+
+    rule_id: str
+    order: int | None
+    description: str
+    candidate: bool  # source and category fit (otherwise the compiled engine never evaluates it)
+    matched: bool
+    chosen: bool
+    lines: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """A dispatch decision with every rule considered (in order) and the default."""
+
+    event_id: str
+    ruleset_version: str
+    dispatch: Dispatch
+    rules: tuple[RuleTrace, ...]
+
+    def render(self) -> str:
+        d = self.dispatch
+        out = [
+            f"event {self.event_id} -> {d.team} (priority {d.priority}, SLA {format_duration(d.sla)}, "
+            f"due {d.due_at.isoformat()})",
+            f"  rule: {d.rule_id}   ruleset: {self.ruleset_version}",
+            f"  reason: {d.reason}",
+            f"  escalate to: {d.escalate_to or '-'}   notify: {', '.join(d.notify) or '-'}   "
+            f"tags: {', '.join(d.tags) or '-'}",
+            "",
+            "rules considered:",
+        ]
+        for t in self.rules:
+            verdict = "CHOSEN" if t.chosen else ("matched (an earlier rule won)" if t.matched else "no match")
+            where = f"order {t.order}" if t.order is not None else "fallback"
+            out.append(
+                f"- {t.rule_id} ({where}): {verdict}" + (f" - {t.description}" if t.description else "")
+            )
+            out += [f"    {line}" for line in t.lines]
+        return "\n".join(out)
+
+
+class Ruleset:
+    """A loaded, compiled ruleset. Immutable; safe to share between threads."""
+
+    def __init__(self, spec: RulesetSpec, taxonomy: Taxonomy) -> None:
+        self.spec = spec
+        self.version = spec.version
+        self.name = spec.name
+        self.warnings: list[str] = shadow_warnings(spec, taxonomy)
+        self.rules: tuple[CompiledRule, ...] = tuple(compile_rule(r, self.version) for r in spec.rules)
+        self.default = compile_default(spec.default, self.version)
+        self._buckets = index(self.rules, self.default, taxonomy)
+
+    def _bucket(self, source: str, category: str) -> Bucket:
+        by_category = self._buckets.get(source)
+        found = by_category.get(category) if by_category is not None else None
+        # a code outside the taxonomy (bad input upstream) still gets a route, just not a precomputed list
+        return found if found is not None else bucket(self.rules, self.default, source, category)
+
+    def choose(self, event: Event, recurrence: RecurrenceCounter | None = None) -> CompiledRule:
+        """The first rule (by order) that matches, or the default."""
+        for predicate, rule in self._bucket(event.source, event.category):
+            if predicate is None or predicate(event, recurrence):
+                return rule
+        raise AssertionError("every bucket ends with an always-matching entry")
+
+    def dispatch(
+        self, event: Event, recurrence: RecurrenceCounter | None = None, now: datetime | None = None
+    ) -> Dispatch:
+        """Route one event. Without a `recurrence` counter, recurrence conditions do not match."""
+        return self.dispatch_batch((event,), recurrence, now)[0]
+
+    def dispatch_batch(
+        self,
+        events: Iterable[Event],
+        recurrence: RecurrenceCounter | None = None,
+        now: datetime | None = None,
+    ) -> list[Dispatch]:
+        """Route many events, in order; the same result as `dispatch` on each, faster."""
+        buckets = self._buckets
+        slow = self._bucket
+        out: list[Dispatch] = []
+        append = out.append
+        for ev in events:
+            by_category = buckets.get(ev.source)
+            entries = by_category.get(ev.category) if by_category is not None else None
+            if entries is None:
+                entries = slow(ev.source, ev.category)
+            for predicate, rule in entries:  # noqa: B007 (`rule` is used after the break)
+                if predicate is None or predicate(ev, recurrence):
+                    break
+            # a frozen dataclass built from the rule's prepared fields: the per-event cost is one dict copy
+            d = _new(Dispatch)
+            fields = d.__dict__
+            fields.update(rule.template)
+            fields["due_at"] = (ev.occurred_at if now is None else now) + rule.sla
+            if rule.dynamic:
+                fields["reason"] = rule.reason_for(ev, recurrence)
+            append(d)
+        return out
+
+    def explain(
+        self, event: Event, recurrence: RecurrenceCounter | None = None, now: datetime | None = None
+    ) -> Explanation:
+        """The dispatch of `event` with every rule's verdict; the chosen rule is the one `dispatch` picks."""
+        chosen = self.choose(event, recurrence)
+        traces: list[RuleTrace] = []
+        for rule in self.rules:
+            assert rule.rule is not None
+            candidate = event.source in rule.sources and (
+                rule.category is None or rule.category.matches(event.category)
+            )
+            matched, lines = rule.rule.when.trace(event, recurrence)
+            traces.append(
+                RuleTrace(
+                    rule.rule_id,
+                    rule.rule.order,
+                    rule.rule.description,
+                    candidate,
+                    matched,
+                    rule is chosen,
+                    tuple(lines),
+                )
+            )
+        traces.append(
+            RuleTrace(
+                self.default.rule_id, None, "when no rule matches", True, True, chosen is self.default, ()
+            )
+        )
+        return Explanation(event.event_id, self.version, self.dispatch(event, recurrence, now), tuple(traces))
+
+
+def load_ruleset(path: Path = DEFAULT_RULES, taxonomy: Taxonomy | None = None) -> Ruleset:
+    """Parse, validate and compile a rules file; raise RulesError listing every problem."""
+    tax = taxonomy or default_taxonomy()
+    return Ruleset(parse_ruleset(Path(path), tax), tax)
+
+
+class RulesHolder:
+    """The ruleset a running worker uses, swapped atomically when the file changes.
+
+    Construction loads the file and raises RulesError when it is invalid (a worker must not start on bad
+    rules). Later, `maybe_reload()` (cheap: one stat) reloads when the file's signature changed; a new version
+    that fails validation is refused: the current ruleset keeps running, `refusals` grows, `last_error` holds
+    the problems and a WARNING is logged. Readers take `holder.current` once per batch; the swap is a single
+    reference assignment, so a batch never sees half of a ruleset.
+    """
+
+    def __init__(self, path: Path = DEFAULT_RULES, taxonomy: Taxonomy | None = None) -> None:
+        self.path = Path(path)
+        self._taxonomy = taxonomy or default_taxonomy()
+        self._lock = threading.Lock()
+        self._signature = self._stat()
+        self.current: Ruleset = load_ruleset(self.path, self._taxonomy)
+        self.loaded_at = time.time()
+        self.last_error: str | None = None
+        self.last_refused_at: float | None = None
+        self.refusals = 0
+        self.reloads = 0
+        for warning in self.current.warnings:
+            log.warning("rules warning: %s", warning)
+
+    def _stat(self) -> tuple[int, int, int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns)
+
+    def maybe_reload(self) -> bool:
+        """Reload if the file changed since the last look; True when a new version was installed."""
+        if self._stat() == self._signature:
+            return False
+        return self.reload()
+
+    def reload(self) -> bool:
+        """Load the file now; True when a new version was installed, False if refused or unchanged."""
+        with self._lock:
+            # the signature is taken before reading, so a write during the read is seen by the next check
+            self._signature = self._stat()
+            try:
+                candidate = load_ruleset(self.path, self._taxonomy)
+            except RulesError as err:
+                self.refusals += 1
+                self.last_error = str(err)
+                self.last_refused_at = time.time()
+                log.warning(
+                    "rules reload refused, keeping version %s: %s",
+                    self.current.version,
+                    "; ".join(err.problems),
+                )
+                return False
+            self.last_error = None
+            if candidate.version == self.current.version:
+                return False
+            previous, self.current = self.current, candidate
+            self.reloads += 1
+            self.loaded_at = time.time()
+            log.info("rules reloaded: %s -> %s", previous.version, candidate.version)
+            for warning in candidate.warnings:
+                log.warning("rules warning: %s", warning)
+            return True
+
+    def status(self) -> dict[str, object]:
+        """For the ops-centre page: the running version, and whether (and why) the file on disk is refused."""
+        return {
+            "path": str(self.path),
+            "version": self.current.version,
+            "loaded_at": self.loaded_at,
+            "reloads": self.reloads,
+            "refusals": self.refusals,
+            "refusing": self.last_error is not None,
+            "last_error": self.last_error,
+            "last_refused_at": self.last_refused_at,
+            "warnings": list(self.current.warnings),
+        }
+
+    def metrics(self) -> dict[str, float]:
+        return {
+            METRIC_RELOADS: float(self.reloads),
+            METRIC_REFUSALS: float(self.refusals),
+            METRIC_REFUSING: 1.0 if self.last_error is not None else 0.0,
+        }
