@@ -1,0 +1,489 @@
+"""`GridIndex`: locate batches of WGS84 points in unit cells; `GridHolder`: swap grid files safely at run time.
+
+The rule (what `locate_batch` answers, and what the tests check against a brute-force shapely reference):
+
+1. A point is *in* a cell when the cell's closed polygon covers it (boundary included). When several cells
+   cover it (it lies on a shared edge or vertex), it belongs to the one with the largest lattice column, and
+   among those the largest row: **east wins, then north**. For whole squares this is the half-open rule
+   [west, east) × [south, north); on a district outline the outline belongs to the district.
+2. A point no cell covers is *snapped* to the nearest cell when that cell is within `snap_tolerance_m`
+   (default 50 m, distances in the grid's `LocalMetric`); equally near cells are again decided east, then
+   north. Beyond the tolerance the point is *outside*: no cell, but still a result, never an exception.
+3. A point that is not a position (NaN, infinite, latitude beyond ±90 or longitude beyond ±180, e.g. lat/lon
+   swapped) gets a per-point `error` sentence; the rest of the batch is answered normally.
+
+How it is fast: cells are lattice squares clipped to the outline (`grid.lattice`), so the square of a point is
+two `searchsorted` calls and its cell one array lookup. Whole squares answer at once. A clipped square is cut
+into SUB × SUB sub-squares classified at load time as inside, outside or straddling its cell (with a margin
+far larger than float rounding, so the classification is never wrong); only points in straddling sub-squares,
+on lattice edges next to a clipped cell, or near the outline outside every cell reach GEOS.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import shapely
+
+from grid import CELLS_FILE
+from grid.datum import FloatArray, LocalMetric
+from grid.gridfile import GridFile, read_grid_file
+from grid.lattice import Lattice
+from pipeline.model import GridKind, Location
+
+SUB = 16                 # sub-squares per side of a clipped square
+_MARGIN_DEG = 1e-9       # ≈ 0.1 mm: the sub-square classification holds for points this far outside a sub-square
+DEFAULT_SNAP_TOLERANCE_M = 50.0
+
+IntArray = npt.NDArray[np.int64]
+BoolArray = npt.NDArray[np.bool_]
+ObjArray = npt.NDArray[np.object_]
+
+# Sub-square classes.
+_OUT, _IN, _EDGE = 0, 1, 2
+
+
+@dataclass(frozen=True, slots=True)
+class PointResult:
+    """Where one point was located (see the module docstring for the rule)."""
+
+    cell: str | None
+    subdistrict: str | None
+    grid_kind: GridKind | None
+    snapped: bool
+    error: str | None
+    distance_m: float      # 0.0 inside a cell, the snapping distance when snapped, NaN otherwise
+    grid_version: str
+
+    def location(self) -> Location | None:
+        """The pipeline's `Location` (cell None when outside); None when the point itself was bad."""
+        if self.error is not None:
+            return None
+        return Location(self.cell, self.subdistrict, self.grid_kind, self.grid_version, self.snapped)
+
+
+class LocateResult:
+    """Parallel per-point answers of one batch; `cell_index[i]` is -1 where there is no cell.
+
+    `cell`, `subdistrict`, `grid_kind` and `error` are object arrays of str or None, built on first access (a
+    worker that only needs some of them does not pay for the others); `snapped` is bool; `distance_m` is 0
+    inside a cell, the snapping distance when snapped, NaN when outside or bad.
+    """
+
+    __slots__ = ("cell_index", "snapped", "distance_m", "grid_version", "_errors", "_tables", "_cache")
+
+    def __init__(self, cell_index: IntArray, snapped: BoolArray, distance_m: FloatArray, errors: dict[int, str],
+                 grid_version: str, tables: tuple[ObjArray, ObjArray, ObjArray]) -> None:
+        self.cell_index = cell_index
+        self.snapped = snapped
+        self.distance_m = distance_m
+        self.grid_version = grid_version
+        self._errors = errors
+        self._tables = tables
+        self._cache: dict[str, ObjArray] = {}
+
+    def __len__(self) -> int:
+        return len(self.cell_index)
+
+    def _column(self, name: str, k: int) -> ObjArray:
+        col = self._cache.get(name)
+        if col is None:
+            col = self._cache[name] = self._tables[k][self.cell_index]
+        return col
+
+    @property
+    def cell(self) -> ObjArray:
+        """15-digit cell code per point, or None."""
+        return self._column("cell", 0)
+
+    @property
+    def subdistrict(self) -> ObjArray:
+        """9-digit sub-district code per point, or None."""
+        return self._column("subdistrict", 1)
+
+    @property
+    def grid_kind(self) -> ObjArray:
+        """street / residential / village / building per point, or None."""
+        return self._column("grid_kind", 2)
+
+    @property
+    def error(self) -> ObjArray:
+        """None, or why point i is not a position (e.g. "latitude out of range: 121.4 (lat/lon swapped?)")."""
+        col = self._cache.get("error")
+        if col is None:
+            col = self._cache["error"] = np.full(len(self.cell_index), None, dtype=object)
+            for i, msg in self._errors.items():
+                col[i] = msg
+        return col
+
+    @property
+    def errors(self) -> dict[int, str]:
+        """Only the bad points: index → reason (cheap to check: empty for a clean batch)."""
+        return dict(self._errors)
+
+    @property
+    def outside(self) -> BoolArray:
+        """Valid points that are in no cell, even after snapping."""
+        out = self.cell_index < 0
+        if self._errors:
+            out[list(self._errors)] = False
+        return out
+
+    def point(self, i: int) -> PointResult:
+        """The answer for point i as a value object."""
+        j = int(self.cell_index[i])
+        codes, subs, kinds = self._tables
+        return PointResult(codes[j], subs[j], kinds[j], bool(self.snapped[i]), self._errors.get(i),
+                           float(self.distance_m[i]), self.grid_version)
+
+    def location(self, i: int) -> Location | None:
+        """`pipeline.model.Location` for point i (None when the point was bad: see `error[i]`)."""
+        return self.point(i).location()
+
+
+def _with_none(values: list[str]) -> ObjArray:
+    """Object array with a trailing None, so that indexing it with -1 (no cell) gives None."""
+    arr = np.empty(len(values) + 1, dtype=object)
+    arr[:-1] = values
+    arr[-1] = None
+    return arr
+
+
+def point_errors(lons: FloatArray, lats: FloatArray) -> dict[int, str]:
+    """Index → reason for each pair that is not a WGS84 position (NaN, infinite, out of range, swapped)."""
+    errors: dict[int, str] = {}
+    with np.errstate(invalid="ignore"):
+        ok = np.isfinite(lons) & np.isfinite(lats) & (np.abs(lats) <= 90.0) & (np.abs(lons) <= 180.0)
+    for i in np.flatnonzero(~ok).tolist():
+        lon, lat = float(lons[i]), float(lats[i])
+        if math.isnan(lon) or math.isnan(lat):
+            errors[i] = f"{'longitude' if math.isnan(lon) else 'latitude'} is not a number"
+        elif math.isinf(lon) or math.isinf(lat):
+            errors[i] = f"{'longitude' if math.isinf(lon) else 'latitude'} is infinite"
+        elif abs(lat) > 90.0:
+            hint = " (lat/lon swapped?)" if abs(lat) <= 180.0 and abs(lon) <= 90.0 else ""
+            errors[i] = f"latitude out of range: {lat}{hint}"
+        else:
+            errors[i] = f"longitude out of range: {lon}"
+    return errors
+
+
+class GridIndex:
+    """A loaded grid file, ready to locate points. Immutable after construction; safe to share between threads."""
+
+    def __init__(self, grid: GridFile, snap_tolerance_m: float = DEFAULT_SNAP_TOLERANCE_M) -> None:
+        if not snap_tolerance_m >= 0.0:
+            raise ValueError(f"snap_tolerance_m must be >= 0, got {snap_tolerance_m}")
+        self.version: str = grid.version
+        self.source: str = grid.source
+        self.snap_tolerance_m = float(snap_tolerance_m)
+        self.lattice: Lattice = grid.lattice
+        lat = self.lattice
+        cells = grid.cells
+        self._codes = _with_none([c.code for c in cells])
+        self._subdistricts = _with_none([c.subdistrict for c in cells])
+        self._kinds = _with_none([c.kind for c in cells])
+        self._cols = np.array([c.col for c in cells], dtype=np.int64)
+        self._rows = np.array([c.row for c in cells], dtype=np.int64)
+        self._geoms = np.array([c.geometry for c in cells], dtype=object)
+        shapely.prepare(self._geoms)
+        self._code_to_index = {c.code: i for i, c in enumerate(cells)}
+        self._lon_edges = lat.lon_edges()
+        self._lat_edges = lat.lat_edges()
+
+        # Square → cell (or -1). The validator guarantees one cell per square.
+        self._square_cell = np.full((lat.nrows, lat.ncols), -1, dtype=np.int64)
+        self._square_cell[self._rows - lat.row0, self._cols - lat.col0] = np.arange(len(cells))
+        boxes = np.array([shapely.box(*lat.square(int(c), int(r))) for c, r in zip(self._cols, self._rows,
+                                                                                      strict=True)])
+        self._full = shapely.covers(self._geoms, boxes)
+        self._sub_class, self._sub_slot = self._classify_sub_squares()
+        self._sub_slot = np.append(self._sub_slot, -1)  # index -1 (no cell) → no slot
+        self._square_cell_flat = self._square_cell.ravel()
+        self._inv_dlon = float(lat.ncols / (self._lon_edges[-1] - self._lon_edges[0]))
+        self._inv_dlat = float(lat.nrows / (self._lat_edges[-1] - self._lat_edges[0]))
+        self._tables = (self._codes, self._subdistricts, self._kinds)
+
+        # Snapping: squares from which a cell may lie within the tolerance, and the cells in metres.
+        self.metric = LocalMetric(*grid.metric_ref) if grid.metric_ref != (0.0, 0.0) else LocalMetric(
+            float(self._lon_edges.mean()), float(self._lat_edges.mean()))
+        self._near = self._near_squares()
+        self._projected = shapely.transform(
+            self._geoms, lambda xy: np.column_stack(self.metric.to_xy(xy[:, 0], xy[:, 1])))
+        self._tree = shapely.STRtree(self._projected)
+
+    @classmethod
+    def load(cls, path: Path | None = None, snap_tolerance_m: float = DEFAULT_SNAP_TOLERANCE_M) -> GridIndex:
+        """Load a grid file (default: the shipped grid/data/cells.geojson). Raises GridFileError if unreadable.
+
+        Loading does not validate; `GridHolder` validates before it swaps, and the shipped file is validated
+        by the test suite.
+        """
+        return cls(read_grid_file(Path(path) if path is not None else CELLS_FILE), snap_tolerance_m)
+
+    def __len__(self) -> int:
+        return len(self._cols)
+
+    def _classify_sub_squares(self) -> tuple[npt.NDArray[np.uint8], IntArray]:
+        """For each clipped cell, a SUB×SUB array of sub-square classes; slot per cell (-1 for whole squares)."""
+        clipped = np.flatnonzero(~self._full)
+        slot = np.full(len(self._cols), -1, dtype=np.int64)
+        slot[clipped] = np.arange(len(clipped))
+        classes = np.zeros((len(clipped), SUB, SUB), dtype=np.uint8)
+        if len(clipped) == 0:
+            return classes, slot
+        a, b = np.meshgrid(np.arange(SUB), np.arange(SUB), indexing="ij")  # a: x step, b: y step
+        for k, i in enumerate(clipped):
+            x0, y0, x1, y1 = self.lattice.square(int(self._cols[i]), int(self._rows[i]))
+            w, h = (x1 - x0) / SUB, (y1 - y0) / SUB
+            sub_boxes = shapely.box(x0 + a * w - _MARGIN_DEG, y0 + b * h - _MARGIN_DEG,
+                                    x0 + (a + 1) * w + _MARGIN_DEG, y0 + (b + 1) * h + _MARGIN_DEG)
+            geom = self._geoms[i]
+            inside = shapely.covers(geom, sub_boxes)
+            touching = shapely.intersects(geom, sub_boxes)
+            classes[k] = np.where(inside, _IN, np.where(touching, _EDGE, _OUT))
+        return classes, slot
+
+    def _near_squares(self) -> BoolArray:
+        """Squares within reach of a cell for the snapping tolerance (a generous superset; GEOS decides)."""
+        lat = self.lattice
+        sq_w = (self._lon_edges[1] - self._lon_edges[0]) * self.metric.m_per_deg_lon
+        sq_h = (self._lat_edges[1] - self._lat_edges[0]) * self.metric.m_per_deg_lat
+        k = int(math.ceil(self.snap_tolerance_m / min(sq_w, sq_h))) + 1
+        has_cell = self._square_cell >= 0
+        near = np.zeros_like(has_cell)
+        padded = np.pad(has_cell, k)
+        for dr in range(2 * k + 1):
+            for dc in range(2 * k + 1):
+                near |= padded[dr:dr + lat.nrows, dc:dc + lat.ncols]
+        return near
+
+    # ---- lookup ---------------------------------------------------------------------------------------
+
+    def locate_batch(self, lons: npt.ArrayLike, lats: npt.ArrayLike) -> LocateResult:
+        """Locate each (lons[i], lats[i]) (WGS84 degrees) by the rule in the module docstring.
+
+        Raises ValueError only when the two arrays differ in length; bad individual points get `error[i]`.
+        None in the input counts as NaN.
+        """
+        x = np.asarray(lons, dtype=np.float64).ravel()
+        y = np.asarray(lats, dtype=np.float64).ravel()
+        if x.shape != y.shape:
+            raise ValueError(f"lons and lats differ in length: {x.shape[0]} != {y.shape[0]}")
+        lat = self.lattice
+        ex, ey = self._lon_edges, self._lat_edges
+        # NaN compares False, so bad points are never in the window; the window lies within ±90/±180.
+        in_window = (x >= ex[0]) & (x < ex[-1]) & (y >= ey[0]) & (y < ey[-1])
+        all_in = bool(in_window.all())
+        errors: dict[int, str] = {}
+        if not all_in:
+            out = np.flatnonzero(~in_window)
+            errors = {int(out[k]): msg for k, msg in point_errors(x[out], y[out]).items()}
+            x = np.where(in_window, x, ex[0])  # park points outside the window on square (0, 0)
+            y = np.where(in_window, y, ey[0])
+        ci = self._axis_index(x, ex, self._inv_dlon, lat.ncols)
+        ri = self._axis_index(y, ey, self._inv_dlat, lat.nrows)
+        cell = self._square_cell_flat[ri * lat.ncols + ci]
+        if not all_in:
+            cell[~in_window] = -1
+
+        # Clipped cells: decide by the sub-square class, GEOS only for straddling sub-squares.
+        slot = self._sub_slot[cell]
+        todo = np.flatnonzero(slot >= 0)
+        if len(todo):
+            ct, rt = ci[todo], ri[todo]
+            x0, y0 = ex[ct], ey[rt]
+            a = np.minimum(((x[todo] - x0) / (ex[ct + 1] - x0) * SUB).astype(np.int64), SUB - 1)
+            b = np.minimum(((y[todo] - y0) / (ey[rt + 1] - y0) * SUB).astype(np.int64), SUB - 1)
+            cls = self._sub_class[slot[todo], a, b]
+            edge = todo[cls == _EDGE]
+            if len(edge):
+                hit = shapely.covers(self._geoms[cell[edge]], shapely.points(x[edge], y[edge]))
+                cell[edge[~hit]] = -1
+            cell[todo[cls == _OUT]] = -1
+
+        missed = np.flatnonzero(cell < 0) if all_in else np.flatnonzero((cell < 0) & in_window)
+        snapped = np.zeros(len(x), dtype=bool)
+        distance = np.zeros(len(x), dtype=np.float64)
+        if len(missed):
+            # A point on the west/south edge of its square may be on a neighbour cell's east/north edge.
+            tie = missed[(x[missed] == ex[ci[missed]]) | (y[missed] == ey[ri[missed]])]
+            if len(tie):
+                cell[tie] = self._neighbour_ties(tie, x, y, ci, ri)
+        if len(missed) or not all_in:
+            distance[cell < 0] = np.nan
+            bad = np.zeros(len(x), dtype=bool)
+            bad[list(errors)] = True
+            xo = np.asarray(lons, dtype=np.float64).ravel()
+            yo = np.asarray(lats, dtype=np.float64).ravel()
+            self._snap(cell, distance, snapped, xo, yo, ci, ri, in_window, bad)
+        return LocateResult(cell, snapped, distance, errors, self.version, self._tables)
+
+    @staticmethod
+    def _axis_index(v: FloatArray, edges: FloatArray, inv_step: float, n: int) -> IntArray:
+        """Index k with edges[k] <= v < edges[k+1], for v inside [edges[0], edges[-1]).
+
+        Arithmetic first (fast), then one exact comparison each way against the stored edges, so a value on an
+        edge goes east/north exactly as the half-open rule says, whatever the rounding of the division.
+        """
+        k = np.minimum(((v - edges[0]) * inv_step).astype(np.int64), n - 1)
+        k -= v < edges[k]
+        k += v >= edges[k + 1]
+        return k
+
+    def _neighbour_ties(self, tie: IntArray, x: FloatArray, y: FloatArray, ci: IntArray,
+                        ri: IntArray) -> IntArray:
+        """For points exactly on the west and/or south edge of their square: the first covering neighbour
+        in east-then-north order, i.e. (col, row-1), then (col-1, row), then (col-1, row-1)."""
+        out = np.full(len(tie), -1, dtype=np.int64)
+        for k, i in enumerate(tie):
+            c, r = int(ci[i]), int(ri[i])
+            on_x, on_y = x[i] == self._lon_edges[c], y[i] == self._lat_edges[r]
+            candidates = []
+            if on_y:
+                candidates.append((c, r - 1))
+            if on_x:
+                candidates.append((c - 1, r))
+            if on_x and on_y:
+                candidates.append((c - 1, r - 1))
+            pt = shapely.Point(x[i], y[i])
+            for cc, rr in candidates:
+                if 0 <= cc < self.lattice.ncols and 0 <= rr < self.lattice.nrows:
+                    j = int(self._square_cell[rr, cc])
+                    if j >= 0 and self._geoms[j].covers(pt):
+                        out[k] = j
+                        break
+        return out
+
+    def _snap(self, cell: IntArray, distance: FloatArray, snapped: BoolArray, x: FloatArray, y: FloatArray,
+              ci: IntArray, ri: IntArray, in_window: BoolArray, bad: BoolArray) -> None:
+        """Snap uncovered points to the nearest cell within the tolerance (in place)."""
+        if self.snap_tolerance_m <= 0.0:
+            return
+        lat = self.lattice
+        uncovered = (cell < 0) & ~bad
+        near = np.zeros(len(x), dtype=bool)
+        idx = np.flatnonzero(uncovered & in_window)
+        near[idx] = self._near[ri[idx], ci[idx]]
+        # Outside the lattice window: near only if the window edge itself is within the tolerance.
+        out_idx = np.flatnonzero(uncovered & ~in_window)
+        if len(out_idx):
+            px, py = self.metric.to_xy(x[out_idx], y[out_idx])
+            wx0, wy0 = self.metric.to_xy(self._lon_edges[:1], self._lat_edges[:1])
+            wx1, wy1 = self.metric.to_xy(self._lon_edges[-1:], self._lat_edges[-1:])
+            dx = np.maximum(np.maximum(wx0 - px, px - wx1), 0.0)
+            dy = np.maximum(np.maximum(wy0 - py, py - wy1), 0.0)
+            near[out_idx] = np.hypot(dx, dy) <= self.snap_tolerance_m
+        cand = np.flatnonzero(near)
+        if not len(cand):
+            return
+        px, py = self.metric.to_xy(x[cand], y[cand])
+        (pi, ti), dist = self._tree.query_nearest(shapely.points(px, py), max_distance=self.snap_tolerance_m,
+                                                  return_distance=True, all_matches=True)
+        # Several equally near cells: east, then north, wins (same as the tie rule inside).
+        best: dict[int, tuple[float, int, int, int]] = {}
+        for p, t, d in zip(pi.tolist(), ti.tolist(), dist.tolist(), strict=True):
+            if d > self.snap_tolerance_m:
+                continue
+            key = (-d, int(self._cols[t]), int(self._rows[t]), t)
+            if p not in best or key > best[p]:
+                best[p] = key
+        for p, (neg_d, _, _, t) in best.items():
+            i = cand[p]
+            cell[i] = t
+            distance[i] = -neg_d
+            snapped[i] = True
+        _ = lat
+
+    def locate(self, lon: float | None, lat: float | None) -> PointResult:
+        """Locate one point (convenience; batches are much faster per point)."""
+        return self.locate_batch([np.nan if lon is None else lon], [np.nan if lat is None else lat]).point(0)
+
+    # ---- inspection ------------------------------------------------------------------------------------
+
+    def cell_geometry(self, code: str) -> shapely.Geometry | None:
+        """The WGS84 polygon of a cell, or None for an unknown code."""
+        i = self._code_to_index.get(code)
+        return None if i is None else self._geoms[i]
+
+    def cell_info(self, code: str) -> dict[str, object] | None:
+        """Code, sub-district, kind, lattice square and centre of a cell; None for an unknown code."""
+        i = self._code_to_index.get(code)
+        if i is None:
+            return None
+        c = self._geoms[i].centroid
+        return {"cell": code, "subdistrict": self._subdistricts[i], "grid": code[:12],
+                "district": code[:6], "grid_kind": self._kinds[i], "col": int(self._cols[i]),
+                "row": int(self._rows[i]), "whole_square": bool(self._full[i]),
+                "centroid": (round(c.x, 7), round(c.y, 7))}
+
+    def codes(self) -> list[str]:
+        """All cell codes, in file order."""
+        return list(self._codes[:-1])
+
+
+class GridHolder:
+    """The grid a running worker uses, swapped only for a file that passes validation.
+
+    `current` is always a complete, validated `GridIndex` (attribute assignment is atomic, so readers never
+    see a half-loaded grid). `reload()` validates and swaps; on any problem it keeps the old index, records
+    `last_error` and returns False. `maybe_reload()` is cheap (one `stat`) and reloads only when the file's
+    mtime or size changed since the last attempt, so a bad file is reported once, not every few seconds.
+    """
+
+    def __init__(self, path: Path | None = None, snap_tolerance_m: float = DEFAULT_SNAP_TOLERANCE_M) -> None:
+        self.path = Path(path) if path is not None else CELLS_FILE
+        self.snap_tolerance_m = snap_tolerance_m
+        self.last_error: str | None = None
+        self._lock = threading.Lock()
+        self._seen = self._stamp()
+        grid = read_grid_file(self.path)
+        from grid.validate import validate_parsed
+
+        problems = validate_parsed(grid)
+        if problems:
+            raise ValueError(f"{self.path}: invalid grid, refusing to start: {'; '.join(problems[:5])}")
+        self.current: GridIndex = GridIndex(grid, snap_tolerance_m)
+
+    def _stamp(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size)
+
+    def reload(self) -> bool:
+        """Validate the file and swap to it; False (old grid kept, `last_error` set) when it is not usable."""
+        from grid.gridfile import GridFileError
+        from grid.validate import validate_parsed
+
+        with self._lock:
+            self._seen = self._stamp()
+            try:
+                grid = read_grid_file(self.path)
+            except GridFileError as err:
+                self.last_error = str(err)
+                return False
+            problems = validate_parsed(grid)
+            if problems:
+                more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+                self.last_error = f"refused {self.path}: " + "; ".join(problems[:3]) + more
+                return False
+            if grid.version == self.current.version:
+                self.last_error = None
+                return False
+            self.current = GridIndex(grid, self.snap_tolerance_m)
+            self.last_error = None
+            return True
+
+    def maybe_reload(self) -> bool:
+        """Reload if the file changed since the last look; True only when a new grid was swapped in."""
+        if self._stamp() == self._seen:
+            return False
+        return self.reload()
