@@ -15,7 +15,6 @@ COMMAND_MODULES = (
     "pipeline.topics",      # cityops topics create|list
     "pipeline.migrate",     # cityops db migrate|status
     "pipeline.worker",      # cityops worker
-    "pipeline.run",         # cityops run
 )
 
 

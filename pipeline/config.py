@@ -24,10 +24,11 @@ class Topics:
     assignments: str = "cityops.assignments"
     deadletter: str = "cityops.deadletter"
     unlocated: str = "cityops.unlocated"
+    located: str = "cityops.located"      # internal: located reports and case updates, keyed by grid
 
     def all(self) -> list[str]:
         return [self.raw_hotline, self.raw_patrol, self.raw_iot, self.case_updates,
-                self.assignments, self.deadletter, self.unlocated]
+                self.assignments, self.deadletter, self.unlocated, self.located]
 
 
 @dataclass(frozen=True)

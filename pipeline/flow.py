@@ -1,0 +1,317 @@
+"""The processing chain as plain batch functions: decode -> validate -> locate -> correlate -> dispatch.
+
+Nothing here talks to Kafka or ClickHouse; the Faust agents in pipeline.worker call these on each batch and
+send or store what they return. Two stages:
+
+1. `Ingest` (per raw topic, partitioned by source id): decode and validate each message, keep sensor alarm
+   state, locate in one batched grid lookup, and return the located reports keyed by their grid
+   (`pipeline.cases.partition_key`), the dead letters, the unlocated tickets and the sensor aggregates.
+2. `CaseStage` (the internal located topic, partitioned by grid): merge reports into cases, dispatch, apply
+   team updates; returns assignments, ClickHouse rows and refusals.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import re
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import numpy as np
+import orjson
+
+from pipeline.cases import CaseBook, CorrelationPolicy, Outcome, Router, case_partition_key, partition_key
+from pipeline.decode import CaseUpdate, Decoder, InvalidEvent
+from pipeline.model import Event, Location, Source
+from pipeline.privacy import redact_raw
+from pipeline.records import SensorReadingRow
+from pipeline.sensors import SensorRegistry, SensorState, minute_start, observe
+
+log = logging.getLogger("cityops.flow")
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One consumed Kafka message, with where it came from (for dead letters)."""
+
+    topic: str
+    partition: int
+    offset: int
+    value: bytes
+    key: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    source_topic: str
+    partition: int
+    offset: int
+    reason: str
+    raw: bytes
+    at: datetime
+
+    def to_json(self) -> bytes:
+        try:
+            self.raw.decode("utf-8")
+            raw_text, encoding = redact_raw(self.raw), "utf-8"
+        except UnicodeDecodeError:
+            masked = re.sub(rb"\d{7,}", lambda m: m.group()[:3] + b"*" * (len(m.group()) - 3), self.raw)
+            raw_text, encoding = base64.b64encode(masked).decode(), "base64"
+        return orjson.dumps({
+            "source_topic": self.source_topic, "partition": self.partition, "offset": self.offset,
+            "reason": self.reason, "raw": raw_text, "raw_encoding": encoding,
+            "at": self.at.isoformat().replace("+00:00", "Z"),
+        })
+
+
+class Locator(Protocol):
+    """What ingest needs from the grid (grid.index.GridIndex satisfies it)."""
+
+    version: str
+
+    def locate_batch(self, lons: Any, lats: Any) -> Any: ...
+
+
+class Geocoder(Protocol):
+    def resolve(self, address: str) -> tuple[float, float] | None: ...
+
+
+@dataclass
+class IngestResult:
+    located: list[tuple[str, bytes]] = field(default_factory=list)    # (grid key, located message)
+    deadletters: list[DeadLetter] = field(default_factory=list)
+    unlocated: list[bytes] = field(default_factory=list)
+    readings: list[SensorReadingRow] = field(default_factory=list)
+    accepted: int = 0
+    late_readings: int = 0
+    unknown_sensors: set[str] = field(default_factory=set)
+
+
+class DeadLetterLimitExceeded(RuntimeError):
+    """Too large a share of recent input was invalid: most likely a bad deploy upstream. Stop loudly."""
+
+
+class DeadLetterLimit:
+    """Stops the worker when more than `max_ratio` of the last `window` messages were dead-lettered."""
+
+    def __init__(self, max_ratio: float = 0.5, window: int = 2000, min_messages: int = 500) -> None:
+        self.max_ratio, self.window, self.min_messages = max_ratio, window, min_messages
+        self._recent: deque[bool] = deque(maxlen=window)
+        self._bad = 0
+
+    def record(self, ok: int, bad: int) -> None:
+        for flag in [False] * ok + [True] * bad:
+            if len(self._recent) == self._recent.maxlen and self._recent[0]:
+                self._bad -= 1
+            self._recent.append(flag)
+            self._bad += flag
+        if self.max_ratio < 1.0 and len(self._recent) >= self.min_messages:
+            ratio = self._bad / len(self._recent)
+            if ratio > self.max_ratio:
+                raise DeadLetterLimitExceeded(
+                    f"{ratio:.0%} of the last {len(self._recent)} messages were dead-lettered "
+                    f"(limit {self.max_ratio:.0%}); stopping so a bad upstream deploy is noticed"
+                )
+
+
+# -- messages on the internal located topic ------------------------------------------------------------
+
+def encode_located(event: Event) -> bytes:
+    loc = event.location
+    return orjson.dumps({
+        "type": "event", "event_id": event.event_id, "source": event.source, "category": event.category,
+        "occurred_at": event.occurred_at.timestamp(), "lon": event.lon, "lat": event.lat,
+        "address": event.address, "description": event.description, "request_type": event.request_type,
+        "channel": event.channel, "team": event.team, "actor": event.actor, "sensor_id": event.sensor_id,
+        "sensor_type": event.sensor_type, "value": event.value, "caller_hash": event.caller_hash,
+        "location": None if loc is None else [loc.cell, loc.subdistrict, loc.grid_kind, loc.grid_version,
+                                              loc.snapped],
+    })
+
+
+def encode_update(update: CaseUpdate) -> bytes:
+    return orjson.dumps({
+        "type": "update", "update_id": update.update_id, "case_id": update.case_id, "action": update.action,
+        "team": update.team, "actor": update.actor, "at": update.at.timestamp(), "note": update.note,
+    })
+
+
+def decode_located(raw: bytes) -> Event | CaseUpdate:
+    d = orjson.loads(raw)
+    if d["type"] == "update":
+        return CaseUpdate(update_id=d["update_id"], case_id=d["case_id"], action=d["action"], team=d["team"],
+                          actor=d["actor"], at=datetime.fromtimestamp(d["at"], UTC), note=d["note"])
+    loc = d["location"]
+    return Event(
+        event_id=d["event_id"], source=d["source"], category=d["category"],
+        occurred_at=datetime.fromtimestamp(d["occurred_at"], UTC), lon=d["lon"], lat=d["lat"],
+        address=d["address"], description=d["description"], request_type=d["request_type"],
+        channel=d["channel"], team=d["team"], actor=d["actor"], sensor_id=d["sensor_id"],
+        sensor_type=d["sensor_type"], value=d["value"], caller_hash=d["caller_hash"],
+        location=None if loc is None else Location(cell=loc[0], subdistrict=loc[1], grid_kind=loc[2],
+                                                   grid_version=loc[3], snapped=bool(loc[4])),
+    )
+
+
+# -- stage 1: ingest -----------------------------------------------------------------------------------
+
+@dataclass
+class Ingest:
+    decoder: Decoder
+    grid: Locator
+    gazetteer: Geocoder
+    sensors: SensorRegistry
+
+    def reports(self, source: Source, messages: Sequence[Message]) -> IngestResult:
+        """Hotline tickets or patrol reports: decode, geocode addresses, locate, key by grid."""
+        out = IngestResult()
+        decode = self.decoder.for_source(source)
+        events: list[Event] = []
+        origins: list[Message] = []
+        for msg in messages:
+            try:
+                events.append(decode(msg.value))
+                origins.append(msg)
+            except InvalidEvent as err:
+                out.deadletters.append(_dead(msg, err.reason))
+        self._locate_into(events, origins, out)
+        return out
+
+    def readings(self, messages: Sequence[Message], states: dict[str, SensorState]) -> IngestResult:
+        """Sensor readings: update each sensor's state (the caller persists `states`), aggregate per minute,
+        and pass on a problem only when a threshold is crossed."""
+        out = IngestResult()
+        problems: list[Event] = []
+        origins: list[Message] = []
+        touched: dict[str, tuple[SensorState, str, str]] = {}
+        for msg in messages:
+            try:
+                reading = self.decoder.iot(msg.value)
+            except InvalidEvent as err:
+                out.deadletters.append(_dead(msg, err.reason))
+                continue
+            sid = reading.sensor_id or ""
+            sensor = self.sensors.get(sid)
+            if sensor is None:
+                out.unknown_sensors.add(sid)
+            elif sensor.sensor_type != reading.sensor_type:
+                out.deadletters.append(_dead(msg, f"sensor_type: {reading.sensor_type!r} does not match the "
+                                                  f"registry's {sensor.sensor_type!r} for sensor {sid}"))
+                continue
+            state = states.get(sid)
+            if state is None:
+                state = states[sid] = SensorState()
+            prev_minute = state.minute
+            if prev_minute and sid in touched and reading.occurred_at.timestamp() >= prev_minute + 60:
+                out.readings.append(_reading_row(sid, touched[sid][1], state, touched[sid][2]))
+            obs = observe(state, reading, sensor)
+            out.accepted += 1
+            if not obs.applied:
+                out.late_readings += 1
+                continue
+            touched[sid] = (state, reading.sensor_type or "", "")
+            if obs.problem is not None:
+                problems.append(obs.problem)
+                origins.append(msg)
+        self._locate_into(problems, origins, out, count_accepted=False)
+        cells = {e.sensor_id: (e.location.cell or "") for e in problems if e.location}
+        for sid, (state, stype, _) in touched.items():
+            out.readings.append(_reading_row(sid, stype, state, cells.get(sid, "")))
+        return out
+
+    def updates(self, messages: Sequence[Message]) -> IngestResult:
+        """Case updates: validate and key by the case's grid so they meet the case."""
+        out = IngestResult()
+        for msg in messages:
+            try:
+                update = self.decoder.case_update(msg.value)
+                key = case_partition_key(update.case_id)
+            except InvalidEvent as err:
+                out.deadletters.append(_dead(msg, err.reason))
+                continue
+            except ValueError as err:
+                out.deadletters.append(_dead(msg, f"case_id: {err}"))
+                continue
+            out.located.append((key, encode_update(update)))
+            out.accepted += 1
+        return out
+
+    def _locate_into(self, events: list[Event], origins: list[Message], out: IngestResult,
+                     count_accepted: bool = True) -> None:
+        lons = np.full(len(events), np.nan)
+        lats = np.full(len(events), np.nan)
+        unresolved: set[int] = set()
+        for i, e in enumerate(events):
+            if e.lon is not None and e.lat is not None:
+                lons[i], lats[i] = e.lon, e.lat
+            elif e.address:
+                point = self.gazetteer.resolve(e.address)
+                if point is None:
+                    unresolved.add(i)
+                else:
+                    lons[i], lats[i] = point
+                    events[i] = replace(e, lon=point[0], lat=point[1])
+            else:
+                unresolved.add(i)
+        grid = self.grid
+        result = grid.locate_batch(lons, lats) if events else None
+        for i, e in enumerate(events):
+            if i in unresolved:
+                out.unlocated.append(encode_located(e))
+                if count_accepted:
+                    out.accepted += 1
+                continue
+            assert result is not None
+            error = result.error[i]
+            if error:
+                out.deadletters.append(_dead(origins[i], f"location: {error}"))
+                continue
+            cell = result.cell[i]
+            loc = Location(cell=cell, subdistrict=result.subdistrict[i], grid_kind=result.grid_kind[i],
+                           grid_version=grid.version, snapped=bool(result.snapped[i]))
+            located = replace(e, location=loc)
+            out.located.append((partition_key(loc), encode_located(located)))
+            if count_accepted:
+                out.accepted += 1
+
+
+def _dead(msg: Message, reason: str) -> DeadLetter:
+    return DeadLetter(source_topic=msg.topic, partition=msg.partition, offset=msg.offset, reason=reason,
+                      raw=msg.value, at=datetime.now(UTC))
+
+
+def _reading_row(sid: str, stype: str, state: SensorState, cell: str) -> SensorReadingRow:
+    return SensorReadingRow(sensor_id=sid, sensor_type=stype, minute=minute_start(state),
+                            readings=state.minute_readings, last_value=state.last_value,
+                            max_value=state.minute_max, cell=cell)
+
+
+# -- stage 2: cases --------------------------------------------------------------------------------------
+
+@dataclass
+class CaseStage:
+    router_source: Any          # an object with `.current` (rules.engine.RulesHolder) or a Router itself
+    policy: CorrelationPolicy = field(default_factory=CorrelationPolicy)
+
+    def router(self) -> Router:
+        current = getattr(self.router_source, "current", None)
+        return current if current is not None else self.router_source  # type: ignore[no-any-return]
+
+    def apply(self, items: Iterable[tuple[str, bytes]], books: dict[str, CaseBook]) -> Outcome:
+        """Apply located reports and updates, in order, to the books they belong to (loaded by the caller)."""
+        out = Outcome()
+        router = self.router()
+        for key, raw in items:
+            book = books.get(key)
+            if book is None:
+                book = books[key] = CaseBook(key, self.policy)
+            item = decode_located(raw)
+            if isinstance(item, CaseUpdate):
+                out.extend(book.apply_update(item, router))
+            else:
+                out.extend(book.add_event(item, router))
+        return out

@@ -1,0 +1,271 @@
+"""IoT sensors: the registry (where a sensor is, what its thresholds are) and the alarm state of each sensor.
+
+A reading is not a problem; crossing a threshold is. `SensorState.observe` applies one reading with hysteresis
+(separate alarm and clear levels) and debounce (N consecutive readings beyond the alarm level), so a flapping
+sensor opens one problem, not ten. Readings older than the sensor's latest are late (or replayed): they are
+counted, never re-applied, which makes a replay of the topic change nothing.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from pipeline.model import Event
+from pipeline.taxonomy import Taxonomy, default_taxonomy
+
+DATA = Path(__file__).resolve().parent / "data"
+DEFAULT_TYPES = DATA / "sensor_types.yaml"
+Direction = Literal["above", "below"]
+
+
+class RegistryError(ValueError):
+    """A sensor registry or type file that cannot be used; `problems` are `file:line:column: key: message`."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+@dataclass(frozen=True, slots=True)
+class Threshold:
+    direction: Direction
+    alarm: float
+    clear: float
+    debounce: int
+
+    def beyond_alarm(self, v: float) -> bool:
+        return v >= self.alarm if self.direction == "above" else v <= self.alarm
+
+    def back_to_normal(self, v: float) -> bool:
+        return v <= self.clear if self.direction == "above" else v >= self.clear
+
+
+@dataclass(frozen=True, slots=True)
+class SensorType:
+    name: str
+    unit: str
+    category: str
+    threshold: Threshold
+
+
+@dataclass(frozen=True, slots=True)
+class Sensor:
+    sensor_id: str
+    sensor_type: str
+    category: str
+    lon: float
+    lat: float
+    threshold: Threshold
+
+
+@dataclass(frozen=True)
+class SensorRegistry:
+    types: dict[str, SensorType]
+    sensors: dict[str, Sensor]
+    source: str = ""
+
+    def __len__(self) -> int:
+        return len(self.sensors)
+
+    def get(self, sensor_id: str) -> Sensor | None:
+        return self.sensors.get(sensor_id)
+
+
+_TYPE_KEYS = {"unit", "direction", "alarm", "clear", "debounce", "category"}
+
+
+def load_types(path: Path = DEFAULT_TYPES, taxonomy: Taxonomy | None = None) -> dict[str, SensorType]:
+    tax = taxonomy or default_taxonomy()
+    problems: list[str] = []
+    text = path.read_text(encoding="utf-8")
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError as err:
+        raise RegistryError([f"{path}:1:1: (top): not valid YAML: {err}"]) from None
+    if not isinstance(root, yaml.MappingNode):
+        raise RegistryError([f"{path}:1:1: (top): must be a mapping with version, kind, name, types"])
+    top = {k.value: v for k, v in root.value}
+    if "types" not in top or not isinstance(top["types"], yaml.MappingNode):
+        raise RegistryError([f"{path}:1:1: types: required mapping of sensor type -> thresholds"])
+    out: dict[str, SensorType] = {}
+    for key_node, node in top["types"].value:
+        name = key_node.value
+        where = f"{path}:{node.start_mark.line + 1}:{node.start_mark.column + 1}: types.{name}"
+        if not isinstance(node, yaml.MappingNode):
+            problems.append(f"{where}: must be a mapping")
+            continue
+        fields = {k.value: v.value for k, v in node.value}
+        unknown = set(fields) - _TYPE_KEYS
+        if unknown:
+            problems.append(f"{where}: unknown keys {', '.join(sorted(unknown))}")
+        try:
+            cat = str(fields["category"])
+            if cat not in tax:
+                raise ValueError(f"category: unknown code {cat!r}")
+            out[name] = SensorType(name=name, unit=str(fields.get("unit", "")), category=cat,
+                                   threshold=_threshold(fields))
+        except (KeyError, ValueError) as err:
+            problems.append(f"{where}: {_why(err)}")
+    if problems:
+        raise RegistryError(problems)
+    return out
+
+
+def load_registry(path: Path, types: dict[str, SensorType] | None = None,
+                  taxonomy: Taxonomy | None = None) -> SensorRegistry:
+    """Read a registry CSV: sensor_id,sensor_type,lon,lat[,category,direction,alarm,clear,debounce].
+
+    Empty override columns take the type's defaults. Every bad row is reported (`file:line:column: key: ...`);
+    one bad row rejects the file, so a running worker keeps its previous registry.
+    """
+    tax = taxonomy or default_taxonomy()
+    types = types if types is not None else load_types(taxonomy=tax)
+    problems: list[str] = []
+    sensors: dict[str, Sensor] = {}
+    with path.open(encoding="utf-8", newline="") as fh:
+        reader = csv.reader(fh)
+        header = next(reader, None)
+        required = ["sensor_id", "sensor_type", "lon", "lat"]
+        if header is None or any(h not in header for h in required):
+            raise RegistryError([f"{path}:1:1: (header): must name at least {', '.join(required)}"])
+        col = {h: i for i, h in enumerate(header)}
+        for n, row in enumerate(reader, start=2):
+            def at(key: str) -> str:
+                return f"{path}:{n}:{col.get(key, 0) + 1}: {key}"
+            if len(row) != len(header):
+                problems.append(f"{path}:{n}:1: (row): {len(row)} columns, header has {len(header)}")
+                continue
+            rec = dict(zip(header, row, strict=True))
+            sid, stype = rec["sensor_id"].strip(), rec["sensor_type"].strip()
+            if not sid:
+                problems.append(f"{at('sensor_id')}: empty")
+                continue
+            if sid in sensors:
+                problems.append(f"{at('sensor_id')}: duplicate sensor id {sid!r}")
+                continue
+            if stype not in types:
+                problems.append(f"{at('sensor_type')}: unknown sensor type {stype!r}")
+                continue
+            base = types[stype]
+            try:
+                lon, lat = float(rec["lon"]), float(rec["lat"])
+            except ValueError:
+                problems.append(f"{at('lon')}: lon/lat must be numbers")
+                continue
+            if not (math.isfinite(lon) and math.isfinite(lat) and -180 <= lon <= 180 and -90 <= lat <= 90):
+                problems.append(f"{at('lat')}: position out of range ({lon}, {lat})")
+                continue
+            category = (rec.get("category") or "").strip() or base.category
+            if category not in tax:
+                problems.append(f"{at('category')}: unknown category code {category!r}")
+                continue
+            overrides = {k: rec[k] for k in ("direction", "alarm", "clear", "debounce") if (rec.get(k) or "").strip()}
+            try:
+                th = _threshold({**_threshold_fields(base.threshold), **overrides}) if overrides else base.threshold
+            except (KeyError, ValueError) as err:
+                problems.append(f"{at(next(iter(overrides)))}: {_why(err)}")
+                continue
+            sensors[sid] = Sensor(sid, stype, category, lon, lat, th)
+    if problems:
+        raise RegistryError(problems)
+    return SensorRegistry(types=types, sensors=sensors, source=str(path))
+
+
+def _threshold_fields(t: Threshold) -> dict[str, Any]:
+    return {"direction": t.direction, "alarm": t.alarm, "clear": t.clear, "debounce": t.debounce}
+
+
+def _threshold(f: dict[str, Any]) -> Threshold:
+    direction = str(f["direction"])
+    if direction not in ("above", "below"):
+        raise ValueError(f"direction: must be above or below, not {direction!r}")
+    alarm, clear, debounce = float(f["alarm"]), float(f["clear"]), int(f["debounce"])
+    if debounce < 1:
+        raise ValueError("debounce: must be at least 1")
+    if (direction == "above" and clear >= alarm) or (direction == "below" and clear <= alarm):
+        raise ValueError(f"clear: {clear} must be on the normal side of alarm {alarm} (hysteresis)")
+    return Threshold(direction=direction, alarm=alarm, clear=clear, debounce=debounce)  # type: ignore[arg-type]
+
+
+def _why(err: Exception) -> str:
+    return f"missing key {err.args[0]}" if isinstance(err, KeyError) else str(err)
+
+
+@dataclass
+class SensorState:
+    """One sensor's alarm state and the current minute's reading aggregate (kept in a Faust table)."""
+
+    alarm: bool = False
+    streak: int = 0
+    last_at: float = 0.0
+    last_value: float = 0.0
+    alarms: int = 0
+    minute: float = 0.0
+    minute_readings: int = 0
+    minute_max: float = -math.inf
+    late: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["minute_max"] = None if math.isinf(self.minute_max) else self.minute_max
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SensorState:
+        d = dict(d)
+        d["minute_max"] = -math.inf if d.get("minute_max") is None else d["minute_max"]
+        return cls(**d)
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """What one reading did: `problem` is the event to open/merge a case with, when the alarm went off."""
+
+    applied: bool             # False when late or replayed (older than the sensor's latest reading)
+    problem: Event | None = None
+    cleared: bool = False
+
+
+def observe(state: SensorState, reading: Event, sensor: Sensor | None) -> Observation:
+    """Apply one reading to its sensor's state. Unknown sensors are aggregated but never raise problems."""
+    ts = reading.occurred_at.timestamp()
+    value = reading.value if reading.value is not None else 0.0
+    if ts <= state.last_at:
+        state.late += 1
+        return Observation(applied=False)
+    minute = math.floor(ts / 60) * 60
+    if minute != state.minute:
+        state.minute, state.minute_readings, state.minute_max = minute, 0, -math.inf
+    state.minute_readings += 1
+    state.minute_max = max(state.minute_max, value)
+    state.last_at, state.last_value = ts, value
+    if sensor is None:
+        return Observation(applied=True)
+    th = sensor.threshold
+    if not state.alarm:
+        state.streak = state.streak + 1 if th.beyond_alarm(value) else 0
+        if state.streak >= th.debounce:
+            state.alarm, state.streak = True, 0
+            state.alarms += 1
+            problem = replace(reading, category=sensor.category, lon=sensor.lon, lat=sensor.lat,
+                              event_id=f"iot:{sensor.sensor_id}:alarm{state.alarms}",
+                              description=f"{sensor.sensor_type} {value:g} beyond {th.alarm:g} "
+                                          f"for {th.debounce} reading(s)")
+            return Observation(applied=True, problem=problem)
+        return Observation(applied=True)
+    if th.back_to_normal(value):
+        state.alarm, state.streak = False, 0
+        return Observation(applied=True, cleared=True)
+    return Observation(applied=True)
+
+
+def minute_start(state: SensorState) -> datetime:
+    return datetime.fromtimestamp(state.minute, UTC)

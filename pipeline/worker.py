@@ -1,0 +1,319 @@
+"""The Faust worker: thin agents that feed batches through pipeline.flow and send or store the results.
+
+Read top to bottom, this is the whole wiring:
+
+    cityops.raw.hotline  -+
+    cityops.raw.patrol   -+-> ingest (decode, sensor state, locate) -> cityops.located (keyed by grid)
+    cityops.raw.iot      -+        |-> cityops.deadletter, cityops.unlocated, ClickHouse sensor_readings
+    cityops.case-updates -+
+    cityops.located -> cases (correlate, dispatch, lifecycle) -> cityops.assignments, ClickHouse cases/events/
+                                                                 case_transitions, cityops.deadletter (refusals)
+
+Delivery: a batch's outputs are stored in ClickHouse and acknowledged by the broker before the batch's state is
+written to the tables and its offsets can be committed (Faust commits acknowledged offsets). A crash replays
+from the last commit; stable ids make the replay change nothing (see pipeline.cases).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import faust
+import orjson
+
+from pipeline.cases import CaseBook, CorrelationPolicy, Outcome
+from pipeline.config import Settings
+from pipeline.decode import default_decoder
+from pipeline.flow import (
+    CaseStage,
+    DeadLetter,
+    DeadLetterLimit,
+    Ingest,
+    IngestResult,
+    Message,
+)
+from pipeline.model import Source
+from pipeline.records import SinkBatch
+from pipeline.sensors import SensorRegistry, SensorState, load_registry, load_types
+
+log = logging.getLogger("cityops.worker")
+
+BATCH = int(os.environ.get("CITYOPS_BATCH", "2000"))
+BATCH_WITHIN_S = float(os.environ.get("CITYOPS_BATCH_WITHIN", "0.05"))
+
+
+@dataclass
+class Counters:
+    """Running totals (exposed to the health endpoint and logs)."""
+
+    consumed: dict[str, int] = field(default_factory=dict)
+    deadletters: int = 0
+    unlocated: int = 0
+    assignments: int = 0
+    refusals: int = 0
+    duplicates: int = 0
+    unknown_sensors: set[str] = field(default_factory=set)
+    last_batch_at: float = 0.0
+
+    def add(self, topic: str, n: int) -> None:
+        self.consumed[topic] = self.consumed.get(topic, 0) + n
+        self.last_batch_at = time.time()
+
+
+@dataclass
+class Components:
+    settings: Settings
+    ingest: Ingest
+    cases: CaseStage
+    sink: Any                         # pipeline.sink.ClickHouseSink
+    grid_holder: Any                  # grid.index.GridHolder
+    rules_holder: Any                 # rules.engine.RulesHolder
+    dlq_limit: DeadLetterLimit
+    counters: Counters = field(default_factory=Counters)
+
+
+def load_components(settings: Settings) -> Components:
+    """Load grid, gazetteer, rules, sensor registry and the sink; fail loudly when any is invalid."""
+    from grid.gazetteer import Gazetteer
+    from grid.index import GridHolder
+    from pipeline.sink import ClickHouseSink
+    from rules.engine import DEFAULT_RULES, RulesHolder
+
+    grid_holder = GridHolder(Path(os.environ["CITYOPS_GRID"])) if os.environ.get("CITYOPS_GRID") else GridHolder()
+    rules_holder = RulesHolder(Path(os.environ.get("CITYOPS_RULES", str(DEFAULT_RULES))))
+    registry = load_sensor_registry()
+    max_ratio = float(os.environ.get("CITYOPS_DLQ_MAX_RATIO", "0.5"))
+    ingest = Ingest(decoder=default_decoder(), grid=grid_holder.current, gazetteer=Gazetteer.load(),
+                    sensors=registry)
+    return Components(settings=settings, ingest=ingest, cases=CaseStage(rules_holder, CorrelationPolicy()),
+                      sink=ClickHouseSink(settings), grid_holder=grid_holder, rules_holder=rules_holder,
+                      dlq_limit=DeadLetterLimit(max_ratio=max_ratio))
+
+
+def load_sensor_registry() -> SensorRegistry:
+    path = os.environ.get("CITYOPS_SENSORS")
+    types = load_types()
+    if not path:
+        return SensorRegistry(types=types, sensors={})
+    return load_registry(Path(path), types)
+
+
+def build_app(c: Components) -> faust.App:
+    s = c.settings
+    t = s.topics
+    app = faust.App(
+        s.app_id,
+        broker=f"kafka://{s.kafka_bootstrap}",
+        store="memory://",
+        web_enabled=False,
+        topic_partitions=s.partitions,
+        topic_replication_factor=1,
+        consumer_auto_offset_reset="earliest",
+        broker_commit_every=BATCH * 4,
+        broker_commit_interval=1.0,
+        producer_linger_ms=5,
+        producer_max_request_size=4 * 1024 * 1024,
+        stream_buffer_maxsize=BATCH * 2,
+        table_cleanup_interval=3600.0,
+    )
+    raw = {name: app.topic(name, key_type=bytes, value_type=bytes, value_serializer="raw", key_serializer="raw")
+           for name in (t.raw_hotline, t.raw_patrol, t.raw_iot, t.case_updates)}
+    located = app.topic(t.located, key_type=bytes, value_type=bytes, value_serializer="raw", key_serializer="raw",
+                        partitions=s.partitions)
+    out_assignments = app.topic(t.assignments, value_serializer="raw", key_serializer="raw")
+    out_dead = app.topic(t.deadletter, value_serializer="raw", key_serializer="raw")
+    out_unlocated = app.topic(t.unlocated, value_serializer="raw", key_serializer="raw")
+    # use_partitioner: the changelog partition is the key's hash, the same as the source topic's partition
+    # for the same key, so a batch (which has no single "current event") may write many keys.
+    sensor_table = app.Table("sensor_state", default=None, partitions=s.partitions, use_partitioner=True,
+                             key_serializer="raw", value_serializer="raw")
+    case_table = app.Table("case_books", default=None, partitions=s.partitions, use_partitioner=True,
+                           key_serializer="raw", value_serializer="raw")
+
+    loop_sink = _SinkRunner(c.sink)
+
+    async def publish(res: IngestResult) -> None:
+        sends = [located.send(key=k.encode(), value=v) for k, v in res.located]
+        sends += [out_unlocated.send(value=v) for v in res.unlocated]
+        sends += [out_dead.send(key=d.source_topic.encode(), value=d.to_json()) for d in res.deadletters]
+        await _deliver(sends)
+        c.counters.deadletters += len(res.deadletters)
+        c.counters.unlocated += len(res.unlocated)
+        c.counters.unknown_sensors |= res.unknown_sensors
+        c.dlq_limit.record(res.accepted, len(res.deadletters))
+
+    def make_report_agent(source: Source, topic_name: str) -> None:
+        async def agent(stream: Any) -> Any:
+            async for events in stream.take_events(BATCH, within=BATCH_WITHIN_S):
+                msgs = _messages(events)
+                _refresh(c)
+                res = c.ingest.reports(source, msgs)
+                await publish(res)
+                c.counters.add(topic_name, len(msgs))
+                yield len(msgs)
+        agent.__name__ = f"ingest_{source}"
+        app.agent(raw[topic_name], name=f"cityops.ingest.{source}")(agent)
+
+    make_report_agent("hotline", t.raw_hotline)
+    make_report_agent("patrol", t.raw_patrol)
+
+    @app.agent(raw[t.raw_iot], name="cityops.ingest.iot")
+    async def ingest_iot(stream: Any) -> Any:
+        async for events in stream.take_events(BATCH, within=BATCH_WITHIN_S):
+            msgs = _messages(events)
+            _refresh(c)
+            states: dict[str, SensorState] = {}
+            for m in msgs:
+                sid = _sensor_key(m)
+                if sid not in states:
+                    stored = sensor_table.get(sid.encode())
+                    if stored is not None:
+                        states[sid] = SensorState.from_dict(orjson.loads(stored))
+            res = c.ingest.readings(msgs, states)
+            await loop_sink.write(SinkBatch(readings=res.readings))
+            await publish(res)
+            for sid, st in states.items():
+                sensor_table[sid.encode()] = orjson.dumps(st.to_dict())
+            c.counters.add(t.raw_iot, len(msgs))
+            yield len(msgs)
+
+    @app.agent(raw[t.case_updates], name="cityops.ingest.updates")
+    async def ingest_updates(stream: Any) -> Any:
+        async for events in stream.take_events(BATCH, within=BATCH_WITHIN_S):
+            msgs = _messages(events)
+            res = c.ingest.updates(msgs)
+            await publish(res)
+            c.counters.add(t.case_updates, len(msgs))
+            yield len(msgs)
+
+    @app.agent(located, name="cityops.cases")
+    async def cases(stream: Any) -> Any:
+        async for events in stream.take_events(BATCH, within=BATCH_WITHIN_S):
+            items = [(e.message.key.decode(), e.message.value) for e in events]
+            _refresh(c)
+            books: dict[str, CaseBook] = {}
+            for key, _ in items:
+                if key not in books:
+                    stored = case_table.get(key.encode())
+                    if stored is not None:
+                        books[key] = CaseBook.from_dict(orjson.loads(stored), c.cases.policy)
+            out = c.cases.apply(items, books)
+            await _store_and_send(out)
+            for key, book in books.items():
+                book.prune()
+                case_table[key.encode()] = orjson.dumps(book.to_dict())
+            c.counters.add(t.located, len(items))
+            yield len(items)
+
+    async def _store_and_send(out: Outcome) -> None:
+        await loop_sink.write(SinkBatch(cases=list(out.cases.values()), events=out.events,
+                                        transitions=out.transitions))
+        sends = [out_assignments.send(key=a.team.encode(), value=orjson.dumps(a.to_json()))
+                 for a in out.assignments]
+        now = time.time()
+        sends += [out_dead.send(key=b"refused", value=orjson.dumps({
+            "source_topic": t.case_updates, "partition": -1, "offset": -1, "reason": f"refused: {r}",
+            "raw": r, "raw_encoding": "utf-8", "at": _iso_now(now)})) for r in out.refusals]
+        await _deliver(sends)
+        c.counters.assignments += len(out.assignments)
+        c.counters.refusals += len(out.refusals)
+        c.counters.duplicates += out.duplicates
+
+    @app.timer(interval=float(os.environ.get("CITYOPS_SLA_CHECK_INTERVAL", "10")))
+    async def escalate_overdue() -> None:
+        """Escalate overdue cases of quiet grids (busy ones are checked on every batch)."""
+        _refresh(c)
+        out = Outcome()
+        books: dict[str, CaseBook] = {}
+        clock = None
+        for key, stored in list(case_table.items()):
+            book = CaseBook.from_dict(orjson.loads(stored), c.cases.policy)
+            clock = book.clock if clock is None or book.clock > clock else clock
+            books[key.decode() if isinstance(key, bytes) else key] = book
+        for book in books.values():
+            got = book.escalate_overdue(clock)
+            if got.assignments:
+                out.extend(got)
+                case_table[book.key.encode()] = orjson.dumps(book.to_dict())
+        if out.assignments:
+            await _store_and_send(out)
+
+    app.cityops_components = c  # type: ignore[attr-defined]
+    return app
+
+
+class _SinkRunner:
+    """Runs the blocking ClickHouse sink off the event loop; awaiting it is the backpressure."""
+
+    def __init__(self, sink: Any) -> None:
+        self.sink = sink
+
+    async def write(self, batch: SinkBatch) -> None:
+        if len(batch):
+            await asyncio.get_running_loop().run_in_executor(None, self.sink.write, batch)
+
+
+async def _deliver(sends: Sequence[Any]) -> None:
+    """Send and wait until the broker acknowledged every message (raises when one failed)."""
+    if not sends:
+        return
+    futures = await asyncio.gather(*sends)
+    await asyncio.gather(*futures)
+
+
+def _messages(events: Sequence[Any]) -> list[Message]:
+    return [Message(topic=e.message.topic, partition=e.message.partition, offset=e.message.offset,
+                    value=e.message.value if e.message.value is not None else b"", key=e.message.key)
+            for e in events]
+
+
+def _sensor_key(m: Message) -> str:
+    if m.key:
+        return m.key.decode("utf-8", errors="replace")
+    try:
+        return str(orjson.loads(m.value).get("sensor_id", ""))
+    except (orjson.JSONDecodeError, AttributeError):
+        return ""
+
+
+def _refresh(c: Components) -> None:
+    """Pick up a changed grid or ruleset (validated; a bad file is refused and the old one stays)."""
+    now = time.monotonic()
+    if now - getattr(c, "_last_refresh", 0.0) < 2.0:
+        return
+    c._last_refresh = now  # type: ignore[attr-defined]
+    c.rules_holder.maybe_reload()
+    if c.grid_holder.maybe_reload():
+        c.ingest.grid = c.grid_holder.current
+
+
+def _iso_now(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+def run_worker(settings: Settings, loglevel: str = "warn") -> None:
+    from faust.worker import Worker
+
+    components = load_components(settings)
+    app = build_app(components)
+    Worker(app, loglevel=loglevel).execute_from_commandline()
+
+
+def _cmd(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.loglevel.upper() if args.loglevel != "warn" else "WARNING")
+    run_worker(Settings.from_env(), args.loglevel)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("worker", help="run a stream worker (joins the consumer group)")
+    p.add_argument("--loglevel", default="warn", choices=["crit", "error", "warn", "info", "debug"])
+    p.set_defaults(func=_cmd)

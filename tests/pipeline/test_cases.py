@@ -1,0 +1,190 @@
+"""Cases: reports merge into open cases, teams move them through the lifecycle, and nothing applies twice."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import timedelta
+
+import pytest
+
+from pipeline.cases import CaseBook, case_partition_key, distance_m, partition_key
+from pipeline.decode import CaseUpdate
+from pipeline.model import Event, Location
+from tests.pipeline.factories import T0, FakeRouter
+
+CELL = "310109009001002"
+LOC = Location(cell=CELL, subdistrict="310109009", grid_kind="street", grid_version="g1")
+
+
+def ev(eid: str, *, source: str = "hotline", code: str = "E0501", minutes: float = 0, lon: float = 121.49,
+       lat: float = 31.265, sensor: str | None = None) -> Event:
+    return Event(event_id=eid, source=source, category=code, occurred_at=T0 + timedelta(minutes=minutes),  # type: ignore[arg-type]
+                 lon=lon, lat=lat, sensor_id=sensor, location=LOC)
+
+
+def upd(case_id: str, action: str, team: str, minutes: float, uid: str | None = None, note: str = "") -> CaseUpdate:
+    return CaseUpdate(update_id=uid or f"{action}-{minutes}", case_id=case_id, action=action, team=team,
+                      actor="u1", at=T0 + timedelta(minutes=minutes), note=note)
+
+
+@pytest.fixture
+def book() -> CaseBook:
+    return CaseBook(partition_key(LOC))
+
+
+def test_first_report_opens_and_dispatches_a_case(book: CaseBook) -> None:
+    out = book.add_event(ev("hotline:1"), FakeRouter())
+    (case,) = out.cases.values()
+    assert case.status == "dispatched" and case.team == "enforcement" and case.discovered_by == "citizen"
+    assert case.reports == 1 and case.due_at == T0 + timedelta(hours=4)
+    (a,) = out.assignments
+    assert a.case_id == case.case_id and a.team == "enforcement" and a.rule_id == "to-enforcement"
+    assert [t.status for t in out.transitions] == ["new", "dispatched"]
+    assert case_partition_key(case.case_id) == book.key == CELL[:12]
+
+
+def test_nearby_report_of_same_category_merges(book: CaseBook) -> None:
+    router = FakeRouter()
+    first = book.add_event(ev("patrol:1", source="patrol"), router)
+    # about 60 m east, 30 minutes later, another source
+    out = book.add_event(ev("hotline:2", minutes=30, lon=121.49 + 0.00063), router)
+    (case,) = out.cases.values()
+    assert case.case_id == next(iter(first.cases))
+    assert case.reports == 2 and set(case.sources) == {"patrol", "hotline"}
+    assert case.discovered_by == "patrol"
+    assert out.assignments == [] and out.events[0].merged
+
+
+def test_far_or_late_or_other_category_opens_new_cases(book: CaseBook) -> None:
+    router = FakeRouter()
+    book.add_event(ev("hotline:1"), router)
+    assert distance_m(121.49, 31.265, 121.49 + 0.003, 31.265) > 150
+    book.add_event(ev("hotline:2", lon=121.49 + 0.003), router)          # ~285 m away (E05 radius 150 m)
+    book.add_event(ev("hotline:3", minutes=5 * 60), router)              # after the 4 h E05 window
+    book.add_event(ev("hotline:4", code="E0102"), router)                # another category
+    assert len(book.cases) == 4
+
+
+def test_sensor_case_absorbs_a_citizen_report(book: CaseBook) -> None:
+    router = FakeRouter()
+    book.add_event(ev("iot:S1:alarm1", source="iot", code="P0101", sensor="S1"), router)
+    out = book.add_event(ev("hotline:9", code="P0101", minutes=20, lat=31.265 + 0.0002), router)
+    (case,) = out.cases.values()
+    assert case.discovered_by == "sensor" and case.sources == ("iot", "hotline")
+
+
+def test_replayed_event_changes_nothing(book: CaseBook) -> None:
+    router = FakeRouter()
+    book.add_event(ev("hotline:1"), router)
+    before = book.to_dict()
+    again = book.add_event(ev("hotline:1"), router)
+    assert again.duplicates == 1 and not again.cases and not again.assignments
+    assert book.to_dict() == before
+
+
+def test_full_lifecycle_with_reject_reopen_and_close(book: CaseBook) -> None:
+    router = FakeRouter()
+    cid = next(iter(book.add_event(ev("hotline:1", code="P0101"), router).cases))
+    assert book.cases[cid].team == "handling"
+    out = book.apply_update(upd(cid, "reject", "handling", 10, note="not ours: a gas cover"), router)
+    case = book.cases[cid]
+    assert case.team == "supervision" and case.status == "dispatched" and "rejected by handling" in case.reason
+    assert out.assignments[0].kind == "reroute"
+    book.apply_update(upd(cid, "accept", "supervision", 20), router)
+    book.apply_update(upd(cid, "resolve", "supervision", 60), router)
+    book.apply_update(upd(cid, "verify", "supervision", 90), router)
+    assert book.cases[cid].status == "closed" and book.cases[cid].closed_at == T0 + timedelta(minutes=90)
+    out = book.apply_update(upd(cid, "reopen", "supervision", 120, note="still loose"), router)
+    case = book.cases[cid]
+    assert case.status == "dispatched" and case.reopened == 1 and case.closed_at is None
+    assert out.assignments[0].kind == "reopen"
+    statuses = [t.status for t in out.transitions]
+    assert statuses == ["reopened", "dispatched"]
+    assert len(book.cases) == 1
+
+
+def test_new_report_after_closing_reopens_instead_of_opening(book: CaseBook) -> None:
+    router = FakeRouter()
+    cid = next(iter(book.add_event(ev("hotline:1"), router).cases))
+    for i, action in enumerate(["accept", "resolve"]):
+        book.apply_update(upd(cid, action, "enforcement", 10 + i), router)
+    book.apply_update(upd(cid, "verify", "supervision", 30), router)
+    out = book.add_event(ev("hotline:2", minutes=24 * 60), router)
+    assert list(out.cases) == [cid] and book.cases[cid].reopened == 1 and len(book.cases) == 1
+
+
+@pytest.mark.parametrize(("action", "team", "why"), [
+    ("resolve", "handling", "assigned to enforcement, not handling"),
+    ("verify", "supervision", "cannot verify a case that is dispatched"),
+    ("verify", "enforcement", "only supervision verifies"),
+    ("reopen", "supervision", "cannot reopen a case that is dispatched"),
+])
+def test_impossible_transitions_are_refused(book: CaseBook, action: str, team: str, why: str) -> None:
+    router = FakeRouter()
+    cid = next(iter(book.add_event(ev("hotline:1"), router).cases))
+    before = book.to_dict()
+    out = book.apply_update(upd(cid, action, team, 5), router)
+    assert len(out.refusals) == 1 and why in out.refusals[0]
+    assert book.to_dict() == before
+
+
+def test_resolving_a_closed_case_is_refused(book: CaseBook) -> None:
+    router = FakeRouter()
+    cid = next(iter(book.add_event(ev("hotline:1"), router).cases))
+    book.apply_update(upd(cid, "resolve", "enforcement", 5), router)
+    book.apply_update(upd(cid, "verify", "supervision", 6), router)
+    out = book.apply_update(upd(cid, "resolve", "enforcement", 7, uid="again"), router)
+    assert "cannot resolve a case that is closed" in out.refusals[0]
+
+
+def test_overdue_case_is_escalated_once(book: CaseBook) -> None:
+    router = FakeRouter()
+    cid = next(iter(book.add_event(ev("hotline:1"), router).cases))
+    assert not book.escalate_overdue(T0 + timedelta(hours=3)).assignments
+    out = book.escalate_overdue(T0 + timedelta(hours=5))
+    (a,) = out.assignments
+    assert a.kind == "escalation" and a.team == "supervision" and a.case_id == cid
+    assert not book.escalate_overdue(T0 + timedelta(hours=6)).assignments
+
+
+def test_stream_clock_escalates_on_later_events(book: CaseBook) -> None:
+    router = FakeRouter()
+    book.add_event(ev("hotline:1"), router)
+    out = book.add_event(ev("hotline:2", code="E0102", minutes=5 * 60), router)
+    assert [a.kind for a in out.assignments] == ["dispatch", "escalation"]
+
+
+def test_book_round_trips_through_its_table_encoding(book: CaseBook) -> None:
+    router = FakeRouter()
+    book.add_event(ev("hotline:1"), router)
+    book.add_event(ev("hotline:2", minutes=1), router)
+    copy = CaseBook.from_dict(book.to_dict())
+    assert copy.to_dict() == book.to_dict()
+    out = copy.add_event(ev("hotline:2", minutes=1), router)
+    assert out.duplicates == 1
+
+
+def test_assignment_ids_are_stable_across_replays() -> None:
+    """Two books fed the same inputs (a replay after a crash that lost the state) give the same ids."""
+    ids = []
+    for _ in range(2):
+        b = CaseBook(CELL[:12])
+        out = b.add_event(ev("hotline:1"), FakeRouter())
+        cid = out.assignments[0].case_id
+        out2 = b.apply_update(upd(cid, "reject", "enforcement", 3), FakeRouter())
+        ids.append([a.assignment_id for a in out.assignments + out2.assignments])
+    assert ids[0] == ids[1] and len(set(ids[0])) == 2
+
+
+def test_recurrence_counts_earlier_cases_of_the_cell(book: CaseBook) -> None:
+    seen: list[int] = []
+
+    class CountingRouter(FakeRouter):
+        def dispatch(self, event, recurrence):  # type: ignore[no-untyped-def]
+            seen.append(recurrence.count(event.location.cell, "E05*", timedelta(days=30), event.occurred_at))
+            return super().dispatch(event, recurrence)
+
+    router = CountingRouter()
+    for day in range(3):
+        book.add_event(replace(ev(f"hotline:{day}"), occurred_at=T0 + timedelta(days=day)), router)
+    assert seen == [0, 1, 2]

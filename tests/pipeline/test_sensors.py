@@ -1,0 +1,86 @@
+"""Sensor alarms: hysteresis and debounce so a flapping sensor opens one problem; the registry is validated."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from pipeline.decode import default_decoder
+from pipeline.sensors import RegistryError, SensorState, load_registry, load_types, observe
+from tests.pipeline.factories import T0, raw, reading
+
+REGISTRY = "sensor_id,sensor_type,lon,lat,category,alarm,clear,debounce\n"
+
+
+def write(tmp_path: Path, body: str) -> Path:
+    p = tmp_path / "sensors.csv"
+    p.write_text(REGISTRY + body, encoding="utf-8")
+    return p
+
+
+def readings(values: list[float], sensor: str = "S-1") -> list:  # type: ignore[type-arg]
+    d = default_decoder()
+    return [d.iot(raw(reading(sensor, v, at=T0 + timedelta(minutes=i)))) for i, v in enumerate(values)]
+
+
+def test_flapping_sensor_opens_one_problem(tmp_path: Path) -> None:
+    reg = load_registry(write(tmp_path, "S-1,manhole_tilt,121.49,31.265,,,,\n"))
+    state = SensorState()
+    # tilt threshold 15 deg, clear below 5, debounce 2
+    values = [1, 16, 3, 16, 17, 14, 16, 12, 16, 18, 4, 2, 16, 17]
+    obs = [observe(state, r, reg.get("S-1")) for r in readings(values)]
+    problems = [i for i, o in enumerate(obs) if o.problem]
+    clears = [i for i, o in enumerate(obs) if o.cleared]
+    assert problems == [4, 13]      # two consecutive readings >= 15 (index 3,4), then again after clearing
+    assert clears == [10]           # only back below 5 clears; 14 and 12 are inside the hysteresis band
+    p = obs[4].problem
+    assert p is not None and p.category == "P0101" and p.event_id == "iot:S-1:alarm1"
+    assert (p.lon, p.lat) == (121.49, 31.265)
+
+
+def test_replayed_readings_are_not_applied_twice(tmp_path: Path) -> None:
+    reg = load_registry(write(tmp_path, "S-1,manhole_tilt,121.49,31.265,,,,\n"))
+    state = SensorState()
+    rs = readings([16, 16, 16])
+    first = [observe(state, r, reg.get("S-1")) for r in rs]
+    again = [observe(state, r, reg.get("S-1")) for r in rs]
+    assert sum(o.problem is not None for o in first) == 1
+    assert not any(o.applied for o in again) and state.late == 3
+
+
+def test_below_direction_and_per_sensor_overrides(tmp_path: Path) -> None:
+    reg = load_registry(write(tmp_path, "P-1,pipe_pressure,121.49,31.265,,0.2,0.3,1\n"))
+    s = reg.get("P-1")
+    assert s is not None and s.threshold.alarm == 0.2 and s.threshold.direction == "below"
+    state = SensorState()
+    obs = [observe(state, r, s) for r in readings([0.35, 0.19], "P-1")]
+    assert obs[1].problem is not None and obs[1].problem.category == "E0402"
+
+
+def test_unknown_sensor_is_aggregated_without_problems() -> None:
+    state = SensorState()
+    obs = [observe(state, r, None) for r in readings([99, 99, 99])]
+    assert all(o.applied and o.problem is None for o in obs) and state.minute_readings == 1
+
+
+@pytest.mark.parametrize(("row", "expected"), [
+    ("S-1,manhole_tilt,121.49,31.265,,,,\nS-1,smoke,121.49,31.265,,,,\n", ":3:1: sensor_id: duplicate sensor id"),
+    ("S-2,teleporter,121.49,31.265,,,,\n", ":2:2: sensor_type: unknown sensor type 'teleporter'"),
+    ("S-3,smoke,east,31.265,,,,\n", ":2:3: lon: lon/lat must be numbers"),
+    ("S-4,smoke,121.49,131.2,,,,\n", ":2:4: lat: position out of range"),
+    ("S-5,smoke,121.49,31.265,X0101,,,\n", ":2:5: category: unknown category code 'X0101'"),
+    ("S-6,smoke,121.49,31.265,,5,10,\n", "clear: 10.0 must be on the normal side of alarm 5.0"),
+    ("S-7,smoke,121.49\n", ":2:1: (row): 3 columns"),
+])
+def test_bad_registry_rows_are_named(tmp_path: Path, row: str, expected: str) -> None:
+    with pytest.raises(RegistryError) as info:
+        load_registry(write(tmp_path, row))
+    assert expected in str(info.value)
+
+
+def test_default_types_load_and_use_real_categories() -> None:
+    types = load_types()
+    assert {"manhole_tilt", "water_level", "smoke", "elderly_button", "noise"} <= set(types)
+    assert types["water_level"].category == "E0406"
