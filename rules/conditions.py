@@ -396,14 +396,19 @@ class All(Condition):
         return any(c.has_choice() for c in self.children)
 
     def trace(self, ev: Event, rec: RecurrenceCounter | None, depth: int = 0) -> tuple[bool, list[str]]:
-        lines = [f"{'  ' * depth}all of:"] if depth else []
+        if not self.children:
+            return True, [f"{'  ' * depth}[x] always"]
+        if len(self.children) == 1:
+            return self.children[0].trace(ev, rec, depth)
+        nested = depth > 0  # the top level is the rule itself
+        lines: list[str] = []
         ok = True
         for child in self.children:
-            child_ok, child_lines = child.trace(ev, rec, depth + 1 if depth else depth)
+            child_ok, child_lines = child.trace(ev, rec, depth + 1 if nested else depth)
             ok = ok and child_ok
             lines += child_lines
-        if not self.children:
-            lines.append(f"{'  ' * depth}[x] always")
+        if nested:
+            lines.insert(0, f"{'  ' * depth}[{'x' if ok else ' '}] all of:")
         return ok, lines
 
 
