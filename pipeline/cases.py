@@ -129,6 +129,7 @@ class Outcome:
 
     assignments: list[Assignment] = field(default_factory=list)
     cases: dict[str, CaseRow] = field(default_factory=dict)    # latest row per case
+    states: dict[str, dict[str, Any]] = field(default_factory=dict)   # latest public state per case
     events: list[EventRow] = field(default_factory=list)
     transitions: list[TransitionRow] = field(default_factory=list)
     refusals: list[str] = field(default_factory=list)
@@ -137,6 +138,7 @@ class Outcome:
     def extend(self, other: Outcome) -> None:
         self.assignments += other.assignments
         self.cases.update(other.cases)
+        self.states.update(other.states)
         self.events += other.events
         self.transitions += other.transitions
         self.refusals += other.refusals
@@ -175,6 +177,21 @@ class Case:
     escalated: bool = False
     sensor_id: str | None = None
     first_event: dict[str, Any] = field(default_factory=dict)
+
+    def state(self) -> dict[str, Any]:
+        """The public state of the case (the `cityops.case-state` topic; README "Output topics")."""
+        return {
+            "case_id": self.case_id, "category": self.category, "discovered_by": self.discovered_by,
+            "cell": self.cell, "subdistrict": self.subdistrict, "grid_kind": self.grid_kind,
+            "lon": self.lon, "lat": self.lat, "team": self.team, "status": self.status,
+            "priority": self.priority, "created_at": _iso(self.created_at),
+            "due_at": _iso(self.due_at) if self.due_at else None,
+            "resolved_at": _iso(self.resolved_at) if self.resolved_at else None,
+            "closed_at": _iso(self.closed_at) if self.closed_at else None, "reports": self.reports,
+            "sources": list(self.sources), "reopened": self.reopened, "escalated": self.escalated,
+            "rule_id": self.rule_id, "reason": self.reason, "ruleset_version": self.ruleset_version,
+            "grid_version": self.grid_version, "revision": self.revision,
+        }
 
     def row(self) -> CaseRow:
         return CaseRow(
@@ -255,6 +272,7 @@ class CaseBook:
             sensor_type=event.sensor_type or "", value=event.value, description=event.description,
         ))
         out.cases[case.case_id] = case.row()
+        out.states[case.case_id] = case.state()
         out.extend(self.escalate_overdue())
         return out
 
@@ -346,6 +364,7 @@ class CaseBook:
             self._reopen(case, update.at, update.actor, note or "verification failed", router, out,
                          team=update.team)
         out.cases[case.case_id] = case.row()
+        out.states[case.case_id] = case.state()
         out.extend(self.escalate_overdue())
         return out
 
@@ -425,6 +444,7 @@ class CaseBook:
                     ruleset_version=case.ruleset_version, grid_version=case.grid_version,
                 ))
                 out.cases[case.case_id] = case.row()
+                out.states[case.case_id] = case.state()
         return out
 
     def _transition(self, case: Case, status: str, team: str, actor: str, at: datetime, reason: str,

@@ -25,10 +25,11 @@ class Topics:
     deadletter: str = "cityops.deadletter"
     unlocated: str = "cityops.unlocated"
     located: str = "cityops.located"      # internal: located reports and case updates, keyed by grid
+    case_state: str = "cityops.case-state"  # the latest state of each case, keyed by case id (compacted)
 
     def all(self) -> list[str]:
         return [self.raw_hotline, self.raw_patrol, self.raw_iot, self.case_updates,
-                self.assignments, self.deadletter, self.unlocated, self.located]
+                self.assignments, self.deadletter, self.unlocated, self.located, self.case_state]
 
 
 @dataclass(frozen=True)

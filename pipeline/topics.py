@@ -11,8 +11,8 @@ from kafka.errors import TopicAlreadyExistsError
 
 from pipeline.config import Settings
 
-# Internal changelog/repartition topics are created by Faust itself.
-_COMPACTED: frozenset[str] = frozenset()
+# Internal changelog topics are created by Faust itself. The case-state topic keeps the latest state per case.
+_COMPACTED_SUFFIXES = ("case-state",)
 
 
 def ensure_topics(settings: Settings, timeout_s: float = 60.0) -> list[str]:
@@ -24,7 +24,7 @@ def ensure_topics(settings: Settings, timeout_s: float = 60.0) -> list[str]:
         created: list[str] = []
         for name in wanted:
             topic = NewTopic(name=name, num_partitions=settings.partitions, replication_factor=1,
-                             topic_configs={"cleanup.policy": "compact"} if name in _COMPACTED else {})
+                             topic_configs={"cleanup.policy": "compact"} if name.endswith(_COMPACTED_SUFFIXES) else {})
             try:
                 admin.create_topics([topic])
                 created.append(name)

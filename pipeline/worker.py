@@ -131,6 +131,7 @@ def build_app(c: Components) -> faust.App:
     out_assignments = app.topic(t.assignments, value_serializer="raw", key_serializer="raw")
     out_dead = app.topic(t.deadletter, value_serializer="raw", key_serializer="raw")
     out_unlocated = app.topic(t.unlocated, value_serializer="raw", key_serializer="raw")
+    out_state = app.topic(t.case_state, value_serializer="raw", key_serializer="raw")
     # use_partitioner: the changelog partition is the key's hash, the same as the source topic's partition
     # for the same key, so a batch (which has no single "current event") may write many keys.
     sensor_table = app.Table("sensor_state", default=None, partitions=s.partitions, use_partitioner=True,
@@ -218,6 +219,7 @@ def build_app(c: Components) -> faust.App:
                                         transitions=out.transitions))
         sends = [out_assignments.send(key=a.team.encode(), value=orjson.dumps(a.to_json()))
                  for a in out.assignments]
+        sends += [out_state.send(key=cid.encode(), value=orjson.dumps(state)) for cid, state in out.states.items()]
         now = time.time()
         sends += [out_dead.send(key=b"refused", value=orjson.dumps({
             "source_topic": t.case_updates, "partition": -1, "offset": -1, "reason": f"refused: {r}",
