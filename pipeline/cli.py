@@ -15,6 +15,7 @@ COMMAND_MODULES = (
     "pipeline.topics",      # cityops topics create|list
     "pipeline.migrate",     # cityops db migrate|status
     "pipeline.worker",      # cityops worker
+    "grid.cli",             # cityops grid build|validate|locate|info|geocode
 )
 
 
