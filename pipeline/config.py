@@ -27,6 +27,14 @@ class Topics:
     located: str = "cityops.located"      # internal: located reports and case updates, keyed by grid
     case_state: str = "cityops.case-state"  # the latest state of each case, keyed by case id (compacted)
 
+    @classmethod
+    def with_prefix(cls, prefix: str) -> Topics:
+        """Every topic name prefixed (`<prefix>.cityops.raw.hotline`, ...): separate pipelines on one broker."""
+        base = cls()
+        if not prefix:
+            return base
+        return cls(**{f: f"{prefix}.{getattr(base, f)}" for f in cls.__dataclass_fields__})
+
     def all(self) -> list[str]:
         return [self.raw_hotline, self.raw_patrol, self.raw_iot, self.case_updates,
                 self.assignments, self.deadletter, self.unlocated, self.located, self.case_state]
@@ -50,6 +58,7 @@ class Settings:
     clickhouse_ca_certs: str | None = None
     var_dir: Path = ROOT / "var"
     app_id: str = "cityops"
+    topic_prefix: str = ""
     topics: Topics = field(default_factory=Topics)
 
     @classmethod
@@ -73,7 +82,35 @@ class Settings:
             clickhouse_ca_certs=e.get("CITYOPS_CLICKHOUSE_CA_CERTS") or None,
             var_dir=Path(e.get("CITYOPS_VAR", str(ROOT / "var"))),
             app_id=e.get("CITYOPS_APP_ID", "cityops"),
+            topic_prefix=e.get("CITYOPS_TOPIC_PREFIX", ""),
+            topics=Topics.with_prefix(e.get("CITYOPS_TOPIC_PREFIX", "")),
         )
+
+    def to_env(self) -> dict[str, str]:
+        """These settings as environment variables, for a worker or server started as a subprocess."""
+        env = {
+            "CITYOPS_KAFKA_BOOTSTRAP": self.kafka_bootstrap,
+            "CITYOPS_KAFKA_SECURITY_PROTOCOL": self.kafka_security_protocol,
+            "CITYOPS_PARTITIONS": str(self.partitions),
+            "CITYOPS_CLICKHOUSE_HOST": self.clickhouse_host,
+            "CITYOPS_CLICKHOUSE_PORT": str(self.clickhouse_port),
+            "CITYOPS_CLICKHOUSE_USER": self.clickhouse_user,
+            "CITYOPS_CLICKHOUSE_PASSWORD": self.clickhouse_password,
+            "CITYOPS_CLICKHOUSE_DATABASE": self.clickhouse_database,
+            "CITYOPS_CLICKHOUSE_SECURE": "1" if self.clickhouse_secure else "0",
+            "CITYOPS_VAR": str(self.var_dir),
+            "CITYOPS_APP_ID": self.app_id,
+            "CITYOPS_TOPIC_PREFIX": self.topic_prefix,
+        }
+        optional = {
+            "CITYOPS_KAFKA_SASL_MECHANISM": self.kafka_sasl_mechanism,
+            "CITYOPS_KAFKA_USERNAME": self.kafka_username,
+            "CITYOPS_KAFKA_PASSWORD": self.kafka_password,
+            "CITYOPS_KAFKA_SSL_CAFILE": self.kafka_ssl_cafile,
+            "CITYOPS_CLICKHOUSE_CA_CERTS": self.clickhouse_ca_certs,
+        }
+        env.update({k: v for k, v in optional.items() if v})
+        return env
 
     def kafka_client_options(self) -> dict[str, object]:
         """Connection options for kafka-python clients (security settings only when configured)."""

@@ -72,9 +72,8 @@ def isolated_settings(tmp_path: Any) -> Iterator[Settings]:
     from pipeline.config import Topics
 
     tag = "t" + uuid.uuid4().hex[:10]
-    topics = Topics(**{f: f"{tag}.{getattr(Topics(), f)}" for f in Topics.__dataclass_fields__})
-    s = replace(_SETTINGS, clickhouse_database=f"cityops_{tag}", topics=topics, app_id=f"cityops-{tag}",
-                var_dir=tmp_path)
+    s = replace(_SETTINGS, clickhouse_database=f"cityops_{tag}", topic_prefix=tag, topics=Topics.with_prefix(tag),
+                app_id=f"cityops-{tag}", var_dir=tmp_path)
     yield s
     try:
         from clickhouse_driver import Client
