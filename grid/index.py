@@ -366,7 +366,6 @@ class GridIndex:
         """Snap uncovered points to the nearest cell within the tolerance (in place)."""
         if self.snap_tolerance_m <= 0.0:
             return
-        lat = self.lattice
         uncovered = (cell < 0) & ~bad
         near = np.zeros(len(x), dtype=bool)
         idx = np.flatnonzero(uncovered & in_window)
@@ -386,20 +385,19 @@ class GridIndex:
         px, py = self.metric.to_xy(x[cand], y[cand])
         (pi, ti), dist = self._tree.query_nearest(shapely.points(px, py), max_distance=self.snap_tolerance_m,
                                                   return_distance=True, all_matches=True)
-        # Several equally near cells: east, then north, wins (same as the tie rule inside).
-        best: dict[int, tuple[float, int, int, int]] = {}
-        for p, t, d in zip(pi.tolist(), ti.tolist(), dist.tolist(), strict=True):
-            if d > self.snap_tolerance_m:
-                continue
-            key = (-d, int(self._cols[t]), int(self._rows[t]), t)
-            if p not in best or key > best[p]:
-                best[p] = key
-        for p, (neg_d, _, _, t) in best.items():
-            i = cand[p]
-            cell[i] = t
-            distance[i] = -neg_d
-            snapped[i] = True
-        _ = lat
+        keep = dist <= self.snap_tolerance_m
+        pi, ti, dist = pi[keep], ti[keep], dist[keep]
+        if not len(pi):
+            return
+        # Nearest first; among equally near cells east, then north, wins (same as the tie rule inside):
+        # sort by point, then distance descending, column, row, and keep the last entry of each point.
+        order = np.lexsort((self._rows[ti], self._cols[ti], -dist, pi))
+        pi, ti, dist = pi[order], ti[order], dist[order]
+        last = np.append(pi[1:] != pi[:-1], True)
+        i = cand[pi[last]]
+        cell[i] = ti[last]
+        distance[i] = dist[last]
+        snapped[i] = True
 
     def locate(self, lon: float | None, lat: float | None) -> PointResult:
         """Locate one point (convenience; batches are much faster per point)."""

@@ -210,6 +210,11 @@ def partition_key(location: Location | None) -> str:
     return location.cell[:12]
 
 
+def case_id_for(key: str, first_event_id: str) -> str:
+    """The id of the case opened by `first_event_id` in the book `key` (stable across replays)."""
+    return f"C{key}-{hashlib.sha1(first_event_id.encode()).hexdigest()[:12]}"
+
+
 def case_partition_key(case_id: str) -> str:
     """The book key encoded in a case id (`C<key>-<hash>`), so case updates find their case's partition."""
     if not case_id.startswith("C") or "-" not in case_id:
@@ -310,9 +315,8 @@ class CaseBook:
 
     def _open(self, event: Event, router: Router, out: Outcome) -> Case:
         loc = event.location
-        digest = hashlib.sha1(event.event_id.encode()).hexdigest()[:12]
         case = Case(
-            case_id=f"C{self.key}-{digest}", category=event.category,
+            case_id=case_id_for(self.key, event.event_id), category=event.category,
             cell=(loc.cell or "") if loc else "", subdistrict=(loc.subdistrict or "") if loc else "",
             grid_kind=(loc.grid_kind or "") if loc else "", lon=event.lon, lat=event.lat,
             discovered_by=DISCOVERED_BY[event.source], created_at=event.occurred_at,

@@ -35,13 +35,17 @@ def _check(args: argparse.Namespace) -> int:
             failed = True
             for problem in err.problems:
                 print(problem, file=sys.stderr)
-            print(f"{path}: invalid ({len(err.problems)} problem{'s' * (len(err.problems) != 1)})",
-                  file=sys.stderr)
+            print(
+                f"{path}: invalid ({len(err.problems)} problem{'s' * (len(err.problems) != 1)})",
+                file=sys.stderr,
+            )
             continue
         for warning in ruleset.warnings:
             print(f"warning: {warning}", file=sys.stderr)
-        print(f"{path}: ok: {ruleset.name} {ruleset.version}, {len(ruleset.rules)} rules, "
-              f"{len(ruleset.warnings)} warning{'s' * (len(ruleset.warnings) != 1)}")
+        print(
+            f"{path}: ok: {ruleset.name} {ruleset.version}, {len(ruleset.rules)} rules, "
+            f"{len(ruleset.warnings)} warning{'s' * (len(ruleset.warnings) != 1)}"
+        )
     return 1 if failed else 0
 
 
@@ -76,7 +80,9 @@ def _history(name: str) -> RecurrenceHistory:
         raise ValueError(f"{name}: expected a list of {{cell, category, at}}")
     history = RecurrenceHistory()
     for i, item in enumerate(data):
-        if not isinstance(item, dict) or not all(isinstance(item.get(k), str) for k in ("cell", "category", "at")):
+        if not isinstance(item, dict) or not all(
+            isinstance(item.get(k), str) for k in ("cell", "category", "at")
+        ):
             raise ValueError(f"{name}: item {i}: expected cell, category and at as text")
         history.record(item["cell"], item["category"], parse_time(item["at"]))
     return history

@@ -40,7 +40,7 @@ _EXPECT_KEYS = ("team", "priority", "sla", "rule", "escalate_to", "notify", "tag
 
 @dataclass(frozen=True)
 class PriorCase:
-    cell: str | None          # None: the event's cell
+    cell: str | None  # None: the event's cell
     category: str
     ago: timedelta
 
@@ -102,7 +102,9 @@ def load_rule_tests(path: Path) -> RuleTestSuite:
 
 
 def _case(r: NodeReader, node: Node, key: str) -> RuleTestCase | None:
-    fields = r.mapping(node, key, allowed=("name", "event", "history", "expect"), required=("name", "event", "expect"))
+    fields = r.mapping(
+        node, key, allowed=("name", "event", "history", "expect"), required=("name", "event", "expect")
+    )
     if fields is None or not {"name", "event", "expect"} <= set(fields):
         return None
     name = r.text(fields["name"].value, f"{key}.name")
@@ -115,7 +117,9 @@ def _case(r: NodeReader, node: Node, key: str) -> RuleTestCase | None:
     history: list[PriorCase] = []
     if "history" in fields:
         for item, item_key in r.items(fields["history"].value, f"{key}.history", allow_scalar=False) or []:
-            entry = r.mapping(item, item_key, allowed=("category", "ago", "cell"), required=("category", "ago"))
+            entry = r.mapping(
+                item, item_key, allowed=("category", "ago", "cell"), required=("category", "ago")
+            )
             if entry is None or not {"category", "ago"} <= set(entry):
                 continue
             category = r.text(entry["category"].value, f"{item_key}.category")
@@ -175,8 +179,15 @@ def run_case(case: RuleTestCase, ruleset: Ruleset) -> RuleTestResult:
         if where is not None:
             history.record(where, prior.category, case.event.occurred_at - prior.ago)
     d = ruleset.dispatch(case.event, history)
-    got: dict[str, Any] = {"team": d.team, "priority": d.priority, "sla": d.sla, "rule": d.rule_id,
-                           "escalate_to": d.escalate_to, "notify": d.notify, "tags": d.tags}
+    got: dict[str, Any] = {
+        "team": d.team,
+        "priority": d.priority,
+        "sla": d.sla,
+        "rule": d.rule_id,
+        "escalate_to": d.escalate_to,
+        "notify": d.notify,
+        "tags": d.tags,
+    }
     failures = []
     for k, want in case.expect.items():
         have = got[k]
@@ -205,12 +216,22 @@ def report(results: list[RuleTestResult], path: Path) -> tuple[str, bool]:
             lines.append(f"ok    {res.case.name}")
         else:
             for failure in res.failures:
-                lines.append(f"FAIL  {path}:{res.case.line}: {res.case.name}: {failure} "
-                             f"(rule {res.dispatch.rule_id})")
+                lines.append(
+                    f"FAIL  {path}:{res.case.line}: {res.case.name}: {failure} (rule {res.dispatch.rule_id})"
+                )
     failed = sum(1 for r in results if not r.ok)
     lines.append(f"{len(results) - failed} passed, {failed} failed")
     return "\n".join(lines), failed == 0
 
 
-__all__ = ["RuleTestCase", "RuleTestResult", "RuleTestSuite", "RulesError", "load_rule_tests", "report",
-           "run_case", "run_rule_tests", "tests_path_for"]
+__all__ = [
+    "RuleTestCase",
+    "RuleTestResult",
+    "RuleTestSuite",
+    "RulesError",
+    "load_rule_tests",
+    "report",
+    "run_case",
+    "run_rule_tests",
+    "tests_path_for",
+]
