@@ -30,7 +30,7 @@ from datetime import timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from yaml.nodes import Node
+from yaml.nodes import Node, SequenceNode
 
 from pipeline.model import TEAMS
 from pipeline.taxonomy import Taxonomy, default_taxonomy
@@ -300,8 +300,8 @@ class _Parser:
     ) -> list[Rule] | None:
         if entry is None:
             return []
-        if self.r.is_null(entry.value):
-            return []
+        if self.r.is_null(entry.value) or (isinstance(entry.value, SequenceNode) and not entry.value.value):
+            return []  # a ruleset may route everything by its default
         items = self.r.items(entry.value, "rules", allow_scalar=False)
         if items is None:
             return None

@@ -101,7 +101,8 @@ def parse_when(reader: NodeReader, node: Node, key: str, ctx: WhenContext) -> Co
     if not ok:
         return None
     if not children:
-        reader.problem(node, key, "empty condition: leave `when` out to match every event")
+        if not entries and not getattr(node, "value", None):  # unknown keys were reported already
+            reader.problem(node, key, "empty condition: leave `when` out to match every event")
         return None
     return All(tuple(children))
 
