@@ -70,7 +70,8 @@ class Target:
     def __post_init__(self) -> None:
         for what, name in (("database", self.database), ("cluster", self.cluster)):
             if name is not None and not _IDENT.match(name):
-                raise MigrationError(f"{what} name {name!r} is not a plain identifier ([A-Za-z_][A-Za-z0-9_]*)")
+                raise MigrationError(f"{what} name {name!r} is not a plain identifier "
+                                     "([A-Za-z_][A-Za-z0-9_]*)")
 
     @property
     def on_cluster(self) -> str:
@@ -139,7 +140,8 @@ def render(statement: str, target: Target, where: str = "<sql>") -> str:
             return f"{target.database}.{arg}"
         if kind == "engine":
             if len(tables) != 1:
-                raise MigrationError(f"{where}: ${{engine:...}} needs exactly one ${{table:...}} in its statement")
+                raise MigrationError(f"{where}: ${{engine:...}} needs exactly one ${{table:...}} "
+                                     "in its statement")
             return _engine(arg, tables[0], target, where)
         raise MigrationError(f"{where}: unknown placeholder {m.group(0)}")
 
@@ -165,7 +167,8 @@ def _engine(spec: str, table: str, target: Target, where: str) -> str:
 def _distributed(arg: str, target: Target, where: str) -> str:
     table, _, key = arg.partition(":")
     if not _IDENT.match(table) or not key.strip():
-        raise MigrationError(f"{where}: write ${{distributed:TABLE:SHARDING_KEY}}, got ${{distributed:{arg}}}")
+        raise MigrationError(f"{where}: write ${{distributed:TABLE:SHARDING_KEY}}, "
+                             f"got ${{distributed:{arg}}}")
     if not target.cluster:
         return ""
     db = target.database
@@ -203,7 +206,8 @@ def _bootstrap(db: ClickHouse, target: Target) -> None:
 
 def applied_versions(db: ClickHouse, target: Target) -> dict[str, tuple[str, str, datetime]]:
     """version -> (name, checksum, applied_at) of what the target's log records."""
-    rows = db.execute(f"SELECT version, argMax(name, applied_at), argMax(checksum, applied_at), max(applied_at) "
+    rows = db.execute("SELECT version, argMax(name, applied_at), argMax(checksum, applied_at), "
+                      "max(applied_at) "
                       f"FROM {target.stored('schema_migrations')} GROUP BY version")
     return {str(r[0]): (str(r[1]), str(r[2]), r[3]) for r in rows}
 
@@ -267,7 +271,8 @@ def status(settings: Settings, cluster: str | None = None) -> list[MigrationStat
         state = "pending" if rec is None else ("applied" if rec[1] == m.checksum else "changed")
         out.append(MigrationStatus(m.version, m.name, state, rec[2] if rec else None))
     known = {m.version for m in files}
-    out += [MigrationStatus(v, rec[0], "unknown", rec[2]) for v, rec in sorted(done.items()) if v not in known]
+    out += [MigrationStatus(v, rec[0], "unknown", rec[2])
+            for v, rec in sorted(done.items()) if v not in known]
     return out
 
 

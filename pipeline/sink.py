@@ -4,11 +4,11 @@ Two pieces:
 
 - `ClickHouse(settings)`: a small query wrapper (connection with the TLS and credential settings, `execute`,
   `query_dicts`, columnar `insert_columns`), used by migrations and reports as well.
-- `ClickHouseSink(settings)`: stores a `SinkBatch` (pipeline.records) with columnar inserts. `write` returns only
-  when every row is stored; while the server is down or slow it retries with capped exponential backoff, which
-  blocks the calling worker (that blocking *is* the backpressure: the worker reads no more input and commits
-  no offsets until the batch is stored). `stop()` makes a waiting `write` raise `SinkStopped`, so a worker that
-  shuts down never commits the offsets of a batch that was not stored.
+- `ClickHouseSink(settings)`: stores a `SinkBatch` (pipeline.records) with columnar inserts. `write` returns
+  only when every row is stored; while the server is down or slow it retries with capped exponential
+  backoff, which blocks the calling worker (that blocking *is* the backpressure: the worker reads no more
+  input and commits no offsets until the batch is stored). `stop()` makes a waiting `write` raise
+  `SinkStopped`, so a worker that shuts down never commits the offsets of a batch that was not stored.
 
 `SinkBuffer` collects worker batches and the Kafka offsets they came from and says when a flush is due (by
 row count or age); see `SinkBuffer.flush` for the order "store, then commit".
@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from operator import attrgetter
 from typing import Any, TypeVar
 
@@ -46,7 +46,7 @@ class SinkStopped(Exception):
 
 
 class SinkRejected(Exception):
-    """The server refused the batch for a reason a retry cannot fix (a schema or data error); names the table."""
+    """The server refused a batch for a reason a retry cannot fix (schema or data error); names the table."""
 
 
 # Server error codes that mean "try again later": the server is overloaded, restarting, or the schema is
@@ -102,7 +102,8 @@ class ClickHouse:
         self._client = Client(**options)
         self._lock = threading.Lock()
 
-    def execute(self, sql: str, params: dict[str, Any] | Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
+    def execute(self, sql: str,
+                params: dict[str, Any] | Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
         """Run one statement; `%(name)s` parameters are escaped by the driver, never pasted as text."""
         with self._lock:
             rows: list[tuple[Any, ...]] = self._client.execute(sql, params)
@@ -189,7 +190,8 @@ _READINGS = TableSpec(
 )
 
 
-def dedup(rows: Iterable[Row], key: Callable[[Row], Any], version: Callable[[Row], int] | None = None) -> list[Row]:
+def dedup(rows: Iterable[Row], key: Callable[[Row], Any],
+          version: Callable[[Row], int] | None = None) -> list[Row]:
     """One row per key: the highest `version` (cases: revision), else the last one seen (a replay repeats
     the same content, so which copy wins does not matter)."""
     best: dict[Any, Row] = {}
@@ -342,7 +344,7 @@ class SinkBuffer:
         return self._since is not None and self._clock() - self._since >= self.max_age_s
 
     def flush(self, sink: ClickHouseSink, commit: Callable[[Offsets], None]) -> int:
-        """Store, then commit; return the rows stored. Offsets alone (a batch of dead letters) still commit."""
+        """Store, then commit; return the rows stored. Offsets alone (only dead letters) still commit."""
         n = len(self._batch)
         if n:
             sink.write(self._batch)
