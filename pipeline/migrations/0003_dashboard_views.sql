@@ -8,7 +8,7 @@ SELECT
     status, priority, created_at, due_at, closed_at, reports, sources, reopened, rule_id, ruleset_version,
     grid_version, revision,
     status != 'closed' AS is_open,
-    status != 'closed' AND due_at IS NOT NULL AND due_at < now() AS is_overdue
+    status != 'closed' AND ifNull(due_at < now(), 0) AS is_overdue
 FROM ${ref:cases} FINAL;
 
 -- Cases per Shanghai day, place, category and first source (from the daily aggregate).
@@ -27,7 +27,7 @@ CREATE VIEW IF NOT EXISTS ${view:v_team_open} ${on_cluster} AS
 SELECT
     team,
     countIf(status != 'closed') AS open,
-    countIf(status != 'closed' AND due_at IS NOT NULL AND due_at < now()) AS overdue
+    countIf(status != 'closed' AND ifNull(due_at < now(), 0)) AS overdue
 FROM ${ref:cases} FINAL
 GROUP BY team;
 
