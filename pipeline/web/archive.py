@@ -1,0 +1,89 @@
+"""A case's history from ClickHouse: its reports (the `events` merged into it) and its timeline
+(`case_transitions`), plus the look-ups the Open311 status and the unlocated queue need.
+
+Queries go through `pipeline.sink.ClickHouse.query_dicts` with bound parameters only. Tables are
+ReplacingMergeTree, so a replayed row may still appear twice before a merge: rows are de-duplicated here by
+their key (event_id; (case_id, seq)) instead of `FINAL`, which is slow and behaves differently across the
+ClickHouse versions we support. Times are selected as epoch seconds (`toUnixTimestamp`) so the server's time zone
+never matters. Descriptions are masked again before they leave (they were masked by the worker).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from pipeline.privacy import mask_text
+
+Json = dict[str, Any]
+
+
+class Query(Protocol):
+    def query_dicts(self, sql: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]: ...
+
+
+def _iso(epoch: Any) -> str:
+    return datetime.fromtimestamp(int(epoch), UTC).isoformat().replace("+00:00", "Z")
+
+
+class CaseArchive:
+    """Read-only history queries (blocking: call them from a thread)."""
+
+    def __init__(self, db: Query) -> None:
+        self.db = db
+
+    def reports(self, case_id: str, limit: int = 500) -> list[Json]:
+        """The reports of a case, oldest first: source, category, where, whether merged as a duplicate."""
+        rows = self.db.query_dicts(
+            "SELECT event_id, source, category, cell, subdistrict, toUnixTimestamp(received_at) AS received, "
+            "merged, snapped, request_type, sensor_type, value, description "
+            "FROM events WHERE case_id = %(case_id)s ORDER BY received_at, event_id LIMIT %(limit)s",
+            {"case_id": case_id, "limit": limit * 2})
+        seen: set[str] = set()
+        out: list[Json] = []
+        for r in rows:
+            if r["event_id"] in seen:
+                continue
+            seen.add(r["event_id"])
+            out.append({"event_id": r["event_id"], "source": r["source"], "category": r["category"],
+                        "cell": r["cell"], "subdistrict": r["subdistrict"], "received_at": _iso(r["received"]),
+                        "merged": bool(r["merged"]), "snapped": bool(r["snapped"]),
+                        "request_type": r["request_type"], "sensor_type": r["sensor_type"], "value": r["value"],
+                        "description": mask_text(str(r["description"] or ""))[:1000]})
+        return out[:limit]
+
+    def timeline(self, case_id: str) -> list[Json]:
+        """Every transition of a case in order (new, dispatched with its rule and reason, accepted, ...)."""
+        rows = self.db.query_dicts(
+            "SELECT seq, status, team, actor, toUnixTimestamp(at) AS at_epoch, reason "
+            "FROM case_transitions WHERE case_id = %(case_id)s ORDER BY seq", {"case_id": case_id})
+        steps: dict[int, Json] = {}
+        for r in rows:
+            steps[int(r["seq"])] = {"seq": int(r["seq"]), "status": r["status"], "team": r["team"],
+                                    "actor": r["actor"], "at": _iso(r["at_epoch"]),
+                                    "reason": mask_text(str(r["reason"] or ""))}
+        return [steps[k] for k in sorted(steps)]
+
+    def case_of_event(self, event_id: str) -> str | None:
+        """The case an event ended up in (None while the worker has not stored it)."""
+        rows = self.db.query_dicts("SELECT case_id FROM events WHERE event_id = %(event_id)s LIMIT 1",
+                                   {"event_id": event_id})
+        return str(rows[0]["case_id"]) if rows else None
+
+    def known_events(self, event_ids: Sequence[str]) -> set[str]:
+        """Which of these event ids are stored (an unlocated ticket placed since is one of them)."""
+        found: set[str] = set()
+        ids = list(event_ids)
+        for i in range(0, len(ids), 1000):
+            rows = self.db.query_dicts("SELECT DISTINCT event_id FROM events WHERE event_id IN %(ids)s",
+                                       {"ids": tuple(ids[i:i + 1000])})
+            found |= {str(r["event_id"]) for r in rows}
+        return found
+
+
+def open_archive(settings: Any) -> CaseArchive:
+    """The archive on the configured ClickHouse database (connects lazily, on the first query)."""
+    from pipeline.sink import ClickHouse
+
+    return CaseArchive(ClickHouse(settings, connect_timeout=3.0, send_receive_timeout=10.0))
