@@ -6,8 +6,7 @@ Modules, in flow order:
 - `grid.validate`  `cityops grid validate`: what makes a grid file acceptable to a running worker;
 - `grid.index`     `GridIndex` (batch lookup) and `GridHolder` (hot swap of a validated grid file);
 - `grid.gazetteer` addresses without coordinates → points;
-- `grid.locate`    the pipeline stage that puts `Location`s on events, in batches;
-- `grid.cli`, `grid.bench`.
+- `grid.lattice`, `grid.gridfile` (file format), `grid.cli`, `grid.bench`.
 """
 
 from pathlib import Path

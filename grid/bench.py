@@ -85,8 +85,8 @@ def _batch_rate(index: GridIndex, x: FloatArray, y: FloatArray, size: int, with_
 def per_point_baseline(index: GridIndex, x: FloatArray, y: FloatArray) -> float:
     """Points/s of one STRtree query per point (covers + the same tie rule, no snapping)."""
     geoms = np.array([index.cell_geometry(c) for c in index.codes()])
-    cols = [int(index.cell_info(c)["col"]) for c in index.codes()]  # type: ignore[call-overload]
-    rows = [int(index.cell_info(c)["row"]) for c in index.codes()]  # type: ignore[call-overload]
+    col_arr, row_arr = index.lattice_squares()
+    cols, rows = col_arr.tolist(), row_arr.tolist()
     tree = shapely.STRtree(geoms)
     t = time.perf_counter()
     for lon, lat in zip(x.tolist(), y.tolist(), strict=True):

@@ -278,7 +278,7 @@ def build(source_dir: Path = DEFAULT_SOURCE_DIR, cells_file: Path = CELLS_FILE, 
     cell_feats: list[tuple[str, str]] = []
     area_feats: list[tuple[str, str]] = []
     n_grids = 0
-    for district, (fname, dname, dname_en) in DISTRICTS.items():
+    for district, (_, dname, dname_en) in DISTRICTS.items():
         outline = outlines[district]
         dsubs = [s for s in subs if s.district == district]
         if not dsubs:

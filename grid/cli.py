@@ -88,10 +88,10 @@ def info_command(args: argparse.Namespace) -> int:
         if info is None:
             print(f"unknown cell code {code}")
             return 1
-        cx, cy = info["centroid"]  # type: ignore[misc]
+        cx, cy = index.cell_geometry(code).centroid.coords[0]  # type: ignore[union-attr]
         print(f"cell        {code} (lattice col {info['col']}, row {info['row']}, "
               f"{'whole square' if info['whole_square'] else 'clipped to the outline'})")
-        print(f"centre      {cx}, {cy} (WGS84)")
+        print(f"centre      {cx:.7f}, {cy:.7f} (WGS84)")
         code_chain = [code[:12], code[:9], code[:6]]
     else:
         if code not in areas:

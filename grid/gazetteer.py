@@ -155,9 +155,9 @@ class Gazetteer:
                 raise GazetteerError(f"{where} {e['name']}: key 'numbers' must be [low, high], got {nums!r}")
             if not isinstance(e["line"], list) or len(e["line"]) < 2:
                 raise GazetteerError(f"{where} {e['name']}: key 'line' needs at least two points")
-            line = _convert([_pair(p, f"{where} {e['name']}", "line") for p in e["line"]], datum)
+            points = _convert([_pair(p, f"{where} {e['name']}", "line") for p in e["line"]], datum)
             roads.append(Road(str(e["name"]), str(e["district"]), tuple(e.get("aliases") or ()),
-                              (nums[0], nums[1]), line))
+                              (nums[0], nums[1]), points))
         for entry in top["places"] or []:
             where = f"{path}:{entry.get('__line__', '?') if isinstance(entry, dict) else '?'}: place"
             e = _check_keys(entry, where, {"name", "district", "point"}, {"aliases", "entrances"})

@@ -335,7 +335,7 @@ class GridIndex:
         k = np.minimum(((v - edges[0]) * inv_step).astype(np.int64), n - 1)
         k -= v < edges[k]
         k += v >= edges[k + 1]
-        return k
+        return np.asarray(k, dtype=np.int64)
 
     def _neighbour_ties(self, tie: IntArray, x: FloatArray, y: FloatArray, ci: IntArray,
                         ri: IntArray) -> IntArray:
@@ -420,6 +420,10 @@ class GridIndex:
                 "district": code[:6], "grid_kind": self._kinds[i], "col": int(self._cols[i]),
                 "row": int(self._rows[i]), "whole_square": bool(self._full[i]),
                 "centroid": (round(c.x, 7), round(c.y, 7))}
+
+    def lattice_squares(self) -> tuple[IntArray, IntArray]:
+        """Absolute lattice (col, row) of every cell, in file order."""
+        return self._cols.copy(), self._rows.copy()
 
     def codes(self) -> list[str]:
         """All cell codes, in file order."""
