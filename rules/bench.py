@@ -191,7 +191,7 @@ def format_result(result: dict[str, float | int | str]) -> str:
             f"compiled, {result['naive_events']:,}-event slice",
             f"{result['compiled_slice_events_per_s']:,.0f} events/s",
         ),
-        (f"naive interpreter, same slice", f"{result['naive_events_per_s']:,.0f} events/s"),
+        ("naive interpreter, same slice", f"{result['naive_events_per_s']:,.0f} events/s"),
         ("ratio compiled / naive", f"{result['ratio']:.1f}x"),
     ]
     width = max(len(k) for k, _ in rows)

@@ -80,9 +80,7 @@ def _history(name: str) -> RecurrenceHistory:
         raise ValueError(f"{name}: expected a list of {{cell, category, at}}")
     history = RecurrenceHistory()
     for i, item in enumerate(data):
-        if not isinstance(item, dict) or not all(
-            isinstance(item.get(k), str) for k in ("cell", "category", "at")
-        ):
+        if not isinstance(item, dict) or not all(isinstance(item.get(k), str) for k in ("cell", "category", "at")):
             raise ValueError(f"{name}: item {i}: expected cell, category and at as text")
         history.record(item["cell"], item["category"], parse_time(item["at"]))
     return history
@@ -104,7 +102,9 @@ def _test(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:  # type: ignore[type-arg]
     """Add `rules` and its sub-commands; return the `rules` sub-parsers for further commands."""
     p = sub.add_parser("rules", help="check, explain and test the dispatch rules")
-    rsub = p.add_subparsers(dest="rules_command", required=True, metavar="RULES_COMMAND")
+    rsub: argparse._SubParsersAction = p.add_subparsers(  # type: ignore[type-arg]
+        dest="rules_command", required=True, metavar="RULES_COMMAND"
+    )
     check = rsub.add_parser("check", help="validate rules files (default: the shipped ruleset)")
     check.add_argument("files", nargs="*", metavar="FILE")
     check.set_defaults(func=_check)

@@ -58,10 +58,8 @@ def minute_in_windows(at: datetime, tz: ZoneInfo, windows: tuple[tuple[int, int]
     """Whether the local minute of day of `at` lies in one of the [start, end) windows (end < start wraps)."""
     local = local_time(at, tz)
     minute = local.hour * 60 + local.minute
-    for start, end in windows:
-        if (start <= minute < end) if start < end else (minute >= start or minute < end):
-            return True
-    return False
+    return any((start <= minute < end) if start < end else (minute >= start or minute < end)
+               for start, end in windows)
 
 
 class Condition(ABC):
@@ -126,10 +124,8 @@ class Membership(Condition):
         return self._get(ev) in self.values
 
     def code(self, consts: Consts) -> str:
-        if len(self.values) == 1:
-            test = f"== {consts.add(next(iter(self.values)))}"
-        else:
-            test = f"in {consts.add(self.values)}"
+        one = len(self.values) == 1
+        test = f"== {consts.add(next(iter(self.values)))}" if one else f"in {consts.add(self.values)}"
         if self.on_location:
             return f"((_l := ev.location) is not None and _l.{self.attr} {test})"
         return f"(ev.{self.attr} {test})"

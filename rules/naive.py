@@ -95,7 +95,7 @@ class NaiveRuleset:
         if key == "grid_kind":
             return loc is not None and loc.grid_kind in _as_list(value)
         if key == "located":
-            return (loc is not None and loc.cell is not None) == value
+            return (loc is not None and loc.cell is not None) == bool(value)
         if key == "request_type":
             return ev.request_type in _as_list(value)
         if key == "sensor_type":

@@ -131,17 +131,17 @@ def _case(r: NodeReader, node: Node, key: str) -> RuleTestCase | None:
     if expect is None or name is None:
         return None
     wanted: dict[str, Any] = {}
-    for k, entry in expect.items():
+    for k, got in expect.items():
         if k == "priority":
-            wanted[k] = r.integer(entry.value, f"{key}.expect.{k}", 1, 5)
+            wanted[k] = r.integer(got.value, f"{key}.expect.{k}", 1, 5)
         elif k == "sla":
-            wanted[k] = _duration(r, entry.value, f"{key}.expect.{k}")
+            wanted[k] = _duration(r, got.value, f"{key}.expect.{k}")
         elif k == "escalate_to":
-            wanted[k] = None if r.is_null(entry.value) else r.text(entry.value, f"{key}.expect.{k}")
+            wanted[k] = None if r.is_null(got.value) else r.text(got.value, f"{key}.expect.{k}")
         elif k in ("notify", "tags"):
-            wanted[k] = tuple(v for _, v in r.texts(entry.value, f"{key}.expect.{k}") or [])
+            wanted[k] = tuple(v for _, v in r.texts(got.value, f"{key}.expect.{k}") or [])
         else:
-            wanted[k] = r.text(entry.value, f"{key}.expect.{k}")
+            wanted[k] = r.text(got.value, f"{key}.expect.{k}")
     return RuleTestCase(name, node.start_mark.line + 1, event, tuple(history), wanted)
 
 
