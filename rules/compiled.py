@@ -1,10 +1,18 @@
-"""Rules compiled for fast dispatch: one generated function per rule, candidate lists per (source, category).
+"""Rules compiled for fast dispatch: one generated chooser function per (source, category).
 
-Compilation happens once per ruleset load. Each rule's `when` becomes one Python function (source text built
-only from fixed templates in rules/conditions.py; every value from the file is passed in as a named constant).
-The conditions on `source` / `discovered_by` and `category` at the top of a rule are not compiled into it:
-they decide which (source, category) lists the rule is put in, so an event only runs the rules that can apply
-to it, in order, and a rule left with no other condition is taken without a call.
+Compilation happens once per ruleset load. For every source and taxonomy category, each rule's `when` is
+partially evaluated with that source and category known (`specialize`): conditions on source, discovered_by
+and category, wherever they sit in the tree, become true or false, so rules that cannot apply disappear and
+`any` branches that cannot hold are dropped. What is left is generated as one Python function per list,
+
+    def choose(ev, rec):
+        if <rule A's remaining conditions>: return A
+        if <rule B's remaining conditions>: return B
+        return DEFAULT
+
+so an event costs one dictionary lookup and at most one call. When the first remaining rule has no condition
+left, no function is made at all. The source text is built only from fixed templates in rules/conditions.py;
+every value from the rules file is passed in as a named constant, never spliced into the text.
 """
 
 from __future__ import annotations
@@ -15,7 +23,7 @@ from datetime import timedelta
 
 from pipeline.model import SOURCES, Event
 from pipeline.taxonomy import Taxonomy
-from rules.conditions import All, CodeMatch, Condition, Consts, Membership
+from rules.conditions import All, AnyOf, CodeMatch, Condition, Consts, Membership, Not
 from rules.recurrence import RecurrenceCounter
 from rules.spec import Route, Rule
 
@@ -33,9 +41,6 @@ class CompiledRule:
     sla: timedelta
     template: dict[str, object]  # every Dispatch field except due_at (and reason when `dynamic`)
     dynamic: bool  # True when the reason depends on which `any` branch matched
-    sources: frozenset[str]
-    category: CodeMatch | None
-    residual: Predicate | None  # what remains after the index; None = always true in its lists
 
     def reason_for(self, ev: Event, rec: RecurrenceCounter | None) -> str:
         if self.rule is None:
@@ -43,83 +48,125 @@ class CompiledRule:
         return f"rule {self.rule_id} (order {self.rule.order}): {self.rule.when.why(ev, rec)}"
 
 
-def compile_predicate(name: str, condition: Condition) -> Predicate:
-    """One Python function `(ev, rec) -> bool` equivalent to `condition.test`."""
-    consts = Consts()
-    source = f"def {name}(ev, rec):\n    return bool({condition.code(consts)})\n"
-    namespace: dict[str, object] = dict(consts.values)
-    # exec of our own template text: the rules file only contributes constants, bound through `namespace`
-    exec(compile(source, f"<rule {name}>", "exec"), namespace)  # noqa: S102
-    fn: Predicate = namespace[name]  # type: ignore[assignment]
-    return fn
+Chooser = Callable[[Event, RecurrenceCounter | None], CompiledRule]
+# (chooser or None, rule): with no chooser, `rule` is the decision for every event of that source and category
+Entry = tuple[Chooser | None, CompiledRule]
 
 
 def compile_rule(rule: Rule, version: str) -> CompiledRule:
-    sources = frozenset(SOURCES)
-    category: CodeMatch | None = None
-    residual: list[Condition] = []
-    for child in rule.when.children:
-        if isinstance(child, Membership) and child.attr == "source" and not child.on_location:
-            sources &= child.values
-        elif isinstance(child, CodeMatch) and child.attr == "category" and category is None:
-            category = child
-        else:
-            residual.append(child)
-    predicate = compile_predicate(_identifier(rule.id), All(tuple(residual))) if residual else None
     dynamic = rule.when.has_choice()
     reason = "" if dynamic else f"rule {rule.id} (order {rule.order}): {rule.when.describe()}"
     return CompiledRule(
-        rule,
-        rule.id,
-        rule.route,
-        rule.route.sla,
-        _template(rule.route, rule.id, reason, version),
-        dynamic,
-        sources,
-        category,
-        predicate,
+        rule, rule.id, rule.route, rule.route.sla, _template(rule.route, rule.id, reason, version), dynamic
     )
 
 
 def compile_default(route: Route, version: str) -> CompiledRule:
+    reason = "no rule matched: default route"
     return CompiledRule(
-        None,
-        DEFAULT_RULE_ID,
-        route,
-        route.sla,
-        _template(route, DEFAULT_RULE_ID, "no rule matched: default route", version),
-        False,
-        frozenset(SOURCES),
-        None,
-        None,
+        None, DEFAULT_RULE_ID, route, route.sla, _template(route, DEFAULT_RULE_ID, reason, version), False
     )
 
 
-Bucket = tuple[tuple[Predicate | None, CompiledRule], ...]
+def specialize(cond: Condition, source: str, category: str) -> Condition | bool:
+    """`cond` for events known to have this source and category: True, False, or what remains to test."""
+    if isinstance(cond, Membership) and cond.attr == "source" and not cond.on_location:
+        return source in cond.values
+    if isinstance(cond, CodeMatch) and cond.attr == "category" and not cond.on_location:
+        return cond.matches(category)
+    if isinstance(cond, All):
+        kept: list[Condition] = []
+        for child in cond.children:
+            part = specialize(child, source, category)
+            if part is False:
+                return False
+            if part is not True:
+                kept.append(part)
+        return True if not kept else (kept[0] if len(kept) == 1 else All(tuple(kept)))
+    if isinstance(cond, AnyOf):
+        options: list[Condition] = []
+        for child in cond.children:
+            part = specialize(child, source, category)
+            if part is True:
+                return True
+            if part is not False:
+                options.append(part)
+        return False if not options else (options[0] if len(options) == 1 else AnyOf(tuple(options)))
+    if isinstance(cond, Not):
+        inner = specialize(cond.child, source, category)
+        return (not inner) if isinstance(inner, bool) else Not(inner)
+    return cond
 
 
-def bucket(rules: tuple[CompiledRule, ...], default: CompiledRule, source: str, category: str) -> Bucket:
-    """The rules that can match events of `source` and `category`, in order, ending at the first rule that
-    always matches there (or the default)."""
-    out: list[tuple[Predicate | None, CompiledRule]] = []
+def candidates(
+    rules: tuple[CompiledRule, ...], source: str, category: str
+) -> list[tuple[Condition | bool, CompiledRule]]:
+    """The rules that can still match for this source and category, in order, with what remains of `when`,
+    ending at the first one with nothing left to test."""
+    out: list[tuple[Condition | bool, CompiledRule]] = []
     for rule in rules:
-        if source not in rule.sources or (rule.category is not None and not rule.category.matches(category)):
+        assert rule.rule is not None
+        rest = specialize(rule.rule.when, source, category)
+        if rest is False:
             continue
-        out.append((rule.residual, rule))
-        if rule.residual is None:
-            return tuple(out)
-    out.append((None, default))
-    return tuple(out)
+        out.append((rest, rule))
+        if rest is True:
+            break
+    return out
 
 
-def index(
-    rules: tuple[CompiledRule, ...], default: CompiledRule, taxonomy: Taxonomy
-) -> dict[str, dict[str, Bucket]]:
-    """source -> category -> bucket, for every source and every taxonomy code."""
-    return {
-        source: {code: bucket(rules, default, source, code) for code in taxonomy.codes()}
-        for source in SOURCES
-    }
+class ChooserFactory:
+    """Builds and shares choosers: lists that specialize to the same conditions get the same function."""
+
+    def __init__(self, rules: tuple[CompiledRule, ...], default: CompiledRule) -> None:
+        self.rules = rules
+        self.default = default
+        self._cache: dict[tuple[object, ...], Chooser] = {}
+
+    def entry(self, source: str, category: str) -> Entry:
+        steps = candidates(self.rules, source, category)
+        if not steps:
+            return None, self.default
+        if steps[0][0] is True:
+            return None, steps[0][1]
+        consts = Consts()
+        lines = ["def choose(ev, rec):"]
+        final = self.default
+        for rest, rule in steps:
+            if rest is True:
+                final = rule
+                break
+            assert isinstance(rest, Condition)
+            lines.append(f"    if {rest.code(consts)}:\n        return {consts.add(rule)}")
+        lines.append(f"    return {consts.add(final)}")
+        source_text = "\n".join(lines) + "\n"
+        # constants are the very objects of the parsed rules, so their ids identify them while the rules live
+        key = (source_text, *(id(v) for v in consts.values.values()))
+        found = self._cache.get(key)
+        if found is None:
+            namespace: dict[str, object] = dict(consts.values)
+            exec(compile(source_text, f"<rules {source}/{category}>", "exec"), namespace)  # noqa: S102
+            found = namespace["choose"]  # type: ignore[assignment]
+            self._cache[key] = found  # type: ignore[assignment]
+        return found, steps[-1][1] if steps[-1][0] is True else self.default
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+
+def index(factory: ChooserFactory, taxonomy: Taxonomy) -> dict[tuple[str, str], Entry]:
+    """(source, category) -> entry, for every source and every taxonomy code."""
+    return {(source, code): factory.entry(source, code) for source in SOURCES for code in taxonomy.codes()}
+
+
+def compile_predicate(name: str, condition: Condition) -> Predicate:
+    """One Python function `(ev, rec) -> bool` equivalent to `condition.test` (used by tests and tools)."""
+    consts = Consts()
+    source = f"def {name}(ev, rec):\n    return bool({condition.code(consts)})\n"
+    namespace: dict[str, object] = dict(consts.values)
+    exec(compile(source, f"<rule {name}>", "exec"), namespace)  # noqa: S102
+    fn: Predicate = namespace[name]  # type: ignore[assignment]
+    return fn
 
 
 def _template(route: Route, rule_id: str, reason: str, version: str) -> dict[str, object]:
@@ -134,7 +181,3 @@ def _template(route: Route, rule_id: str, reason: str, version: str) -> dict[str
         "reason": reason,
         "ruleset_version": version,
     }
-
-
-def _identifier(rule_id: str) -> str:
-    return "rule_" + "".join(ch if ch.isalnum() else "_" for ch in rule_id)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from pipeline.model import Event
 from pipeline.taxonomy import Taxonomy, default_taxonomy
-from rules.compiled import Bucket, CompiledRule, bucket, compile_default, compile_rule, index
+from rules.compiled import ChooserFactory, CompiledRule, Entry, compile_default, compile_rule, index, specialize
 from rules.durations import format_duration
 from rules.errors import RulesError
 from rules.recurrence import RecurrenceCounter
@@ -95,9 +95,7 @@ class Explanation:
         for t in self.rules:
             verdict = "CHOSEN" if t.chosen else ("matched (an earlier rule won)" if t.matched else "no match")
             where = f"order {t.order}" if t.order is not None else "fallback"
-            out.append(
-                f"- {t.rule_id} ({where}): {verdict}" + (f" - {t.description}" if t.description else "")
-            )
+            out.append(f"- {t.rule_id} ({where}): {verdict}" + (f" - {t.description}" if t.description else ""))
             out += [f"    {line}" for line in t.lines]
         return "\n".join(out)
 
@@ -112,20 +110,18 @@ class Ruleset:
         self.warnings: list[str] = shadow_warnings(spec, taxonomy)
         self.rules: tuple[CompiledRule, ...] = tuple(compile_rule(r, self.version) for r in spec.rules)
         self.default = compile_default(spec.default, self.version)
-        self._buckets = index(self.rules, self.default, taxonomy)
+        self._factory = ChooserFactory(self.rules, self.default)
+        self._table = index(self._factory, taxonomy)
 
-    def _bucket(self, source: str, category: str) -> Bucket:
-        by_category = self._buckets.get(source)
-        found = by_category.get(category) if by_category is not None else None
-        # a code outside the taxonomy (bad input upstream) still gets a route, just not a precomputed list
-        return found if found is not None else bucket(self.rules, self.default, source, category)
+    def _entry(self, source: str, category: str) -> Entry:
+        found = self._table.get((source, category))
+        # a code outside the taxonomy (bad input upstream) still gets a route, just not a prepared entry
+        return found if found is not None else self._factory.entry(source, category)
 
     def choose(self, event: Event, recurrence: RecurrenceCounter | None = None) -> CompiledRule:
         """The first rule (by order) that matches, or the default."""
-        for predicate, rule in self._bucket(event.source, event.category):
-            if predicate is None or predicate(event, recurrence):
-                return rule
-        raise AssertionError("every bucket ends with an always-matching entry")
+        chooser, rule = self._entry(event.source, event.category)
+        return rule if chooser is None else chooser(event, recurrence)
 
     def dispatch(
         self, event: Event, recurrence: RecurrenceCounter | None = None, now: datetime | None = None
@@ -134,25 +130,21 @@ class Ruleset:
         return self.dispatch_batch((event,), recurrence, now)[0]
 
     def dispatch_batch(
-        self,
-        events: Iterable[Event],
-        recurrence: RecurrenceCounter | None = None,
-        now: datetime | None = None,
+        self, events: Iterable[Event], recurrence: RecurrenceCounter | None = None, now: datetime | None = None
     ) -> list[Dispatch]:
         """Route many events, in order; the same result as `dispatch` on each, faster."""
-        buckets = self._buckets
-        slow = self._bucket
+        table = self._table
+        slow = self._factory.entry
         out: list[Dispatch] = []
         append = out.append
         for ev in events:
-            by_category = buckets.get(ev.source)
-            entries = by_category.get(ev.category) if by_category is not None else None
-            if entries is None:
-                entries = slow(ev.source, ev.category)
-            for predicate, rule in entries:  # noqa: B007 (`rule` is used after the break)
-                if predicate is None or predicate(ev, recurrence):
-                    break
-            # a frozen dataclass built from the rule's prepared fields: the per-event cost is one dict copy
+            try:
+                chooser, rule = table[ev.source, ev.category]
+            except KeyError:
+                chooser, rule = slow(ev.source, ev.category)
+            if chooser is not None:
+                rule = chooser(ev, recurrence)
+            # a frozen dataclass filled from the rule's prepared fields: the per-event cost is one dict copy
             d = _new(Dispatch)
             fields = d.__dict__
             fields.update(rule.template)
@@ -170,9 +162,7 @@ class Ruleset:
         traces: list[RuleTrace] = []
         for rule in self.rules:
             assert rule.rule is not None
-            candidate = event.source in rule.sources and (
-                rule.category is None or rule.category.matches(event.category)
-            )
+            candidate = specialize(rule.rule.when, event.source, event.category) is not False
             matched, lines = rule.rule.when.trace(event, recurrence)
             traces.append(
                 RuleTrace(
@@ -186,9 +176,7 @@ class Ruleset:
                 )
             )
         traces.append(
-            RuleTrace(
-                self.default.rule_id, None, "when no rule matches", True, True, chosen is self.default, ()
-            )
+            RuleTrace(self.default.rule_id, None, "when no rule matches", True, True, chosen is self.default, ())
         )
         return Explanation(event.event_id, self.version, self.dispatch(event, recurrence, now), tuple(traces))
 
