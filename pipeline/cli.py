@@ -16,6 +16,7 @@ COMMAND_MODULES = (
     "pipeline.migrate",     # cityops db migrate|status
     "pipeline.worker",      # cityops worker
     "grid.cli",             # cityops grid build|validate|locate|info|geocode
+    "pipeline.web.cli",     # cityops web [adduser]
 )
 
 

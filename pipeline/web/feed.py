@@ -15,6 +15,7 @@ the raw topics: events in, events processed and lag per source, for the warnings
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -133,7 +134,8 @@ def _wait_partitions(consumer: Any, topic: str, stop: threading.Event, timeout_s
     return set()
 
 
-def deliver_to_loop(loop: asyncio.AbstractEventLoop, apply: Callable[[list[Item]], Any]) -> Callable[[list[Item]], None]:
+def deliver_to_loop(loop: asyncio.AbstractEventLoop,
+                    apply: Callable[[list[Item]], Any]) -> Callable[[list[Item]], None]:
     """A `deliver` for `BoardFeed` that runs `apply(items)` on `loop` (the board's only writer)."""
     def deliver(items: list[Item]) -> None:
         loop.call_soon_threadsafe(apply, items)
@@ -205,8 +207,7 @@ class LagProbe:
     def close(self) -> None:
         for client in (self._consumer, self._admin):
             if client is not None:
-                try:
+                # closing a broken client may raise anything; it is gone either way
+                with contextlib.suppress(Exception):
                     client.close()
-                except Exception:  # closing a broken client may raise anything; it is gone either way
-                    pass
         self._consumer = self._admin = None

@@ -210,7 +210,7 @@ class Open311:
         key = params.get("api_key") or request.headers.get("X-Api-Key")
         if not key:
             return error(401, "api_key: required (an ingest client's key)")
-        user = self.c.users.current.by_api_key(str(key))
+        user: User | None = self.c.users.current.by_api_key(str(key))
         if user is None:
             return error(403, "api_key: not a valid key")
         return user

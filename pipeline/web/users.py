@@ -207,7 +207,7 @@ def _user(entry: Any, source: str) -> User:
         raise UsersError(f"{where}: missing key 'password' (a scrypt hash; `cityops web adduser` makes one)")
     if password is not None and not password.startswith("scrypt$"):
         raise UsersError(f"{where}: key 'password' must be a scrypt hash, never a clear-text password")
-    return User(name=name, role=role, team=team, patrol_team=patrol_team,  # type: ignore[arg-type]
+    return User(name=name, role=role, team=team, patrol_team=patrol_team,
                 password_hash=password, api_key_sha256=api_key, display=text("display") or "")
 
 

@@ -1,0 +1,45 @@
+// cityops: a case page (reports, dispatches with their rule and reason, timeline); refreshed on live changes.
+"use strict";
+(() => {
+  const {el, api, fmtTime, TEAMS, STATUS, SOURCES} = cityops;
+  const caseId = document.querySelector(".case-page").dataset.caseId;
+  let revision = null;
+
+  function fact(k, v) { return [el("dt", {}, k), el("dd", {}, v === null || v === undefined || v === "" ? "—" : v)]; }
+
+  async function load() {
+    let data;
+    try { data = await api("/api/cases/" + encodeURIComponent(caseId)); }
+    catch (e) { document.getElementById("case-error").textContent = e.message; return; }
+    const c = data.case, s = c.state;
+    revision = s.revision;
+    document.getElementById("case-facts").replaceChildren(...[
+      fact("状态 Status", STATUS[c.status] || c.status), fact("队伍 Team", TEAMS[c.team] || c.team),
+      fact("类别 Category", c.category), fact("优先级 Priority", "P" + c.priority),
+      fact("期限 Due", fmtTime(c.due_at) + (c.due ? " (" + c.due + ")" : "")),
+      fact("网格 Cell", c.cell), fact("街道 Sub-district", c.subdistrict_name || c.subdistrict),
+      fact("发现方式 Discovered by", c.discovered_by), fact("来源 Sources", (c.sources || []).map((x) => SOURCES[x] || x).join(", ")),
+      fact("上报数 Reports", c.reports), fact("重开 Reopened", s.reopened), fact("规则 Rule", s.rule_id),
+      fact("理由 Reason", s.reason), fact("创建 Created", fmtTime(s.created_at)),
+    ].flat());
+    document.getElementById("case-actions").replaceChildren(
+      caseActions.buttons(c, data.actions, () => setTimeout(load, 300),
+        (msg) => { document.getElementById("case-error").textContent = msg; }));
+    document.getElementById("dispatches").replaceChildren(...data.dispatches.map((a) => el("li", {class: "dispatch"},
+      el("span", {class: "time"}, fmtTime(a.created_at)), el("span", {class: "kind"}, a.kind),
+      el("span", {class: "team"}, TEAMS[a.team] || a.team), el("code", {}, a.rule_id), el("span", {class: "reason"}, a.reason))));
+    document.getElementById("history-error").textContent = data.history_error || "";
+    document.querySelector("#reports tbody").replaceChildren(...data.reports.map((r) => el("tr", {},
+      el("td", {}, fmtTime(r.received_at)), el("td", {}, SOURCES[r.source] || r.source), el("td", {}, r.category),
+      el("td", {}, r.cell), el("td", {}, r.merged ? "合并 merged" : "首报 first"), el("td", {}, r.description))));
+    document.getElementById("timeline").replaceChildren(...data.timeline.map((t) => el("li", {class: "step s-" + t.status},
+      el("span", {class: "time"}, fmtTime(t.at)), el("strong", {}, STATUS[t.status] || t.status),
+      el("span", {class: "team"}, TEAMS[t.team] || t.team), el("span", {class: "actor"}, t.actor),
+      el("span", {class: "reason"}, t.reason))));
+  }
+
+  document.addEventListener("DOMContentLoaded", () => {
+    load();
+    cityops.stream({board: () => load(), feed: () => load()});
+  });
+})();
