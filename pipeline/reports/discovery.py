@@ -1,0 +1,98 @@
+"""Discovery rate (问题主动发现率): the share of cases first found by patrols or sensors, not by citizens.
+
+Read from the `cases_daily` aggregate (distinct case ids per Shanghai day, place, category and first
+source; see migration 0002), so a replayed or re-revised case counts once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+
+from pipeline.reports.query import (
+    Filters,
+    Queryable,
+    as_date,
+    dimension_expr,
+    period_expr,
+    relative_change,
+    share,
+)
+
+_DIMENSIONS = ("none", "subdistrict", "grid", "cell", "category")
+
+
+@dataclass(frozen=True)
+class DiscoveryRow:
+    """Cases of one period (and group) by first source; `rate` = (patrol + sensor) / total."""
+
+    period: str          # first day of the period, ISO
+    key: str             # the group (sub-district, grid, cell or category); "" when not grouped
+    total: int
+    citizen: int
+    patrol: int
+    sensor: int
+
+    @property
+    def rate(self) -> float | None:
+        return share(self.patrol + self.sensor, self.total)
+
+    @property
+    def patrol_share(self) -> float | None:
+        return share(self.patrol, self.total)
+
+    @property
+    def sensor_share(self) -> float | None:
+        return share(self.sensor, self.total)
+
+
+def discovery(db: Queryable, filters: Filters = Filters(), period: str = "month",
+              by: str = "none") -> list[DiscoveryRow]:
+    """Discovery counts per period (day | week | month | all) and group, ordered by period then group."""
+    per = period_expr(period, "day")
+    key = dimension_expr(by, _DIMENSIONS)
+    cond, params = filters.where("day")
+    sql = f"""
+        SELECT toString({per}) AS period, {key} AS key,
+               uniqExactMerge(cases) AS total,
+               uniqExactMergeIf(cases, discovered_by = 'citizen') AS citizen,
+               uniqExactMergeIf(cases, discovered_by = 'patrol') AS patrol,
+               uniqExactMergeIf(cases, discovered_by = 'sensor') AS sensor
+        FROM cases_daily
+        WHERE {cond}
+        GROUP BY period, key
+        ORDER BY period, key"""
+    return [DiscoveryRow(as_date(r["period"]), str(r["key"]), int(r["total"]), int(r["citizen"]),
+                         int(r["patrol"]), int(r["sensor"]))
+            for r in db.query_dicts(sql, params)]
+
+
+@dataclass(frozen=True)
+class DiscoveryChange:
+    """The discovery rate in two periods and its relative change (+0.40 = "+40%")."""
+
+    before: DiscoveryRow
+    after: DiscoveryRow
+
+    @property
+    def change(self) -> float | None:
+        return relative_change(self.before.rate, self.after.rate)
+
+    @property
+    def points(self) -> float | None:
+        """The change in percentage points (after − before) × 100."""
+        b, a = self.before.rate, self.after.rate
+        return None if a is None or b is None else (a - b) * 100
+
+
+def discovery_change(db: Queryable, before: tuple[date, date], after: tuple[date, date],
+                     filters: Filters = Filters()) -> DiscoveryChange:
+    """Compare two date ranges ([since, until) each) under the same place and category filters."""
+    rows = []
+    for since, until in (before, after):
+        f = Filters(since, until, filters.subdistrict, filters.grid, filters.cell, filters.category)
+        got = discovery(db, f, period="all")
+        rows.append(got[0] if got else DiscoveryRow("1970-01-01", "", 0, 0, 0, 0))
+        rows[-1] = DiscoveryRow(since.isoformat(), f"{since.isoformat()}..{until.isoformat()}",
+                                rows[-1].total, rows[-1].citizen, rows[-1].patrol, rows[-1].sensor)
+    return DiscoveryChange(rows[0], rows[1])
