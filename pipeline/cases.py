@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -67,7 +68,8 @@ class CorrelationPolicy:
     """How near (metres) and how soon (hours) a report must be to join an open case, per category family.
 
     A family is a major class (`E04`, `P01`, ...). `reopen_days`: a report after closing within this many days
-    reopens the case instead of opening a new one. `keep_days`: how long closed cases and seen ids are kept.
+    reopens the case instead of opening a new one. Closed cases (with the ids of the reports and updates they
+    absorbed) are kept `keep_days` after closing: for recurrence counts and to recognise replays.
     """
 
     default_radius_m: float = 100.0
@@ -78,8 +80,7 @@ class CorrelationPolicy:
         "E05": (150.0, 4.0),     # street order (vendors) moves, and comes back the same evening
     })
     reopen_days: float = 7.0
-    keep_days: float = 60.0
-    recurrence_days: float = 90.0
+    keep_days: float = 90.0
 
     def for_category(self, category: str) -> tuple[float, timedelta]:
         radius, hours = self.families.get(category[:3], (self.default_radius_m, self.default_window_h))
@@ -177,6 +178,15 @@ class Case:
     escalated: bool = False
     sensor_id: str | None = None
     first_event: dict[str, Any] = field(default_factory=dict)
+    event_ids: list[str] = field(default_factory=list)      # reports absorbed (to recognise replays)
+    update_ids: list[str] = field(default_factory=list)     # team updates applied
+
+    def to_dict(self) -> dict[str, Any]:
+        return _case_to_dict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Case:
+        return _case_from_dict(d)
 
     def state(self) -> dict[str, Any]:
         """The public state of the case (the `cityops.case-state` topic; README "Output topics")."""
@@ -222,25 +232,64 @@ def case_partition_key(case_id: str) -> str:
     return case_id[1:].split("-", 1)[0]
 
 
+_M_PER_DEG_LAT = 111_194.93   # metres per degree on the 6,371,008.8 m mean sphere
+_BUCKET_DEG = 0.002            # correlation buckets: about 220 m north-south, 190 m east-west at 31 N
+_NO_POS = -(10**9)
+
+
+def _bucket(category: str, lon: float | None, lat: float | None) -> tuple[str, int, int]:
+    if lon is None or lat is None:
+        return (category, _NO_POS, _NO_POS)
+    return (category, int(math.floor(lat / _BUCKET_DEG)), int(math.floor(lon / _BUCKET_DEG)))
+
+
 def distance_m(lon1: float, lat1: float, lon2: float, lat2: float) -> float:
-    """Great-circle distance in metres (haversine; exact enough at street scale)."""
-    p1, p2 = math.radians(lat1), math.radians(lat2)
-    dp, dl = p2 - p1, math.radians(lon2 - lon1)
-    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
-    return 2 * 6_371_008.8 * math.asin(min(1.0, math.sqrt(a)))
+    """Distance in metres by the equirectangular approximation: within 0.1% of the great-circle distance at
+    the few-hundred-metre scale correlation works at, and several times cheaper than haversine."""
+    dy = (lat2 - lat1) * _M_PER_DEG_LAT
+    dx = (lon2 - lon1) * _M_PER_DEG_LAT * math.cos(math.radians((lat1 + lat2) * 0.5))
+    return math.sqrt(dx * dx + dy * dy)
 
 
 class CaseBook:
-    """Every case of one partition key, with the ids already applied and the recurrence history."""
+    """Every case of one partition key, the ids they absorbed, and the recurrence history they imply.
+
+    The book is persisted case by case (`dirty` names the cases changed since `take_dirty`), so a busy grid's
+    write cost is the cases that changed, not the whole book; `from_cases` rebuilds it after a restart.
+    """
 
     def __init__(self, key: str, policy: CorrelationPolicy | None = None) -> None:
         self.key = key
         self.policy = policy or CorrelationPolicy()
         self.cases: dict[str, Case] = {}
-        self.seen: dict[str, float] = {}                  # event/update id -> epoch seconds applied
-        self.history: list[tuple[str, str, float]] = []   # (cell, category, opened epoch) for recurrence
+        self.seen: set[str] = set()                       # event and update ids already applied
+        # (category, lat bucket, lon bucket) -> case ids: correlation looks only at nearby buckets
+        self.buckets: dict[tuple[str, int, int], list[str]] = {}
         self.clock: datetime = datetime(1970, 1, 1, tzinfo=UTC)
+        self.dirty: set[str] = set()
         self._recurrence: RecurrenceHistory | None = None
+
+    @classmethod
+    def from_cases(cls, key: str, cases: Iterable[Case], policy: CorrelationPolicy | None = None) -> CaseBook:
+        book = cls(key, policy)
+        for case in sorted(cases, key=lambda c: (c.created_at, c.case_id)):
+            book._index(case)
+            for t in (case.created_at, case.last_report_at, case.closed_at, case.resolved_at):
+                if t is not None:
+                    book._tick(t)
+        return book
+
+    def _index(self, case: Case) -> None:
+        self.cases[case.case_id] = case
+        self.buckets.setdefault(_bucket(case.category, case.lon, case.lat), []).append(case.case_id)
+        self.seen.update(case.event_ids)
+        self.seen.update(case.update_ids)
+
+    def take_dirty(self) -> list[Case]:
+        """The cases changed since the last call (to persist), and forget that they were."""
+        changed = [self.cases[c] for c in sorted(self.dirty) if c in self.cases]
+        self.dirty.clear()
+        return changed
 
     # -- reports ----------------------------------------------------------------------------------------
 
@@ -251,7 +300,7 @@ class CaseBook:
             out.duplicates += 1
             return out
         self._tick(event.occurred_at)
-        self.seen[event.event_id] = event.occurred_at.timestamp()
+        self.seen.add(event.event_id)
         case = self._match(event)
         loc = event.location
         if case is None:
@@ -259,6 +308,7 @@ class CaseBook:
             merged = False
         else:
             merged = True
+            case.event_ids.append(event.event_id)
             case.reports += 1
             if event.source not in case.sources:
                 case.sources.append(event.source)
@@ -276,10 +326,13 @@ class CaseBook:
             grid_kind=(loc.grid_kind or "") if loc else "", request_type=event.request_type or "",
             sensor_type=event.sensor_type or "", value=event.value, description=event.description,
         ))
+        self._changed(case, out)
+        return out
+
+    def _changed(self, case: Case, out: Outcome) -> None:
         out.cases[case.case_id] = case.row()
         out.states[case.case_id] = case.state()
-        out.extend(self.escalate_overdue())
-        return out
+        self.dirty.add(case.case_id)
 
     def _match(self, event: Event) -> Case | None:
         """The case this report is about: same category (or the sensor's own case), near enough, recent enough."""
@@ -287,9 +340,8 @@ class CaseBook:
         reopen_window = timedelta(days=self.policy.reopen_days)
         best: tuple[float, Case] | None = None
         cell = event.location.cell if event.location else None
-        for case in self.cases.values():
-            if case.category != event.category:
-                continue
+        for case_id in self._nearby(event.category, event.lon, event.lat, radius):
+            case = self.cases[case_id]
             if event.sensor_id is not None and case.sensor_id == event.sensor_id and case.status in OPEN_STATES:
                 return case
             if case.status in HANDLED_STATES:
@@ -304,6 +356,8 @@ class CaseBook:
                 if not last - window <= event.occurred_at <= last + window:
                     continue
             if event.lon is not None and event.lat is not None and case.lon is not None and case.lat is not None:
+                if abs(event.lat - case.lat) * _M_PER_DEG_LAT > radius:
+                    continue            # cheap reject before the distance
                 d = distance_m(event.lon, event.lat, case.lon, case.lat)
             elif cell and cell == case.cell:
                 d = radius          # no coordinates on one side: the same cell counts as "near"
@@ -312,6 +366,22 @@ class CaseBook:
             if d <= radius and (best is None or d < best[0]):
                 best = (d, case)
         return best[1] if best else None
+
+    def _nearby(self, category: str, lon: float | None, lat: float | None, radius_m: float) -> list[str]:
+        """Ids of cases of `category` in the buckets within `radius_m` of the point (all cases without a position
+        are included; an event without a position is compared with every case of its category in the book)."""
+        found = list(self.buckets.get((category, _NO_POS, _NO_POS), ()))
+        if lon is None or lat is None:
+            for (cat, _, _), ids in self.buckets.items():
+                if cat == category:
+                    found += ids
+            return list(dict.fromkeys(found))
+        reach = int(radius_m // (_BUCKET_DEG * _M_PER_DEG_LAT * 0.85)) + 1
+        iy, ix = int(math.floor(lat / _BUCKET_DEG)), int(math.floor(lon / _BUCKET_DEG))
+        for dy in range(-reach, reach + 1):
+            for dx in range(-reach, reach + 1):
+                found += self.buckets.get((category, iy + dy, ix + dx), ())
+        return found
 
     def _open(self, event: Event, router: Router, out: Outcome) -> Case:
         loc = event.location
@@ -322,12 +392,12 @@ class CaseBook:
             discovered_by=DISCOVERED_BY[event.source], created_at=event.occurred_at,
             last_report_at=event.occurred_at, reports=1, sources=[event.source],
             grid_version=loc.grid_version if loc else "", sensor_id=event.sensor_id,
-            first_event=_event_to_dict(event),
+            first_event=_event_to_dict(event), event_ids=[event.event_id],
         )
-        self.cases[case.case_id] = case
         self._transition(case, "new", "", "system", event.occurred_at, f"opened from {event.event_id}", out)
+        # dispatch before indexing: the recurrence condition counts the cell's *earlier* cases
         self._dispatch(case, event, router, out, kind="dispatch", at=event.occurred_at)
-        self.history.append((case.cell, case.category, event.occurred_at.timestamp()))
+        self._index(case)
         if self._recurrence is not None:
             self._recurrence.record(case.cell, case.category, event.occurred_at)
         return case
@@ -349,7 +419,8 @@ class CaseBook:
             out.refusals.append(f"{update.action} {update.case_id} by {update.team}/{update.actor}: {refusal}")
             return out
         self._tick(update.at)
-        self.seen[update.update_id] = update.at.timestamp()
+        self.seen.add(update.update_id)
+        case.update_ids.append(update.update_id)
         note = update.note
         if update.action == "accept":
             self._transition(case, "accepted", update.team, update.actor, update.at, note, out)
@@ -367,9 +438,7 @@ class CaseBook:
         elif update.action == "reopen":
             self._reopen(case, update.at, update.actor, note or "verification failed", router, out,
                          team=update.team)
-        out.cases[case.case_id] = case.row()
-        out.states[case.case_id] = case.state()
-        out.extend(self.escalate_overdue())
+        self._changed(case, out)
         return out
 
     @staticmethod
@@ -447,8 +516,7 @@ class CaseBook:
                     sources=tuple(case.sources), created_at=case.due_at, kind="escalation",
                     ruleset_version=case.ruleset_version, grid_version=case.grid_version,
                 ))
-                out.cases[case.case_id] = case.row()
-                out.states[case.case_id] = case.state()
+                self._changed(case, out)
         return out
 
     def _transition(self, case: Case, status: str, team: str, actor: str, at: datetime, reason: str,
@@ -465,48 +533,28 @@ class CaseBook:
     def recurrence(self) -> RecurrenceHistory:
         if self._recurrence is None:
             self._recurrence = RecurrenceHistory()
-            for cell, category, ts in self.history:
-                self._recurrence.record(cell, category, datetime.fromtimestamp(ts, UTC))
+            for case in self.cases.values():
+                self._recurrence.record(case.cell, case.category, case.created_at)
         return self._recurrence
 
     def _tick(self, at: datetime) -> None:
         if at > self.clock:
             self.clock = at
 
-    def prune(self) -> int:
-        """Forget closed cases and seen ids older than `keep_days`, and history older than `recurrence_days`."""
-        keep = (self.clock - timedelta(days=self.policy.keep_days)).timestamp()
-        dropped = 0
-        for cid in [c.case_id for c in self.cases.values()
-                    if c.status == "closed" and c.closed_at and c.closed_at.timestamp() < keep]:
-            del self.cases[cid]
-            dropped += 1
-        self.seen = {k: v for k, v in self.seen.items() if v >= keep}
-        horizon = (self.clock - timedelta(days=self.policy.recurrence_days)).timestamp()
-        if self.history and self.history[0][2] < horizon:
-            self.history = [h for h in self.history if h[2] >= horizon]
+    def prune(self) -> list[str]:
+        """Forget cases closed more than `keep_days` ago (by the stream clock); return their ids, which the
+        caller deletes from the table. Their reports' ids go with them: a replay that old is not expected."""
+        keep = self.clock - timedelta(days=self.policy.keep_days)
+        gone = [c.case_id for c in self.cases.values() if c.status == "closed" and c.closed_at and c.closed_at < keep]
+        for cid in gone:
+            case = self.cases.pop(cid)
+            self.buckets[_bucket(case.category, case.lon, case.lat)].remove(cid)
+            self.seen.difference_update(case.event_ids)
+            self.seen.difference_update(case.update_ids)
+            self.dirty.discard(cid)
+        if gone:
             self._recurrence = None
-        return dropped
-
-    # -- (de)serialization for the Faust table ----------------------------------------------------------
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "key": self.key, "clock": self.clock.timestamp(), "seen": self.seen,
-            "history": [list(h) for h in self.history],
-            "cases": [_case_to_dict(c) for c in self.cases.values()],
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], policy: CorrelationPolicy | None = None) -> CaseBook:
-        book = cls(data["key"], policy)
-        book.clock = datetime.fromtimestamp(data["clock"], UTC)
-        book.seen = dict(data["seen"])
-        book.history = [(h[0], h[1], float(h[2])) for h in data["history"]]
-        for c in data["cases"]:
-            case = _case_from_dict(c)
-            book.cases[case.case_id] = case
-        return book
+        return gone
 
 
 def _assignment_id(case_id: str, dispatch_no: int, kind: str) -> str:

@@ -11,7 +11,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -43,6 +43,20 @@ class TimeWindow:
 
     earliest: datetime = datetime(2015, 1, 1, tzinfo=UTC)
     max_ahead: timedelta = timedelta(hours=1)
+
+
+class Reading(NamedTuple):
+    sensor_id: str
+    sensor_type: str
+    value: float
+    at: datetime
+    lon: float | None
+    lat: float | None
+
+    def event(self, category: str = "", event_id: str | None = None) -> Event:
+        return Event(event_id=event_id or f"iot:{self.sensor_id}@{self.at.timestamp():.3f}", source="iot",
+                     category=category, occurred_at=self.at, lon=self.lon, lat=self.lat, sensor_id=self.sensor_id,
+                     sensor_type=self.sensor_type, value=self.value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,19 +126,25 @@ class Decoder:
         return Event(event_id=f"patrol:{report}", source="patrol", category=code, occurred_at=at, lon=lon,
                      lat=lat, description=mask_text(note), team=team, actor=inspector)
 
-    def iot(self, raw: bytes) -> Event:
-        """A sensor reading. Its category is filled in later from the sensor registry (a reading is no case)."""
+    def reading(self, raw: bytes) -> Reading:
+        """A sensor reading, validated, as a light tuple: readings are the bulk of the input and most of them
+        only update their sensor's state and aggregates."""
         obj = _object(raw)
         sensor = _string(obj, "sensor_id", max_len=MAX_ID)
         sensor_type = _string(obj, "sensor_type", max_len=64)
         value = _number(obj, "value")
         at = self._time(obj, "measured_at")
-        _opt_string(obj, "unit", 32)
+        unit = obj.get("unit")
+        if unit is not None and (not isinstance(unit, str) or len(unit) > 32):
+            raise InvalidEvent("unit: must be a string of at most 32 characters")
         lon = lat = None
         if obj.get("lat") is not None or obj.get("lon") is not None:
             lon, lat = _coords(obj, "lon", "lat")
-        return Event(event_id=f"iot:{sensor}@{at.strftime('%Y%m%dT%H%M%S.%f')}", source="iot", category="",
-                     occurred_at=at, lon=lon, lat=lat, sensor_id=sensor, sensor_type=sensor_type, value=value)
+        return Reading(sensor, sensor_type, value, at, lon, lat)
+
+    def iot(self, raw: bytes) -> Event:
+        """A sensor reading as an Event. Its category comes later from the sensor registry (a reading is no case)."""
+        return self.reading(raw).event()
 
     def case_update(self, raw: bytes) -> CaseUpdate:
         obj = _object(raw)
@@ -161,7 +181,8 @@ class Decoder:
             raise InvalidEvent(f"{key}: not an ISO 8601 time: {text[:64]!r}") from None
         if at.tzinfo is None or at.utcoffset() is None:
             raise InvalidEvent(f"{key}: time has no UTC offset: {text!r}")
-        at = at.astimezone(UTC)
+        if at.tzinfo is not UTC:
+            at = at.astimezone(UTC)
         if at < self.window.earliest:
             raise InvalidEvent(f"{key}: {text} is before {self.window.earliest.date()} (too far in the past)")
         if at > self.now() + self.window.max_ahead:

@@ -190,11 +190,11 @@ class Ingest:
         touched: dict[str, tuple[SensorState, str, str]] = {}
         for msg in messages:
             try:
-                reading = self.decoder.iot(msg.value)
+                reading = self.decoder.reading(msg.value)
             except InvalidEvent as err:
                 out.deadletters.append(_dead(msg, err.reason))
                 continue
-            sid = reading.sensor_id or ""
+            sid = reading.sensor_id
             sensor = self.sensors.get(sid)
             if sensor is None:
                 out.unknown_sensors.add(sid)
@@ -206,14 +206,14 @@ class Ingest:
             if state is None:
                 state = states[sid] = SensorState()
             prev_minute = state.minute
-            if prev_minute and sid in touched and reading.occurred_at.timestamp() >= prev_minute + 60:
+            if prev_minute and sid in touched and reading.at.timestamp() >= prev_minute + 60:
                 out.readings.append(_reading_row(sid, touched[sid][1], state, touched[sid][2]))
             obs = observe(state, reading, sensor)
             out.accepted += 1
             if not obs.applied:
                 out.late_readings += 1
                 continue
-            touched[sid] = (state, reading.sensor_type or "", "")
+            touched[sid] = (state, reading.sensor_type, "")
             if obs.problem is not None:
                 problems.append(obs.problem)
                 origins.append(msg)
@@ -302,16 +302,22 @@ class CaseStage:
         return current if current is not None else self.router_source  # type: ignore[no-any-return]
 
     def apply(self, items: Iterable[tuple[str, bytes]], books: dict[str, CaseBook]) -> Outcome:
-        """Apply located reports and updates, in order, to the books they belong to (loaded by the caller)."""
+        """Apply located reports and updates, in order, to the books they belong to, then escalate what became
+        overdue in the books touched (by each book's stream clock). `books` maps grid key -> book; a key not in
+        it gets a new empty book (the caller loads existing ones first)."""
         out = Outcome()
         router = self.router()
+        touched: dict[str, CaseBook] = {}
         for key, raw in items:
             book = books.get(key)
             if book is None:
                 book = books[key] = CaseBook(key, self.policy)
+            touched[key] = book
             item = decode_located(raw)
             if isinstance(item, CaseUpdate):
                 out.extend(book.apply_update(item, router))
             else:
                 out.extend(book.add_event(item, router))
+        for book in touched.values():
+            out.extend(book.escalate_overdue())
         return out

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import yaml
 
+from pipeline.decode import Reading
 from pipeline.model import Event
 from pipeline.taxonomy import Taxonomy, default_taxonomy
 
@@ -137,7 +138,7 @@ def load_registry(path: Path, types: dict[str, SensorType] | None = None,
             raise RegistryError([f"{path}:1:1: (header): must name at least {', '.join(required)}"])
         col = {h: i for i, h in enumerate(header)}
         for n, row in enumerate(reader, start=2):
-            def at(key: str) -> str:
+            def at(key: str, n: int = n) -> str:
                 return f"{path}:{n}:{col.get(key, 0) + 1}: {key}"
             if len(row) != len(header):
                 problems.append(f"{path}:{n}:1: (row): {len(row)} columns, header has {len(header)}")
@@ -234,10 +235,13 @@ class Observation:
     cleared: bool = False
 
 
-def observe(state: SensorState, reading: Event, sensor: Sensor | None) -> Observation:
+def observe(state: SensorState, reading: Reading | Event, sensor: Sensor | None) -> Observation:
     """Apply one reading to its sensor's state. Unknown sensors are aggregated but never raise problems."""
-    ts = reading.occurred_at.timestamp()
-    value = reading.value if reading.value is not None else 0.0
+    if isinstance(reading, Event):
+        reading = Reading(reading.sensor_id or "", reading.sensor_type or "", reading.value or 0.0,
+                          reading.occurred_at, reading.lon, reading.lat)
+    ts = reading.at.timestamp()
+    value = reading.value
     if ts <= state.last_at:
         state.late += 1
         return Observation(applied=False)
@@ -255,8 +259,8 @@ def observe(state: SensorState, reading: Event, sensor: Sensor | None) -> Observ
         if state.streak >= th.debounce:
             state.alarm, state.streak = True, 0
             state.alarms += 1
-            problem = replace(reading, category=sensor.category, lon=sensor.lon, lat=sensor.lat,
-                              event_id=f"iot:{sensor.sensor_id}:alarm{state.alarms}",
+            problem = replace(reading.event(sensor.category, f"iot:{sensor.sensor_id}:alarm{state.alarms}"),
+                              lon=sensor.lon, lat=sensor.lat,
                               description=f"{sensor.sensor_type} {value:g} beyond {th.alarm:g} "
                                           f"for {th.debounce} reading(s)")
             return Observation(applied=True, problem=problem)

@@ -23,18 +23,19 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import faust
 import orjson
+from aiokafka.partitioner import murmur2
 
-from pipeline.cases import CaseBook, CorrelationPolicy, Outcome
+from pipeline.cases import Case, CaseBook, CorrelationPolicy, Outcome, case_partition_key
 from pipeline.config import Settings
 from pipeline.decode import default_decoder
 from pipeline.flow import (
     CaseStage,
-    DeadLetter,
     DeadLetterLimit,
     Ingest,
     IngestResult,
@@ -132,12 +133,21 @@ def build_app(c: Components) -> faust.App:
     out_dead = app.topic(t.deadletter, value_serializer="raw", key_serializer="raw")
     out_unlocated = app.topic(t.unlocated, value_serializer="raw", key_serializer="raw")
     out_state = app.topic(t.case_state, value_serializer="raw", key_serializer="raw")
-    # use_partitioner: the changelog partition is the key's hash, the same as the source topic's partition
-    # for the same key, so a batch (which has no single "current event") may write many keys.
+    # Sensor state is keyed by sensor id, like cityops.raw.iot: with use_partitioner the changelog partition is
+    # the key's murmur2 hash, the partition the (default-partitioned) reading came from, so a batch (which has
+    # no single "current event") may write many keys.
     sensor_table = app.Table("sensor_state", default=None, partitions=s.partitions, use_partitioner=True,
                              key_serializer="raw", value_serializer="raw")
-    case_table = app.Table("case_books", default=None, partitions=s.partitions, use_partitioner=True,
-                           key_serializer="raw", value_serializer="raw")
+    # Cases are stored one per key (a case id) but live on the partition of their grid, the partition of the
+    # located topic their reports come from: the changelog partition is computed from the grid key.
+    case_table = app.Table("cases", default=None, partitions=s.partitions, key_serializer="raw",
+                           value_serializer="raw")
+    case_table.partition_for_key = lambda key: grid_partition(case_partition_key(_text(key)), s.partitions)
+    books = BookCache(case_table, c.cases.policy)
+
+    @app.on_partitions_revoked.connect
+    async def _forget_books(app: Any, revoked: Any, **kwargs: Any) -> None:
+        books.clear()
 
     loop_sink = _SinkRunner(c.sink)
 
@@ -200,17 +210,11 @@ def build_app(c: Components) -> faust.App:
         async for events in stream.take_events(BATCH, within=BATCH_WITHIN_S):
             items = [(e.message.key.decode(), e.message.value) for e in events]
             _refresh(c)
-            books: dict[str, CaseBook] = {}
-            for key, _ in items:
-                if key not in books:
-                    stored = case_table.get(key.encode())
-                    if stored is not None:
-                        books[key] = CaseBook.from_dict(orjson.loads(stored), c.cases.policy)
-            out = c.cases.apply(items, books)
+            batch_books = books.load({key for key, _ in items})
+            out = c.cases.apply(items, batch_books)
+            books.adopt(batch_books)
             await _store_and_send(out)
-            for key, book in books.items():
-                book.prune()
-                case_table[key.encode()] = orjson.dumps(book.to_dict())
+            books.persist(batch_books.values())
             c.counters.add(t.located, len(items))
             yield len(items)
 
@@ -234,22 +238,81 @@ def build_app(c: Components) -> faust.App:
         """Escalate overdue cases of quiet grids (busy ones are checked on every batch)."""
         _refresh(c)
         out = Outcome()
-        books: dict[str, CaseBook] = {}
-        clock = None
-        for key, stored in list(case_table.items()):
-            book = CaseBook.from_dict(orjson.loads(stored), c.cases.policy)
-            clock = book.clock if clock is None or book.clock > clock else clock
-            books[key.decode() if isinstance(key, bytes) else key] = book
-        for book in books.values():
-            got = book.escalate_overdue(clock)
-            if got.assignments:
-                out.extend(got)
-                case_table[book.key.encode()] = orjson.dumps(book.to_dict())
+        loaded = books.load(books.all_keys())
+        clock = max((b.clock for b in loaded.values()), default=None)
+        if clock is None:
+            return
+        if os.environ.get("CITYOPS_SLA_CLOCK", "stream") == "wall":
+            clock = max(clock, datetime.now(UTC))
+        books.adopt(loaded)
+        for book in loaded.values():
+            out.extend(book.escalate_overdue(clock))
         if out.assignments:
             await _store_and_send(out)
+            books.persist(loaded.values())
 
     app.cityops_components = c  # type: ignore[attr-defined]
     return app
+
+
+class BookCache:
+    """The case books of the grids this worker owns, in memory, backed by the cases table.
+
+    A book is built from the table the first time its grid is seen (after a start or a rebalance, when the
+    cache is cleared) and kept; after each batch only the cases that changed are written back.
+    """
+
+    def __init__(self, table: Any, policy: CorrelationPolicy) -> None:
+        self.table = table
+        self.policy = policy
+        self.books: dict[str, CaseBook] = {}
+        self._by_grid: dict[str, list[str]] | None = None
+
+    def clear(self) -> None:
+        self.books.clear()
+        self._by_grid = None
+
+    def all_keys(self) -> set[str]:
+        return set(self._grid_index()) | set(self.books)
+
+    def _grid_index(self) -> dict[str, list[str]]:
+        if self._by_grid is None:
+            index: dict[str, list[str]] = {}
+            for key in list(self.table.keys()):
+                case_id = _text(key)
+                index.setdefault(case_partition_key(case_id), []).append(case_id)
+            self._by_grid = index
+        return self._by_grid
+
+    def load(self, keys: set[str]) -> dict[str, CaseBook]:
+        out: dict[str, CaseBook] = {}
+        for key in keys:
+            book = self.books.get(key)
+            if book is None:
+                stored = [self.table.get(cid.encode()) for cid in self._grid_index().get(key, ())]
+                cases = [Case.from_dict(orjson.loads(v)) for v in stored if v is not None]
+                book = CaseBook.from_cases(key, cases, self.policy)
+            out[key] = book
+        return out
+
+    def adopt(self, books: dict[str, CaseBook]) -> None:
+        self.books.update(books)
+
+    def persist(self, books: Any) -> None:
+        for book in books:
+            for case in book.take_dirty():
+                self.table[case.case_id.encode()] = orjson.dumps(case.to_dict())
+            for gone in book.prune():
+                self.table.pop(gone.encode(), None)
+
+
+def grid_partition(key: str, partitions: int) -> int:
+    """The partition the default (murmur2) partitioner gives a grid key: where its located reports go."""
+    return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
+
+
+def _text(key: Any) -> str:
+    return key.decode() if isinstance(key, bytes) else str(key)
 
 
 class _SinkRunner:

@@ -53,5 +53,5 @@ def test_compose_services_run_cityops_commands_that_exist() -> None:
     c = compose()["services"]
     assert c["worker"]["command"][0] in commands
     assert {"topics", "db"} <= commands
-    assert "production" == compose()["x-cityops-env"]["CITYOPS_ENV"]
+    assert compose()["x-cityops-env"]["CITYOPS_ENV"] == "production"
     assert Path(ROOT / c["worker"]["build"]["context"].replace("..", ".") / "deploy" / "Dockerfile").exists()

@@ -7,7 +7,9 @@ from datetime import timedelta
 
 import pytest
 
-from pipeline.cases import CaseBook, case_partition_key, distance_m, partition_key
+import orjson
+
+from pipeline.cases import Case, CaseBook, case_partition_key, distance_m, partition_key
 from pipeline.decode import CaseUpdate
 from pipeline.model import Event, Location
 from tests.pipeline.factories import T0, FakeRouter
@@ -25,6 +27,10 @@ def ev(eid: str, *, source: str = "hotline", code: str = "E0501", minutes: float
 def upd(case_id: str, action: str, team: str, minutes: float, uid: str | None = None, note: str = "") -> CaseUpdate:
     return CaseUpdate(update_id=uid or f"{action}-{minutes}", case_id=case_id, action=action, team=team,
                       actor="u1", at=T0 + timedelta(minutes=minutes), note=note)
+
+
+def snapshot(book: CaseBook) -> list[dict[str, object]]:
+    return [c.to_dict() for c in book.cases.values()] + [{"clock": book.clock.timestamp()}]
 
 
 @pytest.fixture
@@ -76,10 +82,10 @@ def test_sensor_case_absorbs_a_citizen_report(book: CaseBook) -> None:
 def test_replayed_event_changes_nothing(book: CaseBook) -> None:
     router = FakeRouter()
     book.add_event(ev("hotline:1"), router)
-    before = book.to_dict()
+    before = snapshot(book)
     again = book.add_event(ev("hotline:1"), router)
     assert again.duplicates == 1 and not again.cases and not again.assignments
-    assert book.to_dict() == before
+    assert snapshot(book) == before
 
 
 def test_full_lifecycle_with_reject_reopen_and_close(book: CaseBook) -> None:
@@ -122,10 +128,10 @@ def test_new_report_after_closing_reopens_instead_of_opening(book: CaseBook) -> 
 def test_impossible_transitions_are_refused(book: CaseBook, action: str, team: str, why: str) -> None:
     router = FakeRouter()
     cid = next(iter(book.add_event(ev("hotline:1"), router).cases))
-    before = book.to_dict()
+    before = snapshot(book)
     out = book.apply_update(upd(cid, action, team, 5), router)
     assert len(out.refusals) == 1 and why in out.refusals[0]
-    assert book.to_dict() == before
+    assert snapshot(book) == before
 
 
 def test_resolving_a_closed_case_is_refused(book: CaseBook) -> None:
@@ -148,9 +154,11 @@ def test_overdue_case_is_escalated_once(book: CaseBook) -> None:
 
 
 def test_stream_clock_escalates_on_later_events(book: CaseBook) -> None:
+    """Without a wall clock, a later event in the same grid is what makes an earlier case overdue."""
     router = FakeRouter()
     book.add_event(ev("hotline:1"), router)
     out = book.add_event(ev("hotline:2", code="E0102", minutes=5 * 60), router)
+    out.extend(book.escalate_overdue())
     assert [a.kind for a in out.assignments] == ["dispatch", "escalation"]
 
 
@@ -158,8 +166,9 @@ def test_book_round_trips_through_its_table_encoding(book: CaseBook) -> None:
     router = FakeRouter()
     book.add_event(ev("hotline:1"), router)
     book.add_event(ev("hotline:2", minutes=1), router)
-    copy = CaseBook.from_dict(book.to_dict())
-    assert copy.to_dict() == book.to_dict()
+    copy = CaseBook.from_cases(book.key, [Case.from_dict(orjson.loads(orjson.dumps(c.to_dict())))
+                                          for c in book.take_dirty()])
+    assert snapshot(copy) == snapshot(book)
     out = copy.add_event(ev("hotline:2", minutes=1), router)
     assert out.duplicates == 1
 
@@ -188,3 +197,37 @@ def test_recurrence_counts_earlier_cases_of_the_cell(book: CaseBook) -> None:
     for day in range(3):
         book.add_event(replace(ev(f"hotline:{day}"), occurred_at=T0 + timedelta(days=day)), router)
     assert seen == [0, 1, 2]
+
+
+def test_only_changed_cases_are_dirty(book: CaseBook) -> None:
+    router = FakeRouter()
+    book.add_event(ev("hotline:1"), router)
+    book.add_event(ev("hotline:2", code="E0102"), router)
+    assert len(book.take_dirty()) == 2
+    book.add_event(ev("hotline:3", minutes=1), router)
+    (changed,) = book.take_dirty()
+    assert changed.category == "E0501" and changed.reports == 2
+
+
+def test_prune_forgets_long_closed_cases(book: CaseBook) -> None:
+    router = FakeRouter()
+    cid = next(iter(book.add_event(ev("hotline:1"), router).cases))
+    book.apply_update(upd(cid, "resolve", "enforcement", 5), router)
+    book.apply_update(upd(cid, "verify", "supervision", 6), router)
+    book.add_event(ev("hotline:2", code="E0102", minutes=60 * 24 * 30), router)
+    assert book.prune() == []
+    book.add_event(ev("hotline:3", code="E0102", minutes=60 * 24 * 100), router)
+    assert book.prune() == [cid] and cid not in book.cases and "hotline:1" not in book.seen
+
+
+def test_distance_agrees_with_haversine_at_street_scale() -> None:
+    import math
+
+    def haversine(lon1: float, lat1: float, lon2: float, lat2: float) -> float:
+        p1, p2 = math.radians(lat1), math.radians(lat2)
+        a = math.sin((p2 - p1) / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(math.radians(lon2 - lon1) / 2) ** 2
+        return 2 * 6_371_008.8 * math.asin(math.sqrt(a))
+
+    for dlon, dlat in [(0.001, 0.0), (0.0, 0.001), (0.003, -0.002), (-0.0004, 0.0009)]:
+        exact = haversine(121.49, 31.265, 121.49 + dlon, 31.265 + dlat)
+        assert abs(distance_m(121.49, 31.265, 121.49 + dlon, 31.265 + dlat) - exact) < exact * 0.001
