@@ -263,7 +263,8 @@ async def signin(request: web.Request) -> web.StreamResponse:
     centre = _centre(request)
     form = await request.post()
     cookie_token = request.cookies.get(CSRF_COOKIE, "")
-    if not cookie_token or not secrets.compare_digest(cookie_token, str(form.get("csrf_token", ""))):
+    sent = str(form.get("csrf_token", "")).encode("utf-8", "replace")
+    if not cookie_token or not secrets.compare_digest(cookie_token.encode("utf-8", "replace"), sent):
         return _problem(403, "CSRF token missing or wrong; reload the sign-in page")
     name = str(form.get("name", "")).strip()
     wait = centre.signin_limiter.take(f"{request.remote}|{name}")

@@ -93,7 +93,7 @@ class Signer:
         """The session of a valid, unexpired, unrevoked token; None otherwise (never raises on bad input)."""
         now = time.time() if now is None else now
         payload, dot, sig = token.partition(".")
-        if not dot or not hmac.compare_digest(sig, self._sign(payload)):
+        if not dot or not hmac.compare_digest(sig.encode("utf-8", "replace"), self._sign(payload).encode()):
             return None
         try:
             data = orjson.loads(_unb64(payload))
@@ -113,7 +113,8 @@ class Signer:
         return _b64(hmac.new(self._csrf_key, session.nonce.encode(), hashlib.sha256).digest())
 
     def check_csrf(self, session: Session, token: str | None) -> bool:
-        return bool(token) and hmac.compare_digest(str(token), self.csrf_token(session))
+        return bool(token) and hmac.compare_digest(str(token).encode("utf-8", "replace"),
+                                                   self.csrf_token(session).encode())
 
 
 # -- permissions: one place says who may do what --------------------------------------------------------

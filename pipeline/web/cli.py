@@ -116,6 +116,7 @@ def _serve(args: argparse.Namespace) -> int:
     from pipeline.web.app import build_app
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kafka").setLevel(logging.WARNING)     # kafka-python logs every metadata refresh at INFO
     try:
         centre = build_centre(Settings.from_env())
     except (auth.SecretError, UsersError) as err:

@@ -186,7 +186,7 @@ class LagProbe:
                 opts = self.settings.kafka_client_options()
                 self._consumer = KafkaConsumer(group_id=None, client_id="cityops-web-lag", **opts)
                 self._admin = KafkaAdminClient(client_id="cityops-web-lag", **opts)
-            committed = self._admin.list_consumer_group_offsets(self.settings.app_id)
+            committed = _group_offsets(self._admin, self.settings.app_id)
             report = LagReport(at=time.time())
             topics = {**self.sources, "deadletter": self.settings.topics.deadletter}
             for name, topic in topics.items():
@@ -205,9 +205,17 @@ class LagProbe:
             return LagReport(at=time.time(), error=f"{type(err).__name__}: {err}")
 
     def close(self) -> None:
+        """Close the clients (they are re-made on the next `measure`)."""
         for client in (self._consumer, self._admin):
             if client is not None:
                 # closing a broken client may raise anything; it is gone either way
                 with contextlib.suppress(Exception):
                     client.close()
         self._consumer = self._admin = None
+
+
+def _group_offsets(admin: Any, group: str) -> dict[Any, Any]:
+    """Committed offsets of a consumer group; kafka-python 3 renamed the call (`list_group_offsets`)."""
+    if hasattr(admin, "list_group_offsets"):
+        return dict(admin.list_group_offsets({group: None}).get(group, {}))
+    return dict(admin.list_consumer_group_offsets(group))
