@@ -1,0 +1,201 @@
+"""`simulate(config) -> Simulation`: the pure generator (no Kafka, no files, no wall clock).
+
+Deterministic: the same config (with the same `start`) gives byte-identical messages and the same truth.
+Reports and feedback are planned up front (a few thousand a day); the sensor readings (up to millions) are
+generated while they are iterated, merged in time order with the rest.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from functools import cached_property
+from pathlib import Path
+
+import orjson
+
+from pipeline.config import Topics
+from pipeline.decode import Decoder, TimeWindow
+from pipeline.sensors import load_types
+from pipeline.simulate import malformed
+from pipeline.simulate.catalog import DESCRIPTIONS, FEEDBACK_NOTES, PATROL_NOTES, check_codes
+from pipeline.simulate.config import SHANGHAI, SimConfig
+from pipeline.simulate.model import Incident, Report
+from pipeline.simulate.people import CallerBook
+from pipeline.simulate.plan import Planner
+from pipeline.simulate.sensorsim import SensorNetwork
+from pipeline.simulate.truth import Truth
+from pipeline.simulate.world import World
+from pipeline.taxonomy import default_taxonomy
+
+LOGICAL = Topics()     # NDJSON files name topics without a prefix; producing adds the configured one
+
+
+@dataclass(frozen=True, slots=True)
+class SimMessage:
+    """One message to produce: `topic` is a `pipeline.config.Topics` field name (raw_hotline, ...)."""
+
+    topic: str
+    key: bytes | None
+    value: bytes
+    at: datetime
+
+
+class Simulation:
+    """The generated messages (in time order, regenerated on each iteration) and the ground truth."""
+
+    def __init__(self, config: SimConfig, network: SensorNetwork, events: list[tuple[datetime, int, SimMessage]],
+                 truth: Truth) -> None:
+        self.config = config
+        self.network = network
+        self._events = events
+        self.truth = truth
+
+    def __len__(self) -> int:
+        return len(self._events) + self.network.reading_count()
+
+    @cached_property
+    def count(self) -> int:
+        return len(self)
+
+    def messages(self) -> Iterator[SimMessage]:
+        """Every message in event-time order (ties: reports and feedback before readings)."""
+        events = (m for _, _, m in self._events)
+        readings = (SimMessage("raw_iot", k, v, at) for at, k, v in self.network.readings())
+        return heapq.merge(events, readings, key=lambda m: m.at)
+
+    def registry_csv(self) -> str:
+        return self.network.registry_csv()
+
+    def write_registry(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.registry_csv(), encoding="utf-8")
+
+    def truth_json(self) -> bytes:
+        return orjson.dumps(self.truth.to_json(), option=orjson.OPT_INDENT_2)
+
+
+def simulate(config: SimConfig, world: World | None = None) -> Simulation:
+    """Generate the configured period (see SimConfig); `world` may be passed in to reuse a loaded grid."""
+    cfg = config.checked()
+    world = world or World()
+    taxonomy = default_taxonomy()
+    check_codes(taxonomy)
+    rng = random.Random(cfg.seed)
+    interval_s = int(cfg.reading_interval_min * 60)
+    ticks = int((cfg.end - cfg.begin).total_seconds() // interval_s)
+    network = SensorNetwork.build([world.districts[d] for d in cfg.districts], cfg.sensors,
+                                  cfg.unregistered_sensors, load_types(taxonomy=taxonomy), cfg.begin, interval_s,
+                                  ticks, cfg.seed, rng)
+    # decode as the worker does, without its wall-clock check (a realtime run plans times still to come)
+    decoder = Decoder(taxonomy, TimeWindow(), now=lambda: datetime(9999, 1, 1, tzinfo=SHANGHAI))
+    callers = CallerBook(rng, _forbidden_text(world))
+    planner = Planner(cfg, world, network, rng, decoder, callers)
+    planner.plan()
+
+    events: list[tuple[datetime, int, SimMessage]] = []
+
+    def add(topic: str, key: str, value: bytes, at: datetime) -> None:
+        events.append((at, len(events), SimMessage(topic, key.encode(), value, at)))
+
+    for inc in planner.incidents:
+        for r in inc.reports:
+            if r.message is not None:
+                add("raw_hotline" if r.source == "hotline" else "raw_patrol", r.key, orjson.dumps(r.message), r.at)
+        for n, a in enumerate(inc.actions, start=1):
+            if a.at < cfg.end:
+                add("case_updates", inc.case_id, orjson.dumps({
+                    "case_id": inc.case_id, "action": a.action, "team": a.team, "actor": a.actor,
+                    "at": a.at.astimezone(SHANGHAI).isoformat(timespec="seconds"), "note": a.note,
+                    "update_id": f"{inc.case_id}/{n}"}), a.at)
+    for r in planner.unlocated:
+        assert r.message is not None
+        add("raw_hotline", r.key, orjson.dumps(r.message), r.at)
+
+    good = Counter(m.topic for _, _, m in events)
+    good["raw_iot"] = network.reading_count()
+    bad, kinds = _add_malformed(cfg, rng, planner, network, good, add, callers)
+    events.sort(key=lambda e: (e[0], e[1]))
+
+    clock_end = max([r.at for i in planner.incidents for r in i.reports]
+                    + [a.at for i in planner.incidents for a in i.actions if a.at < cfg.end] + [cfg.begin])
+    unregistered = [s for s in network.sensors if not s.registered]
+    sensors_info = {
+        "registered": sum(1 for s in network.sensors if s.registered),
+        "unregistered": [s.sensor_id for s in unregistered],
+        "flapping": [network.sensors[i].sensor_id for i, o in network.overrides.items() if o.why == "flapping"],
+        "broken": {network.sensors[i].sensor_id: o.why.split(":", 1)[1] for i, o in network.overrides.items()
+                   if o.why.startswith("broken:")},
+        "alarms": [{"sensor_id": i.sensor_id, "at": i.first.at.isoformat(), "case_id": i.case_id, "kind": i.kind}
+                   for i in planner.incidents if i.first.source == "iot"],
+        "interval_s": interval_s,
+    }
+    unknown_readings = sum(1 for s in unregistered for t in range(ticks)
+                           if network.overrides.get(s.index) is None) if unregistered else 0
+    truth = Truth(
+        start=cfg.begin, end=cfg.end, seed=cfg.seed, districts=cfg.districts, grid_version=world.grid_version,
+        ruleset_version=world.rules.version, incidents=planner.incidents, hotspots=planner.hotspots,
+        unlocated=planner.unlocated, callers=[(c.name, c.phone) for c in callers.callers],
+        messages={getattr(LOGICAL, t): n + bad.get(t, 0) for t, n in sorted(good.items())},
+        malformed={getattr(LOGICAL, t): n for t, n in sorted(bad.items())}, malformed_kinds=dict(sorted(kinds.items())),
+        readings=good["raw_iot"], unknown_sensor_readings=unknown_readings, sensors=sensors_info,
+        dropped=planner.dropped, clock_end=clock_end,
+    )
+    return Simulation(cfg, network, events, truth)
+
+
+def _add_malformed(cfg: SimConfig, rng: random.Random, planner: Planner, network: SensorNetwork,
+                   good: Counter[str], add: object, callers: CallerBook) -> tuple[dict[str, int], Counter[str]]:
+    """Add `malformed_share` of broken messages to each input topic (so the share of the total is that)."""
+    assert callable(add)
+    share = cfg.malformed_share
+    bad: dict[str, int] = {}
+    kinds: Counter[str] = Counter()
+    span = (cfg.end - cfg.begin).total_seconds()
+    registered = [s for s in network.sensors if s.registered]
+    type_names = sorted({s.sensor_type for s in network.sensors})
+    case_ids = [i.case_id for i in planner.incidents] or ["C310109009001-000000000000"]
+    for topic in ("raw_hotline", "raw_patrol", "raw_iot", "case_updates"):
+        n = round(share * good.get(topic, 0) / (1 - share)) if share else 0
+        if topic == "raw_iot" and not registered:
+            n = 0
+        bad[topic] = n
+        for k in range(n):
+            at = cfg.begin + timedelta(seconds=int(rng.random() * span))
+            if topic == "raw_hotline":
+                c = callers.caller()
+                key, raw, kind = malformed.hotline(at, k, rng, {"name": c.name, "phone": c.phone})
+            elif topic == "raw_patrol":
+                key, raw, kind = malformed.patrol(at, k, rng)
+            elif topic == "raw_iot":
+                s = rng.choice(registered)
+                other = rng.choice([t for t in type_names if t != s.sensor_type] or ["unknown_type"])
+                key, raw, kind = malformed.reading(at, rng, s.sensor_id, s.sensor_type, other)
+            else:
+                key, raw, kind = malformed.update(at, rng, rng.choice(case_ids))
+            kinds[f"{topic}:{kind}"] += 1
+            add(topic, key, raw, at)
+    return bad, kinds
+
+
+def _forbidden_text(world: World) -> str:
+    """All other text the simulator writes: a caller's name must not occur in it (privacy tests grep names)."""
+    parts = [r.name for r in world.gazetteer.roads] + [p.name for p in world.gazetteer.places]
+    parts += [d.name for d in world.districts.values()]
+    parts += [n for d in world.districts.values() for n in d.subdistricts.values()]
+    parts += [t for ts in DESCRIPTIONS.values() for t in ts] + list(PATROL_NOTES)
+    parts += [t for ts in FEEDBACK_NOTES.values() for t in ts]
+    parts += [c.name for c in default_taxonomy().categories.values()]
+    return "\n".join(parts)
+
+
+def incidents_by_case(sim: Simulation) -> dict[str, Incident]:
+    return {i.case_id: i for i in sim.truth.incidents}
+
+
+def unlocated_reports(sim: Simulation) -> list[Report]:
+    return list(sim.truth.unlocated)

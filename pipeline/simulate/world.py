@@ -1,0 +1,177 @@
+"""The simulated city: the grid's cells of each district, places to put problems, addresses that resolve.
+
+Everything here is read from the project's own data (grid/data, the gazetteer, the dispatch rules) so that
+what the simulator generates is what the worker will locate and route. Randomness comes from the caller's
+`random.Random`, so the world's answers are deterministic for a seed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import shapely
+
+from grid import AREAS_FILE, CELLS_FILE
+from grid.gazetteer import Gazetteer
+from grid.gridfile import CellRecord, read_grid_file
+from grid.index import GridIndex
+from pipeline.cases import partition_key
+from pipeline.model import Location
+from rules.engine import DEFAULT_RULES, Ruleset, load_ruleset
+
+EARTH_M = 6_371_008.8
+
+
+def metres(lon1: float, lat1: float, lon2: float, lat2: float) -> float:
+    """Great-circle distance in metres (haversine), computed here rather than borrowed from the pipeline."""
+    p1, p2 = math.radians(lat1), math.radians(lat2)
+    dp, dl = p2 - p1, math.radians(lon2 - lon1)
+    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
+    return 2 * EARTH_M * math.asin(min(1.0, math.sqrt(a)))
+
+
+def offset(lon: float, lat: float, max_m: float, rng: random.Random) -> tuple[float, float]:
+    """A point at most `max_m` metres from (lon, lat), uniform in the disc (GPS scatter of one spot)."""
+    r = max_m * math.sqrt(rng.random())
+    a = rng.random() * 2 * math.pi
+    dlat = r * math.sin(a) / 111_195.0
+    dlon = r * math.cos(a) / (111_195.0 * math.cos(math.radians(lat)))
+    return round(lon + dlon, 7), round(lat + dlat, 7)
+
+
+@dataclass(frozen=True, slots=True)
+class Spot:
+    """A located point: where a problem is, and the grid's answer for it."""
+
+    lon: float
+    lat: float
+    cell: str
+    subdistrict: str
+    grid_kind: str
+    location: Location
+
+    @property
+    def key(self) -> str:
+        """The case book the worker files it in (`pipeline.cases.partition_key`)."""
+        return partition_key(self.location)
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """An address string a caller gives, and the spot the gazetteer and the grid put it at."""
+
+    text: str
+    spot: Spot
+
+
+class District:
+    """One district's cells, sub-districts and resolvable addresses."""
+
+    def __init__(self, code: str, name: str, cells: list[CellRecord], subdistricts: dict[str, str],
+                 world: World) -> None:
+        self.code = code
+        self.name = name
+        self.cells = cells
+        self.subdistricts = subdistricts          # code -> name
+        self.world = world
+        self.by_subdistrict: dict[str, list[CellRecord]] = {}
+        for c in cells:
+            self.by_subdistrict.setdefault(c.subdistrict, []).append(c)
+        self.street_cells = [c for c in cells if c.kind == "street"] or cells
+
+    def spot_in(self, cell: CellRecord, rng: random.Random) -> Spot:
+        """A random point inside `cell` (away from its edges), located by the real grid index."""
+        x0, y0, x1, y1 = cell.geometry.bounds
+        mx, my = (x1 - x0) * 0.08, (y1 - y0) * 0.08
+        for _ in range(20):
+            lon = round(rng.uniform(x0 + mx, x1 - mx), 7)
+            lat = round(rng.uniform(y0 + my, y1 - my), 7)
+            if shapely.contains_xy(cell.geometry, lon, lat):
+                spot = self.world.locate(lon, lat)
+                if spot is not None and spot.cell == cell.code:
+                    return spot
+        p = cell.geometry.representative_point()
+        spot = self.world.locate(round(p.x, 7), round(p.y, 7))
+        assert spot is not None, f"representative point of {cell.code} is in no cell"
+        return spot
+
+    def random_spot(self, rng: random.Random, street: bool = False) -> Spot:
+        return self.spot_in(rng.choice(self.street_cells if street else self.cells), rng)
+
+    @cached_property
+    def addresses(self) -> list[Address]:
+        """Addresses in this district that the gazetteer places inside one of its cells."""
+        gaz = self.world.gazetteer
+        texts: list[str] = []
+        for road in gaz.roads:
+            if road.district != self.code:
+                continue
+            lo, hi = road.numbers
+            step = max(1, (hi - lo) // 40)
+            for n in range(lo + step // 2, hi, step):
+                texts.append(f"{self.name}{road.name}{n}号" if n % 3 else f"{road.name}{n}弄{1 + n % 12}号")
+        for place in gaz.places:
+            if place.district != self.code:
+                continue
+            texts.append(place.name)
+            texts += [f"{self.name}{place.name}{ent}" for ent, _ in place.entrances]
+        out: list[Address] = []
+        for text in texts:
+            point = gaz.resolve(text)
+            if point is None:
+                continue
+            spot = self.world.locate(*point)
+            if spot is not None and spot.cell.startswith(self.code):
+                out.append(Address(text, spot))
+        return out
+
+    @cached_property
+    def unresolvable(self) -> list[str]:
+        """Addresses a caller might give that the gazetteer cannot place (they go to the unlocated queue)."""
+        gaz = self.world.gazetteer
+        roads = [r for r in gaz.roads if r.district == self.code]
+        other = [r for r in gaz.roads if r.district != self.code]
+        texts = [f"{r.name}附近" for r in roads]                                 # no house number
+        texts += [f"{r.name}{r.numbers[1] + 700}号" for r in roads]               # beyond the known range
+        texts += [f"{self.name}{r.name}100号" for r in other[:6]]                 # district contradicts road
+        texts += [f"{self.name}{n}" for n in ("菜场门口", "小区后门垃圾房", "地铁站出口旁", "老公房弄堂里")]
+        return [t for t in texts if gaz.resolve(t) is None]
+
+
+class World:
+    """The grid, gazetteer and rules the simulation is made against (the same files the worker loads)."""
+
+    def __init__(self, cells_file: Path = CELLS_FILE, rules_file: Path = DEFAULT_RULES) -> None:
+        grid_file = read_grid_file(cells_file)
+        self.index = GridIndex(grid_file)
+        self.grid_version = grid_file.version
+        self.gazetteer = Gazetteer.load()
+        self.rules: Ruleset = load_ruleset(rules_file)
+        names = _area_names(AREAS_FILE)
+        self.districts: dict[str, District] = {}
+        by_district: dict[str, list[CellRecord]] = {}
+        for c in grid_file.cells:
+            by_district.setdefault(c.district, []).append(c)
+        for code, cells in by_district.items():
+            subs = {c.subdistrict: names.get(c.subdistrict, c.subdistrict) for c in cells}
+            self.districts[code] = District(code, names.get(code, code), cells, subs, self)
+
+    def locate(self, lon: float, lat: float) -> Spot | None:
+        """The grid's cell for a point, or None when the point is in no cell."""
+        res = self.index.locate(lon, lat)
+        loc = res.location()
+        if loc is None or res.cell is None:
+            return None
+        return Spot(lon, lat, res.cell, res.subdistrict or "", res.grid_kind or "", loc)
+
+
+def _area_names(path: Path) -> dict[str, str]:
+    """District and sub-district code -> Chinese name, from grid/data/areas.geojson."""
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    return {f["properties"]["code"]: f["properties"]["name"] for f in doc["features"]
+            if f["properties"].get("level") in ("district", "subdistrict")}
