@@ -17,6 +17,7 @@ every value from the rules file is passed in as a named constant, never spliced 
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -98,15 +99,42 @@ def specialize(cond: Condition, source: str, category: str) -> Condition | bool:
     return cond
 
 
+def variants(rule: CompiledRule, version: str, limit: int = 16) -> list[tuple[All, CompiledRule]]:
+    """A rule with `any` at its top level as one alternative per branch combination, each with a fixed
+    reason, so the compiled path need not work out which branch matched. Alternatives are in the order
+    `why` tries branches, so the reason is the same. Beyond `limit` combinations the rule stays one dynamic
+    alternative."""
+    assert rule.rule is not None
+    when = rule.rule.when
+    choices = [c.children for c in when.children if isinstance(c, AnyOf)]
+    combos = list(itertools.product(*choices)) if choices else []
+    if not choices or len(combos) > limit:
+        return [(when, rule)]
+    out: list[tuple[All, CompiledRule]] = []
+    for combo in combos:
+        parts: list[Condition] = []
+        for child in when.children:
+            if isinstance(child, AnyOf):
+                branch = combo[choices.index(child.children)]
+                parts.extend(branch.children if isinstance(branch, All) else (branch,))
+            else:
+                parts.append(child)
+        variant = All(tuple(parts))
+        dynamic = variant.has_choice()
+        reason = "" if dynamic else f"rule {rule.rule_id} (order {rule.rule.order}): {variant.describe()}"
+        template = dict(rule.template, reason=reason)
+        out.append((variant, CompiledRule(rule.rule, rule.rule_id, rule.route, rule.sla, template, dynamic)))
+    return out
+
+
 def candidates(
-    rules: tuple[CompiledRule, ...], source: str, category: str
+    steps: tuple[tuple[All, CompiledRule], ...], source: str, category: str
 ) -> list[tuple[Condition | bool, CompiledRule]]:
-    """The rules that can still match for this source and category, in order, with what remains of `when`,
-    ending at the first one with nothing left to test."""
+    """The alternatives that can still match for this source and category, in order, with what remains of
+    their conditions, ending at the first one with nothing left to test."""
     out: list[tuple[Condition | bool, CompiledRule]] = []
-    for rule in rules:
-        assert rule.rule is not None
-        rest = specialize(rule.rule.when, source, category)
+    for when, rule in steps:
+        rest = specialize(when, source, category)
         if rest is False:
             continue
         out.append((rest, rule))
@@ -118,13 +146,13 @@ def candidates(
 class ChooserFactory:
     """Builds and shares choosers: lists that specialize to the same conditions get the same function."""
 
-    def __init__(self, rules: tuple[CompiledRule, ...], default: CompiledRule) -> None:
-        self.rules = rules
+    def __init__(self, rules: tuple[CompiledRule, ...], default: CompiledRule, version: str) -> None:
+        self.steps = tuple(step for rule in rules for step in variants(rule, version))
         self.default = default
         self._cache: dict[tuple[object, ...], Chooser] = {}
 
     def entry(self, source: str, category: str) -> Entry:
-        steps = candidates(self.rules, source, category)
+        steps = candidates(self.steps, source, category)
         if not steps:
             return None, self.default
         if steps[0][0] is True:

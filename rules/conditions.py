@@ -54,12 +54,16 @@ def local_time(at: datetime, tz: ZoneInfo) -> datetime:
     return at.astimezone(tz)
 
 
+def minute_of_day(at: datetime, tz: ZoneInfo) -> int:
+    """Local minute of the day (0..1439) of `at` in `tz`."""
+    local = local_time(at, tz)
+    return local.hour * 60 + local.minute
+
+
 def minute_in_windows(at: datetime, tz: ZoneInfo, windows: tuple[tuple[int, int], ...]) -> bool:
     """Whether the local minute of day of `at` lies in one of the [start, end) windows (end < start wraps)."""
-    local = local_time(at, tz)
-    minute = local.hour * 60 + local.minute
-    return any((start <= minute < end) if start < end else (minute >= start or minute < end)
-               for start, end in windows)
+    minute = minute_of_day(at, tz)
+    return any((start <= minute < end) if start < end else (minute >= start or minute < end) for start, end in windows)
 
 
 class Condition(ABC):
@@ -94,9 +98,7 @@ class Condition(ABC):
         """Evaluate without short-circuit and return (result, indented lines `[x] condition (event: ...)`)."""
         ok = self.test(ev, rec)
         seen = self.observed(ev, rec)
-        line = f"{'  ' * depth}[{'x' if ok else ' '}] {self.describe()}" + (
-            f"   (event: {seen})" if seen else ""
-        )
+        line = f"{'  ' * depth}[{'x' if ok else ' '}] {self.describe()}" + (f"   (event: {seen})" if seen else "")
         return ok, [line]
 
 
@@ -216,10 +218,13 @@ class TimeOfDay(Condition):
         return minute_in_windows(ev.occurred_at, self.tz, self.windows)
 
     def code(self, consts: Consts) -> str:
-        return (
-            f"{consts.add(minute_in_windows)}(ev.occurred_at, {consts.add(self.tz)}, "
-            f"{consts.add(self.windows)})"
-        )
+        # the windows become plain integer comparisons on one local-minute value
+        minute = f"(_m := {consts.add(minute_of_day)}(ev.occurred_at, {consts.add(self.tz)}))"
+        tests = []
+        for start, end in self.windows:
+            tests.append(f"{start} <= _m < {end}" if start < end else f"_m >= {start} or _m < {end}")
+        tests[0] = tests[0].replace("_m", minute, 1)
+        return "(" + " or ".join(f"({t})" for t in tests) + ")"
 
     def describe(self) -> str:
         return f"time in {_fmt(self.shown)} ({self.tz.key})"
@@ -242,10 +247,7 @@ class Weekday(Condition):
         return local_time(ev.occurred_at, self.tz).weekday() in self.days
 
     def code(self, consts: Consts) -> str:
-        return (
-            f"({consts.add(local_time)}(ev.occurred_at, {consts.add(self.tz)}).weekday() "
-            f"in {consts.add(self.days)})"
-        )
+        return f"({consts.add(local_time)}(ev.occurred_at, {consts.add(self.tz)}).weekday() in {consts.add(self.days)})"
 
     def describe(self) -> str:
         return f"weekday in {_fmt(tuple(WEEKDAYS[d] for d in sorted(self.days)))} ({self.tz.key})"
@@ -349,9 +351,7 @@ class Recurrence(Condition):
 
     def describe(self) -> str:
         what = {"same": "this category", "same-class": "this major class"}.get(self.category, self.category)
-        return (
-            f"earlier cases of {what} in this cell within {format_duration(self.window)} {self.op} {self.n}"
-        )
+        return f"earlier cases of {what} in this cell within {format_duration(self.window)} {self.op} {self.n}"
 
     def observed(self, ev: Event, rec: RecurrenceCounter | None) -> str:
         if rec is None:

@@ -110,7 +110,7 @@ class Ruleset:
         self.warnings: list[str] = shadow_warnings(spec, taxonomy)
         self.rules: tuple[CompiledRule, ...] = tuple(compile_rule(r, self.version) for r in spec.rules)
         self.default = compile_default(spec.default, self.version)
-        self._factory = ChooserFactory(self.rules, self.default)
+        self._factory = ChooserFactory(self.rules, self.default, self.version)
         self._table = index(self._factory, taxonomy)
 
     def _entry(self, source: str, category: str) -> Entry:
@@ -171,12 +171,12 @@ class Ruleset:
                     rule.rule.description,
                     candidate,
                     matched,
-                    rule is chosen,
+                    rule.rule_id == chosen.rule_id,
                     tuple(lines),
                 )
             )
         traces.append(
-            RuleTrace(self.default.rule_id, None, "when no rule matches", True, True, chosen is self.default, ())
+            RuleTrace(self.default.rule_id, None, "when no rule matches", True, True, chosen.rule is None, ())
         )
         return Explanation(event.event_id, self.version, self.dispatch(event, recurrence, now), tuple(traces))
 
