@@ -260,6 +260,9 @@ class Open311:
             except Exception:  # ClickHouse down: answer from what is in memory
                 case_id = None
             case = self.c.board.cases.get(case_id) if case_id else None
+            if case_id and case is None:
+                # the live board forgets only cases closed long ago
+                case = {"case_id": case_id, "status": "closed"}
         return status_of(ticket_id, case=case, unlocated=unlocated, recent=self.recent.get(ticket_id),
                          taxonomy=self.c.taxonomy)
 
