@@ -1,0 +1,233 @@
+"""`cityops report discovery | recurrence | sla | workload | health`: the reports on the command line.
+
+Common options: the filters (`--since`, `--until`: a date `2024-04-01` or a span back from today `30d`;
+`--subdistrict`, `--grid`, `--cell`, `--category` code or prefix, `--team`), `--format table|csv|json` and
+`--plot FILE.png`. Every value goes to the database as a bound parameter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+from pipeline.config import Settings
+from pipeline.reports import (
+    Filters,
+    ReportError,
+    discovery,
+    discovery_change,
+    health,
+    hot_spots,
+    recurrence,
+    recurrence_change,
+    sla,
+    workload,
+)
+from pipeline.reports.query import DIMENSIONS, PERIODS, Queryable
+from pipeline.reports.render import Table, plot_bars, plot_trend, render
+
+SHANGHAI = timedelta(hours=8)
+
+
+def today() -> date:
+    """Today in Asia/Shanghai (the reports' calendar)."""
+    return (datetime.now(UTC) + SHANGHAI).date()
+
+
+def parse_day(text: str) -> date:
+    """`2024-04-01`, or `30d` / `8w` meaning that many days / weeks before today."""
+    t = text.strip()
+    try:
+        if t[-1:] in ("d", "w") and t[:-1].isdigit():
+            return today() - timedelta(days=int(t[:-1]) * (7 if t[-1] == "w" else 1))
+        return date.fromisoformat(t)
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD) or a span like 30d or 8w")
+
+
+def parse_range(text: str) -> tuple[date, date]:
+    """`SINCE..UNTIL` (until exclusive)."""
+    since, sep, until = text.partition("..")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"{text!r}: write a range as SINCE..UNTIL, e.g. 2024-01-01..2024-04-01")
+    a, b = parse_day(since), parse_day(until)
+    if a >= b:
+        raise argparse.ArgumentTypeError(f"{text!r}: the range is empty")
+    return a, b
+
+
+def filters_of(args: argparse.Namespace) -> Filters:
+    return Filters(args.since, args.until, args.subdistrict, args.grid, args.cell, args.category, args.team)
+
+
+def _connect() -> Queryable:
+    from pipeline.sink import ClickHouse
+
+    return ClickHouse(Settings.from_env())
+
+
+# ---- each report: run it, turn it into rows, optionally plot ------------------------------------------------
+
+def run_discovery(db: Queryable, args: argparse.Namespace) -> tuple[Table, str]:
+    f = filters_of(args)
+    if args.compare:
+        ch = discovery_change(db, args.compare[0], args.compare[1], f)
+        rows = [{"range": r.key, "cases": r.total, "citizen": r.citizen, "patrol": r.patrol,
+                 "sensor": r.sensor, "rate": r.rate} for r in (ch.before, ch.after)]
+        rows.append({"range": "change", "cases": None, "citizen": None, "patrol": None, "sensor": None,
+                     "rate": None, "relative_change": ch.change, "points": ch.points})
+        for r in rows[:2]:
+            r.update(relative_change=None, points=None)
+        if args.plot:
+            plot_bars(args.plot, [str(r["range"]) for r in rows[:2]],
+                      [100 * float(r["rate"] or 0) for r in rows[:2]], "Discovery rate", "% proactive")
+        return rows, "Discovery rate: change between two ranges"
+    got = discovery(db, f, args.period, args.by)
+    rows = [{"period": r.period, args.by: r.key, "cases": r.total, "citizen": r.citizen, "patrol": r.patrol,
+             "sensor": r.sensor, "rate": r.rate, "patrol_share": r.patrol_share, "sensor_share": r.sensor_share}
+            for r in got]
+    if args.by == "none":
+        for r in rows:
+            del r["none"]
+    if args.plot:
+        plot_trend(args.plot, rows, "period", "rate", None if args.by == "none" else args.by,
+                   "Discovery rate (patrol + sensor share of cases)", "share of cases")
+    return rows, f"Discovery rate by {args.period}" + ("" if args.by == "none" else f" and {args.by}")
+
+
+def run_recurrence(db: Queryable, args: argparse.Namespace) -> tuple[Table, str]:
+    f = filters_of(args)
+    if args.hot_spots:
+        spots = hot_spots(db, f, args.min_cases, args.within_days, args.limit)
+        rows: Table = [{"rank": s.rank, "cell": s.cell, "category": s.category, "subdistrict": s.subdistrict,
+                        "cases": s.cases, "recurrent": s.recurrent, "first_day": s.first_day,
+                        "last_day": s.last_day} for s in spots]
+        if args.plot:
+            plot_bars(args.plot, [f"{s.cell} {s.category}" for s in spots], [float(s.cases) for s in spots],
+                      f"Chronic hot spots (at least {args.min_cases} cases)", "cases")
+        return rows, f"Hot spots: cell x category with at least {args.min_cases} cases"
+    if args.compare:
+        ch = recurrence_change(db, args.compare[0], args.compare[1], f, args.within_days)
+        rows = [{"range": r.key, "cases": r.cases, "recurrent": r.recurrent, "rate": r.rate,
+                 "relative_change": None} for r in (ch.before, ch.after)]
+        rows.append({"range": "change", "cases": None, "recurrent": None, "rate": None,
+                     "relative_change": ch.change})
+        if args.plot:
+            plot_bars(args.plot, [str(r["range"]) for r in rows[:2]], [float(r["recurrent"]) for r in rows[:2]],
+                      "Recurrent cases", "cases")
+        return rows, f"Recurrence within {args.within_days} days: change between two ranges"
+    got = recurrence(db, f, args.within_days, args.period, args.by)
+    rows = [{"period": r.period, args.by: r.key, "cases": r.cases, "recurrent": r.recurrent, "rate": r.rate}
+            for r in got]
+    if args.by == "none":
+        for r in rows:
+            del r["none"]
+    if args.plot:
+        plot_trend(args.plot, rows, "period", "rate", None if args.by == "none" else args.by,
+                   f"Recurrence rate (within {args.within_days} days)", "share of cases")
+    return rows, f"Recurrence within {args.within_days} days, by {args.period}"
+
+
+def run_sla(db: Queryable, args: argparse.Namespace) -> tuple[Table, str]:
+    got = sla(db, filters_of(args), args.dispatch_within, args.as_of)
+    rows: Table = [{"team": r.team, "cases": r.cases, "dispatch_on_time_rate": r.dispatch_on_time_rate,
+                    "closed": r.closed, "close_on_time_rate": r.close_on_time_rate, "overdue_open": r.overdue_open,
+                    "accept_median_h": r.to_accept.median_h, "accept_p90_h": r.to_accept.p90_h,
+                    "resolve_median_h": r.to_resolve.median_h, "resolve_p90_h": r.to_resolve.p90_h,
+                    "close_median_h": r.to_close.median_h, "close_p90_h": r.to_close.p90_h} for r in got]
+    if args.plot:
+        plot_bars(args.plot, [r.team for r in got], [100 * (r.close_on_time_rate or 0) for r in got],
+                  "Closed on time", "% of closed cases with a due time")
+    return rows, f"Service levels (dispatch on time = within {args.dispatch_within} min)"
+
+
+def run_workload(db: Queryable, args: argparse.Namespace) -> tuple[Table, str]:
+    got = workload(db, filters_of(args), args.as_of)
+    rows: Table = [{"team": r.team, "open": r.open, "overdue": r.overdue, "created": r.created,
+                    "closed": r.closed} for r in got]
+    if args.plot:
+        plot_bars(args.plot, [r.team for r in got], [float(r.open) for r in got], "Open cases per team", "cases")
+    return rows, "Team workload (open and overdue now; created and closed in the range)"
+
+
+def run_health(db: Queryable, args: argparse.Namespace) -> tuple[Table, str]:
+    got = health(db, filters_of(args), args.within_days, args.as_of)
+    rows: Table = [{"grid": g.grid, "subdistrict": g.subdistrict, "score": g.score, "cases": g.cases,
+                    "open": g.open, "overdue": g.overdue, "recurrence_rate": g.recurrence_rate,
+                    "discovery_rate": g.discovery_rate} for g in got]
+    if args.plot:
+        worst = got[: args.limit]
+        plot_bars(args.plot, [g.grid for g in worst], [g.score for g in worst],
+                  "Grid health (lowest scores first)", "score (0-100)")
+    return rows, "Grid health portrait (lowest score first)"
+
+
+REPORTS: dict[str, tuple[Callable[[Queryable, argparse.Namespace], tuple[Table, str]], str]] = {
+    "discovery": (run_discovery, "discovery rate (patrol + sensor share) by period and place; --compare"),
+    "recurrence": (run_recurrence, "recurrent cases by period; --hot-spots ranking; --compare"),
+    "sla": (run_sla, "on-time dispatch and closure, time to accept/resolve/close, overdue by team"),
+    "workload": (run_workload, "open, overdue, created and closed cases per team"),
+    "health": (run_health, "per management grid: open, overdue, recurrence, discovery, one score"),
+}
+
+
+def _run(args: argparse.Namespace) -> int:
+    func, _ = REPORTS[args.report]
+    db = args.connect()
+    try:
+        rows, title = func(db, args)
+    except ReportError as err:
+        print(f"report {args.report}: {err}", file=sys.stderr)
+        return 2
+    finally:
+        close = getattr(db, "close", None)
+        if close is not None:
+            close()
+    sys.stdout.write(render(rows, args.format, title))
+    if args.plot:
+        print(f"chart written to {args.plot}", file=sys.stderr)
+    return 0
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("filters")
+    g.add_argument("--since", type=parse_day, help="first day (YYYY-MM-DD or 30d), Asia/Shanghai")
+    g.add_argument("--until", type=parse_day, help="day after the last (exclusive)")
+    g.add_argument("--subdistrict", help="sub-district code, e.g. 310109009")
+    g.add_argument("--grid", help="management grid code (12 digits) or a cell-code prefix")
+    g.add_argument("--cell", help="unit cell code (15 digits)")
+    g.add_argument("--category", help="category code or prefix, e.g. E0501 or E05")
+    g.add_argument("--team", help="enforcement | handling | supervision")
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    p.add_argument("--plot", type=Path, metavar="FILE.png", help="also draw a chart into this PNG file")
+    p.set_defaults(func=_run, connect=_connect, as_of=None, limit=20)
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add `cityops report ...`."""
+    report = sub.add_parser("report", help="analysts' reports from ClickHouse")
+    rsub = report.add_subparsers(dest="report", required=True, metavar="REPORT")
+    for name, (_, text) in REPORTS.items():
+        p = rsub.add_parser(name, help=text, description=text)
+        _add_common(p)
+        if name in ("discovery", "recurrence"):
+            p.add_argument("--period", choices=tuple(PERIODS), default="month")
+            p.add_argument("--by", choices=tuple(d for d in DIMENSIONS if d != "team" or name == "recurrence"),
+                           default="none", help="group by this as well")
+            p.add_argument("--compare", nargs=2, type=parse_range, metavar=("BEFORE", "AFTER"),
+                           help="compare two ranges SINCE..UNTIL, e.g. 2024-01-01..2024-04-01 2024-04-01..2024-07-01")
+        if name in ("recurrence", "health"):
+            p.add_argument("--within-days", type=int, default=30,
+                           help="a case recurs if created at most this many days after an earlier one closed")
+        if name == "recurrence":
+            p.add_argument("--hot-spots", action="store_true", help="rank cell x category hot spots instead")
+            p.add_argument("--min-cases", type=int, default=3, help="hot spot: at least this many cases")
+        if name in ("recurrence", "health"):
+            p.add_argument("--limit", type=int, default=20, help="rows to rank (hot spots, chart of grids)")
+        if name == "sla":
+            p.add_argument("--dispatch-within", type=int, default=30, metavar="MIN",
+                           help="dispatch counts as on time within this many minutes of creation")

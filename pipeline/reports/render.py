@@ -1,0 +1,109 @@
+"""Report output: an aligned text table, CSV or JSON, and charts (PNG) for `--plot`.
+
+Rows are plain dicts of str / int / float / None, in column order. Rates are fractions in data (CSV, JSON)
+and percentages in the table, the way an analyst reads them.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+Table = list[dict[str, Any]]
+
+
+def _cell(value: Any, column: str) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if column.endswith(("rate", "share", "change")):
+            return f"{value * 100:+.1f}%" if column.endswith("change") else f"{value * 100:.1f}%"
+        return f"{value:.2f}"
+    return str(value)
+
+
+def as_text(rows: Table, title: str = "") -> str:
+    """An aligned table; numbers right-aligned. An empty report says so instead of printing nothing."""
+    if not rows:
+        return (title + "\n" if title else "") + "(no cases match)\n"
+    columns = list(rows[0])
+    cells = [[_cell(r.get(c), c) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    numeric = [all(isinstance(r.get(c), int | float) or r.get(c) is None for r in rows) for c in columns]
+
+    def line(values: Sequence[str]) -> str:
+        return "  ".join(v.rjust(w) if num else v.ljust(w)
+                         for v, w, num in zip(values, widths, numeric, strict=True)).rstrip()
+
+    out = [title] if title else []
+    out += [line(columns), line(["-" * w for w in widths])] + [line(r) for r in cells]
+    return "\n".join(out) + "\n"
+
+
+def as_csv(rows: Table) -> str:
+    buf = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    return buf.getvalue()
+
+
+def as_json(rows: Table) -> str:
+    return orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode() + "\n"
+
+
+def render(rows: Table, fmt: str, title: str = "") -> str:
+    """`fmt` is table | csv | json."""
+    if fmt == "csv":
+        return as_csv(rows)
+    if fmt == "json":
+        return as_json(rows)
+    return as_text(rows, title)
+
+
+def plot_trend(path: Path, rows: Table, x: str, y: str, series: str | None, title: str, ylabel: str) -> None:
+    """Line chart of `y` over `x`, one line per value of `series` (at most the 8 largest, for legibility)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display on servers
+    import matplotlib.pyplot as plt
+
+    groups: dict[str, list[tuple[str, float]]] = {}
+    for r in rows:
+        if r.get(y) is not None:
+            groups.setdefault(str(r.get(series, "")) if series else "", []).append((str(r[x]), float(r[y])))
+    top = sorted(groups, key=lambda k: -len(groups[k]))[:8]
+    fig, ax = plt.subplots(figsize=(10, 5))
+    for key in sorted(top):
+        pts = sorted(groups[key])
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=key or y)
+    ax.set_title(title)
+    ax.set_ylabel(ylabel)
+    ax.tick_params(axis="x", rotation=45)
+    if len(top) > 1 or (top and top[0]):
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_bars(path: Path, labels: list[str], values: list[float], title: str, xlabel: str) -> None:
+    """Ranked horizontal bars, largest on top."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(10, max(3.0, 0.35 * len(labels) + 1)))
+    ax.barh(list(reversed(labels)), list(reversed(values)))
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
