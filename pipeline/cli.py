@@ -14,6 +14,7 @@ from collections.abc import Sequence
 COMMAND_MODULES = (
     "pipeline.topics",      # cityops topics create|list
     "pipeline.migrate",     # cityops db migrate|status
+    "pipeline.reports.cli", # cityops report discovery|recurrence|sla|workload|health
     "pipeline.worker",      # cityops worker
     "grid.cli",             # cityops grid build|validate|locate|info|geocode
     "pipeline.web.cli",     # cityops web [adduser]
