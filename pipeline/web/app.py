@@ -106,6 +106,8 @@ class Centre:
 
 
 CENTRE = web.AppKey("centre", Centre)
+USER = web.RequestKey("user", User)
+SESSION = web.RequestKey("session", auth.Session)
 
 
 # -- helpers ----------------------------------------------------------------------------------------------
@@ -123,8 +125,7 @@ def _centre(request: web.Request) -> Centre:
 
 
 def _user(request: web.Request) -> User | None:
-    user: User | None = request.get("user")
-    return user
+    return request.get(USER)
 
 
 def _require(request: web.Request, allowed: Callable[[User], bool]) -> User:
@@ -205,13 +206,14 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
         session = centre.signer.verify(token)
         user = centre.users.current.get(session.user) if session else None
         if session is not None and user is not None and user.role != "ingest":
-            request["session"], request["user"] = session, user
-    if (request.method not in ("GET", "HEAD", "OPTIONS") and via_cookie and "session" in request
-            and not request.path.startswith(("/open311/", "/signin"))):
+            request[SESSION], request[USER] = session, user
+    # /open311 uses API keys, /signin its own double-submit token, /api/token answers only the caller
+    if (request.method not in ("GET", "HEAD", "OPTIONS") and via_cookie and SESSION in request
+            and not request.path.startswith(("/open311/", "/signin", "/api/token"))):
         sent = request.headers.get("X-CSRF-Token")
         if sent is None and request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
             sent = str((await request.post()).get("csrf_token", ""))
-        if not centre.signer.check_csrf(request["session"], sent):
+        if not centre.signer.check_csrf(request[SESSION], sent):
             return _problem(403, "CSRF token missing or wrong; reload the page")
     return await handler(request)
 
@@ -221,7 +223,7 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
 def _page(name: str, request: web.Request, title: str, **values: str) -> web.Response:
     centre = _centre(request)
     user = _user(request)
-    session = request.get("session")
+    session = request.get(SESSION)
     csrf = centre.signer.csrf_token(session) if session is not None else ""
     who = ""
     if user is not None:
@@ -287,7 +289,7 @@ async def signin(request: web.Request) -> web.StreamResponse:
 
 
 async def signout(request: web.Request) -> web.StreamResponse:
-    session = request.get("session")
+    session = request.get(SESSION)
     if session is not None:
         _centre(request).signer.revoke(session)
     response = web.HTTPFound("/signin")

@@ -40,7 +40,8 @@ def test_queues_match_a_direct_count(states: list[dict[str, object]]) -> None:
         dues = [parse_time(s["due_at"]) for s in mine]
         assert q["teams"][team]["open"] == len(mine)
         assert q["teams"][team]["overdue"] == sum(1 for d in dues if d is not None and d < NOW)
-        assert q["teams"][team]["due_soon"] == sum(1 for d in dues if d is not None and NOW <= d < NOW + timedelta(hours=2))
+        soon = NOW + timedelta(hours=2)
+        assert q["teams"][team]["due_soon"] == sum(1 for d in dues if d is not None and NOW <= d < soon)
     assert sum(s["open"] for s in q["subdistricts"]) == q["total"]["open"]
 
 
