@@ -83,7 +83,8 @@ def test_a_team_member_sees_and_acts_only_on_their_teams_cases() -> None:
         assert topic == c.settings.topics.case_updates and key == "C-hand"
         update = default_decoder().case_update(raw)
         assert (update.action, update.team, update.actor, update.update_id) == ("accept", "handling", "hand", "u-1")
-        reject = await client.post("/api/cases/C-hand/actions", json={"action": "reject"}, headers={"X-CSRF-Token": csrf})
+        reject = await client.post("/api/cases/C-hand/actions", json={"action": "reject"},
+                                   headers={"X-CSRF-Token": csrf})
         assert reject.status == 400        # a rejection needs a reason
         verify = await client.post("/api/cases/C-done/actions", json={"action": "verify"},
                                    headers={"X-CSRF-Token": csrf})
