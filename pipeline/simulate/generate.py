@@ -7,7 +7,6 @@ generated while they are iterated, merged in time order with the rest.
 
 from __future__ import annotations
 
-import heapq
 import random
 from collections import Counter
 from collections.abc import Iterator
@@ -64,9 +63,15 @@ class Simulation:
 
     def messages(self) -> Iterator[SimMessage]:
         """Every message in event-time order (ties: reports and feedback before readings)."""
-        events = (m for _, _, m in self._events)
-        readings = (SimMessage("raw_iot", k, v, at) for at, k, v in self.network.readings())
-        return heapq.merge(events, readings, key=lambda m: m.at)
+        events = self._events
+        k, n = 0, len(events)
+        for at, key, value in self.network.readings():
+            while k < n and events[k][0] <= at:
+                yield events[k][2]
+                k += 1
+            yield SimMessage("raw_iot", key, value, at)
+        for _, _, m in events[k:]:
+            yield m
 
     def registry_csv(self) -> str:
         return self.network.registry_csv()

@@ -100,6 +100,21 @@ class Override:
         return False, None
 
 
+class _Stamps:
+    """`YYYY-MM-DDTHH:MM:SSZ` for epoch seconds, formatting each day's date once (strftime is slow)."""
+
+    def __init__(self) -> None:
+        self.days: dict[int, bytes] = {}
+
+    def __call__(self, epoch: int) -> bytes:
+        day, sec = divmod(epoch, 86400)
+        prefix = self.days.get(day)
+        if prefix is None:
+            prefix = self.days[day] = datetime.fromtimestamp(day * 86400, UTC).strftime("%Y-%m-%dT").encode()
+        h, rest = divmod(sec, 3600)
+        return prefix + b"%02d:%02d:%02dZ" % (h, rest // 60, rest % 60)
+
+
 def alarms_of(values: list[float | None], th: Threshold) -> list[tuple[int, float]]:
     """(position, value) of each reading that raises an alarm, for a sensor starting normal.
 
@@ -200,13 +215,17 @@ class SensorNetwork:
                  for s in sensors]
         units = [f',"unit":"{s.unit}","measured_at":"'.encode() for s in sensors]
         keys = [s.sensor_id.encode() for s in sensors]
+        phases = [timedelta(seconds=s.phase_s) for s in sensors]
         overridden = {pos: self.overrides[s.index] for pos, s in enumerate(sensors) if s.index in self.overrides}
+        stamp = _Stamps()
+        begin_epoch = int(self.begin.timestamp())
         for tick in range(self.ticks):
             gen = np.random.default_rng([self.seed, 7, tick])
-            values = lows + spans * gen.random(len(sensors))
+            values = (lows + spans * gen.random(len(sensors))).tolist()
             base = self.begin + timedelta(seconds=tick * self.interval_s)
+            base_epoch = begin_epoch + tick * self.interval_s
             for pos, s in enumerate(sensors):
-                value: float | None = float(values[pos])
+                value: float | None = values[pos]
                 ov = overridden.get(pos)
                 if ov is not None:
                     hit, forced = ov.at(tick)
@@ -214,10 +233,11 @@ class SensorNetwork:
                         value = forced
                 if value is None:
                     continue
-                at = base + timedelta(seconds=s.phase_s)
-                text = f"{value:.{decimals[pos]}f}" if decimals[pos] else f"{round(value):d}"
-                stamp = at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-                yield at, keys[pos], heads[pos] + text.encode() + units[pos] + stamp.encode() + b'"}'
+                d = decimals[pos]
+                # the shortest form, as a JSON encoder writes it, so a recording replays byte for byte
+                text = repr(round(value, d)) if d else str(round(value))
+                yield (base + phases[pos], keys[pos],
+                       heads[pos] + text.encode() + units[pos] + stamp(base_epoch + s.phase_s) + b'"}')
 
     def rounded(self, sensor: SimSensor, value: float) -> float:
         """A value as the stream writes it (so alarms are computed on what the worker reads)."""
