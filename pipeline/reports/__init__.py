@@ -19,7 +19,24 @@ from pipeline.reports.recurrence import (
 from pipeline.reports.sla import Durations, SlaRow, sla
 
 __all__ = [
-    "DiscoveryChange", "DiscoveryRow", "Durations", "Filters", "GridHealth", "HotSpot", "Queryable",
-    "RecurrenceChange", "RecurrenceRow", "ReportError", "SlaRow", "WorkloadRow", "discovery",
-    "discovery_change", "health", "hot_spots", "recurrence", "recurrence_change", "sla", "workload",
+    "DiscoveryChange",
+    "DiscoveryRow",
+    "Durations",
+    "Filters",
+    "GridHealth",
+    "HotSpot",
+    "Queryable",
+    "RecurrenceChange",
+    "RecurrenceRow",
+    "ReportError",
+    "SlaRow",
+    "WorkloadRow",
+    "discovery",
+    "discovery_change",
+    "health",
+    "hot_spots",
+    "recurrence",
+    "recurrence_change",
+    "sla",
+    "workload",
 ]

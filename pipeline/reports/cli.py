@@ -53,7 +53,9 @@ def parse_range(text: str) -> tuple[date, date]:
     """`SINCE..UNTIL` (until exclusive)."""
     since, sep, until = text.partition("..")
     if not sep:
-        raise argparse.ArgumentTypeError(f"{text!r}: write a range as SINCE..UNTIL, e.g. 2024-01-01..2024-04-01")
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: write a range as SINCE..UNTIL, e.g. 2024-01-01..2024-04-01"
+        )
     a, b = parse_day(since), parse_day(until)
     if a >= b:
         raise argparse.ArgumentTypeError(f"{text!r}: the range is empty")
@@ -70,32 +72,75 @@ def _connect() -> Queryable:
     return ClickHouse(Settings.from_env())
 
 
-# ---- each report: run it, turn it into rows, optionally plot ------------------------------------------------
+# ---- each report: run it, turn it into rows, optionally plot -------------------------------------
+
 
 def run_discovery(db: Queryable, args: argparse.Namespace) -> tuple[Table, str]:
     f = filters_of(args)
     if args.compare:
         ch = discovery_change(db, args.compare[0], args.compare[1], f)
-        rows = [{"range": r.key, "cases": r.total, "citizen": r.citizen, "patrol": r.patrol,
-                 "sensor": r.sensor, "rate": r.rate} for r in (ch.before, ch.after)]
-        rows.append({"range": "change", "cases": None, "citizen": None, "patrol": None, "sensor": None,
-                     "rate": None, "relative_change": ch.change, "points": ch.points})
+        rows = [
+            {
+                "range": r.key,
+                "cases": r.total,
+                "citizen": r.citizen,
+                "patrol": r.patrol,
+                "sensor": r.sensor,
+                "rate": r.rate,
+            }
+            for r in (ch.before, ch.after)
+        ]
+        rows.append(
+            {
+                "range": "change",
+                "cases": None,
+                "citizen": None,
+                "patrol": None,
+                "sensor": None,
+                "rate": None,
+                "relative_change": ch.change,
+                "points": ch.points,
+            }
+        )
         for r in rows[:2]:
             r.update(relative_change=None, points=None)
         if args.plot:
-            plot_bars(args.plot, [str(r["range"]) for r in rows[:2]],
-                      [100 * float(r["rate"] or 0) for r in rows[:2]], "Discovery rate", "% proactive")
+            plot_bars(
+                args.plot,
+                [str(r["range"]) for r in rows[:2]],
+                [100 * float(r["rate"] or 0) for r in rows[:2]],
+                "Discovery rate",
+                "% proactive",
+            )
         return rows, "Discovery rate: change between two ranges"
     got = discovery(db, f, args.period, args.by)
-    rows = [{"period": r.period, args.by: r.key, "cases": r.total, "citizen": r.citizen, "patrol": r.patrol,
-             "sensor": r.sensor, "rate": r.rate, "patrol_share": r.patrol_share, "sensor_share": r.sensor_share}
-            for r in got]
+    rows = [
+        {
+            "period": r.period,
+            args.by: r.key,
+            "cases": r.total,
+            "citizen": r.citizen,
+            "patrol": r.patrol,
+            "sensor": r.sensor,
+            "rate": r.rate,
+            "patrol_share": r.patrol_share,
+            "sensor_share": r.sensor_share,
+        }
+        for r in got
+    ]
     if args.by == "none":
         for r in rows:
             del r["none"]
     if args.plot:
-        plot_trend(args.plot, rows, "period", "rate", None if args.by == "none" else args.by,
-                   "Discovery rate (patrol + sensor share of cases)", "share of cases")
+        plot_trend(
+            args.plot,
+            rows,
+            "period",
+            "rate",
+            None if args.by == "none" else args.by,
+            "Discovery rate (patrol + sensor share of cases)",
+            "share of cases",
+        )
     return rows, f"Discovery rate by {args.period}" + ("" if args.by == "none" else f" and {args.by}")
 
 
@@ -103,66 +148,140 @@ def run_recurrence(db: Queryable, args: argparse.Namespace) -> tuple[Table, str]
     f = filters_of(args)
     if args.hot_spots:
         spots = hot_spots(db, f, args.min_cases, args.within_days, args.limit)
-        rows: Table = [{"rank": s.rank, "cell": s.cell, "category": s.category, "subdistrict": s.subdistrict,
-                        "cases": s.cases, "recurrent": s.recurrent, "first_day": s.first_day,
-                        "last_day": s.last_day} for s in spots]
+        rows: Table = [
+            {
+                "rank": s.rank,
+                "cell": s.cell,
+                "category": s.category,
+                "subdistrict": s.subdistrict,
+                "cases": s.cases,
+                "recurrent": s.recurrent,
+                "first_day": s.first_day,
+                "last_day": s.last_day,
+            }
+            for s in spots
+        ]
         if args.plot:
-            plot_bars(args.plot, [f"{s.cell} {s.category}" for s in spots], [float(s.cases) for s in spots],
-                      f"Chronic hot spots (at least {args.min_cases} cases)", "cases")
+            plot_bars(
+                args.plot,
+                [f"{s.cell} {s.category}" for s in spots],
+                [float(s.cases) for s in spots],
+                f"Chronic hot spots (at least {args.min_cases} cases)",
+                "cases",
+            )
         return rows, f"Hot spots: cell x category with at least {args.min_cases} cases"
     if args.compare:
         ch = recurrence_change(db, args.compare[0], args.compare[1], f, args.within_days)
-        rows = [{"range": r.key, "cases": r.cases, "recurrent": r.recurrent, "rate": r.rate,
-                 "relative_change": None} for r in (ch.before, ch.after)]
-        rows.append({"range": "change", "cases": None, "recurrent": None, "rate": None,
-                     "relative_change": ch.change})
+        rows = [
+            {
+                "range": r.key,
+                "cases": r.cases,
+                "recurrent": r.recurrent,
+                "rate": r.rate,
+                "relative_change": None,
+            }
+            for r in (ch.before, ch.after)
+        ]
+        rows.append(
+            {"range": "change", "cases": None, "recurrent": None, "rate": None, "relative_change": ch.change}
+        )
         if args.plot:
-            plot_bars(args.plot, [str(r["range"]) for r in rows[:2]], [float(r["recurrent"]) for r in rows[:2]],
-                      "Recurrent cases", "cases")
+            plot_bars(
+                args.plot,
+                [str(r["range"]) for r in rows[:2]],
+                [float(r["recurrent"]) for r in rows[:2]],
+                "Recurrent cases",
+                "cases",
+            )
         return rows, f"Recurrence within {args.within_days} days: change between two ranges"
     got = recurrence(db, f, args.within_days, args.period, args.by)
-    rows = [{"period": r.period, args.by: r.key, "cases": r.cases, "recurrent": r.recurrent, "rate": r.rate}
-            for r in got]
+    rows = [
+        {"period": r.period, args.by: r.key, "cases": r.cases, "recurrent": r.recurrent, "rate": r.rate}
+        for r in got
+    ]
     if args.by == "none":
         for r in rows:
             del r["none"]
     if args.plot:
-        plot_trend(args.plot, rows, "period", "rate", None if args.by == "none" else args.by,
-                   f"Recurrence rate (within {args.within_days} days)", "share of cases")
+        plot_trend(
+            args.plot,
+            rows,
+            "period",
+            "rate",
+            None if args.by == "none" else args.by,
+            f"Recurrence rate (within {args.within_days} days)",
+            "share of cases",
+        )
     return rows, f"Recurrence within {args.within_days} days, by {args.period}"
 
 
 def run_sla(db: Queryable, args: argparse.Namespace) -> tuple[Table, str]:
     got = sla(db, filters_of(args), args.dispatch_within, args.as_of)
-    rows: Table = [{"team": r.team, "cases": r.cases, "dispatch_on_time_rate": r.dispatch_on_time_rate,
-                    "closed": r.closed, "close_on_time_rate": r.close_on_time_rate, "overdue_open": r.overdue_open,
-                    "accept_median_h": r.to_accept.median_h, "accept_p90_h": r.to_accept.p90_h,
-                    "resolve_median_h": r.to_resolve.median_h, "resolve_p90_h": r.to_resolve.p90_h,
-                    "close_median_h": r.to_close.median_h, "close_p90_h": r.to_close.p90_h} for r in got]
+    rows: Table = [
+        {
+            "team": r.team,
+            "cases": r.cases,
+            "dispatch_on_time_rate": r.dispatch_on_time_rate,
+            "closed": r.closed,
+            "close_on_time_rate": r.close_on_time_rate,
+            "overdue_open": r.overdue_open,
+            "accept_median_h": r.to_accept.median_h,
+            "accept_p90_h": r.to_accept.p90_h,
+            "resolve_median_h": r.to_resolve.median_h,
+            "resolve_p90_h": r.to_resolve.p90_h,
+            "close_median_h": r.to_close.median_h,
+            "close_p90_h": r.to_close.p90_h,
+        }
+        for r in got
+    ]
     if args.plot:
-        plot_bars(args.plot, [r.team for r in got], [100 * (r.close_on_time_rate or 0) for r in got],
-                  "Closed on time", "% of closed cases with a due time")
+        plot_bars(
+            args.plot,
+            [r.team for r in got],
+            [100 * (r.close_on_time_rate or 0) for r in got],
+            "Closed on time",
+            "% of closed cases with a due time",
+        )
     return rows, f"Service levels (dispatch on time = within {args.dispatch_within} min)"
 
 
 def run_workload(db: Queryable, args: argparse.Namespace) -> tuple[Table, str]:
     got = workload(db, filters_of(args), args.as_of)
-    rows: Table = [{"team": r.team, "open": r.open, "overdue": r.overdue, "created": r.created,
-                    "closed": r.closed} for r in got]
+    rows: Table = [
+        {"team": r.team, "open": r.open, "overdue": r.overdue, "created": r.created, "closed": r.closed}
+        for r in got
+    ]
     if args.plot:
-        plot_bars(args.plot, [r.team for r in got], [float(r.open) for r in got], "Open cases per team", "cases")
+        plot_bars(
+            args.plot, [r.team for r in got], [float(r.open) for r in got], "Open cases per team", "cases"
+        )
     return rows, "Team workload (open and overdue now; created and closed in the range)"
 
 
 def run_health(db: Queryable, args: argparse.Namespace) -> tuple[Table, str]:
     got = health(db, filters_of(args), args.within_days, args.as_of)
-    rows: Table = [{"grid": g.grid, "subdistrict": g.subdistrict, "score": g.score, "cases": g.cases,
-                    "open": g.open, "overdue": g.overdue, "recurrence_rate": g.recurrence_rate,
-                    "discovery_rate": g.discovery_rate} for g in got]
+    rows: Table = [
+        {
+            "grid": g.grid,
+            "subdistrict": g.subdistrict,
+            "score": g.score,
+            "cases": g.cases,
+            "open": g.open,
+            "overdue": g.overdue,
+            "recurrence_rate": g.recurrence_rate,
+            "discovery_rate": g.discovery_rate,
+        }
+        for g in got
+    ]
     if args.plot:
         worst = got[: args.limit]
-        plot_bars(args.plot, [g.grid for g in worst], [g.score for g in worst],
-                  "Grid health (lowest scores first)", "score (0-100)")
+        plot_bars(
+            args.plot,
+            [g.grid for g in worst],
+            [g.score for g in worst],
+            "Grid health (lowest scores first)",
+            "score (0-100)",
+        )
     return rows, "Grid health portrait (lowest score first)"
 
 
@@ -216,18 +335,36 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         _add_common(p)
         if name in ("discovery", "recurrence"):
             p.add_argument("--period", choices=tuple(PERIODS), default="month")
-            p.add_argument("--by", choices=tuple(d for d in DIMENSIONS if d != "team" or name == "recurrence"),
-                           default="none", help="group by this as well")
-            p.add_argument("--compare", nargs=2, type=parse_range, metavar=("BEFORE", "AFTER"),
-                           help="compare two ranges SINCE..UNTIL, e.g. 2024-01-01..2024-04-01 2024-04-01..2024-07-01")
+            p.add_argument(
+                "--by",
+                choices=tuple(d for d in DIMENSIONS if d != "team" or name == "recurrence"),
+                default="none",
+                help="group by this as well",
+            )
+            p.add_argument(
+                "--compare",
+                nargs=2,
+                type=parse_range,
+                metavar=("BEFORE", "AFTER"),
+                help="compare two ranges SINCE..UNTIL, e.g. 2024-01-01..2024-04-01 2024-04-01..2024-07-01",
+            )
         if name in ("recurrence", "health"):
-            p.add_argument("--within-days", type=int, default=30,
-                           help="a case recurs if created at most this many days after an earlier one closed")
+            p.add_argument(
+                "--within-days",
+                type=int,
+                default=30,
+                help="a case recurs if created at most this many days after an earlier one closed",
+            )
         if name == "recurrence":
             p.add_argument("--hot-spots", action="store_true", help="rank cell x category hot spots instead")
             p.add_argument("--min-cases", type=int, default=3, help="hot spot: at least this many cases")
         if name in ("recurrence", "health"):
             p.add_argument("--limit", type=int, default=20, help="rows to rank (hot spots, chart of grids)")
         if name == "sla":
-            p.add_argument("--dispatch-within", type=int, default=30, metavar="MIN",
-                           help="dispatch counts as on time within this many minutes of creation")
+            p.add_argument(
+                "--dispatch-within",
+                type=int,
+                default=30,
+                metavar="MIN",
+                help="dispatch counts as on time within this many minutes of creation",
+            )

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import date
 
 from pipeline.reports.query import (
+    NO_FILTERS,
     Filters,
     Queryable,
     as_date,
@@ -26,8 +27,8 @@ _DIMENSIONS = ("none", "subdistrict", "grid", "cell", "category")
 class DiscoveryRow:
     """Cases of one period (and group) by first source; `rate` = (patrol + sensor) / total."""
 
-    period: str          # first day of the period, ISO
-    key: str             # the group (sub-district, grid, cell or category); "" when not grouped
+    period: str  # first day of the period, ISO
+    key: str  # the group (sub-district, grid, cell or category); "" when not grouped
     total: int
     citizen: int
     patrol: int
@@ -46,8 +47,9 @@ class DiscoveryRow:
         return share(self.sensor, self.total)
 
 
-def discovery(db: Queryable, filters: Filters = Filters(), period: str = "month",
-              by: str = "none") -> list[DiscoveryRow]:
+def discovery(
+    db: Queryable, filters: Filters = NO_FILTERS, period: str = "month", by: str = "none"
+) -> list[DiscoveryRow]:
     """Discovery counts per period (day | week | month | all) and group, ordered by period then group."""
     per = period_expr(period, "day")
     key = dimension_expr(by, _DIMENSIONS)
@@ -62,9 +64,17 @@ def discovery(db: Queryable, filters: Filters = Filters(), period: str = "month"
         WHERE {cond}
         GROUP BY period, key
         ORDER BY period, key"""
-    return [DiscoveryRow(as_date(r["period"]), str(r["key"]), int(r["total"]), int(r["citizen"]),
-                         int(r["patrol"]), int(r["sensor"]))
-            for r in db.query_dicts(sql, params)]
+    return [
+        DiscoveryRow(
+            as_date(r["period"]),
+            str(r["key"]),
+            int(r["total"]),
+            int(r["citizen"]),
+            int(r["patrol"]),
+            int(r["sensor"]),
+        )
+        for r in db.query_dicts(sql, params)
+    ]
 
 
 @dataclass(frozen=True)
@@ -85,14 +95,21 @@ class DiscoveryChange:
         return None if a is None or b is None else (a - b) * 100
 
 
-def discovery_change(db: Queryable, before: tuple[date, date], after: tuple[date, date],
-                     filters: Filters = Filters()) -> DiscoveryChange:
+def discovery_change(
+    db: Queryable, before: tuple[date, date], after: tuple[date, date], filters: Filters = NO_FILTERS
+) -> DiscoveryChange:
     """Compare two date ranges ([since, until) each) under the same place and category filters."""
     rows = []
     for since, until in (before, after):
         f = Filters(since, until, filters.subdistrict, filters.grid, filters.cell, filters.category)
         got = discovery(db, f, period="all")
         rows.append(got[0] if got else DiscoveryRow("1970-01-01", "", 0, 0, 0, 0))
-        rows[-1] = DiscoveryRow(since.isoformat(), f"{since.isoformat()}..{until.isoformat()}",
-                                rows[-1].total, rows[-1].citizen, rows[-1].patrol, rows[-1].sensor)
+        rows[-1] = DiscoveryRow(
+            since.isoformat(),
+            f"{since.isoformat()}..{until.isoformat()}",
+            rows[-1].total,
+            rows[-1].citizen,
+            rows[-1].patrol,
+            rows[-1].sensor,
+        )
     return DiscoveryChange(rows[0], rows[1])

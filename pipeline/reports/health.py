@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from pipeline.reports.query import TZ, Filters, Queryable, cases_latest, epoch, share
+from pipeline.reports.query import NO_FILTERS, TZ, Filters, Queryable, cases_latest, epoch, share
 from pipeline.reports.recurrence import recurrent_cases_sql
 
 WEIGHTS = {"on_time": 0.4, "recurrence": 0.3, "discovery": 0.3}
@@ -34,13 +34,22 @@ class WorkloadRow:
     closed: int
 
 
-def workload(db: Queryable, filters: Filters = Filters(), as_of: datetime | None = None) -> list[WorkloadRow]:
+def workload(
+    db: Queryable, filters: Filters = NO_FILTERS, as_of: datetime | None = None
+) -> list[WorkloadRow]:
     """One row per team. `open`/`overdue` cover all cases matching the place filters, whatever their date;
     `created`/`closed` count those created / closed in the date range."""
     place_cond_cases, params = cases_latest(
-        Filters(subdistrict=filters.subdistrict, grid=filters.grid, cell=filters.cell,
-                category=filters.category, team=filters.team),
-        "case_id, team, status, created_at, due_at, closed_at", dated=False)
+        Filters(
+            subdistrict=filters.subdistrict,
+            grid=filters.grid,
+            cell=filters.cell,
+            category=filters.category,
+            team=filters.team,
+        ),
+        "case_id, team, status, created_at, due_at, closed_at",
+        dated=False,
+    )
     created_cond, p1 = filters.where(f"toDate(created_at, '{TZ}')", prefix="w_")
     closed_cond, p2 = filters.where(f"toDate(assumeNotNull(closed_at), '{TZ}')", prefix="x_")
     params.update(p1)
@@ -55,8 +64,10 @@ def workload(db: Queryable, filters: Filters = Filters(), as_of: datetime | None
         FROM ({place_cond_cases})
         GROUP BY team
         ORDER BY team"""
-    return [WorkloadRow(str(r["team"]), int(r["open"]), int(r["overdue"]), int(r["created"]), int(r["closed"]))
-            for r in db.query_dicts(sql, params)]
+    return [
+        WorkloadRow(str(r["team"]), int(r["open"]), int(r["overdue"]), int(r["created"]), int(r["closed"]))
+        for r in db.query_dicts(sql, params)
+    ]
 
 
 @dataclass(frozen=True)
@@ -69,7 +80,7 @@ class GridHealth:
     open: int
     overdue: int
     recurrent: int
-    proactive: int       # first found by a patrol or a sensor
+    proactive: int  # first found by a patrol or a sensor
 
     @property
     def recurrence_rate(self) -> float | None:
@@ -84,14 +95,17 @@ class GridHealth:
         on_time = 1.0 - (self.overdue / self.open if self.open else 0.0)
         rec = self.recurrence_rate
         disc = self.discovery_rate
-        value = (WEIGHTS["on_time"] * on_time
-                 + WEIGHTS["recurrence"] * (1.0 - (0.5 if rec is None else rec))
-                 + WEIGHTS["discovery"] * (0.5 if disc is None else disc))
+        value = (
+            WEIGHTS["on_time"] * on_time
+            + WEIGHTS["recurrence"] * (1.0 - (0.5 if rec is None else rec))
+            + WEIGHTS["discovery"] * (0.5 if disc is None else disc)
+        )
         return round(100.0 * value, 1)
 
 
-def health(db: Queryable, filters: Filters = Filters(), within_days: int = 30,
-           as_of: datetime | None = None) -> list[GridHealth]:
+def health(
+    db: Queryable, filters: Filters = NO_FILTERS, within_days: int = 30, as_of: datetime | None = None
+) -> list[GridHealth]:
     """One row per management grid with cases in the range, worst score first."""
     rec_sql, params = recurrent_cases_sql(filters, within_days, by="grid")
     cases, p2 = cases_latest(filters, "case_id, team, status, discovered_by, due_at", prefix="h_")
@@ -106,7 +120,16 @@ def health(db: Queryable, filters: Filters = Filters(), within_days: int = 30,
         FROM ({rec_sql}) AS rec
         ANY LEFT JOIN ({cases}) AS latest USING case_id
         GROUP BY grid"""
-    rows = [GridHealth(str(r["grid"]), str(r["subdistrict"]), int(r["cases"]), int(r["open"]),
-                       int(r["overdue"]), int(r["n_recurrent"]), int(r["proactive"]))
-            for r in db.query_dicts(sql, params)]
+    rows = [
+        GridHealth(
+            str(r["grid"]),
+            str(r["subdistrict"]),
+            int(r["cases"]),
+            int(r["open"]),
+            int(r["overdue"]),
+            int(r["n_recurrent"]),
+            int(r["proactive"]),
+        )
+        for r in db.query_dicts(sql, params)
+    ]
     return sorted(rows, key=lambda g: (g.score, g.grid))

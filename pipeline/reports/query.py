@@ -25,7 +25,7 @@ PERIODS: dict[str, str] = {
     "day": "{d}",
     "week": "toMonday({d})",
     "month": "toStartOfMonth({d})",
-    "all": "'all'",          # one period covering the whole range
+    "all": "'all'",  # one period covering the whole range
 }
 
 # Group keys over a table with `cell`, `subdistrict`, `category` (and `team` for cases). The management
@@ -71,7 +71,9 @@ class Filters:
         if self.since and self.until and self.since >= self.until:
             raise ReportError(f"empty date range: since {self.since} is not before until {self.until}")
 
-    def where(self, day: str, *, dated: bool = True, team: bool = False, prefix: str = "f_") -> tuple[str, dict[str, Any]]:
+    def where(
+        self, day: str, *, dated: bool = True, team: bool = False, prefix: str = "f_"
+    ) -> tuple[str, dict[str, Any]]:
         """A WHERE condition ("1" when nothing is filtered) and its parameters.
 
         `day` is the SQL Date expression of a row's day; `dated=False` ignores the date range (e.g. for the
@@ -117,7 +119,9 @@ def dimension_expr(dimension: str, allowed: tuple[str, ...] = tuple(DIMENSIONS))
     return DIMENSIONS[dimension]
 
 
-def cases_latest(filters: Filters, columns: str, *, dated: bool = True, prefix: str = "f_") -> tuple[str, dict[str, Any]]:
+def cases_latest(
+    filters: Filters, columns: str, *, dated: bool = True, prefix: str = "f_"
+) -> tuple[str, dict[str, Any]]:
     """A subquery over the latest state of each case (FINAL), with the filters applied.
 
     The filters touch only columns fixed at a case's creation (day, place, category, team is the exception
@@ -152,3 +156,7 @@ def relative_change(before: float | None, after: float | None) -> float | None:
     if before is None or after is None or before == 0:
         return None
     return (after - before) / before
+
+
+NO_FILTERS = Filters()
+"""Every case: the default of each report."""

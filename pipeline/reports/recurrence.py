@@ -16,6 +16,7 @@ from datetime import date
 from typing import Any
 
 from pipeline.reports.query import (
+    NO_FILTERS,
     TZ,
     Filters,
     Queryable,
@@ -42,11 +43,14 @@ def recurrent_cases_sql(filters: Filters, within_days: int, by: str = "none") ->
         filters,
         f"case_id, cell, category, subdistrict, team, toUInt32(created_at) AS created, "
         f"toDate(created_at, '{TZ}') AS day, {key} AS key",
-        prefix="c_")
-    place = Filters(subdistrict=filters.subdistrict, grid=filters.grid, cell=filters.cell,
-                    category=filters.category)
-    earlier, p_params = cases_latest(place, "cell, category, case_id AS p_case, closed_at", dated=False,
-                                     prefix="p_")
+        prefix="c_",
+    )
+    place = Filters(
+        subdistrict=filters.subdistrict, grid=filters.grid, cell=filters.cell, category=filters.category
+    )
+    earlier, p_params = cases_latest(
+        place, "cell, category, case_id AS p_case, closed_at", dated=False, prefix="p_"
+    )
     params.update(p_params)
     params["within_s"] = within_days * 86400
     sql = f"""
@@ -77,8 +81,13 @@ class RecurrenceRow:
         return share(self.recurrent, self.cases)
 
 
-def recurrence(db: Queryable, filters: Filters = Filters(), within_days: int = 30, period: str = "month",
-               by: str = "none") -> list[RecurrenceRow]:
+def recurrence(
+    db: Queryable,
+    filters: Filters = NO_FILTERS,
+    within_days: int = 30,
+    period: str = "month",
+    by: str = "none",
+) -> list[RecurrenceRow]:
     """Recurrent cases per period (day | week | month | all) and group."""
     per = period_expr(period, "r_day")
     inner, params = recurrent_cases_sql(filters, within_days, by)
@@ -87,8 +96,10 @@ def recurrence(db: Queryable, filters: Filters = Filters(), within_days: int = 3
         FROM ({inner})
         GROUP BY period, key
         ORDER BY period, key"""
-    return [RecurrenceRow(as_date(r["period"]), str(r["key"]), int(r["cases"]), int(r["n_recurrent"]))
-            for r in db.query_dicts(sql, params)]
+    return [
+        RecurrenceRow(as_date(r["period"]), str(r["key"]), int(r["cases"]), int(r["n_recurrent"]))
+        for r in db.query_dicts(sql, params)
+    ]
 
 
 @dataclass(frozen=True)
@@ -105,8 +116,9 @@ class HotSpot:
     last_day: str
 
 
-def hot_spots(db: Queryable, filters: Filters = Filters(), min_cases: int = 3, within_days: int = 30,
-              limit: int = 50) -> list[HotSpot]:
+def hot_spots(
+    db: Queryable, filters: Filters = NO_FILTERS, min_cases: int = 3, within_days: int = 30, limit: int = 50
+) -> list[HotSpot]:
     """Cell × category pairs with at least `min_cases` cases in the range, most cases first."""
     if min_cases < 1 or limit < 1:
         raise ReportError("min_cases and limit must be at least 1")
@@ -121,9 +133,19 @@ def hot_spots(db: Queryable, filters: Filters = Filters(), min_cases: int = 3, w
         HAVING cases >= %(min_cases)s
         ORDER BY cases DESC, n_recurrent DESC, cell, category
         LIMIT %(limit)s"""
-    return [HotSpot(i, str(r["cell"]), str(r["category"]), str(r["subdistrict"]), int(r["cases"]),
-                    int(r["n_recurrent"]), as_date(r["first_day"]), as_date(r["last_day"]))
-            for i, r in enumerate(db.query_dicts(sql, params), 1)]
+    return [
+        HotSpot(
+            i,
+            str(r["cell"]),
+            str(r["category"]),
+            str(r["subdistrict"]),
+            int(r["cases"]),
+            int(r["n_recurrent"]),
+            as_date(r["first_day"]),
+            as_date(r["last_day"]),
+        )
+        for i, r in enumerate(db.query_dicts(sql, params), 1)
+    ]
 
 
 @dataclass(frozen=True)
@@ -142,15 +164,22 @@ class RecurrenceChange:
         return relative_change(self.before.rate, self.after.rate)
 
 
-def recurrence_change(db: Queryable, before: tuple[date, date], after: tuple[date, date],
-                      filters: Filters = Filters(), within_days: int = 30) -> RecurrenceChange:
+def recurrence_change(
+    db: Queryable,
+    before: tuple[date, date],
+    after: tuple[date, date],
+    filters: Filters = NO_FILTERS,
+    within_days: int = 30,
+) -> RecurrenceChange:
     """Compare two date ranges ([since, until) each) under the same place and category filters."""
     rows = []
     for since, until in (before, after):
-        f = Filters(since, until, filters.subdistrict, filters.grid, filters.cell, filters.category,
-                    filters.team)
+        f = Filters(
+            since, until, filters.subdistrict, filters.grid, filters.cell, filters.category, filters.team
+        )
         got = recurrence(db, f, within_days, period="all")
         cases, recurrent = (got[0].cases, got[0].recurrent) if got else (0, 0)
-        rows.append(RecurrenceRow(since.isoformat(), f"{since.isoformat()}..{until.isoformat()}", cases,
-                                  recurrent))
+        rows.append(
+            RecurrenceRow(since.isoformat(), f"{since.isoformat()}..{until.isoformat()}", cases, recurrent)
+        )
     return RecurrenceChange(rows[0], rows[1])

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from pipeline.reports.query import Filters, Queryable, cases_latest, epoch, share
+from pipeline.reports.query import NO_FILTERS, Filters, Queryable, cases_latest, epoch, share
 
 
 @dataclass(frozen=True)
@@ -61,11 +61,13 @@ def _durations(n: object, qs: object) -> Durations:
     return Durations(count, float(values[0]) / 3600, float(values[1]) / 3600)
 
 
-def sla(db: Queryable, filters: Filters = Filters(), dispatch_within_min: int = 30,
-        as_of: datetime | None = None) -> list[SlaRow]:
+def sla(
+    db: Queryable, filters: Filters = NO_FILTERS, dispatch_within_min: int = 30, as_of: datetime | None = None
+) -> list[SlaRow]:
     """One row per team, ordered by team."""
     cases, params = cases_latest(
-        filters, "case_id, team, status, toUInt32(created_at) AS created, due_at, closed_at")
+        filters, "case_id, team, status, toUInt32(created_at) AS created, due_at, closed_at"
+    )
     params["dispatch_s"] = dispatch_within_min * 60
     params["as_of"] = epoch(as_of or datetime.now(UTC))
     sql = f"""
@@ -96,8 +98,19 @@ def sla(db: Queryable, filters: Filters = Filters(), dispatch_within_min: int = 
         USING case_id
         GROUP BY team_name
         ORDER BY team_name"""
-    return [SlaRow(str(r["team_name"]), int(r["cases"]), int(r["dispatched"]), int(r["dispatched_on_time"]),
-                   int(r["closed"]), int(r["closed_with_due"]), int(r["closed_on_time"]),
-                   int(r["overdue_open"]), _durations(r["n_accept"], r["q_accept"]),
-                   _durations(r["n_resolve"], r["q_resolve"]), _durations(r["n_close"], r["q_close"]))
-            for r in db.query_dicts(sql, params)]
+    return [
+        SlaRow(
+            str(r["team_name"]),
+            int(r["cases"]),
+            int(r["dispatched"]),
+            int(r["dispatched_on_time"]),
+            int(r["closed"]),
+            int(r["closed_with_due"]),
+            int(r["closed_on_time"]),
+            int(r["overdue_open"]),
+            _durations(r["n_accept"], r["q_accept"]),
+            _durations(r["n_resolve"], r["q_resolve"]),
+            _durations(r["n_close"], r["q_close"]),
+        )
+        for r in db.query_dicts(sql, params)
+    ]

@@ -28,8 +28,9 @@ class ChdbDatabase:
 
     def query_dicts(self, sql: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         text = render_query(sql, params)
-        res = self.session.query(f"USE {self.database}; {text} SETTINGS output_format_json_quote_64bit_integers=0",
-                                 "JSONEachRow")
+        res = self.session.query(
+            f"USE {self.database}; {text} SETTINGS output_format_json_quote_64bit_integers=0", "JSONEachRow"
+        )
         return [json.loads(line) for line in res.bytes().decode().splitlines() if line.strip()]
 
     def migrate(self) -> None:
@@ -47,4 +48,6 @@ class ChdbDatabase:
                 continue
             columns = to_columns(spec, rows)
             values = ", ".join(render_query("%(r)s", {"r": tuple(r)}) for r in zip(*columns, strict=True))
-            self.execute(f"INSERT INTO {self.database}.{spec.table} ({', '.join(spec.columns)}) VALUES {values}")
+            self.execute(
+                f"INSERT INTO {self.database}.{spec.table} ({', '.join(spec.columns)}) VALUES {values}"
+            )

@@ -38,9 +38,14 @@ class History:
     transitions: list[TransitionRow] = field(default_factory=list)
 
 
-def generate(seed: int, n_cases: int, start: datetime, days: int,
-             proactive: tuple[float, float] = (0.2, 0.1), later_proactive: tuple[float, float] = (0.3, 0.15)
-             ) -> History:
+def generate(
+    seed: int,
+    n_cases: int,
+    start: datetime,
+    days: int,
+    proactive: tuple[float, float] = (0.2, 0.1),
+    later_proactive: tuple[float, float] = (0.3, 0.15),
+) -> History:
     """Cases created over `days` days from `start` (naive UTC). In the first half patrol/sensor shares are
     `proactive`, in the second `later_proactive`. A few hot cells × categories get many cases so that
     recurrences and hot spots exist. Every case is written as revision 1 (dispatched), closed ones again as
@@ -60,17 +65,42 @@ def generate(seed: int, n_cases: int, start: datetime, days: int,
         else:
             cell, category = rnd.choice(all_cells), rnd.choice(CATEGORIES)
         if rnd.random() < 0.04:
-            cell = ""                                    # not located
+            cell = ""  # not located
         sd = cell[:9] if cell else rnd.choice(SUBDISTRICTS)
         team = rnd.choice(TEAMS)
         due = created + timedelta(hours=48) if rnd.random() < 0.9 else None
         case_id = f"case-{seed}-{i:05d}"
-        base = CaseRow(case_id, category, discovered_by, cell, sd, "street", team, "dispatched", 2, created,
-                       due, None, 1, ("hotline",), 0, "r1", "v1", "g1", 1)
+        base = CaseRow(
+            case_id,
+            category,
+            discovered_by,
+            cell,
+            sd,
+            "street",
+            team,
+            "dispatched",
+            2,
+            created,
+            due,
+            None,
+            1,
+            ("hotline",),
+            0,
+            "r1",
+            "v1",
+            "g1",
+            1,
+        )
         seq = 0
         steps: list[TransitionRow] = []
 
-        def step(status: str, at: datetime, steps: list[TransitionRow] = steps) -> None:
+        def step(
+            status: str,
+            at: datetime,
+            steps: list[TransitionRow] = steps,
+            case_id: str = case_id,
+            team: str = team,
+        ) -> None:
             nonlocal seq
             seq += 1
             steps.append(TransitionRow(case_id, seq, status, team, "actor-1", at))
@@ -99,14 +129,29 @@ def generate(seed: int, n_cases: int, start: datetime, days: int,
         h.latest[case_id] = latest
         h.transitions.extend(steps)
         first.transitions.extend(steps)
-        first.events.append(EventRow(f"ev-{case_id}", {"citizen": "hotline", "patrol": "patrol",
-                                                       "sensor": "iot"}[discovered_by], case_id, category,
-                                     cell, sd, created, created, None, None, False, False, "g1"))
-    h.batches = [first, second, third, first]          # the last one replays the first
+        first.events.append(
+            EventRow(
+                f"ev-{case_id}",
+                {"citizen": "hotline", "patrol": "patrol", "sensor": "iot"}[discovered_by],
+                case_id,
+                category,
+                cell,
+                sd,
+                created,
+                created,
+                None,
+                None,
+                False,
+                False,
+                "g1",
+            )
+        )
+    h.batches = [first, second, third, first]  # the last one replays the first
     return h
 
 
 # ---- the oracle -----------------------------------------------------------------------------------------
+
 
 def period_of(d: date, period: str) -> str:
     if period == "day":
@@ -126,30 +171,47 @@ def grid_of(cell: str) -> str:
     return cell[:12]
 
 
-def expected_discovery(h: History, period: str, key: str, since: date | None = None,
-                       until: date | None = None) -> dict[tuple[str, str], dict[str, int]]:
+def expected_discovery(
+    h: History, period: str, key: str, since: date | None = None, until: date | None = None
+) -> dict[tuple[str, str], dict[str, int]]:
     out: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: {"citizen": 0, "patrol": 0, "sensor": 0})
     for c in h.latest.values():
         d = sh_day(c.created_at)
         if in_range(d, since, until):
-            k = {"none": "", "subdistrict": c.subdistrict, "grid": grid_of(c.cell), "cell": c.cell,
-                 "category": c.category}[key]
+            k = {
+                "none": "",
+                "subdistrict": c.subdistrict,
+                "grid": grid_of(c.cell),
+                "cell": c.cell,
+                "category": c.category,
+            }[key]
             out[(period_of(d, period), k)][c.discovered_by] += 1
     return dict(out)
 
 
 def is_recurrent(h: History, c: CaseRow, within_days: int) -> bool:
-    return any(p.case_id != c.case_id and p.cell == c.cell and p.category == c.category
-               and p.closed_at is not None
-               and p.closed_at < c.created_at <= p.closed_at + timedelta(days=within_days)
-               for p in h.latest.values())
+    return any(
+        p.case_id != c.case_id
+        and p.cell == c.cell
+        and p.category == c.category
+        and p.closed_at is not None
+        and p.closed_at < c.created_at <= p.closed_at + timedelta(days=within_days)
+        for p in h.latest.values()
+    )
 
 
-def expected_recurrence(h: History, within_days: int, since: date | None = None, until: date | None = None,
-                        ) -> dict[str, tuple[int, int]]:
+def expected_recurrence(
+    h: History,
+    within_days: int,
+    since: date | None = None,
+    until: date | None = None,
+) -> dict[str, tuple[int, int]]:
     """case_id -> recurrent flag as (1, flag) summed later; returns per-case flags for located cases."""
-    return {c.case_id: (1, int(is_recurrent(h, c, within_days))) for c in h.latest.values()
-            if c.cell and in_range(sh_day(c.created_at), since, until)}
+    return {
+        c.case_id: (1, int(is_recurrent(h, c, within_days)))
+        for c in h.latest.values()
+        if c.cell and in_range(sh_day(c.created_at), since, until)
+    }
 
 
 def quantile_exact(values: list[int], q: float) -> float:

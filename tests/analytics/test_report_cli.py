@@ -31,21 +31,29 @@ def run(db: ChdbDatabase, argv: list[str], capsys: pytest.CaptureFixture[str]) -
     return capsys.readouterr().out
 
 
-@pytest.mark.parametrize("argv", [
-    ["discovery", "--by", "subdistrict"], ["discovery", "--compare", "2024-01-01..2024-04-01", "2024-04-01..2024-07-01"],
-    ["recurrence", "--period", "week"], ["recurrence", "--hot-spots", "--min-cases", "5"],
-    ["recurrence", "--compare", "2024-01-01..2024-04-01", "2024-04-01..2024-07-01"],
-    ["sla"], ["workload", "--since", "2024-04-01"], ["health", "--category", "E"],
-])
-def test_every_report_renders_in_every_format_and_plots(db: ChdbDatabase, argv: list[str], tmp_path: Path,
-                                                         capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["discovery", "--by", "subdistrict"],
+        ["discovery", "--compare", "2024-01-01..2024-04-01", "2024-04-01..2024-07-01"],
+        ["recurrence", "--period", "week"],
+        ["recurrence", "--hot-spots", "--min-cases", "5"],
+        ["recurrence", "--compare", "2024-01-01..2024-04-01", "2024-04-01..2024-07-01"],
+        ["sla"],
+        ["workload", "--since", "2024-04-01"],
+        ["health", "--category", "E"],
+    ],
+)
+def test_every_report_renders_in_every_format_and_plots(
+    db: ChdbDatabase, argv: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Table, CSV and JSON carry the same rows; --plot writes a PNG."""
     table = run(db, argv, capsys)
     data = json.loads(run(db, [*argv, "--format", "json"], capsys))
     rows = list(csv.DictReader(io.StringIO(run(db, [*argv, "--format", "csv"], capsys))))
     assert data and len(rows) == len(data)
     assert list(rows[0]) == list(data[0])
-    assert len(table.strip().splitlines()) == len(data) + 3      # title, header, rule, one line per row
+    assert len(table.strip().splitlines()) == len(data) + 3  # title, header, rule, one line per row
     png = tmp_path / "chart.png"
     run(db, [*argv, "--plot", str(png)], capsys)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -53,10 +61,13 @@ def test_every_report_renders_in_every_format_and_plots(db: ChdbDatabase, argv: 
 
 def test_csv_discovery_equals_the_function(db: ChdbDatabase, capsys: pytest.CaptureFixture[str]) -> None:
     """The CSV of `report discovery --by category` holds exactly what discovery() returns."""
-    rows = list(csv.DictReader(io.StringIO(run(db, ["discovery", "--by", "category", "--format", "csv"], capsys))))
+    rows = list(
+        csv.DictReader(io.StringIO(run(db, ["discovery", "--by", "category", "--format", "csv"], capsys)))
+    )
     want = discovery(db, Filters(), "month", "category")
-    assert [(r["period"], r["category"], int(r["cases"]), int(r["patrol"])) for r in rows] == \
-        [(w.period, w.key, w.total, w.patrol) for w in want]
+    assert [(r["period"], r["category"], int(r["cases"]), int(r["patrol"])) for r in rows] == [
+        (w.period, w.key, w.total, w.patrol) for w in want
+    ]
 
 
 def test_filter_text_is_a_bound_value_not_sql(db: ChdbDatabase, capsys: pytest.CaptureFixture[str]) -> None:

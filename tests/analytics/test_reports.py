@@ -58,14 +58,19 @@ def check_all(db: Any, h: History) -> None:
 
 def check_discovery(db: Any, h: History) -> None:
     for period, by in (("month", "none"), ("week", "subdistrict"), ("day", "category"), ("all", "grid")):
-        got = {(r.period, r.key): {"citizen": r.citizen, "patrol": r.patrol, "sensor": r.sensor}
-               for r in discovery(db, Filters(), period, by)}
+        got = {
+            (r.period, r.key): {"citizen": r.citizen, "patrol": r.patrol, "sensor": r.sensor}
+            for r in discovery(db, Filters(), period, by)
+        }
         assert got == expected_discovery(h, period, by), (period, by)
     f = Filters(since=date(2024, 2, 1), until=date(2024, 3, 1), subdistrict="310109010")
     got_rows = discovery(db, f, "all")
     want = expected_discovery(h, "all", "none", f.since, f.until)
-    subset = sum(1 for c in h.latest.values()
-                 if c.subdistrict == "310109010" and date(2024, 2, 1) <= sh_day(c.created_at) < date(2024, 3, 1))
+    subset = sum(
+        1
+        for c in h.latest.values()
+        if c.subdistrict == "310109010" and date(2024, 2, 1) <= sh_day(c.created_at) < date(2024, 3, 1)
+    )
     assert sum(r.total for r in got_rows) == subset
     assert sum(want[("all", "")].values()) >= subset
     change = discovery_change(db, Q1, Q2)
@@ -73,7 +78,7 @@ def check_discovery(db: Any, h: History) -> None:
     rates = [(e["patrol"] + e["sensor"]) / sum(e.values()) for e in exp]
     assert change.before.rate == pytest.approx(rates[0]) and change.after.rate == pytest.approx(rates[1])
     assert change.change == pytest.approx((rates[1] - rates[0]) / rates[0])
-    assert change.change is not None and change.change > 0   # the generator raised proactive shares
+    assert change.change is not None and change.change > 0  # the generator raised proactive shares
 
 
 def check_recurrence(db: Any, h: History) -> None:
@@ -98,8 +103,10 @@ def check_recurrence(db: Any, h: History) -> None:
         c = h.latest[cid]
         counts[(c.cell, c.category)][0] += 1
         counts[(c.cell, c.category)][1] += flag
-    want = sorted(((cell, cat, n, r) for (cell, cat), (n, r) in counts.items() if n >= k),
-                  key=lambda x: (-x[2], -x[3], x[0], x[1]))
+    want = sorted(
+        ((cell, cat, n, r) for (cell, cat), (n, r) in counts.items() if n >= k),
+        key=lambda x: (-x[2], -x[3], x[0], x[1]),
+    )
     got_spots = hot_spots(db, Filters(*Q2), min_cases=k, within_days=30)
     assert [(s.cell, s.category, s.cases, s.recurrent) for s in got_spots] == want
     assert want, "the generator's hot cells should qualify"
@@ -110,17 +117,26 @@ def check_sla(db: Any, h: History) -> None:
     for team in ("enforcement", "handling", "supervision"):
         cases = [c for c in h.latest.values() if c.team == team]
         row = next(r for r in sla(db, Filters(), dispatch_within_min=30, as_of=AS_OF) if r.team == team)
-        disp = [firsts[c.case_id]["dispatched"] - c.created_at for c in cases if "dispatched" in firsts[c.case_id]]
+        disp = [
+            firsts[c.case_id]["dispatched"] - c.created_at for c in cases if "dispatched" in firsts[c.case_id]
+        ]
         assert row.cases == len(cases)
         assert row.dispatched == len(disp)
         assert row.dispatched_on_time == sum(1 for d in disp if d <= timedelta(minutes=30))
         closed = [c for c in cases if c.status == "closed"]
         assert row.closed == len(closed)
-        assert row.closed_on_time == sum(1 for c in closed if c.due_at and c.closed_at and c.closed_at <= c.due_at)
-        assert row.overdue_open == sum(1 for c in cases if c.status != "closed" and c.due_at and c.due_at < AS_OF)
+        assert row.closed_on_time == sum(
+            1 for c in closed if c.due_at and c.closed_at and c.closed_at <= c.due_at
+        )
+        assert row.overdue_open == sum(
+            1 for c in cases if c.status != "closed" and c.due_at and c.due_at < AS_OF
+        )
         for status, got in (("accepted", row.to_accept), ("resolved", row.to_resolve)):
-            secs = [int((firsts[c.case_id][status] - c.created_at).total_seconds())
-                    for c in cases if status in firsts[c.case_id]]
+            secs = [
+                int((firsts[c.case_id][status] - c.created_at).total_seconds())
+                for c in cases
+                if status in firsts[c.case_id]
+            ]
             assert got.n == len(secs)
             assert got.median_h == pytest.approx(quantile_exact(secs, 0.5) / 3600)
             assert got.p90_h == pytest.approx(quantile_exact(secs, 0.9) / 3600)
@@ -135,8 +151,9 @@ def check_workload_and_health(db: Any, h: History) -> None:
         assert r.open == sum(1 for c in cases if c.status != "closed")
         assert r.overdue == sum(1 for c in cases if c.status != "closed" and c.due_at and c.due_at < AS_OF)
         assert r.created == sum(1 for c in cases if Q2[0] <= sh_day(c.created_at) < Q2[1])
-        assert r.closed == sum(1 for c in cases if c.status == "closed" and c.closed_at
-                               and Q2[0] <= sh_day(c.closed_at) < Q2[1])
+        assert r.closed == sum(
+            1 for c in cases if c.status == "closed" and c.closed_at and Q2[0] <= sh_day(c.closed_at) < Q2[1]
+        )
     flags = expected_recurrence(h, 30, *Q2)
     grids: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0, 0])
     for cid, (_, flag) in flags.items():
@@ -159,8 +176,9 @@ def test_reports_match_plain_python_on_current_clickhouse(db: ChdbDatabase, hist
 
 
 @pytest.mark.clickhouse
-def test_reports_match_plain_python_on_the_server(server_db: Any, isolated_settings: Settings,
-                                                 hist: History) -> None:
+def test_reports_match_plain_python_on_the_server(
+    server_db: Any, isolated_settings: Settings, hist: History
+) -> None:
     """The same checks on the real server (18.16 here), loaded through the sink."""
     from pipeline.sink import ClickHouseSink
 
