@@ -148,7 +148,7 @@ def run_rules_bench(
     naive_events: int | None = None,
 ) -> dict[str, float | int | str]:
     """Measure and return events/s of both engines, their ratio, and the setup (for `make bench`)."""
-    pool = generate_events(min(n_events, 100_000))
+    pool = generate_events(min(n_events, 20_000))
     history = month_of_history(pool[: len(pool) // 2])
     ruleset: Ruleset = load_ruleset(rules_path)
     naive = NaiveRuleset(rules_path)

@@ -32,7 +32,7 @@ COMPARATORS: dict[str, Any] = {
     "!=": lambda a, b: a != b,
 }
 # Cost ranks: compiled `all`/`any` evaluate cheap children first (explain keeps the file's order).
-_CHEAP, _CLOCK, _TEXT, _COUNT = 0, 1, 2, 3
+_CHEAP, _TEXT, _CLOCK, _COUNT = 0, 1, 2, 3  # a regex search in C beats a zone conversion
 
 
 class Consts:
@@ -55,8 +55,8 @@ def local_time(at: datetime, tz: ZoneInfo) -> datetime:
 
 
 def minute_of_day(at: datetime, tz: ZoneInfo) -> int:
-    """Local minute of the day (0..1439) of `at` in `tz`."""
-    local = local_time(at, tz)
+    """Local minute of the day (0..1439) of `at` in `tz` (naive = UTC); inlined: it runs per event."""
+    local = (at if at.tzinfo is not None else at.replace(tzinfo=UTC)).astimezone(tz)
     return local.hour * 60 + local.minute
 
 
