@@ -123,7 +123,11 @@ def simulate(config: SimConfig, world: World | None = None) -> Simulation:
 
     good = Counter(m.topic for _, _, m in events)
     good["raw_iot"] = network.reading_count()
-    bad, kinds = _add_malformed(cfg, rng, planner, network, good, add, callers)
+    used: dict[tuple[str, str], None] = {}
+    for r in [r for i in planner.incidents for r in i.reports] + planner.unlocated:
+        if r.caller is not None:
+            used[(r.caller.name, r.caller.phone)] = None
+    bad, kinds = _add_malformed(cfg, rng, planner, network, good, add, callers, used)
     events.sort(key=lambda e: (e[0], e[1]))
 
     clock_end = max([r.at for i in planner.incidents for r in i.reports]
@@ -144,7 +148,7 @@ def simulate(config: SimConfig, world: World | None = None) -> Simulation:
     truth = Truth(
         start=cfg.begin, end=cfg.end, seed=cfg.seed, districts=cfg.districts, grid_version=world.grid_version,
         ruleset_version=world.rules.version, incidents=planner.incidents, hotspots=planner.hotspots,
-        unlocated=planner.unlocated, callers=[(c.name, c.phone) for c in callers.callers],
+        unlocated=planner.unlocated, callers=list(used),
         messages={getattr(LOGICAL, t): n + bad.get(t, 0) for t, n in sorted(good.items())},
         malformed={getattr(LOGICAL, t): n for t, n in sorted(bad.items())}, malformed_kinds=dict(sorted(kinds.items())),
         readings=good["raw_iot"], unknown_sensor_readings=unknown_readings, sensors=sensors_info,
@@ -154,7 +158,8 @@ def simulate(config: SimConfig, world: World | None = None) -> Simulation:
 
 
 def _add_malformed(cfg: SimConfig, rng: random.Random, planner: Planner, network: SensorNetwork,
-                   good: Counter[str], add: object, callers: CallerBook) -> tuple[dict[str, int], Counter[str]]:
+                   good: Counter[str], add: object, callers: CallerBook, used: dict[tuple[str, str], None],
+                   ) -> tuple[dict[str, int], Counter[str]]:
     """Add `malformed_share` of broken messages to each input topic (so the share of the total is that)."""
     assert callable(add)
     share = cfg.malformed_share
@@ -174,6 +179,8 @@ def _add_malformed(cfg: SimConfig, rng: random.Random, planner: Planner, network
             if topic == "raw_hotline":
                 c = callers.caller()
                 key, raw, kind = malformed.hotline(at, k, rng, {"name": c.name, "phone": c.phone})
+                if b'"caller"' in raw:
+                    used[(c.name, c.phone)] = None
             elif topic == "raw_patrol":
                 key, raw, kind = malformed.patrol(at, k, rng)
             elif topic == "raw_iot":
