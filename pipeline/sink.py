@@ -123,6 +123,13 @@ class ClickHouse:
             n: int = self._client.execute(sql, data, columnar=True, types_check=False)
         return n
 
+    def insert_dicts(self, table: str, columns: Sequence[str], rows: list[dict[str, Any]]) -> int:
+        """Row-wise insert of dicts (small writes and the benchmark's naive baseline; the sink is columnar)."""
+        sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES"
+        with self._lock:
+            n: int = self._client.execute(sql, rows)
+        return n
+
     def close(self) -> None:
         with self._lock:
             self._client.disconnect()

@@ -1,0 +1,126 @@
+"""Sink throughput: rows/s stored into the local ClickHouse from one process, against a naive baseline.
+
+    python -m pipeline.sink_bench [--rows N]
+
+The fast path is `ClickHouseSink.write` (de-duplication, row→column conversion and columnar insert, all
+timed) with batches of `batch_rows` events. The baseline, timed in the same run on the same server, is
+what one would write first: an INSERT per 10 rows given as dicts. Each is run `repeats` times into a fresh
+database; the median is reported. The target (issue #6) is at least 200,000 rows/s for the sink.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from dataclasses import asdict, replace
+from datetime import datetime, timedelta
+
+from pipeline.config import Settings
+from pipeline.migrate import migrate
+from pipeline.records import EventRow, SinkBatch
+from pipeline.sink import _EVENTS, ClickHouse, ClickHouseSink, _epoch
+
+TARGET_ROWS_PER_S = 200_000
+
+
+def make_events(n: int, offset: int = 0) -> list[EventRow]:
+    """Realistic event rows: three sources, 12 cells over 3 sub-districts, a short masked description."""
+    t0 = datetime(2024, 5, 1)
+    sources = ("hotline", "patrol", "iot")
+    out = []
+    for i in range(offset, offset + n):
+        sd = f"31010900{i % 3 + 1}"
+        out.append(EventRow(
+            event_id=f"{sources[i % 3]}:{i:09d}", source=sources[i % 3], case_id=f"case-{i // 3:09d}",
+            category=("E0501", "P0101", "E0102")[i % 3], cell=f"{sd}{i % 4 + 1:03d}{i % 7 + 1:03d}",
+            subdistrict=sd, received_at=t0 + timedelta(seconds=i), ingested_at=t0 + timedelta(seconds=i + 2),
+            lon=121.48 + (i % 100) * 1e-4, lat=31.26 + (i % 77) * 1e-4, snapped=False, merged=i % 5 == 0,
+            grid_version="hongkou-2024.1", grid_kind="street", request_type="complaint" if i % 3 == 0 else "",
+            sensor_type="manhole_tilt" if i % 3 == 2 else "", value=3.5 if i % 3 == 2 else None,
+            description="占道经营 near gate, caller ***masked***" if i % 3 == 0 else ""))
+    return out
+
+
+def _fresh(settings: Settings, tag: str) -> Settings:
+    s = replace(settings, clickhouse_database=f"{settings.clickhouse_database}_bench_{tag}")
+    admin = ClickHouse(s, database="default")
+    admin.execute(f"DROP DATABASE IF EXISTS {s.clickhouse_database}")
+    admin.close()
+    migrate(s)
+    return s
+
+
+def _drop(settings: Settings) -> None:
+    admin = ClickHouse(settings, database="default")
+    admin.execute(f"DROP DATABASE IF EXISTS {settings.clickhouse_database}")
+    admin.close()
+
+
+def time_sink(settings: Settings, rows: list[EventRow], batch_rows: int) -> float:
+    s = _fresh(settings, "sink")
+    sink = ClickHouseSink(s)
+    try:
+        sink.write(SinkBatch(events=rows[:1000]))          # connect and warm up, not timed
+        start = time.perf_counter()
+        for i in range(0, len(rows), batch_rows):
+            sink.write(SinkBatch(events=rows[i:i + batch_rows]))
+        return time.perf_counter() - start
+    finally:
+        sink.close()
+        _drop(s)
+
+
+def time_naive(settings: Settings, rows: list[EventRow], per_insert: int = 10) -> float:
+    s = _fresh(settings, "naive")
+    db = ClickHouse(s)
+    try:
+        def as_dict(r: EventRow) -> dict[str, object]:
+            d = asdict(r)
+            d.update(received_at=_epoch(r.received_at), ingested_at=_epoch(r.ingested_at),
+                     snapped=int(r.snapped), merged=int(r.merged))
+            return d
+
+        db.insert_dicts("events", _EVENTS.columns, [as_dict(r) for r in rows[:per_insert]])
+        start = time.perf_counter()
+        for i in range(0, len(rows), per_insert):
+            db.insert_dicts("events", _EVENTS.columns, [as_dict(r) for r in rows[i:i + per_insert]])
+        return time.perf_counter() - start
+    finally:
+        db.close()
+        _drop(s)
+
+
+def run_sink_bench(settings: Settings, n_rows: int = 500_000, batch_rows: int = 50_000, repeats: int = 3,
+                   naive_rows: int = 3_000) -> dict[str, float]:
+    """Measure and print; returns rows/s of both paths, their ratio, and whether the target is met."""
+    rows = make_events(n_rows)
+    naive = make_events(naive_rows)
+    sink_s = statistics.median(time_sink(settings, rows, batch_rows) for _ in range(repeats))
+    naive_s = statistics.median(time_naive(settings, naive) for _ in range(repeats))
+    result = {
+        "sink_rows_per_s": n_rows / sink_s,
+        "naive_rows_per_s": naive_rows / naive_s,
+    }
+    result["speedup"] = result["sink_rows_per_s"] / result["naive_rows_per_s"]
+    result["target_met"] = float(result["sink_rows_per_s"] >= TARGET_ROWS_PER_S)
+    print(f"sink bench: {n_rows:,} event rows in batches of {batch_rows:,}, median of {repeats}")
+    print(f"  sink (columnar)        {result['sink_rows_per_s']:>12,.0f} rows/s")
+    print(f"  naive (10 rows/INSERT) {result['naive_rows_per_s']:>12,.0f} rows/s   ({naive_rows:,} rows)")
+    print(f"  speedup                {result['speedup']:>12.1f}x")
+    print(f"  target {TARGET_ROWS_PER_S:,} rows/s: {'met' if result['target_met'] else 'NOT met'}")
+    return result
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(prog="python -m pipeline.sink_bench", description=__doc__)
+    p.add_argument("--rows", type=int, default=500_000)
+    p.add_argument("--batch", type=int, default=50_000)
+    p.add_argument("--repeats", type=int, default=3)
+    a = p.parse_args()
+    r = run_sink_bench(Settings.from_env(), a.rows, a.batch, a.repeats)
+    return 0 if r["target_met"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
