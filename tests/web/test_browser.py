@@ -153,7 +153,8 @@ def test_ticket_to_resolution_live_in_the_browser(stack: tuple[Settings, str]) -
             other.screenshot(path=str(SHOTS / f"feed-{other_team}.png"), full_page=True)
 
             ops.goto(f"{base}/cases/{case_id}")
-            expect(ops.locator("#timeline li")).to_have_count(4, timeout=30_000)    # new, dispatched, accepted, resolved
+            # new, dispatched, accepted, resolved
+            expect(ops.locator("#timeline li")).to_have_count(4, timeout=30_000)
             expect(ops.locator("#reports tbody tr")).to_have_count(1)
             expect(ops.locator("#dispatches li")).to_have_count(1)
             assert "13912345678" not in ops.content()
