@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from pipeline.config import Settings
-from pipeline.simulate.config import DISTRICTS, ConfigError, SimConfig, parse_start
+from pipeline.simulate.config import DISTRICTS, ConfigError, SimConfig, default_start, parse_start
 from pipeline.simulate.produce import (
     Progress,
     RecordingError,
@@ -32,8 +32,9 @@ def config_from_args(args: argparse.Namespace, now: datetime | None = None) -> S
     districts = tuple(DISTRICTS.values()) if args.district == "both" else (DISTRICTS[args.district],)
     factor = speed_factor(args.speed) if args.out is None else None
     start = parse_start(args.start) if args.start else None
-    if start is None and factor == 1.0:
-        start = now.replace(second=0, microsecond=0)       # a live run starts now
+    if start is None:
+        # a live run starts now; a fast one covers the last whole day(s), so every time is in the past
+        start = now.replace(second=0, microsecond=0) if factor == 1.0 else default_start(args.days, now)
     cfg = SimConfig(days=args.days, start=start, districts=districts, sensors=args.sensors,
                     reading_interval_min=args.reading_interval, seed=args.seed,
                     malformed_share=args.malformed_share).checked()

@@ -231,30 +231,30 @@ class Planner:
         radius, window = self.policy.for_category(category)
         address_only = rng.random() < self.config.address_only_share
         if address_only and rng.random() < self.config.unresolvable_share and district.unresolvable:
-            text = rng.choice(district.unresolvable)
-            self.unlocated.append(self._ticket(seed.at, category, None, text))
+            self.unlocated.append(self._ticket(seed.at, category, None, rng.choice(district.unresolvable)))
             return
         for _ in range(25):
+            text: str | None = None
             if address_only:
                 addr = rng.choice(district.addresses)
                 spot, text = addr.spot, addr.text
             else:
-                spot, text = district.random_spot(rng, street=category.startswith("E05")), None
+                spot = district.random_spot(rng, street=category.startswith("E05"))
             first = self._ticket(seed.at, category, spot if text is None else None, text)
             reports = [first]
             t = seed.at
             if rng.random() < 0.12:            # neighbours call about the same problem
                 for _ in range(rng.randint(1, 3)):
                     t = t + timedelta(minutes=rng.randint(5, min(120, int(window.total_seconds() // 120))))
-                    near = spot if text is not None else self._near(spot, radius)
+                    near: Spot | None = spot if text is not None else self._near(spot, radius)
                     if near is None:
                         break
                     reports.append(self._ticket(t, category, near if text is None else None, text))
             if rng.random() < 0.05 and not category.startswith("P"):
                 t = t + timedelta(minutes=rng.randint(30, min(180, int(window.total_seconds() // 120))))
-                near = self._near(spot, radius)
-                if near is not None:
-                    reports.append(self._patrol_report(t, category, near, *self._district_patrol(spot)))
+                confirm = self._near(spot, radius)
+                if confirm is not None:
+                    reports.append(self._patrol_report(t, category, confirm, *self._district_patrol(spot)))
             if self._place(district, "hotline", category, spot, reports):
                 return
         self.dropped += 1

@@ -122,8 +122,9 @@ def produce_messages(settings: Settings, messages: Iterable[SimMessage], total: 
     if producer is None:
         from kafka import KafkaProducer
 
-        producer = KafkaProducer(acks="all", linger_ms=20, batch_size=256 * 1024, max_in_flight_requests_per_connection=5,
-                                 buffer_memory=64 * 1024 * 1024, retries=5, **settings.kafka_client_options())
+        producer = KafkaProducer(acks="all", linger_ms=20, batch_size=256 * 1024, retries=5,
+                                 max_in_flight_requests_per_connection=5, buffer_memory=64 * 1024 * 1024,
+                                 **settings.kafka_client_options())
     report = ProduceReport()
     started = time.monotonic()
     topics = settings.topics
@@ -215,7 +216,7 @@ def from_line(line: bytes, where: str) -> SimMessage:
         raise RecordingError(f"{where}: not JSON: {err}") from None
     if not isinstance(rec, dict):
         raise RecordingError(f"{where}: not a JSON object")
-    topic = _BY_NAME.get(rec.get("topic"))  # type: ignore[arg-type]
+    topic = _BY_NAME.get(str(rec.get("topic")))
     if topic is None:
         raise RecordingError(f"{where}: topic: {rec.get('topic')!r} is not a cityops input topic")
     try:
