@@ -59,4 +59,5 @@ def test_bench_entry_point_reports_both_engines() -> None:
     assert result["events"] == 2000 and result["naive_events"] == 300
     assert float(result["compiled_events_per_s"]) > 0 and float(result["naive_events_per_s"]) > 0
     assert result["ratio"] == pytest.approx(
-        float(result["compiled_slice_events_per_s"]) / float(result["naive_events_per_s"]))
+        float(result["compiled_slice_events_per_cpu_s"]) / float(result["naive_events_per_cpu_s"]))
+    assert float(result["floor_events_per_cpu_s"]) > 0
