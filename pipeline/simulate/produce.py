@@ -123,8 +123,7 @@ def produce_messages(settings: Settings, messages: Iterable[SimMessage], total: 
         from kafka import KafkaProducer
 
         producer = KafkaProducer(acks="all", linger_ms=20, batch_size=256 * 1024, retries=5,
-                                 max_in_flight_requests_per_connection=5, buffer_memory=64 * 1024 * 1024,
-                                 **settings.kafka_client_options())
+                                 max_in_flight_requests_per_connection=5, **settings.kafka_client_options())
     report = ProduceReport()
     started = time.monotonic()
     topics = settings.topics
