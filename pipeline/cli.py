@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "pipeline.reports.cli", # cityops report discovery|recurrence|sla|workload|health
     "pipeline.worker",      # cityops worker
     "grid.cli",             # cityops grid build|validate|locate|info|geocode
+    "rules.cli",            # cityops rules check|explain|test
     "pipeline.simulate.cli",  # cityops simulate|replay
     "pipeline.web.cli",     # cityops web [adduser]
 )
