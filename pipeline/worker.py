@@ -137,11 +137,11 @@ def build_app(c: Components) -> faust.App:
     # the key's murmur2 hash, the partition the (default-partitioned) reading came from, so a batch (which has
     # no single "current event") may write many keys.
     sensor_table = app.Table("sensor_state", default=None, partitions=s.partitions, use_partitioner=True,
-                             key_serializer="raw", value_serializer="raw")
+                             key_type=bytes, value_type=bytes)
     # Cases are stored one per key (a case id) but live on the partition of their grid, the partition of the
     # located topic their reports come from: the changelog partition is computed from the grid key.
-    case_table = app.Table("cases", default=None, partitions=s.partitions, key_serializer="raw",
-                           value_serializer="raw")
+    case_table = app.Table("cases", default=None, partitions=s.partitions, key_type=bytes,
+                           value_type=bytes)
     case_table.partition_for_key = lambda key: grid_partition(case_partition_key(_text(key)), s.partitions)
     books = BookCache(case_table, c.cases.policy)
 
