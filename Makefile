@@ -31,6 +31,7 @@ run: setup
 
 # The whole suite against the real broker and server; stops what it started even when tests fail.
 test: setup
+	bash deploy/local/system-deps.sh
 	$(STACK) run-with $(PY) -m pytest $(PYTEST_ARGS)
 
 # Unit tests only: no services needed.
