@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from operator import attrgetter
 from typing import Any, TypeVar
 
@@ -185,7 +185,8 @@ _EVENTS = TableSpec(
      "ingested_at", "lon", "lat", "snapped", "merged", "grid_version", "request_type", "sensor_type", "value",
      "description"),
     key=attrgetter("event_id"),
-    convert={"received_at": _epoch, "ingested_at": _epoch, "snapped": int, "merged": int},
+    # snapped/merged stay bools: the UInt8 writer packs True/False as 1/0 without a per-row conversion.
+    convert={"received_at": _epoch, "ingested_at": _epoch},
 )
 _TRANSITIONS = TableSpec(
     "case_transitions", ("case_id", "seq", "status", "team", "actor", "at", "reason"),
@@ -210,15 +211,29 @@ def dedup(rows: Iterable[Row], key: Callable[[Row], Any],
     return list(best.values())
 
 
+_SECOND = timedelta(seconds=1)
+
+
+def _epochs(values: list[datetime]) -> list[int]:
+    """Many `_epoch`s at once. Naive times (the pipeline's UTC) take one subtraction and one floor
+    division each, the cheapest exact form in pure Python; aware ones the per-item path."""
+    if any(v.tzinfo is not None for v in values):
+        return [_epoch(v) for v in values]
+    epoch, second = _EPOCH, _SECOND
+    return [(v - epoch) // second for v in values]
+
+
 def to_columns(spec: TableSpec, rows: Sequence[Any]) -> list[list[Any]]:
     """Rows as one list per column, converted to what the driver writes without further checks."""
-    if not rows:
-        return [[] for _ in spec.columns]
-    columns = [list(col) for col in zip(*map(attrgetter(*spec.columns), rows), strict=True)]
-    for i, name in enumerate(spec.columns):
+    columns: list[list[Any]] = []
+    for name in spec.columns:
+        values = list(map(attrgetter(name), rows))
         conv = spec.convert.get(name)
-        if conv is not None:
-            columns[i] = [conv(v) for v in columns[i]]
+        if conv is _epoch:
+            values = _epochs(values)
+        elif conv is not None:
+            values = list(map(conv, values))
+        columns.append(values)
     return columns
 
 
