@@ -35,14 +35,18 @@ HONGKOU_SUBDISTRICTS = (
     "310109019",
 )
 _GRID_KINDS = ("street", "street", "residential", "residential", "residential", "building", "village")
-_SENSORS = {  # sensor type -> (category, typical value range)
-    "elderly_button": ("E0499", (0.0, 1.0)),
-    "elderly_bed": ("E0499", (0.0, 60.0)),
-    "gas": ("E0403", (0.0, 40.0)),
-    "water_level": ("E0406", (0.0, 30.0)),
-    "manhole_tilt": ("P0101", (0.0, 25.0)),
-    "bin_fill": ("P0305", (50.0, 100.0)),
-    "noise": ("E0508", (35.0, 85.0)),
+_SENSORS = {  # sensor type (pipeline/data/sensor_types.yaml) -> (category, range of readings that alarm)
+    "elderly_button": ("E0499", (1.0, 1.0)),
+    "bed_mat_inactive": ("E0499", (600.0, 900.0)),
+    "gas_concentration": ("E0403", (15.0, 40.0)),
+    "water_level": ("E0406", (10.0, 30.0)),
+    "manhole_tilt": ("P0101", (12.0, 25.0)),
+    "manhole_open": ("P0102", (1.0, 1.0)),
+    "smoke": ("E0499", (10.0, 20.0)),
+    "bin_fill": ("E0102", (85.0, 100.0)),
+    "noise": ("E0508", (70.0, 90.0)),
+    "pipe_pressure": ("E0402", (0.05, 0.15)),
+    "dust_pm10": ("E0302", (150.0, 300.0)),
 }
 _TEXTS = (
     "",
