@@ -310,6 +310,11 @@ class CaseBook:
             merged = True
             case.event_ids.append(event.event_id)
             case.reports += 1
+            if event.occurred_at < case.created_at:
+                # an earlier report processed later (topics are consumed independently): the case was found
+                # when and by whom that report says
+                case.created_at = event.occurred_at
+                case.discovered_by = DISCOVERED_BY[event.source]
             if event.source not in case.sources:
                 case.sources.append(event.source)
             case.last_report_at = max(case.last_report_at or event.occurred_at, event.occurred_at)
@@ -353,7 +358,7 @@ class CaseBook:
                     continue
             else:
                 last = case.last_report_at or case.created_at
-                if not last - window <= event.occurred_at <= last + window:
+                if not case.created_at - window <= event.occurred_at <= last + window:
                     continue
             if event.lon is not None and event.lat is not None and case.lon is not None and case.lat is not None:
                 if abs(event.lat - case.lat) * _M_PER_DEG_LAT > radius:

@@ -231,3 +231,12 @@ def test_distance_agrees_with_haversine_at_street_scale() -> None:
     for dlon, dlat in [(0.001, 0.0), (0.0, 0.001), (0.003, -0.002), (-0.0004, 0.0009)]:
         exact = haversine(121.49, 31.265, 121.49 + dlon, 31.265 + dlat)
         assert abs(distance_m(121.49, 31.265, 121.49 + dlon, 31.265 + dlat) - exact) < exact * 0.001
+
+
+def test_discovery_follows_event_time_not_processing_order(book: CaseBook) -> None:
+    """A sensor alarm consumed after a citizen's call about the same problem still counts as found by the sensor."""
+    router = FakeRouter()
+    book.add_event(ev("hotline:1", code="P0101", minutes=30), router)
+    out = book.add_event(ev("iot:S1:alarm1", source="iot", code="P0101", sensor="S1", minutes=10), router)
+    (case,) = out.cases.values()
+    assert case.discovered_by == "sensor" and case.created_at == T0 + timedelta(minutes=10) and case.reports == 2
