@@ -25,9 +25,9 @@ down:
 status:
 	$(STACK) status
 
+# Starts what is not running, feeds a simulated day, waits for Ctrl-C, stops what it started.
 run: setup
-	$(STACK) up
-	$(PY) -m pipeline.cli run
+	$(STACK) run-with $(PY) -m pipeline.cli run $(RUN_ARGS)
 
 # The whole suite against the real broker and server; stops what it started even when tests fail.
 test: setup
