@@ -124,7 +124,7 @@ class ClickHouse:
         return n
 
     def insert_dicts(self, table: str, columns: Sequence[str], rows: list[dict[str, Any]]) -> int:
-        """Row-wise insert of dicts (small writes and the benchmark's naive baseline; the sink is columnar)."""
+        """Row-wise insert of dicts (small writes; the benchmark's naive baseline). The sink is columnar."""
         sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES"
         with self._lock:
             n: int = self._client.execute(sql, rows)
