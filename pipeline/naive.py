@@ -1,0 +1,439 @@
+"""The naive pipeline: the obvious way to build cityops, kept as `make bench`'s baseline (issue #9).
+
+It does the worker's job message by message, the way a first version would:
+
+- a kafka-python consumer on the four raw topics, one message at a time;
+- the standard library's `json` and hand-written checks per message (no orjson, no light reading tuple);
+- one shapely STRtree query per point (`covers`, then the nearest cell within the snap tolerance);
+- the dispatch rules walked as the YAML's dicts for every case (`rules.naive.NaiveRuleset`);
+- a ClickHouse INSERT of row dicts every `insert_every` rows per table; a Kafka send per assignment.
+
+Correlation and the case lifecycle use the same `CaseBook` as the worker: they are the domain's rules, not an
+implementation choice, and sharing them makes the baseline route exactly like the worker (tests/bench checks
+it). Everything a real pipeline must do is done: dead letters go to the dead-letter topic, unlocated tickets to
+the unlocated topic, sensor readings are aggregated per minute, and callers' personal data is masked with the
+worker's own privacy functions.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+import numpy as np
+import shapely
+
+from grid.index import DEFAULT_SNAP_TOLERANCE_M, GridIndex
+from pipeline.cases import CaseBook, CorrelationPolicy, Outcome, case_partition_key, partition_key
+from pipeline.config import Topics
+from pipeline.decode import ACTIONS, CHANNELS, REQUEST_TYPES, TEAMS, CaseUpdate, InvalidEvent, Reading
+from pipeline.model import Event, Location
+from pipeline.privacy import caller_hash, mask_text
+from pipeline.sensors import SensorRegistry, SensorState, observe
+from pipeline.taxonomy import Taxonomy
+
+EARLIEST = datetime(2015, 1, 1, tzinfo=UTC)
+
+
+class RowWriter(Protocol):
+    """Where rows go: `pipeline.sink.ClickHouse.insert_dicts` satisfies it."""
+
+    def insert_dicts(self, table: str, columns: list[str], rows: list[dict[str, Any]]) -> int: ...
+
+
+class Sender(Protocol):
+    """Where messages go: a kafka-python `KafkaProducer` satisfies it."""
+
+    def send(self, topic: str, value: bytes | None = None, key: bytes | None = None) -> Any: ...
+
+
+# -- decode: json per message -----------------------------------------------------------------------------
+
+class NaiveDecoder:
+    """`json.loads` and a check per field; raises `InvalidEvent` for what the worker dead-letters."""
+
+    def __init__(self, taxonomy: Taxonomy, now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        self.taxonomy = taxonomy
+        self.now = now
+
+    def load(self, raw: bytes) -> dict[str, Any]:
+        if len(raw) > 64 * 1024:
+            raise InvalidEvent("message too large")
+        try:
+            obj = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as err:
+            raise InvalidEvent(f"not valid UTF-8 JSON: {err}") from None
+        if not isinstance(obj, dict):
+            raise InvalidEvent("not a JSON object")
+        return obj
+
+    def text(self, obj: dict[str, Any], key: str, limit: int, required: bool = True) -> str | None:
+        value = obj.get(key)
+        if value is None:
+            if required:
+                raise InvalidEvent(f"{key}: required field missing")
+            return None
+        if not isinstance(value, str):
+            raise InvalidEvent(f"{key}: must be a string")
+        if len(value.strip()) > limit:
+            raise InvalidEvent(f"{key}: too long")
+        if required and not value.strip():
+            raise InvalidEvent(f"{key}: must not be empty")
+        return value.strip() or None
+
+    def number(self, obj: dict[str, Any], key: str) -> float:
+        value = obj.get(key)
+        if value is None or isinstance(value, bool) or not isinstance(value, int | float):
+            raise InvalidEvent(f"{key}: must be a number")
+        if not math.isfinite(float(value)):
+            raise InvalidEvent(f"{key}: must be finite")
+        return float(value)
+
+    def time(self, obj: dict[str, Any], key: str) -> datetime:
+        text = self.text(obj, key, 64) or ""
+        try:
+            at = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            raise InvalidEvent(f"{key}: not an ISO 8601 time") from None
+        if at.tzinfo is None:
+            raise InvalidEvent(f"{key}: time has no UTC offset")
+        at = at.astimezone(UTC)
+        if at < EARLIEST or at > self.now() + timedelta(hours=1):
+            raise InvalidEvent(f"{key}: time out of range")
+        return at
+
+    def category(self, obj: dict[str, Any], key: str) -> str:
+        code = self.text(obj, key, 16) or ""
+        if code not in self.taxonomy:
+            raise InvalidEvent(f"{key}: unknown category code")
+        return code
+
+    def coords(self, obj: dict[str, Any], lon_key: str, lat_key: str) -> tuple[float, float]:
+        lon, lat = self.number(obj, lon_key), self.number(obj, lat_key)
+        if not (-90 <= lat <= 90 and -180 <= lon <= 180):
+            raise InvalidEvent("coordinates out of range")
+        return lon, lat
+
+    def choice(self, obj: dict[str, Any], key: str, allowed: frozenset[str]) -> str | None:
+        value = obj.get(key)
+        if value is not None and value not in allowed:
+            raise InvalidEvent(f"{key}: not one of {sorted(allowed)}")
+        return value
+
+    def hotline(self, raw: bytes) -> Event:
+        obj = self.load(raw)
+        ticket = self.text(obj, "service_request_id", 128)
+        at = self.time(obj, "requested_datetime")
+        code = self.category(obj, "service_code")
+        caller = obj.get("caller")
+        names: tuple[str, ...] = ()
+        phone_hash = None
+        if caller is not None:
+            if not isinstance(caller, dict):
+                raise InvalidEvent("caller: must be an object")
+            name = self.text(caller, "name", 200, required=False)
+            phone = self.text(caller, "phone", 40, required=False)
+            names = (name,) if name else ()
+            phone_hash = caller_hash(phone) if phone else None
+        description = self.text(obj, "description", 4000, required=False) or ""
+        request_type = self.choice(obj, "request_type", REQUEST_TYPES)
+        channel = self.choice(obj, "channel", CHANNELS)
+        address = self.text(obj, "address_string", 500, required=False)
+        if (obj.get("lat") is None) != (obj.get("long") is None):
+            raise InvalidEvent("lat/long: both or neither must be given")
+        lon = lat = None
+        if obj.get("lat") is not None:
+            lon, lat = self.coords(obj, "long", "lat")
+        elif not address:
+            raise InvalidEvent("location: neither lat/long nor address_string given")
+        return Event(event_id=f"hotline:{ticket}", source="hotline", category=code, occurred_at=at, lon=lon,
+                     lat=lat, address=mask_text(address, names) if address else None,
+                     description=mask_text(description, names), request_type=request_type, channel=channel,
+                     caller_hash=phone_hash)
+
+    def patrol(self, raw: bytes) -> Event:
+        obj = self.load(raw)
+        report = self.text(obj, "report_id", 128)
+        at = self.time(obj, "observed_at")
+        team = self.text(obj, "team", 200)
+        inspector = self.text(obj, "inspector", 200)
+        code = self.category(obj, "category")
+        lon, lat = self.coords(obj, "lon", "lat")
+        note = self.text(obj, "note", 4000, required=False) or ""
+        self.text(obj, "photo_url", 2000, required=False)
+        return Event(event_id=f"patrol:{report}", source="patrol", category=code, occurred_at=at, lon=lon, lat=lat,
+                     description=mask_text(note), team=team, actor=inspector)
+
+    def reading(self, raw: bytes) -> Reading:
+        obj = self.load(raw)
+        sensor = self.text(obj, "sensor_id", 128) or ""
+        sensor_type = self.text(obj, "sensor_type", 64) or ""
+        value = self.number(obj, "value")
+        at = self.time(obj, "measured_at")
+        unit = obj.get("unit")
+        if unit is not None and (not isinstance(unit, str) or len(unit) > 32):
+            raise InvalidEvent("unit: must be a short string")
+        lon = lat = None
+        if obj.get("lat") is not None or obj.get("lon") is not None:
+            lon, lat = self.coords(obj, "lon", "lat")
+        return Reading(sensor, sensor_type, value, at, lon, lat)
+
+    def update(self, raw: bytes) -> CaseUpdate:
+        obj = self.load(raw)
+        case_id = self.text(obj, "case_id", 128) or ""
+        action = self.choice(obj, "action", ACTIONS)
+        team = self.choice(obj, "team", TEAMS)
+        if action is None or team is None:
+            raise InvalidEvent("action and team are required")
+        actor = self.text(obj, "actor", 200) or ""
+        at = self.time(obj, "at")
+        note = self.text(obj, "note", 4000, required=False) or ""
+        update_id = self.text(obj, "update_id", 128, required=False) or f"{case_id}:{action}:{team}:{at.isoformat()}"
+        return CaseUpdate(update_id=update_id, case_id=case_id, action=action, team=team, actor=actor, at=at,
+                          note=mask_text(note))
+
+
+# -- locate: one STRtree query per point ------------------------------------------------------------------
+
+class NaiveLocator:
+    """Cells in an STRtree, queried point by point: `covers` (east-then-north on shared edges), else the
+    nearest cell within the snap tolerance, measured in the grid's own metric."""
+
+    def __init__(self, index: GridIndex, snap_tolerance_m: float = DEFAULT_SNAP_TOLERANCE_M) -> None:
+        self.version = index.version
+        self.codes = index.codes()
+        self.info = [index.cell_info(c) or {} for c in self.codes]
+        geoms = [index.cell_geometry(c) for c in self.codes]
+        self.tree = shapely.STRtree(geoms)
+        self.metric = index.metric
+        projected = [shapely.transform(g, lambda xy: np.column_stack(self.metric.to_xy(xy[:, 0], xy[:, 1])))
+                     for g in geoms]
+        self.metric_tree = shapely.STRtree(projected)
+        self.tolerance = snap_tolerance_m
+
+    def locate(self, lon: float, lat: float) -> Location:
+        hits = self.tree.query(shapely.Point(lon, lat), predicate="covers").tolist()
+        snapped = False
+        if hits:
+            best = max(hits, key=lambda i: (self.info[i]["col"], self.info[i]["row"]))
+        else:
+            x, y = self.metric.to_xy(np.array([lon]), np.array([lat]))
+            near = self.metric_tree.query_nearest(shapely.Point(float(x[0]), float(y[0])),
+                                                  max_distance=self.tolerance).tolist()
+            if not near:
+                return Location(cell=None, subdistrict=None, grid_kind=None, grid_version=self.version)
+            best, snapped = min(near), True
+        info = self.info[best]
+        return Location(cell=str(info["cell"]), subdistrict=str(info["subdistrict"]),
+                        grid_kind=info["grid_kind"], grid_version=self.version,
+                        snapped=snapped)
+
+
+# -- the pipeline --------------------------------------------------------------------------------------
+
+_EVENT_COLUMNS = ["event_id", "source", "case_id", "category", "cell", "subdistrict", "grid_kind", "received_at",
+                  "ingested_at", "lon", "lat", "snapped", "merged", "grid_version", "request_type", "sensor_type",
+                  "value", "description"]
+_CASE_COLUMNS = ["case_id", "category", "discovered_by", "cell", "subdistrict", "grid_kind", "team", "status",
+                 "priority", "created_at", "due_at", "closed_at", "reports", "sources", "reopened", "rule_id",
+                 "ruleset_version", "grid_version", "revision"]
+_TRANSITION_COLUMNS = ["case_id", "seq", "status", "team", "actor", "at", "reason"]
+_READING_COLUMNS = ["sensor_id", "sensor_type", "minute", "readings", "last_value", "max_value", "cell"]
+_COLUMNS = {"events": _EVENT_COLUMNS, "cases": _CASE_COLUMNS, "case_transitions": _TRANSITION_COLUMNS,
+            "sensor_readings": _READING_COLUMNS}
+
+
+def _row(obj: Any, columns: list[str]) -> dict[str, Any]:
+    row = {c: getattr(obj, c) for c in columns}
+    for k, v in row.items():
+        if isinstance(v, datetime):
+            row[k] = int(v.timestamp())
+        elif isinstance(v, bool):
+            row[k] = int(v)
+        elif isinstance(v, tuple):
+            row[k] = list(v)
+    return row
+
+
+@dataclass
+class NaiveCounts:
+    """What the naive pipeline did."""
+
+    consumed: int = 0
+    deadletters: int = 0
+    unlocated: int = 0
+    assignments: int = 0
+    rows: int = 0
+    inserts: int = 0
+    refusals: int = 0
+    first_at: float | None = None
+    last_at: float = 0.0
+    routes: dict[str, tuple[str, str]] = field(default_factory=dict)   # case id -> (team, rule id) of dispatch
+
+
+class NaivePipeline:
+    """Processes one raw message at a time (`handle`), writing rows every `insert_every` per table."""
+
+    def __init__(self, *, inputs: Topics, outputs: Topics, decoder: NaiveDecoder, locator: NaiveLocator,
+                 gazetteer: Any, sensors: SensorRegistry, router: Any, db: RowWriter, sender: Sender,
+                 insert_every: int = 100, policy: CorrelationPolicy | None = None) -> None:
+        self.inputs, self.outputs = inputs, outputs
+        self.decoder, self.locator, self.gazetteer = decoder, locator, gazetteer
+        self.sensors, self.router, self.db, self.sender = sensors, router, db, sender
+        self.insert_every = insert_every
+        self.policy = policy or CorrelationPolicy()
+        self.books: dict[str, CaseBook] = {}
+        self.states: dict[str, SensorState] = {}
+        self.minute_types: dict[str, str] = {}
+        self.problem_cells: dict[str, str] = {}      # sensor -> cell of its alarm in the current minute
+        self.pending: dict[str, list[dict[str, Any]]] = {t: [] for t in _COLUMNS}
+        self.counts = NaiveCounts()
+
+    def handle(self, topic: str, partition: int, offset: int, value: bytes) -> None:
+        """Process one message completely (decode, locate, correlate, dispatch, write)."""
+        self.counts.consumed += 1
+        try:
+            if topic == self.inputs.raw_hotline:
+                self._report(self.decoder.hotline(value))
+            elif topic == self.inputs.raw_patrol:
+                self._report(self.decoder.patrol(value))
+            elif topic == self.inputs.raw_iot:
+                self._reading(self.decoder.reading(value))
+            elif topic == self.inputs.case_updates:
+                self._update(self.decoder.update(value))
+        except InvalidEvent as err:
+            self._dead(topic, partition, offset, err.reason, value)
+
+    def _dead(self, topic: str, partition: int, offset: int, reason: str, value: bytes) -> None:
+        # the raw bytes are masked like the worker's (a ticket may hold a caller's phone)
+        raw = mask_text(value.decode("utf-8", errors="replace"))
+        self.sender.send(self.outputs.deadletter, key=topic.encode(), value=json.dumps({
+            "source_topic": topic, "partition": partition, "offset": offset, "reason": reason, "raw": raw,
+            "at": datetime.now(UTC).isoformat()}).encode())
+        self.counts.deadletters += 1
+
+    def _report(self, event: Event) -> None:
+        lon, lat = event.lon, event.lat
+        if (lon is None or lat is None) and event.address:
+            point = self.gazetteer.resolve(event.address)
+            if point is not None:
+                lon, lat = point
+                event = replace(event, lon=lon, lat=lat)
+        if lon is None or lat is None:
+            self.sender.send(self.outputs.unlocated, value=json.dumps(
+                {"event_id": event.event_id, "address": event.address, "category": event.category}).encode())
+            self.counts.unlocated += 1
+            return
+        location = self.locator.locate(lon, lat)
+        located = replace(event, location=location)
+        if event.sensor_id is not None:
+            self.problem_cells[event.sensor_id] = location.cell or ""
+        key = partition_key(location)
+        book = self.books.get(key)
+        if book is None:
+            book = self.books[key] = CaseBook(key, self.policy)
+        out = book.add_event(located, self.router)
+        out.extend(book.escalate_overdue())
+        self._emit(out)
+
+    def _reading(self, reading: Reading) -> None:
+        sid = reading.sensor_id
+        sensor = self.sensors.get(sid)
+        if sensor is not None and sensor.sensor_type != reading.sensor_type:
+            raise InvalidEvent("sensor_type does not match the registry")
+        state = self.states.get(sid)
+        if state is None:
+            state = self.states[sid] = SensorState()
+        before = state.minute
+        if before and reading.at.timestamp() >= before + 60:
+            self._minute_row(sid, state)
+        obs = observe(state, reading, sensor)
+        self.minute_types[sid] = reading.sensor_type
+        if obs.problem is not None:
+            self._report(obs.problem)
+
+    def _minute_row(self, sid: str, state: SensorState) -> None:
+        # like the worker: a minute row names the cell only when the sensor raised a problem in it
+        cell = self.problem_cells.pop(sid, "")
+        self._add("sensor_readings", {
+            "sensor_id": sid, "sensor_type": self.minute_types.get(sid, ""), "minute": int(state.minute),
+            "readings": state.minute_readings, "last_value": state.last_value,
+            "max_value": state.minute_max if math.isfinite(state.minute_max) else state.last_value, "cell": cell})
+
+    def _update(self, update: CaseUpdate) -> None:
+        try:
+            key = case_partition_key(update.case_id)
+        except ValueError as err:
+            raise InvalidEvent(f"case_id: {err}") from None
+        book = self.books.get(key)
+        if book is None:
+            book = self.books[key] = CaseBook(key, self.policy)
+        out = book.apply_update(update, self.router)
+        out.extend(book.escalate_overdue())
+        self.counts.refusals += len(out.refusals)
+        self._emit(out)
+
+    def _emit(self, out: Outcome) -> None:
+        for a in out.assignments:
+            self.sender.send(self.outputs.assignments, key=a.team.encode(),
+                             value=json.dumps(a.to_json(), ensure_ascii=False).encode())
+            self.counts.assignments += 1
+            if a.kind == "dispatch":
+                self.counts.routes.setdefault(a.case_id, (a.team, a.rule_id))
+        for e in out.events:
+            self._add("events", _row(e, _EVENT_COLUMNS))
+        for t in out.transitions:
+            self._add("case_transitions", _row(t, _TRANSITION_COLUMNS))
+        for c in out.cases.values():
+            self._add("cases", _row(c, _CASE_COLUMNS))
+
+    def _add(self, table: str, row: dict[str, Any]) -> None:
+        rows = self.pending[table]
+        rows.append(row)
+        if len(rows) >= self.insert_every:
+            self._write(table)
+
+    def _write(self, table: str) -> None:
+        rows = self.pending[table]
+        if rows:
+            self.db.insert_dicts(table, _COLUMNS[table], rows)
+            self.counts.rows += len(rows)
+            self.counts.inserts += 1
+            self.pending[table] = []
+
+    def finish(self) -> None:
+        """Write each sensor's current minute and every pending row (end of input)."""
+        for sid, state in self.states.items():
+            if state.minute:
+                self._minute_row(sid, state)
+        for table in _COLUMNS:
+            self._write(table)
+
+
+def run_from_kafka(pipeline: NaivePipeline, consumer: Any, ends: dict[Any, int], producer: Any,
+                   timeout_s: float = 600.0) -> NaiveCounts:
+    """Consume `consumer` (assigned to the raw partitions, at the beginning) until every partition reached its
+    end offset in `ends` (TopicPartition -> offset), one message at a time; then write what is pending and
+    wait for the producer. `counts.first_at`/`last_at` are wall times of the first message and the last write."""
+    counts = pipeline.counts
+    left = {tp: end for tp, end in ends.items() if end > 0}
+    deadline = time.monotonic() + timeout_s
+    while left and time.monotonic() < deadline:
+        for tp, messages in consumer.poll(timeout_ms=200, max_records=500).items():
+            for m in messages:
+                if counts.first_at is None:
+                    counts.first_at = time.time()
+                pipeline.handle(m.topic, m.partition, m.offset, m.value or b"")
+                if tp in left and m.offset + 1 >= left[tp]:
+                    del left[tp]
+    if left:
+        raise TimeoutError(f"naive pipeline: {len(left)} partitions not consumed within {timeout_s:.0f} s")
+    pipeline.finish()
+    producer.flush(timeout=120)
+    counts.last_at = time.time()
+    return counts
