@@ -24,7 +24,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from operator import attrgetter
@@ -198,15 +198,17 @@ _READINGS = TableSpec(
 )
 
 
-def dedup(rows: Iterable[Row], key: Callable[[Row], Any],
+def dedup(rows: Sequence[Row], key: Callable[[Row], Any],
           version: Callable[[Row], int] | None = None) -> list[Row]:
     """One row per key: the highest `version` (cases: revision), else the last one seen (a replay repeats
     the same content, so which copy wins does not matter)."""
+    if version is None:
+        return list(dict(zip(map(key, rows), rows, strict=True)).values())   # C speed; last copy wins
     best: dict[Any, Row] = {}
     for row in rows:
         k = key(row)
         old = best.get(k)
-        if old is None or version is None or version(row) >= version(old):
+        if old is None or version(row) >= version(old):
             best[k] = row
     return list(best.values())
 
@@ -217,10 +219,11 @@ _SECOND = timedelta(seconds=1)
 def _epochs(values: list[datetime]) -> list[int]:
     """Many `_epoch`s at once. Naive times (the pipeline's UTC) take one subtraction and one floor
     division each, the cheapest exact form in pure Python; aware ones the per-item path."""
-    if any(v.tzinfo is not None for v in values):
-        return [_epoch(v) for v in values]
     epoch, second = _EPOCH, _SECOND
-    return [(v - epoch) // second for v in values]
+    try:
+        return [(v - epoch) // second for v in values]
+    except TypeError:  # an aware datetime cannot be subtracted from the naive epoch: take the exact path
+        return [_epoch(v) for v in values]
 
 
 def to_columns(spec: TableSpec, rows: Sequence[Any]) -> list[list[Any]]:
