@@ -95,8 +95,10 @@ def run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     try:
-        worker = _start(["worker"], run_dir / "worker.log", env)
+        # the two stages as two processes: the bulk of sensor readings never delays the cases, and both cores work
+        worker = _start(["worker", "--stage", "cases"], run_dir / "worker-cases.log", env)
         procs.append(worker)
+        procs.append(_start(["worker", "--stage", "ingest"], run_dir / "worker-ingest.log", env))
         web = _start(["web", "--host", args.host, "--port", str(args.port)], run_dir / "web.log", env)
         procs.append(web)
         base = f"http://{args.host}:{args.port}"
@@ -108,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
         expected = sum(len(i.reports) for i in sim.truth.incidents)
         stored = _wait_caught_up(settings, expected, worker, args.wait)
         if worker.poll() is not None:
-            print(f"the worker stopped; see {run_dir / 'worker.log'}", file=sys.stderr)
+            print(f"the worker stopped; see {run_dir / 'worker-cases.log'}", file=sys.stderr)
             return 1
         creds = settings.var_dir / "web" / "demo-credentials.txt"
         print("\n".join([
@@ -118,10 +120,10 @@ def run(args: argparse.Namespace) -> int:
             f"  team feed (phone) : {base}/feed   sign-in details: {creds}",
             f"  Open311 ingest    : {base}/open311/v2/services.json",
             f"  health, metrics   : {base}/healthz  {base}/metrics",
-            f"  reports           : .venv/bin/cityops report discovery --by day   (also: recurrence, sla, "
+            "  reports           : .venv/bin/cityops report discovery --by day   (also: recurrence, sla, "
             "workload, health)",
             f"  this run          : {stored:,} reports stored; truth of the simulated day in {run_dir / 'truth.json'}",
-            f"  logs              : {run_dir}/worker.log, {run_dir}/web.log",
+            f"  logs              : {run_dir}/worker-ingest.log, worker-cases.log, web.log",
             "Press Ctrl-C to stop.",
         ]), flush=True)
         if args.exit_after_feed:

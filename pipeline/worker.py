@@ -107,11 +107,22 @@ def load_sensor_registry() -> SensorRegistry:
     return load_registry(Path(path), types)
 
 
-def build_app(c: Components) -> faust.App:
+STAGES = ("ingest", "cases")
+
+
+def build_app(c: Components, stages: tuple[str, ...] = STAGES) -> faust.App:
+    """The Faust app running `stages`: both (one process does everything) or one of them.
+
+    Run as separate processes (`cityops worker --stage ingest` and `--stage cases`) the stages have their own
+    consumer groups, so the bulk of sensor readings never delays the cases stage; each is its own app
+    (`<app id>-ingest`, `<app id>-cases`) with its own tables. One process with both stages is `<app id>`.
+    Pick one layout per pipeline: the layouts keep their state in differently named tables.
+    """
     s = c.settings
     t = s.topics
+    app_id = s.app_id if set(stages) == set(STAGES) else f"{s.app_id}-{stages[0]}"
     app = faust.App(
-        s.app_id,
+        app_id,
         broker=f"kafka://{s.kafka_bootstrap}",
         store="memory://",
         web_enabled=False,
@@ -136,13 +147,14 @@ def build_app(c: Components) -> faust.App:
     # Sensor state is keyed by sensor id, like cityops.raw.iot: with use_partitioner the changelog partition is
     # the key's murmur2 hash, the partition the (default-partitioned) reading came from, so a batch (which has
     # no single "current event") may write many keys.
-    sensor_table = app.Table("sensor_state", default=None, partitions=s.partitions, use_partitioner=True,
-                             key_type=bytes, value_type=bytes)
+    sensor_table = (app.Table("sensor_state", default=None, partitions=s.partitions, use_partitioner=True,
+                              key_type=bytes, value_type=bytes) if "ingest" in stages else {})
     # Cases are stored one per key (a case id) but live on the partition of their grid, the partition of the
     # located topic their reports come from: the changelog partition is computed from the grid key.
-    case_table = app.Table("cases", default=None, partitions=s.partitions, key_type=bytes,
-                           value_type=bytes)
-    case_table.partition_for_key = lambda key: grid_partition(case_partition_key(_text(key)), s.partitions)
+    case_table: Any = {}
+    if "cases" in stages:
+        case_table = app.Table("cases", default=None, partitions=s.partitions, key_type=bytes, value_type=bytes)
+        case_table.partition_for_key = lambda key: grid_partition(case_partition_key(_text(key)), s.partitions)
     books = BookCache(case_table, c.cases.policy)
 
     @app.on_partitions_revoked.connect
@@ -173,10 +185,8 @@ def build_app(c: Components) -> faust.App:
         agent.__name__ = f"ingest_{source}"
         app.agent(raw[topic_name], name=f"cityops.ingest.{source}")(agent)
 
-    make_report_agent("hotline", t.raw_hotline)
-    make_report_agent("patrol", t.raw_patrol)
+    # -- the agents (registered below, by stage) --------------------------------------------------------
 
-    @app.agent(raw[t.raw_iot], name="cityops.ingest.iot")
     async def ingest_iot(stream: Any) -> Any:
         async for events in stream.take_events(BATCH, within=BATCH_WITHIN_S):
             msgs = _messages(events)
@@ -196,7 +206,6 @@ def build_app(c: Components) -> faust.App:
             c.counters.add(t.raw_iot, len(msgs))
             yield len(msgs)
 
-    @app.agent(raw[t.case_updates], name="cityops.ingest.updates")
     async def ingest_updates(stream: Any) -> Any:
         async for events in stream.take_events(BATCH, within=BATCH_WITHIN_S):
             msgs = _messages(events)
@@ -205,7 +214,6 @@ def build_app(c: Components) -> faust.App:
             c.counters.add(t.case_updates, len(msgs))
             yield len(msgs)
 
-    @app.agent(located, name="cityops.cases")
     async def cases(stream: Any) -> Any:
         async for events in stream.take_events(BATCH, within=BATCH_WITHIN_S):
             items = [(e.message.key.decode(), e.message.value) for e in events]
@@ -233,7 +241,6 @@ def build_app(c: Components) -> faust.App:
         c.counters.refusals += len(out.refusals)
         c.counters.duplicates += out.duplicates
 
-    @app.timer(interval=float(os.environ.get("CITYOPS_SLA_CHECK_INTERVAL", "10")))
     async def escalate_overdue() -> None:
         """Escalate overdue cases of quiet grids (busy ones are checked on every batch)."""
         _refresh(c)
@@ -250,6 +257,15 @@ def build_app(c: Components) -> faust.App:
         if out.assignments:
             await _store_and_send(out)
             books.persist(loaded.values())
+
+    if "ingest" in stages:
+        make_report_agent("hotline", t.raw_hotline)
+        make_report_agent("patrol", t.raw_patrol)
+        app.agent(raw[t.raw_iot], name="cityops.ingest.iot")(ingest_iot)
+        app.agent(raw[t.case_updates], name="cityops.ingest.updates")(ingest_updates)
+    if "cases" in stages:
+        app.agent(located, name="cityops.cases")(cases)
+        app.timer(interval=float(os.environ.get("CITYOPS_SLA_CHECK_INTERVAL", "10")))(escalate_overdue)
 
     app.cityops_components = c  # type: ignore[attr-defined]
     return app
@@ -364,21 +380,24 @@ def _iso_now(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
-def run_worker(settings: Settings, loglevel: str = "warn") -> None:
+def run_worker(settings: Settings, loglevel: str = "warn", stage: str = "all") -> None:
     from faust.worker import Worker
 
     components = load_components(settings)
-    app = build_app(components)
+    app = build_app(components, STAGES if stage == "all" else (stage,))
     Worker(app, loglevel=loglevel).execute_from_commandline()
 
 
 def _cmd(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.loglevel.upper() if args.loglevel != "warn" else "WARNING")
-    run_worker(Settings.from_env(), args.loglevel)
+    run_worker(Settings.from_env(), args.loglevel, args.stage)
     return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("worker", help="run a stream worker (joins the consumer group)")
     p.add_argument("--loglevel", default="warn", choices=["crit", "error", "warn", "info", "debug"])
+    p.add_argument("--stage", default="all", choices=["all", *STAGES],
+                   help="run both stages (default) or one: ingest (decode, sensors, locate) or cases "
+                        "(correlate, dispatch, lifecycle); see README 'Running the workers'")
     p.set_defaults(func=_cmd)
