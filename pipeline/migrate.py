@@ -32,7 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from pipeline.config import Settings
-from pipeline.sink import ClickHouse
+from pipeline.sink import ClickHouse, QueryError, quiet_driver_logs
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
@@ -277,10 +277,11 @@ def status(settings: Settings, cluster: str | None = None) -> list[MigrationStat
 
 
 def _migrate_cmd(args: argparse.Namespace) -> int:
+    quiet_driver_logs()
     settings = Settings.from_env()
     try:
         applied = migrate(settings, cluster=args.cluster)
-    except MigrationError as err:
+    except (MigrationError, QueryError) as err:
         print(f"db migrate: {err}", file=sys.stderr)
         return 1
     where = settings.clickhouse_database + (f" on cluster {args.cluster}" if args.cluster else "")
@@ -289,7 +290,12 @@ def _migrate_cmd(args: argparse.Namespace) -> int:
 
 
 def _status_cmd(args: argparse.Namespace) -> int:
-    rows = status(Settings.from_env(), cluster=args.cluster)
+    quiet_driver_logs()
+    try:
+        rows = status(Settings.from_env(), cluster=args.cluster)
+    except QueryError as err:
+        print(f"db status: {err}", file=sys.stderr)
+        return 1
     for r in rows:
         when = r.applied_at.isoformat(sep=" ") + " UTC" if r.applied_at else ""
         print(f"{r.version}  {r.name:<32} {r.state:<8} {when}".rstrip())

@@ -24,7 +24,8 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from operator import attrgetter
@@ -37,6 +38,11 @@ from pipeline.config import Settings
 from pipeline.records import CaseRow, EventRow, SensorReadingRow, SinkBatch, TransitionRow
 
 log = logging.getLogger("cityops.sink")
+
+
+def quiet_driver_logs() -> None:
+    """For command-line tools: the driver logs each failed connect with a traceback; our errors say it."""
+    logging.getLogger("clickhouse_driver").setLevel(logging.CRITICAL)
 
 Row = TypeVar("Row", CaseRow, EventRow, TransitionRow, SensorReadingRow)
 
@@ -77,6 +83,10 @@ def is_retryable(err: BaseException) -> bool:
                       | ch_errors.UnexpectedPacketFromServerError)
 
 
+class QueryError(Exception):
+    """A query failed or the server could not be reached; the message names the server and database."""
+
+
 class ClickHouse:
     """A ClickHouse connection over the native protocol, configured from Settings.
 
@@ -100,21 +110,34 @@ class ClickHouse:
             if settings.clickhouse_ca_certs:
                 options["ca_certs"] = settings.clickhouse_ca_certs
         self._client = Client(**options)
+        self._where = f"{settings.clickhouse_host}:{settings.clickhouse_port}"
         self._lock = threading.Lock()
 
     def execute(self, sql: str,
                 params: dict[str, Any] | Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
-        """Run one statement; `%(name)s` parameters are escaped by the driver, never pasted as text."""
-        with self._lock:
+        """Run one statement; `%(name)s` parameters are escaped by the driver, never pasted as text.
+        Raises QueryError (server unreachable, or the statement failed)."""
+        with self._lock, self._explained():
             rows: list[tuple[Any, ...]] = self._client.execute(sql, params)
         return rows
 
     def query_dicts(self, sql: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-        """Run a SELECT; each row as a dict keyed by the result's column names."""
-        with self._lock:
+        """Run a SELECT; each row as a dict keyed by the result's column names. Raises QueryError."""
+        with self._lock, self._explained():
             rows, columns = self._client.execute(sql, params, with_column_types=True)
         names = [c[0] for c in columns]
         return [dict(zip(names, row, strict=True)) for row in rows]
+
+    @contextmanager
+    def _explained(self) -> Iterator[None]:
+        try:
+            yield
+        except (ch_errors.Error, OSError, EOFError) as err:
+            where = f"ClickHouse {self._where}/{self.database}"
+            detail = " ".join(str(err).split()).split(" Stack trace:")[0][:400] or type(err).__name__
+            if isinstance(err, ch_errors.ServerException) and err.code in (60, 81):
+                detail += " (is the schema migrated? run `cityops db migrate`)"
+            raise QueryError(f"{where}: {detail}") from err
 
     def insert_columns(self, table: str, columns: Sequence[str], data: list[list[Any]]) -> int:
         """Insert one columnar block into `table` (names come from code, not users); returns the row count."""

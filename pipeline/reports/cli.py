@@ -295,6 +295,9 @@ REPORTS: dict[str, tuple[Callable[[Queryable, argparse.Namespace], tuple[Table, 
 
 
 def _run(args: argparse.Namespace) -> int:
+    from pipeline.sink import QueryError, quiet_driver_logs
+
+    quiet_driver_logs()
     func, _ = REPORTS[args.report]
     db = args.connect()
     try:
@@ -302,6 +305,9 @@ def _run(args: argparse.Namespace) -> int:
     except ReportError as err:
         print(f"report {args.report}: {err}", file=sys.stderr)
         return 2
+    except QueryError as err:
+        print(f"report {args.report}: {err}", file=sys.stderr)
+        return 1
     finally:
         close = getattr(db, "close", None)
         if close is not None:
