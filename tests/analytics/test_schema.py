@@ -116,3 +116,16 @@ def test_bad_names_and_placeholders_are_errors() -> None:
     with pytest.raises(MigrationError, match="exactly one"):
         render("CREATE TABLE a ENGINE = ${engine:MergeTree()}", Target("db"))
     assert split_statements("-- c ${table:x};\nSELECT 1;\n\n-- only a comment\n") == ["SELECT 1"]
+
+
+@pytest.mark.clickhouse
+def test_a_missing_schema_is_explained(isolated_settings: Settings) -> None:
+    """Querying a database that was never migrated says which server and database, and what to run."""
+    from pipeline.sink import ClickHouse, QueryError
+
+    db = ClickHouse(isolated_settings)
+    try:
+        with pytest.raises(QueryError, match=r"127\.0\.0\.1:\d+/cityops_t.*cityops db migrate"):
+            db.query_dicts("SELECT count() FROM cases")
+    finally:
+        db.close()
