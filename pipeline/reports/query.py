@@ -124,13 +124,13 @@ def cases_latest(
 ) -> tuple[str, dict[str, Any]]:
     """A subquery over the latest state of each case (FINAL), with the filters applied.
 
-    The filters touch only columns fixed at a case's creation (day, place, category, team is the exception
-    and is applied outside FINAL's merge by wrapping), so filtering cannot pick a stale revision.
+    Inside the FINAL read the filters touch only columns fixed when a case is created (day, place,
+    category), so they cannot select a stale revision. The team can change on re-dispatch, so it is
+    filtered outside, on the latest state; `columns` must then include `team`.
     """
     cond, params = filters.where(f"toDate(created_at, '{TZ}')", dated=dated, prefix=prefix)
     inner = f"SELECT {columns} FROM cases FINAL WHERE {cond}"
     if filters.team:
-        # The team may change on re-dispatch: filter on the latest state, outside the FINAL read.
         params[f"{prefix}team"] = filters.team
         return f"SELECT * FROM ({inner}) WHERE team = %({prefix}team)s", params
     return inner, params
