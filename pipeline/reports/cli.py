@@ -76,6 +76,8 @@ def _connect() -> Queryable:
 
 
 def run_discovery(db: Queryable, args: argparse.Namespace) -> tuple[Table, str]:
+    if args.team:
+        raise ReportError("discovery has no --team: it counts cases by how they were found, before any team")
     f = filters_of(args)
     if args.compare:
         ch = discovery_change(db, args.compare[0], args.compare[1], f)

@@ -76,6 +76,14 @@ def test_filter_text_is_a_bound_value_not_sql(db: ChdbDatabase, capsys: pytest.C
     assert json.loads(out) == []
 
 
+def test_discovery_refuses_a_team_filter(db: ChdbDatabase, capsys: pytest.CaptureFixture[str]) -> None:
+    """Discovery is about how cases were found, before dispatch: --team is an error, not silently ignored."""
+    args = build_parser().parse_args(["report", "discovery", "--team", "handling"])
+    args.connect = lambda: db
+    assert args.func(args) == 2
+    assert "no --team" in capsys.readouterr().err
+
+
 def test_dates_and_ranges_parse_or_explain() -> None:
     """Dates are ISO days or spans back from today; ranges are SINCE..UNTIL and not empty."""
     assert parse_day("2024-04-01") == date(2024, 4, 1)

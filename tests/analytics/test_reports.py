@@ -53,6 +53,7 @@ def check_all(db: Any, h: History) -> None:
     check_discovery(db, h)
     check_recurrence(db, h)
     check_sla(db, h)
+    check_team_filter(db)
     check_workload_and_health(db, h)
 
 
@@ -142,6 +143,13 @@ def check_sla(db: Any, h: History) -> None:
             assert got.p90_h == pytest.approx(quantile_exact(secs, 0.9) / 3600)
         secs = [int((c.closed_at - c.created_at).total_seconds()) for c in closed if c.closed_at]
         assert row.to_close.median_h == pytest.approx(quantile_exact(secs, 0.5) / 3600)
+
+
+def check_team_filter(db: Any) -> None:
+    everyone = {r.team: r for r in sla(db, Filters(), as_of=AS_OF)}
+    only = sla(db, Filters(team="handling"), as_of=AS_OF)
+    assert only == [everyone["handling"]]
+    assert [r.team for r in workload(db, Filters(team="supervision"), as_of=AS_OF)] == ["supervision"]
 
 
 def check_workload_and_health(db: Any, h: History) -> None:

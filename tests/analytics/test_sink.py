@@ -90,8 +90,10 @@ def test_times_are_written_as_utc_epoch_seconds(at: datetime, offset_min: int) -
     event = generate(seed=1, n_cases=1, start=T0, days=1).batches[0].events[0]
     ev_spec = batch_blocks(SinkBatch(events=[event]))[0][0]
     mixed = to_columns(ev_spec, [replace(event, received_at=at), replace(event, received_at=aware)])
-    assert mixed[ev_spec.columns.index("received_at")] == [int(at.replace(tzinfo=UTC).timestamp()),
-                                                           int(aware.timestamp())]
+    assert mixed[ev_spec.columns.index("received_at")] == [
+        int(at.replace(tzinfo=UTC).timestamp()),
+        int(aware.timestamp()),
+    ]
     assert named["due_at"] == [
         None if case.due_at is None else int(case.due_at.replace(tzinfo=UTC).timestamp())
     ]
