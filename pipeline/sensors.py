@@ -9,6 +9,7 @@ counted, never re-applied, which makes a replay of the topic change nothing.
 from __future__ import annotations
 
 import csv
+import logging
 import math
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -23,6 +24,7 @@ from pipeline.taxonomy import Taxonomy, default_taxonomy
 
 DATA = Path(__file__).resolve().parent / "data"
 DEFAULT_TYPES = DATA / "sensor_types.yaml"
+log = logging.getLogger("cityops.sensors")
 Direction = Literal["above", "below"]
 
 
@@ -273,3 +275,56 @@ def observe(state: SensorState, reading: Reading | Event, sensor: Sensor | None)
 
 def minute_start(state: SensorState) -> datetime:
     return datetime.fromtimestamp(state.minute, UTC)
+
+
+class RegistryHolder:
+    """The sensor registry a running worker uses, swapped atomically when its file changes.
+
+    A changed file is loaded and validated in full first; when it is invalid the old registry stays, the refusal
+    is logged and counted, and `last_error` says why. Without a path the registry is empty (every sensor is
+    unknown: readings are aggregated and reported, never raise problems).
+    """
+
+    def __init__(self, path: Path | None, types: dict[str, SensorType] | None = None) -> None:
+        self.path = path
+        self.types = types if types is not None else load_types()
+        self.current = (load_registry(path, self.types) if path is not None
+                        else SensorRegistry(types=self.types, sensors={}))
+        self.last_error: str | None = None
+        self.refusals = 0
+        self.reloads = 0
+        self._stamp = self._stat()
+
+    def _stat(self) -> tuple[int, int] | None:
+        if self.path is None:
+            return None
+        try:
+            st = self.path.stat()
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size)
+
+    def maybe_reload(self) -> bool:
+        """Reload when the file's modification time or size changed; True when a new registry was taken."""
+        stamp = self._stat()
+        if stamp is None or stamp == self._stamp:
+            return False
+        self._stamp = stamp
+        return self.reload()
+
+    def reload(self) -> bool:
+        if self.path is None:
+            return False
+        try:
+            fresh = load_registry(self.path, self.types)
+        except (RegistryError, OSError, UnicodeDecodeError) as err:
+            self.refusals += 1
+            self.last_error = str(err)
+            log.warning("sensor registry %s refused, keeping the running one (%d sensors): %s",
+                        self.path, len(self.current), err)
+            return False
+        self.current = fresh
+        self.reloads += 1
+        self.last_error = None
+        log.info("sensor registry %s reloaded: %d sensors", self.path, len(fresh))
+        return True

@@ -43,7 +43,7 @@ from pipeline.flow import (
 )
 from pipeline.model import Source
 from pipeline.records import SinkBatch
-from pipeline.sensors import SensorRegistry, SensorState, load_registry, load_types
+from pipeline.sensors import RegistryHolder, SensorState
 
 log = logging.getLogger("cityops.worker")
 
@@ -77,6 +77,7 @@ class Components:
     sink: Any                         # pipeline.sink.ClickHouseSink
     grid_holder: Any                  # grid.index.GridHolder
     rules_holder: Any                 # rules.engine.RulesHolder
+    registry_holder: RegistryHolder
     dlq_limit: DeadLetterLimit
     counters: Counters = field(default_factory=Counters)
 
@@ -90,21 +91,13 @@ def load_components(settings: Settings) -> Components:
 
     grid_holder = GridHolder(Path(os.environ["CITYOPS_GRID"])) if os.environ.get("CITYOPS_GRID") else GridHolder()
     rules_holder = RulesHolder(Path(os.environ.get("CITYOPS_RULES", str(DEFAULT_RULES))))
-    registry = load_sensor_registry()
+    registry = RegistryHolder(Path(os.environ["CITYOPS_SENSORS"]) if os.environ.get("CITYOPS_SENSORS") else None)
     max_ratio = float(os.environ.get("CITYOPS_DLQ_MAX_RATIO", "0.5"))
     ingest = Ingest(decoder=default_decoder(), grid=grid_holder.current, gazetteer=Gazetteer.load(),
-                    sensors=registry)
+                    sensors=registry.current)
     return Components(settings=settings, ingest=ingest, cases=CaseStage(rules_holder, CorrelationPolicy()),
                       sink=ClickHouseSink(settings), grid_holder=grid_holder, rules_holder=rules_holder,
-                      dlq_limit=DeadLetterLimit(max_ratio=max_ratio))
-
-
-def load_sensor_registry() -> SensorRegistry:
-    path = os.environ.get("CITYOPS_SENSORS")
-    types = load_types()
-    if not path:
-        return SensorRegistry(types=types, sensors={})
-    return load_registry(Path(path), types)
+                      registry_holder=registry, dlq_limit=DeadLetterLimit(max_ratio=max_ratio))
 
 
 STAGES = ("ingest", "cases")
@@ -374,6 +367,8 @@ def _refresh(c: Components) -> None:
     c.rules_holder.maybe_reload()
     if c.grid_holder.maybe_reload():
         c.ingest.grid = c.grid_holder.current
+    if c.registry_holder.maybe_reload():
+        c.ingest.sensors = c.registry_holder.current
 
 
 def _iso_now(ts: float) -> str:

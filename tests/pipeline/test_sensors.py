@@ -84,3 +84,21 @@ def test_default_types_load_and_use_real_categories() -> None:
     types = load_types()
     assert {"manhole_tilt", "water_level", "smoke", "elderly_button", "noise"} <= set(types)
     assert types["water_level"].category == "E0406"
+
+
+def test_registry_holder_swaps_a_valid_file_and_refuses_a_corrupt_one(tmp_path: Path) -> None:
+    import os
+
+    from pipeline.sensors import RegistryHolder
+
+    path = write(tmp_path, "S-1,manhole_tilt,121.49,31.265,,,,\n")
+    holder = RegistryHolder(path)
+    assert set(holder.current.sensors) == {"S-1"}
+    path.write_text(REGISTRY + "S-1,manhole_tilt,121.49,31.265,,,,\nS-2,smoke,121.48,31.26,,,,\n", encoding="utf-8")
+    os.utime(path, ns=(1, 10**18))
+    assert holder.maybe_reload() and set(holder.current.sensors) == {"S-1", "S-2"}
+    path.write_text(REGISTRY + "S-3,teleporter,121.49,31.265,,,,\n", encoding="utf-8")
+    os.utime(path, ns=(1, 2 * 10**18))
+    assert not holder.maybe_reload()
+    assert set(holder.current.sensors) == {"S-1", "S-2"} and holder.refusals == 1
+    assert holder.last_error and "unknown sensor type 'teleporter'" in holder.last_error
