@@ -143,11 +143,18 @@ def prepared(settings: Settings) -> Iterator[Settings]:
 def drop_database(settings: Settings) -> None:
     from pipeline.sink import ClickHouse
 
-    db = ClickHouse(settings, database="default")
-    try:
-        db.execute(f"DROP DATABASE IF EXISTS {settings.clickhouse_database}")
-    finally:
-        db.close()
+    for attempt in range(10):
+        try:
+            db = ClickHouse(settings, database="default")
+            try:
+                db.execute(f"DROP DATABASE IF EXISTS {settings.clickhouse_database}")
+                return
+            finally:
+                db.close()
+        except Exception as err:  # the server restarting: retry a while, then say what is left behind
+            if attempt == 9:
+                print(f"bench: could not drop {settings.clickhouse_database}: {err}", file=sys.stderr)
+            time.sleep(2.0)
 
 
 def produce(settings: Settings, messages: Sequence[SimMessage]) -> float:
@@ -253,7 +260,17 @@ class Watcher:
 
         return [TopicPartition(t, p) for t in topics for p in (self.consumer.partitions_for_topic(t) or ())]
 
-    def snapshot(self) -> dict[str, int]:
+    def snapshot(self, previous: dict[str, int] | None = None) -> dict[str, int]:
+        """Row counts and output end offsets; `previous` again while the server is briefly unreachable (a
+        shared machine's server may be restarted by someone's outage test; the worker's sink retries too)."""
+        try:
+            return self._snapshot()
+        except Exception:
+            if previous is None:
+                raise
+            return previous
+
+    def _snapshot(self) -> dict[str, int]:
         row = self.db.execute(
             "SELECT (SELECT count() FROM events), (SELECT count() FROM cases), "
             "(SELECT count() FROM case_transitions), (SELECT count() FROM sensor_readings)")[0]
@@ -273,6 +290,12 @@ class Watcher:
         return sum(max(0, end - (committed[tp].offset if tp in committed and committed[tp].offset >= 0 else 0))
                    for tp, end in ends.items())
 
+    def _lag_or_none(self) -> int | None:
+        try:
+            return self.lag()
+        except Exception:
+            return None
+
     def watch(self, timeout_s: float, alive: Callable[[], bool] = lambda: True,
               done: Callable[[dict[str, int]], bool] | None = None) -> Completion:
         """Poll until done (see the class docstring, or `done(counts)` when given), the time is up, or `alive()`
@@ -282,12 +305,12 @@ class Watcher:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and alive():
             time.sleep(self.every_s)
-            now_counts, now = self.snapshot(), time.time()
+            now_counts, now = self.snapshot(last), time.time()
             if now_counts != last:
                 c.first_at = c.first_at or now
                 c.last_at, last = now, now_counts
             quiet = c.last_at is not None and now - c.last_at >= self.quiet_s
-            if quiet and (done(now_counts) if done is not None else self.lag() == 0):
+            if quiet and (done(now_counts) if done is not None else self._lag_or_none() == 0):
                 c.finished = True
                 break
         c.counts = last
@@ -301,8 +324,24 @@ def _group_offsets(admin: Any, group: str) -> dict[Any, Any]:
     return dict(admin.list_consumer_group_offsets(group))
 
 
+def retrying(fn: Callable[[], Any], seconds: float = 60.0) -> Any:
+    """`fn()`, tried again every 2 s for `seconds` while it fails (a restarting server), then its error."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return fn()
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(2.0)
+
+
 def distinct_counts(settings: Settings) -> dict[str, int]:
     """Logical rows stored (distinct keys), to check that a run stored everything."""
+    return retrying(lambda: _distinct_counts(settings))  # type: ignore[no-any-return]
+
+
+def _distinct_counts(settings: Settings) -> dict[str, int]:
     from pipeline.sink import ClickHouse
 
     db = ClickHouse(settings)
@@ -339,7 +378,7 @@ def median_rate(batches: Sequence[Sequence[Any]], work: Callable[[Sequence[Any]]
     rates: list[float] = []
     done = 0
     for batch in batches:
-        if not batch:
+        if len(batch) == 0:
             continue
         t = clock()
         work(batch)
