@@ -81,6 +81,7 @@ class CorrelationPolicy:
     })
     reopen_days: float = 7.0
     keep_days: float = 90.0
+    park_hours: float = 24.0
 
     def for_category(self, category: str) -> tuple[float, timedelta]:
         radius, hours = self.families.get(category[:3], (self.default_radius_m, self.default_window_h))
@@ -267,6 +268,8 @@ class CaseBook:
         self.buckets: dict[tuple[str, int, int], list[str]] = {}
         self.clock: datetime = datetime(1970, 1, 1, tzinfo=UTC)
         self.dirty: set[str] = set()
+        self.parked: dict[str, list[CaseUpdate]] = {}     # case id -> updates that arrived before the case
+        self.parked_dirty: set[str] = set()
         self._recurrence: RecurrenceHistory | None = None
 
     @classmethod
@@ -290,6 +293,22 @@ class CaseBook:
         changed = [self.cases[c] for c in sorted(self.dirty) if c in self.cases]
         self.dirty.clear()
         return changed
+
+    def take_parked_dirty(self) -> dict[str, list[CaseUpdate]]:
+        """Parked updates changed since the last call, per case id (an empty list: none parked any more)."""
+        changed = {cid: list(self.parked.get(cid, ())) for cid in sorted(self.parked_dirty)}
+        self.parked_dirty.clear()
+        return changed
+
+    def expire_parked(self) -> Outcome:
+        """Refuse parked updates whose case has not appeared within `park_hours` of stream time."""
+        out = Outcome()
+        limit = self.clock - timedelta(hours=self.policy.park_hours)
+        for cid in [c for c, ups in self.parked.items() if max(u.at for u in ups) < limit]:
+            for u in self.parked.pop(cid):
+                out.refusals.append(f"{u.action} {cid}: no such case (waited {self.policy.park_hours:g} h)")
+            self.parked_dirty.add(cid)
+        return out
 
     # -- reports ----------------------------------------------------------------------------------------
 
@@ -403,6 +422,9 @@ class CaseBook:
         # dispatch before indexing: the recurrence condition counts the cell's *earlier* cases
         self._dispatch(case, event, router, out, kind="dispatch", at=event.occurred_at)
         self._index(case)
+        for update in sorted(self.parked.pop(case.case_id, ()), key=lambda u: u.at):
+            self.parked_dirty.add(case.case_id)
+            out.extend(self.apply_update(update, router))
         if self._recurrence is not None:
             self._recurrence.record(case.cell, case.category, event.occurred_at)
         return case
@@ -417,7 +439,12 @@ class CaseBook:
             return out
         case = self.cases.get(update.case_id)
         if case is None:
-            out.refusals.append(f"{update.action} {update.case_id}: no such case")
+            # The case's first report may still be on its way (the topics are consumed independently):
+            # park the update until the case opens, or until `park_hours` of stream time say it never will.
+            parked = self.parked.setdefault(update.case_id, [])
+            if all(p.update_id != update.update_id for p in parked):
+                parked.append(update)
+                self.parked_dirty.add(update.case_id)
             return out
         refusal = self._check(case, update)
         if refusal:

@@ -320,4 +320,5 @@ class CaseStage:
                 out.extend(book.add_event(item, router))
         for book in touched.values():
             out.extend(book.escalate_overdue())
+            out.extend(book.expire_parked())
         return out

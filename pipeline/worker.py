@@ -33,13 +33,15 @@ from aiokafka.partitioner import murmur2
 
 from pipeline.cases import Case, CaseBook, CorrelationPolicy, Outcome, case_partition_key
 from pipeline.config import Settings
-from pipeline.decode import default_decoder
+from pipeline.decode import CaseUpdate, default_decoder
 from pipeline.flow import (
     CaseStage,
     DeadLetterLimit,
     Ingest,
     IngestResult,
     Message,
+    decode_located,
+    encode_update,
 )
 from pipeline.model import Source
 from pipeline.records import SinkBatch
@@ -264,6 +266,9 @@ def build_app(c: Components, stages: tuple[str, ...] = STAGES) -> faust.App:
     return app
 
 
+PARKED = "#parked"   # table key suffix: updates that arrived before their case, kept with the grid's cases
+
+
 class BookCache:
     """The case books of the grids this worker owns, in memory, backed by the cases table.
 
@@ -298,9 +303,15 @@ class BookCache:
         for key in keys:
             book = self.books.get(key)
             if book is None:
-                stored = [self.table.get(cid.encode()) for cid in self._grid_index().get(key, ())]
+                ids = self._grid_index().get(key, ())
+                stored = [self.table.get(cid.encode()) for cid in ids if not cid.endswith(PARKED)]
                 cases = [Case.from_dict(orjson.loads(v)) for v in stored if v is not None]
                 book = CaseBook.from_cases(key, cases, self.policy)
+                for cid in ids:
+                    value = self.table.get(cid.encode()) if cid.endswith(PARKED) else None
+                    if value:
+                        updates = [decode_located(orjson.dumps(u)) for u in orjson.loads(value)]
+                        book.parked[cid[: -len(PARKED)]] = [u for u in updates if isinstance(u, CaseUpdate)]
             out[key] = book
         return out
 
@@ -311,6 +322,12 @@ class BookCache:
         for book in books:
             for case in book.take_dirty():
                 self.table[case.case_id.encode()] = orjson.dumps(case.to_dict())
+            for cid, updates in book.take_parked_dirty().items():
+                key = (cid + PARKED).encode()
+                if updates:
+                    self.table[key] = orjson.dumps([orjson.loads(encode_update(u)) for u in updates])
+                else:
+                    self.table.pop(key, None)
             for gone in book.prune():
                 self.table.pop(gone.encode(), None)
 

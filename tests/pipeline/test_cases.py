@@ -134,6 +134,28 @@ def test_impossible_transitions_are_refused(book: CaseBook, action: str, team: s
     assert snapshot(book) == before
 
 
+def test_an_update_before_its_case_waits_for_it(book: CaseBook) -> None:
+    """Topics are consumed independently: an accept may overtake the report that opens its case."""
+    from pipeline.cases import case_id_for
+
+    router = FakeRouter()
+    cid = case_id_for(book.key, "hotline:1")
+    early = book.apply_update(upd(cid, "accept", "enforcement", 5), router)
+    assert not early.refusals and cid in book.parked and book.take_parked_dirty() == {cid: book.parked[cid]}
+    out = book.add_event(ev("hotline:1"), router)
+    assert book.cases[cid].status == "accepted" and cid not in book.parked
+    assert [t.status for t in out.transitions] == ["new", "dispatched", "accepted"]
+    assert book.take_parked_dirty() == {cid: []}
+
+
+def test_parked_updates_expire_with_a_reason(book: CaseBook) -> None:
+    router = FakeRouter()
+    book.apply_update(upd("C310109009001-000000000000", "accept", "handling", 5), router)
+    book.add_event(ev("hotline:1", code="E0102", minutes=60 * 25), router)
+    out = book.expire_parked()
+    assert len(out.refusals) == 1 and "no such case (waited 24 h)" in out.refusals[0] and not book.parked
+
+
 def test_resolving_a_closed_case_is_refused(book: CaseBook) -> None:
     router = FakeRouter()
     cid = next(iter(book.add_event(ev("hotline:1"), router).cases))
