@@ -164,12 +164,23 @@ def isolated(tmp: Path, sim: Simulation, name: str, **env: str) -> Isolated:
     s = replace(base, clickhouse_database=f"cityops_{tag}", topic_prefix=tag, topics=Topics.with_prefix(tag),
                 app_id=f"cityops-{tag}", var_dir=tmp)
     ensure_topics(s)
-    migrate(s)
+    # other tests of the suite stop the shared server for a while: wait for it rather than fail
+    assert wait_for(lambda: _migrated(s, migrate), 240, every_s=2.0), "ClickHouse did not come back"
     registry = tmp / "sensors.csv"
     sim.write_registry(registry)
     # the SLA timer escalates by the latest time of *all* grids; the reference replay escalates per grid only
     defaults = {"CITYOPS_SENSORS": str(registry), "CITYOPS_SLA_CHECK_INTERVAL": "86400"}
     return Isolated(ChaosPipeline(settings=s, dir=tmp, env={**defaults, **env}))
+
+
+def _migrated(settings: Settings, migrate: Any) -> bool:
+    from pipeline.sink import QueryError
+
+    try:
+        migrate(settings)
+    except QueryError:
+        return False
+    return True
 
 
 def produce_stream(settings: Settings, messages: list[tuple[str, bytes | None, bytes]]) -> None:
