@@ -58,6 +58,7 @@ TARGET_MEMORY_MIB = 1024.0
 READINGS_PER_SENSOR_DAY = 96            # the simulator's default 15-minute reading interval
 STAGE_BATCH = 2000                      # the worker's default batch (CITYOPS_BATCH)
 SOURCE_OF = {"raw_hotline": "hotline", "raw_patrol": "patrol"}
+PHASES = frozenset({"stages", "throughput", "naive", "scaling", "latency", "month"})
 LIBRARIES = ("faust-streaming", "aiokafka", "kafka-python", "crc32c", "clickhouse-driver", "shapely", "numpy",
              "orjson", "PyYAML")
 
@@ -77,6 +78,8 @@ class BenchConfig:
     timeout_s: float = 300.0
     seed: int = 1
     out_dir: Path = ROOT / "var" / "bench"
+    phases: frozenset[str] = PHASES
+    worker_env: tuple[tuple[str, str], ...] = ()       # extra worker environment (CITYOPS_BATCH=5000, ...)
 
 
 # -- the input --------------------------------------------------------------------------------------------
@@ -167,14 +170,15 @@ def produce(settings: Settings, messages: Sequence[SimMessage]) -> float:
 # -- the worker as a subprocess ---------------------------------------------------------------------------
 
 @contextmanager
-def workers(settings: Settings, n: int, registry: Path, log_dir: Path) -> Iterator[list[subprocess.Popen[bytes]]]:
+def workers(settings: Settings, n: int, registry: Path, log_dir: Path,
+            extra_env: dict[str, str] | None = None) -> Iterator[list[subprocess.Popen[bytes]]]:
     """`n` `cityops worker` processes in one consumer group; stopped (TERM, then KILL) afterwards.
 
     The quiet-grid SLA sweep (a timer, not per-event work) is set to an hour so that it cannot add
     assignments after the input is done; busy grids are still escalated on every batch.
     """
     env = {**os.environ, **settings.to_env(), "CITYOPS_SENSORS": str(registry),
-           "CITYOPS_SLA_CHECK_INTERVAL": "3600"}
+           "CITYOPS_SLA_CHECK_INTERVAL": "3600", **(extra_env or {})}
     log_dir.mkdir(parents=True, exist_ok=True)
     procs = []
     try:
@@ -599,7 +603,7 @@ def run_throughput(base: Settings, inp: BenchInput, n_workers: int, tag: str, cf
         outputs, inputs = _worker_topics(s.topics)
         watcher = Watcher(s, s.app_id, outputs, inputs)
         try:
-            with workers(s, n_workers, inp.registry, cfg.out_dir / "logs") as procs:
+            with workers(s, n_workers, inp.registry, cfg.out_dir / "logs", dict(cfg.worker_env)) as procs:
                 done = watcher.watch(cfg.timeout_s, alive=lambda: all(p.poll() is None for p in procs))
                 memory = [peak_memory_mib(p.pid) for p in procs]
                 exits = [p.poll() for p in procs]
@@ -762,7 +766,7 @@ def run_latency(base: Settings, inp: BenchInput, tag: str, cfg: BenchConfig) -> 
     opens = first_reports(inp.simulation)
     s = isolated(base, tag)
     result: dict[str, Any] = {"rate": cfg.rate, "paced_messages": len(paced), "max_messages": len(burst)}
-    with prepared(s), workers(s, 1, inp.registry, cfg.out_dir / "logs") as procs:
+    with prepared(s), workers(s, 1, inp.registry, cfg.out_dir / "logs", dict(cfg.worker_env)) as procs:
         result["ready"] = wait_for_group(s, 1, cfg.timeout_s)
         time.sleep(2.0)          # the agents start after the assignment; give them a moment, unmeasured
         clock = AssignmentClock(s)
@@ -913,34 +917,41 @@ def run_bench(cfg: BenchConfig, base: Settings | None = None, log: Callable[[str
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     tag = "bench" + stamp[2:].replace("T", "").lower()
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
+    phases = cfg.phases if cfg.naive else cfg.phases - {"naive"}
     result: dict[str, Any] = {"format": "cityops-bench/1", "stamp": stamp, "prefix": tag,
-                              "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
+                              "config": {k: str(v) if isinstance(v, Path) else sorted(v) if isinstance(v, frozenset) else v
+                                         for k, v in asdict(cfg).items()},
                               "machine": machine_facts(base), "throughput": []}
     t0 = time.monotonic()
     log(f"bench {tag}: simulating about {cfg.events:,} events...")
     world = World()
     inp = build_input(day_config(cfg.events, cfg.seed), world, cfg.out_dir, tag)
     log(f"  {len(inp.messages):,} messages; timing the stages in process...")
-    stages, chain = time_stages(inp, world, base, tag + "s")
+    if "stages" in cfg.phases:
+        stages, chain = time_stages(inp, world, base, tag + "s")
+    else:
+        stages, chain = [], run_chain(inp, world)[0]
     result["stages"] = [{**asdict(s), "ratio": s.ratio} for s in stages]
     result["input"] = {"messages": len(inp.messages), "topics": inp.counts(), "expected": chain.expected,
                        "sim": {"days": inp.simulation.config.days, "sensors": inp.simulation.config.sensors,
                                "start": inp.simulation.config.begin.isoformat()}}
     del chain
-    log("  throughput, 1 worker...")
-    one = run_throughput(base, inp, 1, tag + "w1", cfg, result["input"]["expected"])
-    result["throughput"].append({"label": "1 worker", **one})
-    if cfg.naive:
+    one: dict[str, Any] | None = None
+    if phases & {"throughput", "naive"}:
+        log("  throughput, 1 worker...")
+        one = run_throughput(base, inp, 1, tag + "w1", cfg, result["input"]["expected"])
+        result["throughput"].append({"label": "1 worker", **one})
+    if one is not None and "naive" in phases:
         log("  naive baseline on the same raw topics...")
         result["naive"] = run_naive(base, Topics.with_prefix(one["prefix"]), inp, world, tag + "nv", cfg)
-    if cfg.workers > 1:
+    if cfg.workers > 1 and "scaling" in phases:
         log(f"  throughput, {cfg.workers} workers in one group...")
         more = run_throughput(base, inp, cfg.workers, tag + f"w{cfg.workers}", cfg, result["input"]["expected"])
         result["throughput"].append({"label": f"{cfg.workers} workers, one group", **more})
-    if cfg.latency_seconds > 0:
+    if cfg.latency_seconds > 0 and "latency" in phases:
         log(f"  latency at {cfg.rate:,.0f} events/s for {cfg.latency_seconds:g} s, then at full speed...")
         result["latency"] = run_latency(base, inp, tag + "lt", cfg)
-    if cfg.month_days > 0:
+    if cfg.month_days > 0 and "month" in phases:
         log(f"  a worker with {cfg.month_days:g} simulated days of state...")
         month = build_input(month_config(cfg.month_days, cfg.month_sensors, cfg.seed), world, cfg.out_dir,
                             tag + "-month")
@@ -978,7 +989,16 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchConfig:
     p.add_argument("--timeout", type=float, default=300.0, help="seconds a phase may take before it is cut")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--out", type=Path, default=ROOT / "var" / "bench")
+    p.add_argument("--phases", default=",".join(sorted(PHASES)),
+                   help=f"comma-separated subset of {', '.join(sorted(PHASES))} (default: all)")
+    p.add_argument("--worker-env", action="append", default=[], metavar="NAME=VALUE",
+                   help="extra environment for the workers, e.g. CITYOPS_BATCH=5000 (repeatable)")
     a = p.parse_args(argv)
+    phases = frozenset(x.strip() for x in a.phases.split(",") if x.strip())
+    if not phases <= PHASES:
+        p.error(f"--phases: unknown {', '.join(sorted(phases - PHASES))}")
+    if any("=" not in kv for kv in a.worker_env):
+        p.error("--worker-env: NAME=VALUE")
     if a.events < 1000:
         p.error("--events: at least 1000")
     if a.rate <= 0 or a.workers < 1:
@@ -986,7 +1006,8 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchConfig:
     return BenchConfig(events=a.events, rate=a.rate, latency_seconds=a.latency_seconds,
                        latency_max_events=a.latency_max_events, workers=a.workers, naive=not a.no_naive,
                        month_days=a.month_days, month_sensors=a.month_sensors, timeout_s=a.timeout, seed=a.seed,
-                       out_dir=a.out)
+                       out_dir=a.out, phases=phases,
+                       worker_env=tuple(tuple(kv.split("=", 1)) for kv in a.worker_env))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
