@@ -214,11 +214,17 @@ def lag(settings: Settings, group: str, topics: list[str]) -> int:
     """Messages of `topics` the group has not committed yet (a partition never committed counts whole)."""
     admin = KafkaAdminClient(**settings.kafka_client_options())  # type: ignore[arg-type]
     try:
-        committed = admin.list_consumer_group_offsets(group)
+        from pipeline.web.feed import _group_offsets  # kafka-python 2 and 3 name the call differently
+
+        committed = _group_offsets(admin, group)
     finally:
         admin.close()
     ends = end_offsets(settings, topics)
-    return sum(max(0, end - (committed[tp].offset if tp in committed else 0)) for tp, end in ends.items())
+    def done(tp: TopicPartition) -> int:
+        offset = committed[tp].offset if tp in committed else 0
+        return max(0, offset)
+
+    return sum(max(0, end - done(tp)) for tp, end in ends.items())
 
 
 def query(p: ChaosPipeline, sql: str, timeout_s: float = 180.0) -> list[tuple[Any, ...]]:
