@@ -127,6 +127,13 @@ class ChaosPipeline:
                     proc.kill()
                     proc.wait()
 
+    def stop_all_but(self, keep: subprocess.Popen[bytes]) -> None:
+        """SIGTERM (a clean leave: the group rebalances) to every worker except `keep`."""
+        for proc in self.workers:
+            if proc is not keep and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout=60)
+
     def tail(self, n: int = 0, chars: int = 4000) -> str:
         path = self.log(n)
         return path.read_text(errors="replace")[-chars:] if path.exists() else "(no log)"
