@@ -202,6 +202,16 @@ def stop(proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
             proc.wait()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a live process used so far (/proc/<pid>/stat); NaN when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
 def peak_memory_mib(pid: int) -> float:
     """VmHWM (peak resident set) of a live process, in MiB; NaN when it is gone."""
     try:
@@ -606,6 +616,7 @@ def run_throughput(base: Settings, inp: BenchInput, n_workers: int, tag: str, cf
             with workers(s, n_workers, inp.registry, cfg.out_dir / "logs", dict(cfg.worker_env)) as procs:
                 done = watcher.watch(cfg.timeout_s, alive=lambda: all(p.poll() is None for p in procs))
                 memory = [peak_memory_mib(p.pid) for p in procs]
+                cpu = [cpu_seconds(p.pid) for p in procs]
                 exits = [p.poll() for p in procs]
         finally:
             watcher.close()
@@ -614,6 +625,7 @@ def run_throughput(base: Settings, inp: BenchInput, n_workers: int, tag: str, cf
     result: dict[str, Any] = {
         "workers": n_workers, "messages": n, "produce_s": produce_s, "seconds": done.seconds,
         "events_per_s": n / done.seconds, "finished": done.finished, "peak_rss_mib": memory,
+        "worker_cpu_s": cpu,
         "stored": stored, "assignments": done.counts.get(s.topics.assignments, 0),
         "deadletters": done.counts.get(s.topics.deadletter, 0), "prefix": s.topic_prefix,
         "worker_exit_codes": [e for e in exits if e is not None],
@@ -919,8 +931,7 @@ def run_bench(cfg: BenchConfig, base: Settings | None = None, log: Callable[[str
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
     phases = cfg.phases if cfg.naive else cfg.phases - {"naive"}
     result: dict[str, Any] = {"format": "cityops-bench/1", "stamp": stamp, "prefix": tag,
-                              "config": {k: str(v) if isinstance(v, Path) else sorted(v) if isinstance(v, frozenset) else v
-                                         for k, v in asdict(cfg).items()},
+                              "config": {k: _jsonable(v) for k, v in asdict(cfg).items()},
                               "machine": machine_facts(base), "throughput": []}
     t0 = time.monotonic()
     log(f"bench {tag}: simulating about {cfg.events:,} events...")
@@ -961,6 +972,10 @@ def run_bench(cfg: BenchConfig, base: Settings | None = None, log: Callable[[str
     result["machine"]["loadavg_end"] = os.getloadavg()
     result["wall_s"] = time.monotonic() - t0
     return result
+
+
+def _jsonable(v: Any) -> Any:
+    return str(v) if isinstance(v, Path) else sorted(v) if isinstance(v, frozenset) else v
 
 
 def write_result(result: dict[str, Any], out_dir: Path) -> Path:
