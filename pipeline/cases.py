@@ -331,9 +331,8 @@ class CaseBook:
             case.reports += 1
             if event.occurred_at < case.created_at:
                 # an earlier report processed later (topics are consumed independently): the case was found
-                # when and by whom that report says
-                case.created_at = event.occurred_at
-                case.discovered_by = DISCOVERED_BY[event.source]
+                # when, where and by whom that report says
+                self._refirst(case, event)
             if event.source not in case.sources:
                 case.sources.append(event.source)
             case.last_report_at = max(case.last_report_at or event.occurred_at, event.occurred_at)
@@ -352,6 +351,19 @@ class CaseBook:
         ))
         self._changed(case, out)
         return out
+
+    def _refirst(self, case: Case, event: Event) -> None:
+        """Make `event` the case's first report: its time, source and place become the case's."""
+        self.buckets[_bucket(case.category, case.lon, case.lat)].remove(case.case_id)
+        loc = event.location
+        case.created_at = event.occurred_at
+        case.discovered_by = DISCOVERED_BY[event.source]
+        case.lon, case.lat = event.lon, event.lat
+        if loc is not None and loc.cell:
+            case.cell, case.subdistrict, case.grid_kind = loc.cell, loc.subdistrict or "", loc.grid_kind or ""
+        case.first_event = _event_to_dict(event)
+        self.buckets.setdefault(_bucket(case.category, case.lon, case.lat), []).append(case.case_id)
+        self._recurrence = None
 
     def _changed(self, case: Case, out: Outcome) -> None:
         out.cases[case.case_id] = case.row()

@@ -67,11 +67,12 @@ def wait_for(check: Callable[[], bool], timeout_s: float = 90.0, every_s: float 
 
 @contextmanager
 def running_worker(settings: Settings, log_path: Path, extra_env: dict[str, str] | None = None,
-                   ) -> Iterator[subprocess.Popen[bytes]]:
+                   stage: str = "all") -> Iterator[subprocess.Popen[bytes]]:
     """Start `cityops worker` as a subprocess with these settings; stop it (TERM, then KILL) afterwards."""
     env = {**os.environ, **settings.to_env(), **(extra_env or {})}
     with log_path.open("ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "worker", "--loglevel", "warn"],
+        proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "worker", "--loglevel", "warn",
+                                 "--stage", stage],
                                 cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         yield proc

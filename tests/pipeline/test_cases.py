@@ -258,7 +258,8 @@ def test_distance_agrees_with_haversine_at_street_scale() -> None:
 def test_discovery_follows_event_time_not_processing_order(book: CaseBook) -> None:
     """A sensor alarm consumed after a citizen's call about the same problem still counts as found by the sensor."""
     router = FakeRouter()
-    book.add_event(ev("hotline:1", code="P0101", minutes=30), router)
+    book.add_event(ev("hotline:1", code="P0101", minutes=30, lon=121.4903), router)
     out = book.add_event(ev("iot:S1:alarm1", source="iot", code="P0101", sensor="S1", minutes=10), router)
     (case,) = out.cases.values()
     assert case.discovered_by == "sensor" and case.created_at == T0 + timedelta(minutes=10) and case.reports == 2
+    assert (case.cell, book.cases[case.case_id].lon) == (CELL, 121.49)
