@@ -135,8 +135,8 @@ def prepared(settings: Settings) -> Iterator[Settings]:
     from pipeline.migrate import migrate
     from pipeline.topics import ensure_topics
 
-    ensure_topics(settings)
-    migrate(settings)
+    retrying(lambda: ensure_topics(settings))
+    retrying(lambda: migrate(settings))
     try:
         yield settings
     finally:
@@ -234,6 +234,8 @@ class Completion:
     last_at: float | None = None
     finished: bool = False
     counts: dict[str, int] = field(default_factory=dict)
+    probe_first: Any = None          # `probe()` when the first change was seen, and at the last one
+    probe_last: Any = None
 
     @property
     def seconds(self) -> float:
@@ -311,9 +313,10 @@ class Watcher:
             return None
 
     def watch(self, timeout_s: float, alive: Callable[[], bool] = lambda: True,
-              done: Callable[[dict[str, int]], bool] | None = None) -> Completion:
+              done: Callable[[dict[str, int]], bool] | None = None,
+              probe: Callable[[], Any] = lambda: None) -> Completion:
         """Poll until done (see the class docstring, or `done(counts)` when given), the time is up, or `alive()`
-        turns False."""
+        turns False. `probe()` is sampled at the first and the last change (e.g. the workers' CPU time)."""
         c = Completion()
         last = self.snapshot()
         deadline = time.monotonic() + timeout_s
@@ -321,8 +324,9 @@ class Watcher:
             time.sleep(self.every_s)
             now_counts, now = self.snapshot(last), time.time()
             if now_counts != last:
-                c.first_at = c.first_at or now
-                c.last_at, last = now, now_counts
+                if c.first_at is None:
+                    c.first_at, c.probe_first = now, probe()
+                c.last_at, last, c.probe_last = now, now_counts, probe()
             quiet = c.last_at is not None and now - c.last_at >= self.quiet_s
             if quiet and (done(now_counts) if done is not None else self._lag_or_none() == 0):
                 c.finished = True
@@ -614,9 +618,11 @@ def run_throughput(base: Settings, inp: BenchInput, n_workers: int, tag: str, cf
         watcher = Watcher(s, s.app_id, outputs, inputs)
         try:
             with workers(s, n_workers, inp.registry, cfg.out_dir / "logs", dict(cfg.worker_env)) as procs:
-                done = watcher.watch(cfg.timeout_s, alive=lambda: all(p.poll() is None for p in procs))
+                done = watcher.watch(cfg.timeout_s, alive=lambda: all(p.poll() is None for p in procs),
+                                     probe=lambda: [cpu_seconds(p.pid) for p in procs])
                 memory = [peak_memory_mib(p.pid) for p in procs]
-                cpu = [cpu_seconds(p.pid) for p in procs]
+                # CPU the workers used between their first and last output: busy share of the run
+                cpu = [b - a for a, b in zip(done.probe_first or [], done.probe_last or [], strict=False)]
                 exits = [p.poll() for p in procs]
         finally:
             watcher.close()
@@ -625,7 +631,7 @@ def run_throughput(base: Settings, inp: BenchInput, n_workers: int, tag: str, cf
     result: dict[str, Any] = {
         "workers": n_workers, "messages": n, "produce_s": produce_s, "seconds": done.seconds,
         "events_per_s": n / done.seconds, "finished": done.finished, "peak_rss_mib": memory,
-        "worker_cpu_s": cpu,
+        "worker_cpu_s": cpu, "worker_busy": [c / done.seconds for c in cpu],
         "stored": stored, "assignments": done.counts.get(s.topics.assignments, 0),
         "deadletters": done.counts.get(s.topics.deadletter, 0), "prefix": s.topic_prefix,
         "worker_exit_codes": [e for e in exits if e is not None],
