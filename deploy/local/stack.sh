@@ -17,14 +17,18 @@ down() {
   bash "$D/clickhouse.sh" stop
 }
 
+# Globals, not locals: the EXIT trap runs after run_with has returned.
+STARTED_KAFKA=0
+STARTED_CH=0
+cleanup() {
+  if [ "$STARTED_KAFKA" = 1 ]; then bash "$D/kafka.sh" stop || true; fi
+  if [ "$STARTED_CH" = 1 ]; then bash "$D/clickhouse.sh" stop || true; fi
+}
+
 run_with() {
-  local started_kafka=0 started_ch=0 rc=0
-  bash "$D/clickhouse.sh" status >/dev/null 2>&1 || started_ch=1
-  bash "$D/kafka.sh" status >/dev/null 2>&1 || started_kafka=1
-  cleanup() {
-    [ "$started_kafka" = 1 ] && bash "$D/kafka.sh" stop || true
-    [ "$started_ch" = 1 ] && bash "$D/clickhouse.sh" stop || true
-  }
+  local rc=0
+  bash "$D/clickhouse.sh" status >/dev/null 2>&1 || STARTED_CH=1
+  bash "$D/kafka.sh" status >/dev/null 2>&1 || STARTED_KAFKA=1
   trap cleanup EXIT
   trap 'exit 130' INT TERM
   up
