@@ -16,7 +16,7 @@ import pytest
 
 from grid import CELLS_FILE
 from pipeline import fuzz
-from pipeline.sink import ClickHouse
+from pipeline.sink import ClickHouse, QueryError
 from rules.engine import DEFAULT_RULES
 from tests.chaos.harness import ChaosPipeline, isolated, json_messages, produce_stream, query, stream
 from tests.pipeline.factories import T0, hotline, raw, reading
@@ -73,14 +73,19 @@ def test_a_flood_of_bad_input_stops_the_worker_loudly(tmp_path: Path) -> None:
         assert "dead-lettered" in p.logs() and "limit" in p.logs()
 
 
-def wait_event(p: ChaosPipeline, event_id: str, timeout_s: float = 120) -> dict[str, Any]:
+def wait_event(p: ChaosPipeline, event_id: str, timeout_s: float = 180) -> dict[str, Any]:
+    """The stored event and its case's ruleset version, once the event is stored (the shared server may be
+    restarted by other tests meanwhile: that only delays the answer)."""
+    def stored() -> bool:
+        try:
+            return bool(query(p, f"SELECT count() FROM events WHERE event_id = '{event_id}'", 5)[0][0])
+        except QueryError:
+            return False
+    assert wait_for(stored, timeout_s), f"{event_id} not stored:\n{p.tail(0)}"
+    query(p, "SELECT 1")
     db = ClickHouse(p.settings)
     try:
-        def stored() -> bool:
-            return bool(db.execute("SELECT count() FROM events WHERE event_id = %(e)s", {"e": event_id})[0][0])
-        assert wait_for(stored, timeout_s), f"{event_id} not stored:\n{p.tail(0)}"
-        (row,) = db.query_dicts("SELECT e.event_id AS event_id, e.grid_version AS grid_version, "
-                                "e.case_id AS case_id FROM events AS e FINAL WHERE event_id = %(e)s",
+        (row,) = db.query_dicts("SELECT event_id, grid_version, case_id FROM events FINAL WHERE event_id = %(e)s",
                                 {"e": event_id})
         (case,) = db.query_dicts("SELECT ruleset_version FROM cases FINAL WHERE case_id = %(c)s",
                                  {"c": row["case_id"]})
