@@ -273,6 +273,7 @@ class NaiveCounts:
     refusals: int = 0
     first_at: float | None = None
     last_at: float = 0.0
+    finished: bool = False
     routes: dict[str, tuple[str, str]] = field(default_factory=dict)   # case id -> (team, rule id) of dispatch
 
 
@@ -418,8 +419,9 @@ class NaivePipeline:
 def run_from_kafka(pipeline: NaivePipeline, consumer: Any, ends: dict[Any, int], producer: Any,
                    timeout_s: float = 600.0) -> NaiveCounts:
     """Consume `consumer` (assigned to the raw partitions, at the beginning) until every partition reached its
-    end offset in `ends` (TopicPartition -> offset), one message at a time; then write what is pending and
-    wait for the producer. `counts.first_at`/`last_at` are wall times of the first message and the last write."""
+    end offset in `ends` (TopicPartition -> offset) or `timeout_s` passed (`finished` says which), one message
+    at a time; then write what is pending and wait for the producer. `counts.first_at`/`last_at` are wall
+    times of the first message and the last write."""
     counts = pipeline.counts
     left = {tp: end for tp, end in ends.items() if end > 0}
     deadline = time.monotonic() + timeout_s
@@ -431,8 +433,7 @@ def run_from_kafka(pipeline: NaivePipeline, consumer: Any, ends: dict[Any, int],
                 pipeline.handle(m.topic, m.partition, m.offset, m.value or b"")
                 if tp in left and m.offset + 1 >= left[tp]:
                     del left[tp]
-    if left:
-        raise TimeoutError(f"naive pipeline: {len(left)} partitions not consumed within {timeout_s:.0f} s")
+    counts.finished = not left     # cut at `timeout_s`: the rate is still that of what was consumed
     pipeline.finish()
     producer.flush(timeout=120)
     counts.last_at = time.time()
