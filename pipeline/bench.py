@@ -652,8 +652,9 @@ def run_throughput(base: Settings, inp: BenchInput, n_workers: int, tag: str, cf
 
 
 def run_naive(base: Settings, raw: Topics, inp: BenchInput, world: Any, tag: str,
-              cfg: BenchConfig) -> dict[str, Any]:
-    """The naive pipeline over the raw topics a throughput phase filled (its own group, database, outputs)."""
+              cfg: BenchConfig, routes: dict[str, tuple[str, str]] | None = None) -> dict[str, Any]:
+    """The naive pipeline over the raw topics a throughput phase filled (its own group, database, outputs);
+    `routes`, when given, receives case id -> (team, rule id) of each first dispatch."""
     from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
     from pipeline.naive import NaiveDecoder, NaiveLocator, NaivePipeline, run_from_kafka
@@ -685,6 +686,8 @@ def run_naive(base: Settings, raw: Topics, inp: BenchInput, world: Any, tag: str
             producer.close()
             db.close()
         stored = distinct_counts(s)
+    if routes is not None:
+        routes.update(counts.routes)
     seconds = max(1e-3, counts.last_at - (counts.first_at or counts.last_at))
     return {"messages": counts.consumed, "seconds": seconds, "finished": counts.finished,
             "events_per_s": counts.consumed / seconds,
