@@ -1,7 +1,9 @@
 """Discovery rate (问题主动发现率): the share of cases first found by patrols or sensors, not by citizens.
 
-Read from the `cases_daily` aggregate (distinct case ids per Shanghai day, place, category and first
-source; see migration 0002), so a replayed or re-revised case counts once.
+Read from the latest state of each case (`cases FINAL`), filtered after the deduplication: a case's first
+source, time and place can change when a report older than the one that opened it is processed later (the
+topics are consumed independently), so only the latest revision may be counted. The `cases_daily` aggregate
+(migration 0002) keeps the first-seen attributes for dashboards.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from datetime import date
 
 from pipeline.reports.query import (
     NO_FILTERS,
+    TZ,
     Filters,
     Queryable,
     as_date,
@@ -56,11 +59,12 @@ def discovery(
     cond, params = filters.where("day")
     sql = f"""
         SELECT toString({per}) AS period, {key} AS key,
-               uniqExactMerge(cases) AS total,
-               uniqExactMergeIf(cases, discovered_by = 'citizen') AS citizen,
-               uniqExactMergeIf(cases, discovered_by = 'patrol') AS patrol,
-               uniqExactMergeIf(cases, discovered_by = 'sensor') AS sensor
-        FROM cases_daily
+               count() AS total,
+               countIf(discovered_by = 'citizen') AS citizen,
+               countIf(discovered_by = 'patrol') AS patrol,
+               countIf(discovered_by = 'sensor') AS sensor
+        FROM (SELECT toDate(created_at, '{TZ}') AS day, subdistrict, cell, category, discovered_by
+              FROM cases FINAL)
         WHERE {cond}
         GROUP BY period, key
         ORDER BY period, key"""
