@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import re
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -27,7 +26,7 @@ import orjson
 from pipeline.cases import CaseBook, CorrelationPolicy, Outcome, Router, case_partition_key, partition_key
 from pipeline.decode import CaseUpdate, Decoder, InvalidEvent
 from pipeline.model import Event, Location, Source
-from pipeline.privacy import redact_raw
+from pipeline.privacy import redact_bytes, redact_raw
 from pipeline.records import SensorReadingRow
 from pipeline.sensors import SensorRegistry, SensorState, minute_start, observe
 
@@ -59,8 +58,7 @@ class DeadLetter:
             self.raw.decode("utf-8")
             raw_text, encoding = redact_raw(self.raw), "utf-8"
         except UnicodeDecodeError:
-            masked = re.sub(rb"\d{7,}", lambda m: m.group()[:3] + b"*" * (len(m.group()) - 3), self.raw)
-            raw_text, encoding = base64.b64encode(masked).decode(), "base64"
+            raw_text, encoding = base64.b64encode(redact_bytes(self.raw)).decode(), "base64"
         return orjson.dumps({
             "source_topic": self.source_topic, "partition": self.partition, "offset": self.offset,
             "reason": self.reason, "raw": raw_text, "raw_encoding": encoding,

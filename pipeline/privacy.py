@@ -24,14 +24,25 @@ _DIGIT_RUN = re.compile(r"\d{7,}")
 DEV_PII_KEY = b"cityops-dev-pii-key"
 
 
+MIN_PII_KEY_LENGTH = 32
+
+
 def pii_key() -> bytes:
-    """The key of the caller hash: CITYOPS_PII_KEY, or a development key outside production mode."""
-    key = os.environ.get("CITYOPS_PII_KEY")
-    if key:
-        return key.encode()
-    if os.environ.get("CITYOPS_ENV", "development") == "production":
-        raise RuntimeError("CITYOPS_PII_KEY must be set in production mode (CITYOPS_ENV=production)")
-    return DEV_PII_KEY
+    """The key of the caller hash: CITYOPS_PII_KEY, or a development key outside production mode.
+
+    In production (CITYOPS_ENV=production) the key must be set, must not be the development key, and must
+    have at least 32 characters: with a known or short key anyone could reverse the hashes by trying every
+    phone number. Services call this at start, so a bad key stops them before they touch any data.
+    """
+    key = os.environ.get("CITYOPS_PII_KEY", "")
+    production = os.environ.get("CITYOPS_ENV", "development") == "production"
+    if production:
+        if not key:
+            raise RuntimeError("CITYOPS_PII_KEY must be set in production mode (CITYOPS_ENV=production)")
+        if key.encode() == DEV_PII_KEY or len(key) < MIN_PII_KEY_LENGTH:
+            raise RuntimeError(f"CITYOPS_PII_KEY must be a secret of at least {MIN_PII_KEY_LENGTH} characters "
+                               "in production mode, not the development key")
+    return key.encode() if key else DEV_PII_KEY
 
 
 def caller_hash(phone: str, key: bytes | None = None) -> str:
@@ -59,21 +70,36 @@ def mask_text(text: str, names: tuple[str, ...] = ()) -> str:
     return out
 
 
+MAX_REDACT_DEPTH = 20
+# In bytes that are not valid JSON: a "caller" member up to its closing brace, and any "name" value.
+_CALLER_SPAN = re.compile(rb'"caller"\s*:\s*(\{[^}]*\}?|"[^"]*"?|[^,}]*)', re.DOTALL)
+_NAME_VALUE = re.compile(rb'("(?:name|phone)"\s*:\s*)"[^"]*"?')
+
+
+def redact_bytes(raw: bytes) -> bytes:
+    """Bytes that are not valid JSON, with caller objects, names, phones and long digit runs blanked out."""
+    out = _CALLER_SPAN.sub(b'"caller":"***"', raw)
+    out = _NAME_VALUE.sub(rb'\1"***"', out)
+    return re.sub(rb"\d{7,}", lambda m: m.group()[:3] + b"*" * (len(m.group()) - 3), out)
+
+
 def redact_raw(raw: bytes) -> str:
     """The raw bytes of a message as text safe to keep in a dead letter.
 
-    A JSON object keeps its shape with `caller` masked and free text masked; anything else has every run of
-    seven or more digits masked (undecodable bytes are shown with replacement characters).
+    A JSON object keeps its shape with `caller` masked and free text masked (nesting deeper than 20 levels is
+    cut to "***"); anything else has caller objects, names, phones and every run of seven or more digits
+    blanked out (undecodable bytes are shown with replacement characters).
     """
     try:
         obj = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        text = raw.decode("utf-8", errors="replace")
-        return _DIGIT_RUN.sub(lambda m: m.group()[:3] + "*" * (len(m.group()) - 3), mask_text(text))
-    return orjson.dumps(_redact_value(obj, ())).decode()
+        return orjson.dumps(_redact_value(obj, (), 0)).decode()
+    except (orjson.JSONDecodeError, orjson.JSONEncodeError, RecursionError, TypeError):
+        return mask_text(redact_bytes(raw).decode("utf-8", errors="replace"))
 
 
-def _redact_value(value: Any, names: tuple[str, ...]) -> Any:
+def _redact_value(value: Any, names: tuple[str, ...], depth: int) -> Any:
+    if depth > MAX_REDACT_DEPTH and isinstance(value, dict | list):
+        return "***"
     if isinstance(value, dict):
         caller = value.get("caller")
         if isinstance(caller, dict) and isinstance(caller.get("name"), str):
@@ -87,10 +113,10 @@ def _redact_value(value: Any, names: tuple[str, ...]) -> Any:
             elif k == "caller":
                 out[k] = "***"
             else:
-                out[k] = _redact_value(v, names)
+                out[k] = _redact_value(v, names, depth + 1)
         return out
     if isinstance(value, list):
-        return [_redact_value(v, names) for v in value]
+        return [_redact_value(v, names, depth + 1) for v in value]
     if isinstance(value, str):
         return mask_text(value, names)
     return value

@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import logging
 import os
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ from pipeline.decode import CaseUpdate, default_decoder
 from pipeline.flow import (
     CaseStage,
     DeadLetterLimit,
+    DeadLetterLimitExceeded,
     Ingest,
     IngestResult,
     Message,
@@ -44,12 +46,14 @@ from pipeline.flow import (
     encode_update,
 )
 from pipeline.model import Source
+from pipeline.privacy import pii_key
 from pipeline.records import SinkBatch
 from pipeline.sensors import RegistryHolder, SensorState
 
 log = logging.getLogger("cityops.worker")
 
 BATCH = int(os.environ.get("CITYOPS_BATCH", "2000"))
+EXIT_DEADLETTER_LIMIT = 3      # the worker's exit status when the dead-letter cap stopped it
 BATCH_WITHIN_S = float(os.environ.get("CITYOPS_BATCH_WITHIN", "0.05"))
 
 
@@ -86,6 +90,7 @@ class Components:
 
 def load_components(settings: Settings) -> Components:
     """Load grid, gazetteer, rules, sensor registry and the sink; fail loudly when any is invalid."""
+    pii_key()   # a missing or weak key in production stops the worker before it reads a single ticket
     from grid.gazetteer import Gazetteer
     from grid.index import GridHolder
     from pipeline.sink import ClickHouseSink
@@ -118,7 +123,8 @@ def build_app(c: Components, stages: tuple[str, ...] = STAGES) -> faust.App:
     app_id = s.app_id if set(stages) == set(STAGES) else f"{s.app_id}-{stages[0]}"
     app = faust.App(
         app_id,
-        broker=f"kafka://{s.kafka_bootstrap}",
+        broker=[f"kafka://{b}" for b in s.kafka_bootstrap.split(",")],
+        broker_credentials=broker_credentials(s),
         store="memory://",
         web_enabled=False,
         topic_partitions=s.partitions,
@@ -166,7 +172,16 @@ def build_app(c: Components, stages: tuple[str, ...] = STAGES) -> faust.App:
         c.counters.deadletters += len(res.deadletters)
         c.counters.unlocated += len(res.unlocated)
         c.counters.unknown_sensors |= res.unknown_sensors
-        c.dlq_limit.record(res.accepted, len(res.deadletters))
+        try:
+            c.dlq_limit.record(res.accepted, len(res.deadletters))
+        except DeadLetterLimitExceeded as err:
+            # Stop the whole worker, loudly and with a non-zero exit: a crashed agent alone would leave a
+            # process that looks alive but no longer reads its topic. Exiting here is safe: nothing of this
+            # batch is committed, and the replay after a fix is idempotent.
+            log.critical("stopping the worker: %s", err)
+            print(f"cityops worker: stopping: {err}", file=sys.stderr, flush=True)
+            logging.shutdown()
+            os._exit(EXIT_DEADLETTER_LIMIT)
 
     def make_report_agent(source: Source, topic_name: str) -> None:
         async def agent(stream: Any) -> Any:
@@ -267,6 +282,22 @@ def build_app(c: Components, stages: tuple[str, ...] = STAGES) -> faust.App:
 
 
 PARKED = "#parked"   # table key suffix: updates that arrived before their case, kept with the grid's cases
+
+
+def broker_credentials(s: Settings) -> Any:
+    """Faust credentials for a secured cluster (SASL and/or TLS, as configured), None for PLAINTEXT."""
+    protocol = s.kafka_security_protocol.upper()
+    if protocol == "PLAINTEXT":
+        return None
+    ssl_context = None
+    if protocol in ("SSL", "SASL_SSL"):
+        import ssl
+
+        ssl_context = ssl.create_default_context(cafile=s.kafka_ssl_cafile)
+    if protocol == "SSL":
+        return faust.SSLCredentials(ssl_context)
+    return faust.SASLCredentials(username=s.kafka_username, password=s.kafka_password,
+                                 mechanism=s.kafka_sasl_mechanism or "PLAIN", ssl_context=ssl_context)
 
 
 class BookCache:

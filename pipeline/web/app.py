@@ -161,7 +161,16 @@ async def _body(request: web.Request) -> dict[str, Any]:
         if not isinstance(obj, dict):
             raise web.HTTPBadRequest(text='{"error": "body: must be a JSON object"}', content_type="application/json")
         return obj
-    return dict(await request.post())
+    return dict(await _form(request))
+
+
+async def _form(request: web.Request) -> Any:
+    """The form body; 400 (not 500) when its bytes are not valid form data (e.g. invalid UTF-8)."""
+    try:
+        return await request.post()
+    except (UnicodeDecodeError, ValueError):
+        raise web.HTTPBadRequest(text='{"error": "body: not valid form data"}',
+                                 content_type="application/json") from None
 
 
 # -- middlewares ------------------------------------------------------------------------------------------
@@ -212,7 +221,7 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
             and not request.path.startswith(("/open311/", "/signin", "/api/token"))):
         sent = request.headers.get("X-CSRF-Token")
         if sent is None and request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
-            sent = str((await request.post()).get("csrf_token", ""))
+            sent = str((await _form(request)).get("csrf_token", ""))
         if not centre.signer.check_csrf(request[SESSION], sent):
             return _problem(403, "CSRF token missing or wrong; reload the page")
     return await handler(request)
@@ -263,7 +272,7 @@ async def signin_page(request: web.Request, error: str = "") -> web.Response:
 
 async def signin(request: web.Request) -> web.StreamResponse:
     centre = _centre(request)
-    form = await request.post()
+    form = await _form(request)
     cookie_token = request.cookies.get(CSRF_COOKIE, "")
     sent = str(form.get("csrf_token", "")).encode("utf-8", "replace")
     if not cookie_token or not secrets.compare_digest(cookie_token.encode("utf-8", "replace"), sent):
