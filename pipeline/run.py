@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
             f"  team feed (phone) : {base}/feed   sign-in details: {creds}",
             f"  Open311 ingest    : {base}/open311/v2/services.json",
             f"  health, metrics   : {base}/healthz  {base}/metrics",
-            "  reports           : .venv/bin/cityops report discovery --by day   (also: recurrence, sla, "
+            "  reports           : .venv/bin/cityops report discovery --period day   (also: recurrence, sla, "
             "workload, health)",
             f"  this run          : {stored:,} reports stored; truth of the simulated day in {run_dir / 'truth.json'}",
             f"  logs              : {run_dir}/worker-ingest.log, worker-cases.log, web.log",
