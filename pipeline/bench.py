@@ -964,6 +964,7 @@ def run_bench(cfg: BenchConfig, base: Settings | None = None, log: Callable[[str
     else:
         stages, chain = [], run_chain(inp, world)[0]
     result["stages"] = [{**asdict(s), "ratio": s.ratio} for s in stages]
+    result["targets"] = []
     result["input"] = {"messages": len(inp.messages), "topics": inp.counts(), "expected": chain.expected,
                        "sim": {"days": inp.simulation.config.days, "sensors": inp.simulation.config.sensors,
                                "start": inp.simulation.config.begin.isoformat()}}
@@ -973,16 +974,20 @@ def run_bench(cfg: BenchConfig, base: Settings | None = None, log: Callable[[str
         log("  throughput, 1 worker...")
         one = run_throughput(base, inp, 1, tag + "w1", cfg, result["input"]["expected"])
         result["throughput"].append({"label": "1 worker", **one})
+        write_result(result, cfg.out_dir)    # a cut run keeps the phases it finished
     if one is not None and "naive" in phases:
         log("  naive baseline on the same raw topics...")
         result["naive"] = run_naive(base, Topics.with_prefix(one["prefix"]), inp, world, tag + "nv", cfg)
+        write_result(result, cfg.out_dir)    # a cut run keeps the phases it finished
     if cfg.workers > 1 and "scaling" in phases:
         log(f"  throughput, {cfg.workers} workers in one group...")
         more = run_throughput(base, inp, cfg.workers, tag + f"w{cfg.workers}", cfg, result["input"]["expected"])
         result["throughput"].append({"label": f"{cfg.workers} workers, one group", **more})
+        write_result(result, cfg.out_dir)    # a cut run keeps the phases it finished
     if cfg.latency_seconds > 0 and "latency" in phases:
         log(f"  latency at {cfg.rate:,.0f} events/s for {cfg.latency_seconds:g} s, then at full speed...")
         result["latency"] = run_latency(base, inp, tag + "lt", cfg)
+        write_result(result, cfg.out_dir)    # a cut run keeps the phases it finished
     if cfg.month_days > 0 and "month" in phases:
         log(f"  a worker with {cfg.month_days:g} simulated days of state...")
         month = build_input(month_config(cfg.month_days, cfg.month_sensors, cfg.seed), world, cfg.out_dir,
@@ -1000,6 +1005,9 @@ def _jsonable(v: Any) -> Any:
 
 
 def write_result(result: dict[str, Any], out_dir: Path) -> Path:
+    """Write (or overwrite) var/bench/<stamp>.json, with the targets as far as the run got."""
+    if "input" in result:
+        result["targets"] = targets(result)
     path = out_dir / f"{result['stamp']}.json"
     path.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS,
                                   default=str))
