@@ -168,6 +168,10 @@ async def _form(request: web.Request) -> Any:
     """The form body; 400 (not 500) when its bytes are not valid form data (e.g. invalid UTF-8)."""
     try:
         return await request.post()
+    except web.HTTPRequestEntityTooLarge:
+        raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY, actual_size=request.content_length or 0,
+                                            text=f'{{"error": "body: larger than {MAX_BODY} bytes"}}',
+                                            content_type="application/json") from None
     except (UnicodeDecodeError, ValueError):
         raise web.HTTPBadRequest(text='{"error": "body: not valid form data"}',
                                  content_type="application/json") from None

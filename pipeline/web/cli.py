@@ -122,7 +122,7 @@ def _serve(args: argparse.Namespace) -> int:
     logging.getLogger("kafka").setLevel(logging.WARNING)     # kafka-python logs every metadata refresh at INFO
     try:
         centre = build_centre(Settings.from_env())
-    except (auth.SecretError, UsersError) as err:
+    except (auth.SecretError, UsersError, RuntimeError) as err:   # RuntimeError: pii_key() in production
         print(f"cityops web: refusing to start: {err}", file=sys.stderr)
         return 2
     app = build_app(centre)  # type: ignore[arg-type]

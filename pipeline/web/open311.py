@@ -237,6 +237,8 @@ class Open311:
             event = self.c.decoder.hotline(raw)
         except InvalidEvent as err:
             return error(400, err.reason)
+        except (orjson.JSONEncodeError, TypeError, RecursionError):   # e.g. nesting deeper than JSON allows
+            return error(400, "body: nested too deeply or not serializable as a ticket")
         ticket_id = str(msg["service_request_id"]).strip()
         try:
             await asyncio.wait_for(self.c.outbox.send(self.c.settings.topics.raw_hotline, ticket_id, raw), 20)

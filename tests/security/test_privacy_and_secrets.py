@@ -171,7 +171,11 @@ def test_the_faust_worker_uses_the_kafka_credentials() -> None:
     from pipeline.flow import CaseStage, DeadLetterLimit
     from pipeline.worker import Components, build_app
 
-    s = replace(Settings.from_env(SECURE_ENV), app_id="cityops-credtest")
+    import ssl
+
+    # the CA file must exist for the TLS context to be built: use the system's bundle in place of the example's
+    system_ca = ssl.get_default_verify_paths().cafile or "/etc/ssl/certs/ca-certificates.crt"
+    s = replace(Settings.from_env(SECURE_ENV), app_id="cityops-credtest", kafka_ssl_cafile=system_ca)
     # every other component is unused while the app is only built (other fields may be added later)
     needed = {f.name: None for f in fields(Components)
               if f.default is MISSING and f.default_factory is MISSING}
