@@ -209,8 +209,8 @@ def build_app(c: Components, stages: tuple[str, ...] = STAGES) -> faust.App:
                     if stored is not None:
                         states[sid] = SensorState.from_dict(orjson.loads(stored))
             res = c.ingest.readings(msgs, states)
-            await loop_sink.write(SinkBatch(readings=res.readings))
-            await publish(res)
+            # store and publish side by side: both finish before the batch is acknowledged
+            await asyncio.gather(loop_sink.write(SinkBatch(readings=res.readings)), publish(res))
             for sid, st in states.items():
                 sensor_table[sid.encode()] = orjson.dumps(st.to_dict())
             c.counters.add(t.raw_iot, len(msgs))
@@ -237,8 +237,8 @@ def build_app(c: Components, stages: tuple[str, ...] = STAGES) -> faust.App:
             yield len(items)
 
     async def _store_and_send(out: Outcome) -> None:
-        await loop_sink.write(SinkBatch(cases=list(out.cases.values()), events=out.events,
-                                        transitions=out.transitions))
+        stored = loop_sink.write(SinkBatch(cases=list(out.cases.values()), events=out.events,
+                                           transitions=out.transitions))
         sends = [out_assignments.send(key=a.team.encode(), value=orjson.dumps(a.to_json()))
                  for a in out.assignments]
         sends += [out_state.send(key=cid.encode(), value=orjson.dumps(state)) for cid, state in out.states.items()]
@@ -246,7 +246,8 @@ def build_app(c: Components, stages: tuple[str, ...] = STAGES) -> faust.App:
         sends += [out_dead.send(key=b"refused", value=orjson.dumps({
             "source_topic": t.case_updates, "partition": -1, "offset": -1, "reason": f"refused: {r}",
             "raw": r, "raw_encoding": "utf-8", "at": _iso_now(now)})) for r in out.refusals]
-        await _deliver(sends)
+        # the rows and the messages go out side by side; both are done before the batch is acknowledged
+        await asyncio.gather(stored, _deliver(sends))
         c.counters.assignments += len(out.assignments)
         c.counters.refusals += len(out.refusals)
         c.counters.duplicates += out.duplicates
@@ -428,7 +429,11 @@ def run_worker(settings: Settings, loglevel: str = "warn", stage: str = "all") -
 
     components = load_components(settings)
     app = build_app(components, STAGES if stage == "all" else (stage,))
-    Worker(app, loglevel=loglevel).execute_from_commandline()
+    worker = Worker(app, loglevel=loglevel)
+    # Faust's terminal spinner sets the root logger to DEBUG, so every library debug call builds a log record
+    # (about 6% of the worker's CPU): no spinner, the level stays what --loglevel says.
+    worker.spinner = None
+    worker.execute_from_commandline()
 
 
 def _cmd(args: argparse.Namespace) -> int:
