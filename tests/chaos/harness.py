@@ -285,6 +285,8 @@ def read_topic(settings: Settings, topic: str) -> dict[int, list[Any]]:
     out: dict[int, list[Any]] = defaultdict(list)
     try:
         live = [tp for tp, end in ends.items() if end > 0]
+        if not live:                     # nothing was ever written to the topic
+            return out
         consumer.assign(live)
         consumer.seek_to_beginning(*live)
         remaining = {tp: end for tp, end in ends.items() if end > 0}
