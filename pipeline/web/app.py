@@ -190,6 +190,13 @@ async def count_and_secure(request: web.Request, handler: Handler) -> web.Stream
         response = await handler(request)
     except web.HTTPException as exc:
         centre.counters.requests[(_route_group(request.path), exc.status)] += 1
+        if 400 <= exc.status < 500 and exc.content_type != "application/json" and \
+                (request.path.startswith("/api/") or request.path.startswith("/open311/")):
+            # aiohttp's own refusals (e.g. a body over the size limit) answer plain text: API clients get JSON
+            reason = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason
+            response = web.json_response({"error": reason}, status=exc.status, dumps=lambda o: orjson.dumps(o).decode())
+            _secure_headers(response)
+            return response
         _secure_headers(exc)
         raise
     centre.counters.requests[(_route_group(request.path), response.status)] += 1
