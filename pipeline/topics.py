@@ -17,7 +17,7 @@ _COMPACTED_SUFFIXES = ("case-state",)
 
 def ensure_topics(settings: Settings, timeout_s: float = 60.0) -> list[str]:
     """Create every cityops topic that does not exist yet; return the names created."""
-    admin = KafkaAdminClient(client_id="cityops-admin", **settings.kafka_client_options())  # type: ignore[arg-type]
+    admin = KafkaAdminClient(client_id="cityops-admin", **settings.kafka_client_options())
     try:
         existing = set(admin.list_topics())
         wanted = [t for t in settings.topics.all() if t not in existing]
@@ -47,7 +47,7 @@ def _create(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    admin = KafkaAdminClient(client_id="cityops-admin", **Settings.from_env().kafka_client_options())  # type: ignore[arg-type]
+    admin = KafkaAdminClient(client_id="cityops-admin", **Settings.from_env().kafka_client_options())
     try:
         for name in sorted(admin.list_topics()):
             print(name)

@@ -158,7 +158,7 @@ def build_app(c: Components, stages: tuple[str, ...] = STAGES) -> faust.App:
         case_table.partition_for_key = lambda key: grid_partition(case_partition_key(_text(key)), s.partitions)
     books = BookCache(case_table, c.cases.policy)
 
-    @app.on_partitions_revoked.connect
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # mode's signal stubs omit async receivers
     async def _forget_books(app: Any, revoked: Any, **kwargs: Any) -> None:
         books.clear()
 
@@ -366,7 +366,7 @@ class BookCache:
 
 def grid_partition(key: str, partitions: int) -> int:
     """The partition the default (murmur2) partitioner gives a grid key: where its located reports go."""
-    return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
+    return int(murmur2(key.encode()) & 0x7FFFFFFF) % partitions
 
 
 def _text(key: Any) -> str:

@@ -5,9 +5,8 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import timedelta
 
-import pytest
-
 import orjson
+import pytest
 
 from pipeline.cases import Case, CaseBook, case_partition_key, distance_m, partition_key
 from pipeline.decode import CaseUpdate

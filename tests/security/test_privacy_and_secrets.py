@@ -167,11 +167,11 @@ def test_clickhouse_tls_and_credentials_reach_the_driver() -> None:
 def test_the_faust_worker_uses_the_kafka_credentials() -> None:
     """The stream worker connects with aiokafka (through Faust), not kafka-python: the same security settings
     must reach it, or the worker cannot join a secured cluster while every other tool can."""
+    import ssl
+
     from pipeline.cases import CorrelationPolicy
     from pipeline.flow import CaseStage, DeadLetterLimit
     from pipeline.worker import Components, build_app
-
-    import ssl
 
     # the CA file must exist for the TLS context to be built: use the system's bundle in place of the example's
     system_ca = ssl.get_default_verify_paths().cafile or "/etc/ssl/certs/ca-certificates.crt"
