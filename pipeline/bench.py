@@ -255,7 +255,7 @@ class Watcher:
     within `every_s` of happening.
     """
 
-    def __init__(self, settings: Settings, group: str | None, outputs: Sequence[str], inputs: Sequence[str],
+    def __init__(self, settings: Settings, groups: dict[str, list[str]] | None, outputs: Sequence[str],
                  every_s: float = 0.1, quiet_s: float = 3.0) -> None:
         from kafka import KafkaAdminClient, KafkaConsumer
 
@@ -265,8 +265,8 @@ class Watcher:
         self.consumer = KafkaConsumer(group_id=None, client_id="cityops-bench", **opts)
         self.admin = KafkaAdminClient(client_id="cityops-bench", **opts)
         self.db = ClickHouse(settings)
-        self.group, self.outputs, self.inputs = group, list(outputs), list(inputs)
-        self.raw = {t for t in self.inputs if ".raw." in t or t.endswith("case-updates")}
+        self.groups, self.outputs = dict(groups or {}), list(outputs)
+        self.raw = {t for t in settings.consumer_groups()[f"{settings.app_id}-ingest"]}
         self.every_s, self.quiet_s = every_s, quiet_s
 
     def close(self) -> None:
@@ -300,21 +300,22 @@ class Watcher:
         return out
 
     def processed(self) -> int:
-        """Raw input messages the group committed (what a cut run did process)."""
-        if self.group is None:
-            return 0
-        committed = _group_offsets(self.admin, self.group)
-        return sum(o.offset for tp, o in committed.items() if tp.topic in self.raw and o.offset >= 0)
+        """Raw input messages the groups committed (what a cut run did process)."""
+        total = 0
+        for group in self.groups:
+            committed = _group_offsets(self.admin, group)
+            total += sum(o.offset for tp, o in committed.items() if tp.topic in self.raw and o.offset >= 0)
+        return total
 
     def lag(self) -> int:
-        """Input messages not yet committed by the group (every message when it committed nothing)."""
-        if self.group is None:
-            return 0
-        tps = self._tps(self.inputs)
-        ends = self.consumer.end_offsets(tps)
-        committed = _group_offsets(self.admin, self.group)
-        return sum(max(0, end - (committed[tp].offset if tp in committed and committed[tp].offset >= 0 else 0))
-                   for tp, end in ends.items())
+        """Input messages not yet committed by the groups (every message when a group committed nothing)."""
+        total = 0
+        for group, inputs in self.groups.items():
+            ends = self.consumer.end_offsets(self._tps(inputs))
+            committed = _group_offsets(self.admin, group)
+            total += sum(max(0, end - (committed[tp].offset if tp in committed and committed[tp].offset >= 0
+                                       else 0)) for tp, end in ends.items())
+        return total
 
     def _lag_or_none(self) -> int | None:
         try:
@@ -612,10 +613,9 @@ def sink_rate(base: Settings, tag: str, batches: Sequence[Any]) -> StageRate:
 
 # -- end to end: throughput --------------------------------------------------------------------------------
 
-def _worker_topics(t: Topics) -> tuple[list[str], list[str]]:
-    """(outputs to watch, inputs whose committed offsets say the group is done)."""
-    return ([t.assignments, t.case_state, t.located, t.deadletter, t.unlocated],
-            [t.raw_hotline, t.raw_patrol, t.raw_iot, t.case_updates, t.located])
+def _worker_outputs(t: Topics) -> list[str]:
+    """The output topics to watch (the worker's groups' committed offsets say when it is done)."""
+    return [t.assignments, t.case_state, t.located, t.deadletter, t.unlocated]
 
 
 def run_throughput(base: Settings, inp: BenchInput, n_workers: int, tag: str, cfg: BenchConfig,
@@ -624,8 +624,7 @@ def run_throughput(base: Settings, inp: BenchInput, n_workers: int, tag: str, cf
     s = isolated(base, tag)
     with prepared(s):
         produce_s = produce(s, inp.messages)
-        outputs, inputs = _worker_topics(s.topics)
-        watcher = Watcher(s, s.app_id, outputs, inputs)
+        watcher = Watcher(s, s.consumer_groups(), _worker_outputs(s.topics))
         try:
             with workers(s, n_workers, inp.registry, cfg.out_dir / "logs", dict(cfg.worker_env)) as procs:
                 done = watcher.watch(cfg.timeout_s, alive=lambda: all(p.poll() is None for p in procs),
@@ -716,17 +715,21 @@ def latency_slice(inp: BenchInput, cfg: BenchConfig) -> tuple[list[SimMessage], 
 
 
 def wait_for_group(settings: Settings, members: int, timeout_s: float) -> bool:
-    """Wait until the worker's consumer group is Stable (joined, partitions assigned)."""
+    """Wait until the worker's consumer groups are Stable (joined, partitions assigned)."""
     from kafka import KafkaAdminClient
 
     admin = KafkaAdminClient(client_id="cityops-bench", **settings.kafka_client_options())
     try:
         deadline = time.monotonic() + timeout_s
+        wanted = set(settings.consumer_groups())
         while time.monotonic() < deadline:
+            stable = set()
             for g in admin.list_groups():
                 info = g if isinstance(g, dict) else {"group_id": g[0], "group_state": "Stable"}
-                if info.get("group_id") == settings.app_id and info.get("group_state") == "Stable":
-                    return True
+                if info.get("group_state") == "Stable":
+                    stable.add(info.get("group_id"))
+            if wanted <= stable:
+                return True
             time.sleep(0.5)
         return False
     finally:

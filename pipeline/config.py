@@ -112,6 +112,28 @@ class Settings:
         env.update({k: v for k, v in optional.items() if v})
         return env
 
+    def consumer_groups(self) -> dict[str, list[str]]:
+        """The worker's consumer groups and the topics each consumes, whatever the process layout:
+        `<app id>-ingest` reads the raw topics, `<app id>-cases` the internal located topic."""
+        t = self.topics
+        return {f"{self.app_id}-ingest": [t.raw_hotline, t.raw_patrol, t.raw_iot, t.case_updates],
+                f"{self.app_id}-cases": [t.located]}
+
+    def aiokafka_options(self) -> dict[str, object]:
+        """Connection options for aiokafka clients (security settings only when configured)."""
+        opts: dict[str, object] = {"bootstrap_servers": self.kafka_bootstrap.split(",")}
+        if self.kafka_security_protocol != "PLAINTEXT":
+            opts["security_protocol"] = self.kafka_security_protocol
+        if self.kafka_sasl_mechanism:
+            opts["sasl_mechanism"] = self.kafka_sasl_mechanism
+            opts["sasl_plain_username"] = self.kafka_username
+            opts["sasl_plain_password"] = self.kafka_password
+        if self.kafka_security_protocol.upper() in ("SSL", "SASL_SSL"):
+            import ssl
+
+            opts["ssl_context"] = ssl.create_default_context(cafile=self.kafka_ssl_cafile)
+        return opts
+
     def kafka_client_options(self) -> dict[str, object]:
         """Connection options for kafka-python clients (security settings only when configured)."""
         opts: dict[str, object] = {"bootstrap_servers": self.kafka_bootstrap.split(",")}

@@ -1,4 +1,5 @@
-"""The Faust worker: thin agents that feed batches through pipeline.flow and send or store the results.
+"""The worker: the ingest stage (pipeline.ingest_service) and the cases stage (a Faust agent, below), each a
+thin loop that feeds batches through pipeline.flow and sends or stores the results.
 
 Read top to bottom, this is the whole wiring:
 
@@ -9,9 +10,11 @@ Read top to bottom, this is the whole wiring:
     cityops.located -> cases (correlate, dispatch, lifecycle) -> cityops.assignments, ClickHouse cases/events/
                                                                  case_transitions, cityops.deadletter (refusals)
 
+Consumer groups: `<app id>-ingest` and `<app id>-cases` (Settings.consumer_groups), in every process layout.
+
 Delivery: a batch's outputs are stored in ClickHouse and acknowledged by the broker before the batch's state is
-written to the tables and its offsets can be committed (Faust commits acknowledged offsets). A crash replays
-from the last commit; stable ids make the replay change nothing (see pipeline.cases).
+written (sensor-state changelog, cases table) and its offsets can be committed. A crash replays from the last
+commit; stable ids make the replay change nothing (see pipeline.cases and pipeline.ingest_service).
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ import argparse
 import asyncio
 import logging
 import os
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -38,22 +40,19 @@ from pipeline.decode import CaseUpdate, default_decoder
 from pipeline.flow import (
     CaseStage,
     DeadLetterLimit,
-    DeadLetterLimitExceeded,
     Ingest,
-    IngestResult,
-    Message,
     decode_located,
     encode_update,
 )
-from pipeline.model import Source
+from pipeline.ingest_service import EXIT_STAGE_FAILED, fatal
 from pipeline.privacy import pii_key
 from pipeline.records import SinkBatch
-from pipeline.sensors import RegistryHolder, SensorState
+from pipeline.sensors import RegistryHolder
+from pipeline.sink import SinkStopped
 
 log = logging.getLogger("cityops.worker")
 
 BATCH = int(os.environ.get("CITYOPS_BATCH", "2000"))
-EXIT_DEADLETTER_LIMIT = 3      # the worker's exit status when the dead-letter cap stopped it
 BATCH_WITHIN_S = float(os.environ.get("CITYOPS_BATCH_WITHIN", "0.05"))
 
 
@@ -110,19 +109,17 @@ def load_components(settings: Settings) -> Components:
 STAGES = ("ingest", "cases")
 
 
-def build_app(c: Components, stages: tuple[str, ...] = STAGES) -> faust.App:
-    """The Faust app running `stages`: both (one process does everything) or one of them.
+def build_app(c: Components) -> faust.App:
+    """The Faust app of the cases stage: the located topic in, cases out (the ingest stage is
+    pipeline.ingest_service.IngestService, run beside it or alone, see `run_worker`).
 
-    Run as separate processes (`cityops worker --stage ingest` and `--stage cases`) the stages have their own
-    consumer groups, so the bulk of sensor readings never delays the cases stage; each is its own app
-    (`<app id>-ingest`, `<app id>-cases`) with its own tables. One process with both stages is `<app id>`.
-    Pick one layout per pipeline: the layouts keep their state in differently named tables.
+    Its consumer group and table prefix is `<app id>-cases` whatever the process layout, so `--stage all`
+    and separate `--stage ingest` / `--stage cases` processes can replace one another on the same pipeline.
     """
     s = c.settings
     t = s.topics
-    app_id = s.app_id if set(stages) == set(STAGES) else f"{s.app_id}-{stages[0]}"
     app = faust.App(
-        app_id,
+        f"{s.app_id}-cases",
         broker=[f"kafka://{b}" for b in s.kafka_bootstrap.split(",")],
         broker_credentials=broker_credentials(s),
         store="memory://",
@@ -137,25 +134,15 @@ def build_app(c: Components, stages: tuple[str, ...] = STAGES) -> faust.App:
         stream_buffer_maxsize=BATCH * 2,
         table_cleanup_interval=3600.0,
     )
-    raw = {name: app.topic(name, key_type=bytes, value_type=bytes, value_serializer="raw", key_serializer="raw")
-           for name in (t.raw_hotline, t.raw_patrol, t.raw_iot, t.case_updates)}
     located = app.topic(t.located, key_type=bytes, value_type=bytes, value_serializer="raw", key_serializer="raw",
                         partitions=s.partitions)
     out_assignments = app.topic(t.assignments, value_serializer="raw", key_serializer="raw")
     out_dead = app.topic(t.deadletter, value_serializer="raw", key_serializer="raw")
-    out_unlocated = app.topic(t.unlocated, value_serializer="raw", key_serializer="raw")
     out_state = app.topic(t.case_state, value_serializer="raw", key_serializer="raw")
-    # Sensor state is keyed by sensor id, like cityops.raw.iot: with use_partitioner the changelog partition is
-    # the key's murmur2 hash, the partition the (default-partitioned) reading came from, so a batch (which has
-    # no single "current event") may write many keys.
-    sensor_table = (app.Table("sensor_state", default=None, partitions=s.partitions, use_partitioner=True,
-                              key_type=bytes, value_type=bytes) if "ingest" in stages else {})
     # Cases are stored one per key (a case id) but live on the partition of their grid, the partition of the
     # located topic their reports come from: the changelog partition is computed from the grid key.
-    case_table: Any = {}
-    if "cases" in stages:
-        case_table = app.Table("cases", default=None, partitions=s.partitions, key_type=bytes, value_type=bytes)
-        case_table.partition_for_key = lambda key: grid_partition(case_partition_key(_text(key)), s.partitions)
+    case_table: Any = app.Table("cases", default=None, partitions=s.partitions, key_type=bytes, value_type=bytes)
+    case_table.partition_for_key = lambda key: grid_partition(case_partition_key(_text(key)), s.partitions)
     books = BookCache(case_table, c.cases.policy)
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # mode's signal stubs omit async receivers
@@ -164,75 +151,23 @@ def build_app(c: Components, stages: tuple[str, ...] = STAGES) -> faust.App:
 
     loop_sink = _SinkRunner(c.sink)
 
-    async def publish(res: IngestResult) -> None:
-        sends = [located.send(key=k.encode(), value=v) for k, v in res.located]
-        sends += [out_unlocated.send(value=v) for v in res.unlocated]
-        sends += [out_dead.send(key=d.source_topic.encode(), value=d.to_json()) for d in res.deadletters]
-        await _deliver(sends)
-        c.counters.deadletters += len(res.deadletters)
-        c.counters.unlocated += len(res.unlocated)
-        c.counters.unknown_sensors |= res.unknown_sensors
-        try:
-            c.dlq_limit.record(res.accepted, len(res.deadletters))
-        except DeadLetterLimitExceeded as err:
-            # Stop the whole worker, loudly and with a non-zero exit: a crashed agent alone would leave a
-            # process that looks alive but no longer reads its topic. Exiting here is safe: nothing of this
-            # batch is committed, and the replay after a fix is idempotent.
-            log.critical("stopping the worker: %s", err)
-            print(f"cityops worker: stopping: {err}", file=sys.stderr, flush=True)
-            logging.shutdown()
-            os._exit(EXIT_DEADLETTER_LIMIT)
-
-    def make_report_agent(source: Source, topic_name: str) -> None:
-        async def agent(stream: Any) -> Any:
-            async for events in stream.take_events(BATCH, within=BATCH_WITHIN_S):
-                msgs = _messages(events)
-                _refresh(c)
-                res = c.ingest.reports(source, msgs)
-                await publish(res)
-                c.counters.add(topic_name, len(msgs))
-                yield len(msgs)
-        agent.__name__ = f"ingest_{source}"
-        app.agent(raw[topic_name], name=f"cityops.ingest.{source}")(agent)
-
-    # -- the agents (registered below, by stage) --------------------------------------------------------
-
-    async def ingest_iot(stream: Any) -> Any:
-        async for events in stream.take_events(BATCH, within=BATCH_WITHIN_S):
-            msgs = _messages(events)
-            _refresh(c)
-            states: dict[str, SensorState] = {}
-            for m in msgs:
-                sid = _sensor_key(m)
-                if sid not in states:
-                    stored = sensor_table.get(sid.encode())
-                    if stored is not None:
-                        states[sid] = SensorState.from_dict(orjson.loads(stored))
-            res = c.ingest.readings(msgs, states)
-            # store and publish side by side: both finish before the batch is acknowledged
-            await asyncio.gather(loop_sink.write(SinkBatch(readings=res.readings)), publish(res))
-            for sid, st in states.items():
-                sensor_table[sid.encode()] = orjson.dumps(st.to_dict())
-            c.counters.add(t.raw_iot, len(msgs))
-            yield len(msgs)
-
-    async def ingest_updates(stream: Any) -> Any:
-        async for events in stream.take_events(BATCH, within=BATCH_WITHIN_S):
-            msgs = _messages(events)
-            res = c.ingest.updates(msgs)
-            await publish(res)
-            c.counters.add(t.case_updates, len(msgs))
-            yield len(msgs)
-
     async def cases(stream: Any) -> Any:
         async for events in stream.take_events(BATCH, within=BATCH_WITHIN_S):
             items = [(e.message.key.decode(), e.message.value) for e in events]
-            _refresh(c)
-            batch_books = books.load({key for key, _ in items})
-            out = c.cases.apply(items, batch_books)
-            books.adopt(batch_books)
-            await _store_and_send(out)
-            books.persist(batch_books.values())
+            try:
+                refresh(c)
+                batch_books = books.load({key for key, _ in items})
+                out = c.cases.apply(items, batch_books)
+                books.adopt(batch_books)
+                await _store_and_send(out)
+                books.persist(batch_books.values())
+            except (asyncio.CancelledError, SinkStopped):
+                raise
+            except Exception as err:
+                # Faust would restart the agent after the failed batch, whose events may count as processed:
+                # stop the process instead; the batch was not committed and is replayed after the restart.
+                log.exception("cases stage failed")
+                fatal(EXIT_STAGE_FAILED, f"cases stage: {type(err).__name__}: {err}")
             c.counters.add(t.located, len(items))
             yield len(items)
 
@@ -254,7 +189,7 @@ def build_app(c: Components, stages: tuple[str, ...] = STAGES) -> faust.App:
 
     async def escalate_overdue() -> None:
         """Escalate overdue cases of quiet grids (busy ones are checked on every batch)."""
-        _refresh(c)
+        refresh(c)
         out = Outcome()
         loaded = books.load(books.all_keys())
         clock = max((b.clock for b in loaded.values()), default=None)
@@ -269,15 +204,8 @@ def build_app(c: Components, stages: tuple[str, ...] = STAGES) -> faust.App:
             await _store_and_send(out)
             books.persist(loaded.values())
 
-    if "ingest" in stages:
-        make_report_agent("hotline", t.raw_hotline)
-        make_report_agent("patrol", t.raw_patrol)
-        app.agent(raw[t.raw_iot], name="cityops.ingest.iot")(ingest_iot)
-        app.agent(raw[t.case_updates], name="cityops.ingest.updates")(ingest_updates)
-    if "cases" in stages:
-        app.agent(located, name="cityops.cases")(cases)
-        app.timer(interval=float(os.environ.get("CITYOPS_SLA_CHECK_INTERVAL", "10")))(escalate_overdue)
-
+    app.agent(located, name="cityops.cases")(cases)
+    app.timer(interval=float(os.environ.get("CITYOPS_SLA_CHECK_INTERVAL", "10")))(escalate_overdue)
     app.cityops_components = c  # type: ignore[attr-defined]
     return app
 
@@ -392,22 +320,7 @@ async def _deliver(sends: Sequence[Any]) -> None:
     await asyncio.gather(*futures)
 
 
-def _messages(events: Sequence[Any]) -> list[Message]:
-    return [Message(topic=e.message.topic, partition=e.message.partition, offset=e.message.offset,
-                    value=e.message.value if e.message.value is not None else b"", key=e.message.key)
-            for e in events]
-
-
-def _sensor_key(m: Message) -> str:
-    if m.key:
-        return m.key.decode("utf-8", errors="replace")
-    try:
-        return str(orjson.loads(m.value).get("sensor_id", ""))
-    except (orjson.JSONDecodeError, AttributeError):
-        return ""
-
-
-def _refresh(c: Components) -> None:
+def refresh(c: Components) -> None:
     """Pick up a changed grid or ruleset (validated; a bad file is refused and the old one stays)."""
     now = time.monotonic()
     if now - getattr(c, "_last_refresh", 0.0) < 2.0:
@@ -425,10 +338,20 @@ def _iso_now(ts: float) -> str:
 
 
 def run_worker(settings: Settings, loglevel: str = "warn", stage: str = "all") -> None:
-    from faust.worker import Worker
+    """Run the ingest stage, the cases stage, or both in one process (`stage` "all")."""
+    from pipeline.ingest_service import IngestService
 
     components = load_components(settings)
-    app = build_app(components, STAGES if stage == "all" else (stage,))
+    if stage == "ingest":
+        from mode import Worker as ServiceWorker
+
+        ServiceWorker(IngestService(components), loglevel=loglevel).execute_from_commandline()
+        return
+    from faust.worker import Worker
+
+    app = build_app(components)
+    if stage == "all":
+        app.add_dependency(IngestService(components))
     worker = Worker(app, loglevel=loglevel)
     # Faust's terminal spinner sets the root logger to DEBUG, so every library debug call builds a log record
     # (about 6% of the worker's CPU): no spinner, the level stays what --loglevel says.

@@ -8,8 +8,8 @@ itself every partition, with no consumer group (each web server needs *all* of i
 Each poll's records are handed to the event loop in one `LiveBoard.apply_batch` call. `caught_up` is set once
 the consumer reached the end offsets it saw at start (the health endpoint reports it).
 
-`LagProbe` compares the worker's committed offsets (consumer group = `Settings.app_id`) with the end offsets of
-the raw topics: events in, events processed and lag per source, for the warnings and the metrics.
+`LagProbe` compares the worker's committed offsets (its consumer groups: `Settings.consumer_groups()`) with the
+end offsets of the raw topics: events in, events processed and lag per source, for the warnings and the metrics.
 """
 
 from __future__ import annotations
@@ -186,7 +186,9 @@ class LagProbe:
                 opts = self.settings.kafka_client_options()
                 self._consumer = KafkaConsumer(group_id=None, client_id="cityops-web-lag", **opts)
                 self._admin = KafkaAdminClient(client_id="cityops-web-lag", **opts)
-            committed = _group_offsets(self._admin, self.settings.app_id)
+            committed: dict[Any, Any] = {}
+            for group in self.settings.consumer_groups():
+                committed.update(_group_offsets(self._admin, group))   # the groups read different topics
             report = LagReport(at=time.time())
             topics = {**self.sources, "deadletter": self.settings.topics.deadletter}
             for name, topic in topics.items():

@@ -97,8 +97,8 @@ class ChaosPipeline:
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     @property
-    def group(self) -> str:
-        return self.settings.app_id          # `--stage all`: the consumer group is the app id
+    def groups(self) -> dict[str, list[str]]:
+        return self.settings.consumer_groups()   # ingest (raw topics) and cases (located), in every layout
 
     def log(self, n: int = 0) -> Path:
         return self.dir / f"worker{n}.log"
@@ -217,21 +217,21 @@ def end_offsets(settings: Settings, topics: list[str]) -> dict[TopicPartition, i
         consumer.close()
 
 
-def lag(settings: Settings, group: str, topics: list[str]) -> int:
-    """Messages of `topics` the group has not committed yet (a partition never committed counts whole)."""
+def lag(settings: Settings, groups: dict[str, list[str]]) -> int:
+    """Messages of each group's topics it has not committed yet (a partition never committed counts whole)."""
     admin = KafkaAdminClient(**settings.kafka_client_options())  # type: ignore[arg-type]
     try:
         from pipeline.web.feed import _group_offsets  # kafka-python 2 and 3 name the call differently
 
-        committed = _group_offsets(admin, group)
+        committed = {group: _group_offsets(admin, group) for group in groups}
     finally:
         admin.close()
-    ends = end_offsets(settings, topics)
-    def done(tp: TopicPartition) -> int:
-        offset = committed[tp].offset if tp in committed else 0
-        return max(0, offset)
-
-    return sum(max(0, end - done(tp)) for tp, end in ends.items())
+    total = 0
+    for group, topics in groups.items():
+        ends = end_offsets(settings, topics)
+        offsets = committed[group]
+        total += sum(max(0, end - max(0, offsets[tp].offset if tp in offsets else 0)) for tp, end in ends.items())
+    return total
 
 
 def query(p: ChaosPipeline, sql: str, timeout_s: float = 180.0) -> list[tuple[Any, ...]]:
@@ -264,8 +264,6 @@ def wait_drained(p: ChaosPipeline, timeout_s: float, alive: list[subprocess.Pope
     of progress that is still not done. The shared CI machines run at very different speeds, so a worker that
     keeps draining is given up to twice `timeout_s`, never more.
     """
-    t = p.settings.topics
-    topics = [t.raw_hotline, t.raw_patrol, t.raw_iot, t.case_updates, t.located]
     started = time.monotonic()
     last_progress = started
     best: int | None = None
@@ -279,7 +277,7 @@ def wait_drained(p: ChaosPipeline, timeout_s: float, alive: list[subprocess.Pope
         for proc in alive or []:
             assert proc.poll() is None, f"worker exited with {proc.returncode}:\n{p.logs()[-4000:]}"
         try:
-            left = lag(p.settings, p.group, topics)
+            left = lag(p.settings, p.groups)
         except Exception:  # the broker may be restarting in the test that restarts it
             left = -1
         if left >= 0 and (best is None or left < best):
