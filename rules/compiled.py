@@ -10,16 +10,19 @@ and category, wherever they sit in the tree, become true or false, so rules that
         if <rule B's remaining conditions>: return B
         return DEFAULT
 
-so an event costs one dictionary lookup and at most one call. When the first remaining rule has no condition
-left, no function is made at all. The source text is built only from fixed templates in rules/conditions.py;
-every value from the rules file is passed in as a named constant, never spliced into the text.
+so an event costs two dictionary lookups (source, then category) and at most one call. When the first
+remaining rule has no condition left, no function is made at all. A chooser returns a `Decision`: everything a
+dispatch says except the due time, made once per rule (or once per reason, for rules whose reason depends on
+which `any` branch matched) and shared by every event that rule decides, so routing allocates nothing per event.
+The source text is built only from fixed templates in rules/conditions.py; every value from the rules file is
+passed in as a named constant, never spliced into the text.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 
 from pipeline.model import SOURCES, Event
@@ -32,40 +35,71 @@ Predicate = Callable[[Event, RecurrenceCounter | None], bool]
 DEFAULT_RULE_ID = "default"
 
 
+@dataclass(frozen=True)
+class Decision:
+    """Where an event goes, without the due time: team, urgency (priority 1 = most urgent), SLA, escalation
+    target on overdue, extra notifications, tags, and which rule of which ruleset version decided it and why.
+
+    Immutable and shared: every event a rule decides (with the same reason) gets the same object."""
+
+    team: str
+    priority: int
+    sla: timedelta
+    escalate_to: str | None
+    notify: tuple[str, ...]
+    tags: tuple[str, ...]
+    rule_id: str
+    reason: str
+    ruleset_version: str
+
+
 @dataclass(frozen=True, eq=False)
 class CompiledRule:
-    """A rule ready to dispatch: its route as the constant fields of a Dispatch, and how to say why."""
+    """A rule ready to dispatch: its route as a shared Decision, and how to say why when that depends on
+    the event."""
 
     rule: Rule | None  # None for the default route
     rule_id: str
     route: Route
     sla: timedelta
-    template: dict[str, object]  # every Dispatch field except due_at (and reason when `dynamic`)
+    decision: Decision  # the decision of every event; when `dynamic`, its reason is "" and `decide` fills it
     dynamic: bool  # True when the reason depends on which `any` branch matched
+    # reason -> Decision for a dynamic rule: `why` can only name one of finitely many branches
+    _by_reason: dict[str, Decision] = field(default_factory=dict, compare=False, repr=False)
 
     def reason_for(self, ev: Event, rec: RecurrenceCounter | None) -> str:
         if self.rule is None:
             return "no rule matched: default route"
         return f"rule {self.rule_id} (order {self.rule.order}): {self.rule.when.why(ev, rec)}"
 
+    def decide(self, ev: Event, rec: RecurrenceCounter | None) -> Decision:
+        """The decision for `ev`, which this rule matched."""
+        if not self.dynamic:
+            return self.decision
+        reason = self.reason_for(ev, rec)
+        found = self._by_reason.get(reason)
+        if found is None:
+            found = self._by_reason[reason] = replace(self.decision, reason=reason)
+        return found
 
-Chooser = Callable[[Event, RecurrenceCounter | None], CompiledRule]
-# (chooser or None, rule): with no chooser, `rule` is the decision for every event of that source and category
-Entry = tuple[Chooser | None, CompiledRule]
+
+Chooser = Callable[[Event, RecurrenceCounter | None], Decision]
+# (chooser or None, decision): with no chooser, `decision` is the one for every event of that source and category
+Entry = tuple[Chooser | None, Decision]
 
 
 def compile_rule(rule: Rule, version: str) -> CompiledRule:
     dynamic = rule.when.has_choice()
     reason = "" if dynamic else f"rule {rule.id} (order {rule.order}): {rule.when.describe()}"
     return CompiledRule(
-        rule, rule.id, rule.route, rule.route.sla, _template(rule.route, rule.id, reason, version), dynamic
+        rule, rule.id, rule.route, rule.route.sla, _decision(rule.route, rule.id, reason, version), dynamic
     )
 
 
 def compile_default(route: Route, version: str) -> CompiledRule:
     reason = "no rule matched: default route"
     return CompiledRule(
-        None, DEFAULT_RULE_ID, route, route.sla, _template(route, DEFAULT_RULE_ID, reason, version), False
+        None, DEFAULT_RULE_ID, route, route.sla, _decision(route, DEFAULT_RULE_ID, reason, version), False
     )
 
 
@@ -122,8 +156,8 @@ def variants(rule: CompiledRule, version: str, limit: int = 16) -> list[tuple[Al
         variant = All(tuple(parts))
         dynamic = variant.has_choice()
         reason = "" if dynamic else f"rule {rule.rule_id} (order {rule.rule.order}): {variant.describe()}"
-        template = dict(rule.template, reason=reason)
-        out.append((variant, CompiledRule(rule.rule, rule.rule_id, rule.route, rule.sla, template, dynamic)))
+        decision = replace(rule.decision, reason=reason)
+        out.append((variant, CompiledRule(rule.rule, rule.rule_id, rule.route, rule.sla, decision, dynamic)))
     return out
 
 
@@ -154,19 +188,20 @@ class ChooserFactory:
     def entry(self, source: str, category: str) -> Entry:
         steps = candidates(self.steps, source, category)
         if not steps:
-            return None, self.default
-        if steps[0][0] is True:
-            return None, steps[0][1]
+            return None, self.default.decision
+        if steps[0][0] is True and not steps[0][1].dynamic:
+            return None, steps[0][1].decision
         consts = Consts()
-        lines = ["def choose(ev, rec):"]
+        body: list[str] = []
         final = self.default
         for rest, rule in steps:
             if rest is True:
                 final = rule
                 break
             assert isinstance(rest, Condition)
-            lines.append(f"    if {rest.code(consts)}:\n        return {consts.add(rule)}")
-        lines.append(f"    return {consts.add(final)}")
+            body.append(f"    if {rest.code(consts)}:\n        return {_result(rule, consts)}")
+        body.append(f"    return {_result(final, consts)}")
+        lines = ["def choose(ev, rec):", *(f"    {line}" for line in consts.preamble()), *body]
         source_text = "\n".join(lines) + "\n"
         # constants are the very objects of the parsed rules, so their ids identify them while the rules live
         key = (source_text, *(id(v) for v in consts.values.values()))
@@ -176,36 +211,36 @@ class ChooserFactory:
             exec(compile(source_text, f"<rules {source}/{category}>", "exec"), namespace)  # noqa: S102
             found = namespace["choose"]  # type: ignore[assignment]
             self._cache[key] = found  # type: ignore[assignment]
-        return found, steps[-1][1] if steps[-1][0] is True else self.default
+        return found, final.decision
 
     def __len__(self) -> int:
         return len(self._cache)
 
 
-def index(factory: ChooserFactory, taxonomy: Taxonomy) -> dict[tuple[str, str], Entry]:
-    """(source, category) -> entry, for every source and every taxonomy code."""
-    return {(source, code): factory.entry(source, code) for source in SOURCES for code in taxonomy.codes()}
+def index(factory: ChooserFactory, taxonomy: Taxonomy) -> dict[str, dict[str, Entry]]:
+    """source -> category -> entry, for every source and every taxonomy code. Two lookups of strings (whose
+    hashes Python caches) cost less than building and hashing a (source, category) key per event."""
+    return {source: {code: factory.entry(source, code) for code in taxonomy.codes()} for source in SOURCES}
 
 
 def compile_predicate(name: str, condition: Condition) -> Predicate:
     """One Python function `(ev, rec) -> bool` equivalent to `condition.test` (used by tests and tools)."""
     consts = Consts()
-    source = f"def {name}(ev, rec):\n    return bool({condition.code(consts)})\n"
+    expression = condition.code(consts)
+    source = "\n".join([f"def {name}(ev, rec):", *(f"    {line}" for line in consts.preamble()),
+                         f"    return bool({expression})"]) + "\n"
     namespace: dict[str, object] = dict(consts.values)
     exec(compile(source, f"<rule {name}>", "exec"), namespace)  # noqa: S102
     fn: Predicate = namespace[name]  # type: ignore[assignment]
     return fn
 
 
-def _template(route: Route, rule_id: str, reason: str, version: str) -> dict[str, object]:
-    return {
-        "team": route.team,
-        "priority": route.priority,
-        "sla": route.sla,
-        "escalate_to": route.escalate_to,
-        "notify": route.notify,
-        "tags": route.tags,
-        "rule_id": rule_id,
-        "reason": reason,
-        "ruleset_version": version,
-    }
+def _result(rule: CompiledRule, consts: Consts) -> str:
+    """What a chooser returns when `rule` wins: its shared decision, or the call that names the branch."""
+    return consts.add(rule.decision) if not rule.dynamic else f"{consts.add(rule.decide)}(ev, rec)"
+
+
+def _decision(route: Route, rule_id: str, reason: str, version: str) -> Decision:
+    return Decision(
+        route.team, route.priority, route.sla, route.escalate_to, route.notify, route.tags, rule_id, reason, version
+    )

@@ -36,15 +36,34 @@ _CHEAP, _TEXT, _CLOCK, _COUNT = 0, 1, 2, 3  # a regex search in C beats a zone c
 
 
 class Consts:
-    """Names for the constants a compiled expression refers to (`_k0`, `_k1`, ...)."""
+    """Names for the constants a compiled expression refers to (`_k0`, `_k1`, ...), and the per-call locals
+    the expressions share (the event's local time, converted at most once per call and only when needed)."""
 
     def __init__(self) -> None:
         self.values: dict[str, object] = {}
+        self._local_times: dict[str, str] = {}  # zone key -> name of the local holding the converted time
 
     def add(self, value: object) -> str:
         name = f"_k{len(self.values)}"
         self.values[name] = value
         return name
+
+    def local_time(self, tz: ZoneInfo) -> str:
+        """An expression for `ev.occurred_at` in `tz` (naive = UTC) that converts on first use in a call and
+        reuses the result afterwards; the function must start with `preamble()`."""
+        var = self._local_times.get(tz.key)
+        if var is None:
+            var = self._local_times[tz.key] = f"_lt{len(self._local_times)}"
+        zone, utc = self.add(tz), self.add(UTC)
+        convert = (
+            f"(_a.astimezone({zone}) if (_a := ev.occurred_at).tzinfo is not None "
+            f"else _a.replace(tzinfo={utc}).astimezone({zone}))"
+        )
+        return f"({var} if {var} is not None else ({var} := {convert}))"
+
+    def preamble(self) -> list[str]:
+        """Statements to put at the top of a generated function using these expressions."""
+        return [f"{var} = None" for var in self._local_times.values()]
 
 
 def local_time(at: datetime, tz: ZoneInfo) -> datetime:
@@ -55,7 +74,7 @@ def local_time(at: datetime, tz: ZoneInfo) -> datetime:
 
 
 def minute_of_day(at: datetime, tz: ZoneInfo) -> int:
-    """Local minute of the day (0..1439) of `at` in `tz` (naive = UTC); inlined: it runs per event."""
+    """Local minute of the day (0..1439) of `at` in `tz` (naive = UTC), for `test`; compiled code inlines it."""
     local = (at if at.tzinfo is not None else at.replace(tzinfo=UTC)).astimezone(tz)
     return local.hour * 60 + local.minute
 
@@ -219,7 +238,7 @@ class TimeOfDay(Condition):
 
     def code(self, consts: Consts) -> str:
         # the windows become plain integer comparisons on one local-minute value
-        minute = f"(_m := {consts.add(minute_of_day)}(ev.occurred_at, {consts.add(self.tz)}))"
+        minute = f"(_m := (_t := {consts.local_time(self.tz)}).hour * 60 + _t.minute)"
         tests = []
         for start, end in self.windows:
             tests.append(f"{start} <= _m < {end}" if start < end else f"_m >= {start} or _m < {end}")
@@ -247,7 +266,7 @@ class Weekday(Condition):
         return local_time(ev.occurred_at, self.tz).weekday() in self.days
 
     def code(self, consts: Consts) -> str:
-        return f"({consts.add(local_time)}(ev.occurred_at, {consts.add(self.tz)}).weekday() in {consts.add(self.days)})"
+        return f"({consts.local_time(self.tz)}.weekday() in {consts.add(self.days)})"
 
     def describe(self) -> str:
         return f"weekday in {_fmt(tuple(WEEKDAYS[d] for d in sorted(self.days)))} ({self.tz.key})"

@@ -2,11 +2,14 @@
 
     ruleset = load_ruleset(DEFAULT_RULES)                  # RulesError (.problems) if the file is wrong
     d = ruleset.dispatch(event, history)                   # Dispatch(team, priority, sla, due_at, ...)
+    r = ruleset.decide(event, history)                     # the same without due_at: a shared Decision
     print(ruleset.explain(event, history).render())        # every rule considered, matched or not and why
 
 `due_at` is the event's `occurred_at` + SLA (the SLA clock starts when the problem was reported, and a replay
 gives the same due time), unless the caller passes `now` (e.g. when dispatching a case opened long after the
-event), then `now` + SLA.
+event), then `now` + SLA. `decide` / `decide_batch` are the fast path for callers that work out the due time
+themselves (`at + decision.sla`): they return the rule's shared, immutable `Decision` and allocate nothing per
+event, where `dispatch` builds a new `Dispatch` for each.
 """
 
 from __future__ import annotations
@@ -22,7 +25,16 @@ from pathlib import Path
 
 from pipeline.model import Event
 from pipeline.taxonomy import Taxonomy, default_taxonomy
-from rules.compiled import ChooserFactory, CompiledRule, Entry, compile_default, compile_rule, index, specialize
+from rules.compiled import (
+    ChooserFactory,
+    CompiledRule,
+    Decision,
+    Entry,
+    compile_default,
+    compile_rule,
+    index,
+    specialize,
+)
 from rules.durations import format_duration
 from rules.errors import RulesError
 from rules.recurrence import RecurrenceCounter
@@ -112,45 +124,67 @@ class Ruleset:
         self.default = compile_default(spec.default, self.version)
         self._factory = ChooserFactory(self.rules, self.default, self.version)
         self._table = index(self._factory, taxonomy)
+        self._by_id = {rule.rule_id: rule for rule in self.rules}
 
     def _entry(self, source: str, category: str) -> Entry:
-        found = self._table.get((source, category))
+        found = self._table.get(source, {}).get(category)
         # a code outside the taxonomy (bad input upstream) still gets a route, just not a prepared entry
         return found if found is not None else self._factory.entry(source, category)
 
     def choose(self, event: Event, recurrence: RecurrenceCounter | None = None) -> CompiledRule:
         """The first rule (by order) that matches, or the default."""
-        chooser, rule = self._entry(event.source, event.category)
-        return rule if chooser is None else chooser(event, recurrence)
+        decision = self.decide(event, recurrence)
+        if decision is self.default.decision:
+            return self.default
+        return self._by_id[decision.rule_id]
+
+    def decide(self, event: Event, recurrence: RecurrenceCounter | None = None) -> Decision:
+        """Route one event: the shared Decision of the rule that wins (no due time). Without a `recurrence`
+        counter, recurrence conditions do not match."""
+        chooser, decision = self._entry(event.source, event.category)
+        return decision if chooser is None else chooser(event, recurrence)
+
+    def decide_batch(self, events: Iterable[Event], recurrence: RecurrenceCounter | None = None) -> list[Decision]:
+        """Route many events, in order; the same result as `decide` on each, faster."""
+        table = self._table
+        slow = self._entry
+        out: list[Decision] = []
+        append = out.append
+        for ev in events:
+            try:
+                chooser, decision = table[ev.source][ev.category]
+            except KeyError:
+                chooser, decision = slow(ev.source, ev.category)
+            append(decision if chooser is None else chooser(ev, recurrence))
+        return out
 
     def dispatch(
         self, event: Event, recurrence: RecurrenceCounter | None = None, now: datetime | None = None
     ) -> Dispatch:
         """Route one event. Without a `recurrence` counter, recurrence conditions do not match."""
-        return self.dispatch_batch((event,), recurrence, now)[0]
+        decision = self.decide(event, recurrence)
+        return _dispatch(decision, (event.occurred_at if now is None else now) + decision.sla)
 
     def dispatch_batch(
         self, events: Iterable[Event], recurrence: RecurrenceCounter | None = None, now: datetime | None = None
     ) -> list[Dispatch]:
         """Route many events, in order; the same result as `dispatch` on each, faster."""
         table = self._table
-        slow = self._factory.entry
+        slow = self._entry
         out: list[Dispatch] = []
         append = out.append
         for ev in events:
             try:
-                chooser, rule = table[ev.source, ev.category]
+                chooser, decision = table[ev.source][ev.category]
             except KeyError:
-                chooser, rule = slow(ev.source, ev.category)
+                chooser, decision = slow(ev.source, ev.category)
             if chooser is not None:
-                rule = chooser(ev, recurrence)
-            # a frozen dataclass filled from the rule's prepared fields: the per-event cost is one dict copy
+                decision = chooser(ev, recurrence)
+            # a frozen dataclass filled from the shared decision's fields: one dict copy per event
             d = _new(Dispatch)
             fields = d.__dict__
-            fields.update(rule.template)
-            fields["due_at"] = (ev.occurred_at if now is None else now) + rule.sla
-            if rule.dynamic:
-                fields["reason"] = rule.reason_for(ev, recurrence)
+            fields.update(decision.__dict__)
+            fields["due_at"] = (ev.occurred_at if now is None else now) + decision.sla
             append(d)
         return out
 
@@ -179,6 +213,14 @@ class Ruleset:
             RuleTrace(self.default.rule_id, None, "when no rule matches", True, True, chosen.rule is None, ())
         )
         return Explanation(event.event_id, self.version, self.dispatch(event, recurrence, now), tuple(traces))
+
+
+def _dispatch(decision: Decision, due_at: datetime) -> Dispatch:
+    """A Dispatch with the decision's fields and `due_at`, without running the dataclass `__init__`."""
+    d = _new(Dispatch)
+    d.__dict__.update(decision.__dict__)
+    d.__dict__["due_at"] = due_at
+    return d
 
 
 def load_ruleset(path: Path = DEFAULT_RULES, taxonomy: Taxonomy | None = None) -> Ruleset:

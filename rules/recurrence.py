@@ -49,17 +49,20 @@ class RecurrenceHistory:
         self._size += 1
 
     def count(self, cell: str, category_pattern: str, window: timedelta, at: datetime) -> int:
+        # called for many events of a dispatch batch: the usual answers (no history here) return first
         by_category = self._cells.get(cell)
         if not by_category:
             return 0
-        start = at - window
-        if category_pattern.endswith("*"):
+        if category_pattern[-1:] == "*":
             prefix = category_pattern[:-1]
+            start = at - window
             return sum(
                 _between(times, start, at) for code, times in by_category.items() if code.startswith(prefix)
             )
         times = by_category.get(category_pattern)
-        return _between(times, start, at) if times else 0
+        if not times:
+            return 0
+        return bisect_right(times, at) - bisect_left(times, at - window)
 
     def prune(self, before: datetime) -> int:
         """Forget cases opened before `before`; return how many were dropped."""
