@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any, ClassVar
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,14 +87,164 @@ class SensorReadingRow:
     cell: str
 
 
+_EPOCH = datetime(1970, 1, 1)
+
+
+def epoch_seconds(dt: datetime) -> int:
+    """Whole seconds since 1970-01-01 UTC; a naive datetime is UTC (DESIGN.md: times are UTC in storage).
+    What the column builders hold in their DateTime columns (the sink writes rows' datetimes the same way)."""
+    if dt.tzinfo is None:
+        return int((dt - _EPOCH).total_seconds())
+    return int(dt.timestamp())
+
+
+class Columns:
+    """One table's rows held column by column: one list per column, a row appended to all of them.
+
+    The fast way to hand rows to the sink: a stage fills the lists as it goes (subclasses' `append`), the sink
+    encodes each list in one pass, with no per-row objects to take apart. DateTime columns hold epoch seconds
+    (`epoch_seconds`), not datetimes. The lists are public attributes named like the table's columns;
+    `COLUMNS` lists them in the order of the row type's fields and `KEY` names the stable key (a replay of a
+    key adds nothing: the sink keeps the last row of each key). Code that appends to the lists directly must
+    append to every one of them.
+    """
+
+    __slots__ = ()
+    COLUMNS: ClassVar[tuple[str, ...]]
+    KEY: ClassVar[tuple[str, ...]]
+
+    def __len__(self) -> int:
+        return len(getattr(self, self.COLUMNS[0]))
+
+    def lists(self) -> dict[str, list[Any]]:
+        """Column name -> its list (the lists themselves, not copies)."""
+        return {name: getattr(self, name) for name in self.COLUMNS}
+
+    def extend(self, other: Columns) -> None:
+        """Append all rows of `other` (a builder of the same table)."""
+        if type(other) is not type(self):
+            raise TypeError(f"cannot extend {type(self).__name__} with {type(other).__name__}")
+        for name in self.COLUMNS:
+            getattr(self, name).extend(getattr(other, name))
+
+    def check(self) -> None:
+        """Raise ValueError when the lists differ in length (rows appended to some columns only)."""
+        lengths = {name: len(getattr(self, name)) for name in self.COLUMNS}
+        if len(set(lengths.values())) > 1:
+            raise ValueError(f"{type(self).__name__}: columns differ in length: {lengths}")
+
+
+class EventColumns(Columns):
+    """`events` rows column by column (see `Columns`); the same fields as EventRow, times as epoch seconds."""
+
+    COLUMNS = ("event_id", "source", "case_id", "category", "cell", "subdistrict", "received_at", "ingested_at",
+               "lon", "lat", "snapped", "merged", "grid_version", "grid_kind", "request_type", "sensor_type",
+               "value", "description")
+    KEY = ("event_id",)
+    __slots__ = COLUMNS
+
+    def __init__(self) -> None:
+        self.event_id: list[str] = []
+        self.source: list[str] = []
+        self.case_id: list[str] = []
+        self.category: list[str] = []
+        self.cell: list[str] = []
+        self.subdistrict: list[str] = []
+        self.received_at: list[int] = []
+        self.ingested_at: list[int] = []
+        self.lon: list[float | None] = []
+        self.lat: list[float | None] = []
+        self.snapped: list[bool] = []
+        self.merged: list[bool] = []
+        self.grid_version: list[str] = []
+        self.grid_kind: list[str] = []
+        self.request_type: list[str] = []
+        self.sensor_type: list[str] = []
+        self.value: list[float | None] = []
+        self.description: list[str] = []
+
+    def append(self, event_id: str, source: str, case_id: str, category: str, cell: str, subdistrict: str,
+               received_at: int, ingested_at: int, lon: float | None, lat: float | None, snapped: bool,
+               merged: bool, grid_version: str, grid_kind: str = "", request_type: str = "",
+               sensor_type: str = "", value: float | None = None, description: str = "") -> None:
+        """One row; arguments as EventRow's fields (same order and defaults), times as epoch seconds."""
+        self.event_id.append(event_id)
+        self.source.append(source)
+        self.case_id.append(case_id)
+        self.category.append(category)
+        self.cell.append(cell)
+        self.subdistrict.append(subdistrict)
+        self.received_at.append(received_at)
+        self.ingested_at.append(ingested_at)
+        self.lon.append(lon)
+        self.lat.append(lat)
+        self.snapped.append(snapped)
+        self.merged.append(merged)
+        self.grid_version.append(grid_version)
+        self.grid_kind.append(grid_kind)
+        self.request_type.append(request_type)
+        self.sensor_type.append(sensor_type)
+        self.value.append(value)
+        self.description.append(description)
+
+    def add(self, row: EventRow) -> None:
+        """Append an EventRow (its datetimes converted)."""
+        self.append(row.event_id, row.source, row.case_id, row.category, row.cell, row.subdistrict,
+                    epoch_seconds(row.received_at), epoch_seconds(row.ingested_at), row.lon, row.lat,
+                    row.snapped, row.merged, row.grid_version, row.grid_kind, row.request_type,
+                    row.sensor_type, row.value, row.description)
+
+
+class ReadingColumns(Columns):
+    """`sensor_readings` rows column by column (see `Columns`); SensorReadingRow's fields, `minute` as epoch
+    seconds."""
+
+    COLUMNS = ("sensor_id", "sensor_type", "minute", "readings", "last_value", "max_value", "cell")
+    KEY = ("sensor_id", "minute")
+    __slots__ = COLUMNS
+
+    def __init__(self) -> None:
+        self.sensor_id: list[str] = []
+        self.sensor_type: list[str] = []
+        self.minute: list[int] = []
+        self.readings: list[int] = []
+        self.last_value: list[float] = []
+        self.max_value: list[float] = []
+        self.cell: list[str] = []
+
+    def append(self, sensor_id: str, sensor_type: str, minute: int, readings: int, last_value: float,
+               max_value: float, cell: str) -> None:
+        """One row; arguments as SensorReadingRow's fields (same order), `minute` as epoch seconds."""
+        self.sensor_id.append(sensor_id)
+        self.sensor_type.append(sensor_type)
+        self.minute.append(minute)
+        self.readings.append(readings)
+        self.last_value.append(last_value)
+        self.max_value.append(max_value)
+        self.cell.append(cell)
+
+    def add(self, row: SensorReadingRow) -> None:
+        """Append a SensorReadingRow (its minute converted)."""
+        self.append(row.sensor_id, row.sensor_type, epoch_seconds(row.minute), row.readings, row.last_value,
+                    row.max_value, row.cell)
+
+
 @dataclass
 class SinkBatch:
-    """What one worker batch writes; stored together before the batch's offsets are committed."""
+    """What one worker batch writes; stored together before the batch's offsets are committed.
+
+    Events and sensor readings may come as rows (`events`, `readings`), column by column (`event_columns`,
+    `reading_columns`: the fast form), or both: the sink stores the rows and the columns of a table as one
+    block, de-duplicated by key across both.
+    """
 
     cases: list[CaseRow] = field(default_factory=list)
     events: list[EventRow] = field(default_factory=list)
     transitions: list[TransitionRow] = field(default_factory=list)
     readings: list[SensorReadingRow] = field(default_factory=list)
+    event_columns: EventColumns = field(default_factory=EventColumns)
+    reading_columns: ReadingColumns = field(default_factory=ReadingColumns)
 
     def __len__(self) -> int:
-        return len(self.cases) + len(self.events) + len(self.transitions) + len(self.readings)
+        return (len(self.cases) + len(self.events) + len(self.transitions) + len(self.readings)
+                + len(self.event_columns) + len(self.reading_columns))

@@ -53,7 +53,15 @@ from clickhouse_driver import Client
 from clickhouse_driver import errors as ch_errors
 
 from pipeline.config import Settings
-from pipeline.records import CaseRow, EventRow, SensorReadingRow, SinkBatch, TransitionRow
+from pipeline.records import (
+    CaseRow,
+    Columns,
+    EventRow,
+    SensorReadingRow,
+    SinkBatch,
+    TransitionRow,
+    epoch_seconds,
+)
 
 log = logging.getLogger("cityops.sink")
 
@@ -157,11 +165,16 @@ class ClickHouse:
                 detail += " (is the schema migrated? run `cityops db migrate`)"
             raise QueryError(f"{where}: {detail}") from err
 
-    def insert_columns(self, table: str, columns: Sequence[str], data: list[list[Any]]) -> int:
-        """Insert one columnar block into `table` (names come from code, not users); returns the row count."""
+    def insert_columns(self, table: str, columns: Sequence[str], data: Sequence[Sequence[Any]]) -> int:
+        """Insert one columnar block into `table` (names come from code, not users); returns the row count.
+
+        `data` is left as it was: the driver overwrites a Nullable column's NULLs in the list it is given, so
+        it gets copies (a retry of the same block, or a column builder's own lists, must keep their NULLs).
+        """
         sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES"
+        copies = [list(values) for values in data]
         with self._lock:
-            n: int = self._client.execute(sql, data, columnar=True, types_check=False)
+            n: int = self._client.execute(sql, copies, columnar=True, types_check=False)
         return n
 
     def insert_dicts(self, table: str, columns: Sequence[str], rows: list[dict[str, Any]]) -> int:
@@ -222,30 +235,32 @@ def _base_type(typ: str) -> str:
 def encode_strings(values: Sequence[str]) -> bytes:
     """A String column: each value as varint(byte length) + UTF-8.
 
-    Columns with few distinct values (codes, cells, sources; most rows' empty texts) encode each distinct
-    value once and join the encoded pieces; the others (ids, free text) are encoded in bulk with the length
-    prefixes placed by numpy.
+    No per-value Python work: the column is joined with a NUL before each value and encoded once; the NULs'
+    byte positions give every value's UTF-8 length. When all lengths are below 128 (codes, ids, most texts),
+    each NUL is overwritten with its value's length and the buffer *is* the column; else numpy spreads the
+    payload to make room for longer prefixes. A value holding NUL itself (never in practice) makes the
+    separators ambiguous; such a column is encoded value by value.
     """
     n = len(values)
     if n == 0:
         return b""
-    distinct = dict.fromkeys(values)    # TypeError for a non-text value: the block is refused, not retried
-    if len(distinct) * 4 <= n:
-        encoded_once = {v: _text(v) for v in distinct}
-        return b"".join(map(encoded_once.__getitem__, values))
-    return _encode_distinct_strings(values)
+    # TypeError for a non-text value (UnicodeEncodeError for a lone surrogate): refused, not retried
+    raw = ("\x00" + "\x00".join(values)).encode()
+    buf = np.frombuffer(raw, np.uint8)
+    marks = np.flatnonzero(buf == 0)
+    if marks.size != n:
+        return b"".join(map(_text, values))
+    lengths = np.diff(marks, append=buf.size) - 1
+    if int(lengths.max()) < 0x80:
+        out = buf.copy()
+        out[marks] = lengths
+        return out.tobytes()
+    return _prefixed(np.delete(buf, marks), lengths)
 
 
-def _encode_distinct_strings(values: Sequence[str]) -> bytes:
-    n = len(values)
-    joined = "".join(values)
-    if joined.isascii():            # ids and codes: one encode for the column, lengths in characters
-        payload = np.frombuffer(joined.encode("ascii"), np.uint8)
-        lengths = np.fromiter(map(len, values), np.int64, n)
-    else:
-        encoded = list(map(str.encode, values))
-        payload = np.frombuffer(b"".join(encoded), np.uint8)
-        lengths = np.fromiter(map(len, encoded), np.int64, n)
+def _prefixed(payload: np.ndarray[Any, np.dtype[np.uint8]], lengths: np.ndarray[Any, np.dtype[np.int64]]) -> bytes:
+    """`payload` (the values' UTF-8 bytes end to end) with each value's varint length put before it."""
+    n = lengths.size
     # bytes of each length's varint: 1 below 128, one more per further 7 bits
     width = np.ones(n, np.int64)
     shift = 7
@@ -278,12 +293,7 @@ def encode_column(typ: str, values: Sequence[Any]) -> bytes:
     if typ.startswith("Nullable(") and typ.endswith(")"):
         inner = typ[len("Nullable("):-1]
         if inner in ("Float64", "Float32"):
-            floats = np.array(values, dtype=np.float64)     # None becomes NaN
-            nan = np.isnan(floats)
-            if nan.any():       # NULLs (or NaN readings, which stay NaN): the null map tells them apart
-                nan = np.fromiter(map(is_, values, _NONE), bool, len(values))
-                floats[nan] = 0.0
-            return nan.view(np.uint8).tobytes() + floats.astype(_FIXED_WIDTH[inner]).tobytes()
+            return _nullable_floats(inner, values)
         nulls = np.fromiter(map(is_, values, _NONE), bool, len(values))
         if not nulls.any():
             return nulls.view(np.uint8).tobytes() + encode_column(inner, values)
@@ -295,6 +305,11 @@ def encode_column(typ: str, values: Sequence[Any]) -> bytes:
         return ends.astype("<u8").tobytes() + encode_column(typ[len("Array("):-1], list(chain.from_iterable(values)))
     if typ == "String":
         return encode_strings(values)
+    if typ == "UInt8" and isinstance(values, list):
+        try:
+            return bytes(values)   # bools and small ints in one C pass
+        except (TypeError, ValueError):
+            pass    # not all ints in 0..255: the general path below says which error it is
     dtype = _FIXED_WIDTH.get(_base_type(typ))
     if dtype is None:
         raise ValueError(f"the Native encoder does not write ClickHouse type {typ}")
@@ -307,6 +322,19 @@ def encode_column(typ: str, values: Sequence[Any]) -> bytes:
         if as_int.min() < info.min or as_int.max() > info.max:
             raise OverflowError(f"a value does not fit ClickHouse type {typ}")
     return as_int.astype(dtype).tobytes()
+
+
+def _nullable_floats(typ: str, values: Sequence[float | None]) -> bytes:
+    """Nullable(Float64/32): null map, then the values with 0 in the NULL slots. NaN readings stay NaN."""
+    n = len(values)
+    floats = np.array(values, dtype=np.float64)     # None becomes NaN
+    nan = np.isnan(floats)
+    if not nan.any():
+        return bytes(n) + floats.astype(_FIXED_WIDTH[typ]).tobytes()
+    if int(np.count_nonzero(nan)) != values.count(None):    # NaN readings too: only the values tell them apart
+        nan = np.fromiter(map(is_, values, _NONE), bool, n)
+    floats[nan] = 0.0
+    return nan.view(np.uint8).tobytes() + floats.astype(_FIXED_WIDTH[typ]).tobytes()
 
 
 def encode_block(columns: Sequence[str], types: Sequence[str], data: Sequence[Sequence[Any]]) -> bytes:
@@ -456,13 +484,7 @@ def _server_error(status: int, body: bytes, where: str) -> Exception:
 # ---- rows to columns ------------------------------------------------------------------------------------
 
 _EPOCH = datetime(1970, 1, 1)
-
-
-def _epoch(dt: datetime) -> int:
-    """Seconds since the epoch; a naive datetime is UTC (DESIGN.md: times are UTC in storage)."""
-    if dt.tzinfo is None:
-        return int((dt - _EPOCH).total_seconds())
-    return int(dt.timestamp())
+_epoch = epoch_seconds      # seconds since the epoch; a naive datetime is UTC (DESIGN.md: times are UTC)
 
 
 def _epoch_or_none(dt: datetime | None) -> int | None:
@@ -471,12 +493,14 @@ def _epoch_or_none(dt: datetime | None) -> int | None:
 
 @dataclass(frozen=True)
 class TableSpec:
-    """How one row type is stored: table, columns (= row attributes) and converters for some columns."""
+    """How one row type is stored: table, columns (= row attributes), its stable key (a row's key; the key's
+    columns) and converters for some columns."""
 
     table: str
     columns: tuple[str, ...]
     key: Callable[[Any], Any]
     convert: dict[str, Callable[[Any], Any]] = field(default_factory=dict)
+    key_columns: tuple[str, ...] = ()
 
 
 _CASES = TableSpec(
@@ -486,6 +510,7 @@ _CASES = TableSpec(
      "grid_version", "revision"),
     key=attrgetter("case_id"),
     convert={"created_at": _epoch, "due_at": _epoch_or_none, "closed_at": _epoch_or_none, "sources": list},
+    key_columns=("case_id",),
 )
 _EVENTS = TableSpec(
     "events",
@@ -495,14 +520,15 @@ _EVENTS = TableSpec(
     key=attrgetter("event_id"),
     # snapped/merged stay bools: the UInt8 writer packs True/False as 1/0 without a per-row conversion.
     convert={"received_at": _epoch, "ingested_at": _epoch},
+    key_columns=("event_id",),
 )
 _TRANSITIONS = TableSpec(
     "case_transitions", ("case_id", "seq", "status", "team", "actor", "at", "reason"),
-    key=attrgetter("case_id", "seq"), convert={"at": _epoch},
+    key=attrgetter("case_id", "seq"), convert={"at": _epoch}, key_columns=("case_id", "seq"),
 )
 _READINGS = TableSpec(
     "sensor_readings", ("sensor_id", "sensor_type", "minute", "readings", "last_value", "max_value", "cell"),
-    key=attrgetter("sensor_id", "minute"), convert={"minute": _epoch},
+    key=attrgetter("sensor_id", "minute"), convert={"minute": _epoch}, key_columns=("sensor_id", "minute"),
 )
 
 
@@ -556,6 +582,44 @@ def to_columns(spec: TableSpec, rows: Sequence[Any]) -> list[list[Any]]:
             values = list(map(conv, values))
         columns.append(values)
     return columns
+
+
+def dedup_columns(spec: TableSpec, columns: list[list[Any]]) -> list[list[Any]]:
+    """One row per key, like `dedup` without `version` does for rows: the last row of each key, in the order
+    the keys first appear. Columns without a repeated key are returned as they are (no copy)."""
+    at = [spec.columns.index(name) for name in spec.key_columns]
+    keys: Sequence[Any] = columns[at[0]] if len(at) == 1 else list(zip(*(columns[i] for i in at), strict=True))
+    n = len(keys)
+    if len(set(keys)) == n:
+        return columns
+    keep = list(dict(zip(keys, range(n), strict=True)).values())
+    return [list(map(values.__getitem__, keep)) for values in columns]
+
+
+def _table_columns(spec: TableSpec, rows: Sequence[Any], built: Columns | None = None) -> list[list[Any]]:
+    """A table's rows and builder columns as one block of columns in `spec.columns` order, de-duplicated."""
+    columns = to_columns(spec, rows)
+    if built is not None and len(built):
+        lists = built.lists()
+        try:
+            built.check()
+            extra = [lists[name] for name in spec.columns]
+        except (KeyError, ValueError) as err:
+            raise SinkRejected(f"{spec.table}: {type(built).__name__} does not fit the table: {err}") from err
+        columns = [values + more for values, more in zip(columns, extra, strict=True)] if rows else extra
+    return dedup_columns(spec, columns)
+
+
+def batch_columns(batch: SinkBatch) -> list[tuple[TableSpec, list[list[Any]]]]:
+    """The batch per table as columns (rows converted, column builders joined), de-duplicated by stable key,
+    in the order they are written. Cases go last (see `batch_blocks`); their highest revision wins."""
+    cases = dedup(batch.cases, _CASES.key, attrgetter("revision"))
+    return [
+        (_EVENTS, _table_columns(_EVENTS, batch.events, batch.event_columns)),
+        (_TRANSITIONS, _table_columns(_TRANSITIONS, batch.transitions)),
+        (_READINGS, _table_columns(_READINGS, batch.readings, batch.reading_columns)),
+        (_CASES, to_columns(_CASES, cases)),
+    ]
 
 
 def batch_blocks(batch: SinkBatch) -> list[tuple[TableSpec, list[Any]]]:
@@ -628,24 +692,24 @@ class ClickHouseSink:
         refuses the data itself (not retried: the same data would fail again).
         """
         with self._write_lock:
-            for spec, rows in batch_blocks(batch):
-                if rows:
-                    self._insert(spec, rows)
+            for spec, data in batch_columns(batch):
+                if data[0]:
+                    self._insert(spec, data)
             self.batches_written += 1
 
-    def _insert(self, spec: TableSpec, rows: list[Any]) -> None:
-        data = to_columns(spec, rows)
+    def _insert(self, spec: TableSpec, data: list[list[Any]]) -> None:
+        n = len(data[0])
         attempt = 0
         while True:
             if self._stopped.is_set():
-                raise SinkStopped(f"sink stopped before {len(rows)} rows were stored in {spec.table}")
+                raise SinkStopped(f"sink stopped before {n} rows were stored in {spec.table}")
             try:
                 self._db.insert_columns(spec.table, spec.columns, data)
-                self.rows_written += len(rows)
+                self.rows_written += n
                 return
             except Exception as err:
                 if not is_retryable(err):
-                    raise SinkRejected(f"{spec.table}: {len(rows)} rows refused: {err}") from err
+                    raise SinkRejected(f"{spec.table}: {n} rows refused: {err}") from err
                 if isinstance(err, ConnectionRefusedError) and self._fall_back_to_native():
                     continue
                 delay = self._backoff.delay(attempt)
@@ -654,8 +718,7 @@ class ClickHouseSink:
                 log.warning("sink: insert into %s failed (attempt %d, %s: %s); retrying in %.1fs",
                             spec.table, attempt, type(err).__name__, str(err).splitlines()[0][:200], delay)
                 if self._stopped.wait(delay):
-                    raise SinkStopped(f"sink stopped before {len(rows)} rows were stored in {spec.table}") \
-                        from err
+                    raise SinkStopped(f"sink stopped before {n} rows were stored in {spec.table}") from err
 
     def _fall_back_to_native(self) -> bool:
         """The HTTP port refused: if the native port answers, three times in a row (a restarting server may
@@ -722,6 +785,8 @@ class SinkBuffer:
         self._batch.events.extend(batch.events)
         self._batch.transitions.extend(batch.transitions)
         self._batch.readings.extend(batch.readings)
+        self._batch.event_columns.extend(batch.event_columns)
+        self._batch.reading_columns.extend(batch.reading_columns)
         for tp, offset in (offsets or {}).items():
             self._offsets[tp] = max(offset, self._offsets.get(tp, offset))
 
