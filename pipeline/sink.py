@@ -290,19 +290,73 @@ def encode_column(typ: str, values: Sequence[Any]) -> bytes:
     Raises ValueError for a type this encoder does not write, TypeError / OverflowError for a value that does
     not fit its type (e.g. a negative UInt32): data errors, which the sink refuses instead of retrying.
     """
-    if typ.startswith("Nullable(") and typ.endswith(")"):
-        inner = typ[len("Nullable("):-1]
+    return _state_prefix(typ) + _column_body(typ, values)
+
+
+def _wrapped(typ: str, wrapper: str) -> str | None:
+    """`X` when `typ` is `wrapper(X)`, else None."""
+    if typ.startswith(wrapper + "(") and typ.endswith(")"):
+        return typ[len(wrapper) + 1:-1]
+    return None
+
+
+def _state_prefix(typ: str) -> bytes:
+    """What a column writes once before its values: LowCardinality its keys' serialization version
+    (1: dictionaries with additional keys), wherever it sits inside Array / Nullable; other types nothing."""
+    if _wrapped(typ, "LowCardinality") is not None:
+        return _LOW_CARDINALITY_VERSION
+    inner = _wrapped(typ, "Array") or _wrapped(typ, "Nullable")
+    return b"" if inner is None else _state_prefix(inner)
+
+
+_LOW_CARDINALITY_VERSION = (1).to_bytes(8, "little")
+_HAS_ADDITIONAL_KEYS = 1 << 9
+_INDEX_TYPES = ((1 << 8, "<u1", 0), (1 << 16, "<u2", 1), (1 << 32, "<u4", 2), (1 << 64, "<u8", 3))
+
+
+def _low_cardinality(inner: str, values: Sequence[Any]) -> bytes:
+    """LowCardinality(inner) values (after the prefix): one granule that carries its own dictionary, as
+    "additional keys" (no shared dictionary): index type and flags, key count, the keys in the layout of
+    `inner` without Nullable, row count, each row's key position. For LowCardinality(Nullable(T)) key 0 stands
+    for NULL (its value is not read; T's default fills the slot)."""
+    n = len(values)
+    if n == 0:
+        return b""      # the server writes nothing for an empty column either (e.g. arrays all empty)
+    nullable_of = _wrapped(inner, "Nullable")
+    base = nullable_of or inner
+    position: dict[Any, int] = {None: 0} if nullable_of is not None else {}
+    for value in dict.fromkeys(values):
+        position.setdefault(value, len(position))
+    keys = list(position)
+    if nullable_of is not None:
+        keys[0] = "" if base == "String" else 0
+    _, dtype, code = next(t for t in _INDEX_TYPES if len(keys) <= t[0])
+    indexes = np.fromiter(map(position.__getitem__, values), dtype, n)
+    return b"".join((
+        (code | _HAS_ADDITIONAL_KEYS).to_bytes(8, "little"), len(keys).to_bytes(8, "little"),
+        _column_body(base, keys), n.to_bytes(8, "little"), indexes.tobytes(),
+    ))
+
+
+def _column_body(typ: str, values: Sequence[Any]) -> bytes:
+    """The values of a column of type `typ`, without the state prefix (see `encode_column`)."""
+    inner = _wrapped(typ, "LowCardinality")
+    if inner is not None:
+        return _low_cardinality(inner, values)
+    inner = _wrapped(typ, "Nullable")
+    if inner is not None:
         if inner in ("Float64", "Float32"):
             return _nullable_floats(inner, values)
         nulls = np.fromiter(map(is_, values, _NONE), bool, len(values))
         if not nulls.any():
-            return nulls.view(np.uint8).tobytes() + encode_column(inner, values)
+            return nulls.view(np.uint8).tobytes() + _column_body(inner, values)
         filled = np.array(values, dtype=object)
         filled[nulls] = "" if inner == "String" else 0
-        return nulls.view(np.uint8).tobytes() + encode_column(inner, filled.tolist())
-    if typ.startswith("Array(") and typ.endswith(")"):
+        return nulls.view(np.uint8).tobytes() + _column_body(inner, filled.tolist())
+    inner = _wrapped(typ, "Array")
+    if inner is not None:
         ends = np.cumsum(np.fromiter(map(len, values), np.uint64, len(values)), dtype=np.uint64)
-        return ends.astype("<u8").tobytes() + encode_column(typ[len("Array("):-1], list(chain.from_iterable(values)))
+        return ends.astype("<u8").tobytes() + _column_body(inner, list(chain.from_iterable(values)))
     if typ == "String":
         return encode_strings(values)
     if typ == "UInt8" and isinstance(values, list):

@@ -54,9 +54,19 @@ def test_strings_match_the_reference_layout(values: list[str], repeat: int) -> N
 
 
 def test_lengths_needing_two_and_three_varint_bytes() -> None:
-    """Values of 127, 128, 16383 and 16384 bytes get 1, 2, 2 and 3 length bytes."""
+    """Values of 127, 128, 16383 and 16384 bytes get 1, 2, 2 and 3 length bytes, whatever the column's
+    longest value is."""
     column = ["x" * 127, "é" * 64, "y" * 16383, "z" * 16384, ""]
     assert encode_strings(column) == reference_strings(column)
+    for longest in (127, 128, 200, 255, 256):
+        column = ["a", "x" * longest, "", "中"]
+        assert encode_strings(column) == reference_strings(column), longest
+
+
+def test_empty_texts_and_texts_holding_nul() -> None:
+    """Columns of empty strings only, and values that contain NUL characters, keep their exact bytes."""
+    for column in ([""], ["", "", ""], ["\x00"], ["a\x00b", "", "\x00\x00"], ["x" * 300 + "\x00", "y"]):
+        assert encode_strings(column) == reference_strings(column), column
 
 
 def test_fixed_width_nullable_and_array_columns() -> None:
@@ -75,6 +85,26 @@ def test_fixed_width_nullable_and_array_columns() -> None:
     assert encode_column("Nullable(String)", ["a", None]) == b"\x00\x01" + reference_strings(["a", ""])
     assert encode_column("Array(String)", [("a", "b"), (), ("c",)]) == (
         struct.pack("<3Q", 2, 2, 3) + reference_strings(["a", "b", "c"]))
+
+
+def test_low_cardinality_layout() -> None:
+    """LowCardinality: version 1 once (before an Array's offsets), then index type with the additional-keys
+    flag, the keys, the row count and each row's key; key 0 means NULL for LowCardinality(Nullable(...));
+    more than 256 keys take 2-byte indexes."""
+    version, flag = struct.pack("<Q", 1), 1 << 9
+    assert encode_column("LowCardinality(String)", ["b", "a", "b"]) == (
+        version + struct.pack("<QQ", flag, 2) + reference_strings(["b", "a"]) + struct.pack("<Q", 3) + b"\x00\x01\x00")
+    assert encode_column("LowCardinality(Nullable(String))", [None, "a", None, ""]) == (
+        version + struct.pack("<QQ", flag, 3) + reference_strings(["", "a", ""]) + struct.pack("<Q", 4)
+        + b"\x00\x01\x00\x02")
+    assert encode_column("Array(LowCardinality(String))", [["a"], [], ["a", "c"]]) == (
+        version + struct.pack("<3Q", 1, 1, 3) + struct.pack("<QQ", flag, 2) + reference_strings(["a", "c"])
+        + struct.pack("<Q", 3) + b"\x00\x00\x01")
+    assert encode_column("Array(LowCardinality(String))", [[], []]) == version + struct.pack("<2Q", 0, 0)
+    many = [str(i) for i in range(300)]
+    assert encode_column("LowCardinality(String)", many) == (
+        version + struct.pack("<QQ", flag | 1, 300) + reference_strings(many) + struct.pack("<Q", 300)
+        + struct.pack("<300H", *range(300)))
 
 
 def test_values_that_do_not_fit_are_refused_not_retried() -> None:
