@@ -53,7 +53,7 @@ class RecurrenceHistory:
         by_category = self._cells.get(cell)
         if not by_category:
             return 0
-        if category_pattern[-1:] == "*":
+        if "*" in category_pattern and category_pattern[-1] == "*":  # `in` is the cheapest test of the two
             prefix = category_pattern[:-1]
             start = at - window
             return sum(
