@@ -208,7 +208,7 @@ class ChooserFactory:
         found = self._cache.get(key)
         if found is None:
             namespace: dict[str, object] = dict(consts.values)
-            exec(compile(source_text, f"<rules {source}/{category}>", "exec"), namespace)  # noqa: S102
+            exec(compile(source_text, f"<rules {source}.{category}>", "exec"), namespace)  # noqa: S102
             found = namespace["choose"]  # type: ignore[assignment]
             self._cache[key] = found  # type: ignore[assignment]
         return found, final.decision
