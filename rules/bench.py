@@ -185,7 +185,7 @@ def run_rules_bench(
         return naive.dispatch_batch(chunk, history)
 
     def floor(chunk: list[Event]) -> object:
-        fields, sla = decision.__dict__, decision.sla
+        fields, sla = decision._dispatch_fields, decision.sla
         out = []
         for ev in chunk:
             d = object.__new__(Dispatch)

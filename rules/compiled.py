@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import timedelta
+from typing import ClassVar
 
 from pipeline.model import SOURCES, Event
 from pipeline.taxonomy import Taxonomy
@@ -51,6 +52,14 @@ class Decision:
     rule_id: str
     reason: str
     ruleset_version: str
+    # A Dispatch's fields but its due time, as a plain dict made once; rules.engine copies it into each Dispatch
+    # (cheaper than copying `__dict__`) and then sets `due_at`, which is already a key, so the copy never grows.
+    # Not a dataclass field: not compared, not shown, remade by `replace`. Never modify it.
+    _dispatch_fields: ClassVar[dict[str, object]]
+
+    def __post_init__(self) -> None:
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        object.__setattr__(self, "_dispatch_fields", {**values, "due_at": None})
 
 
 @dataclass(frozen=True, eq=False)

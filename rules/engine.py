@@ -183,7 +183,7 @@ class Ruleset:
             # a frozen dataclass filled from the shared decision's fields: one dict copy per event
             d = _new(Dispatch)
             fields = d.__dict__
-            fields.update(decision.__dict__)
+            fields.update(decision._dispatch_fields)
             fields["due_at"] = (ev.occurred_at if now is None else now) + decision.sla
             append(d)
         return out
@@ -218,7 +218,7 @@ class Ruleset:
 def _dispatch(decision: Decision, due_at: datetime) -> Dispatch:
     """A Dispatch with the decision's fields and `due_at`, without running the dataclass `__init__`."""
     d = _new(Dispatch)
-    d.__dict__.update(decision.__dict__)
+    d.__dict__.update(decision._dispatch_fields)
     d.__dict__["due_at"] = due_at
     return d
 
