@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo
 
 from pipeline.model import Event
 from rules.durations import format_duration
-from rules.recurrence import RecurrenceCounter
+from rules.recurrence import RecurrenceCounter, RecurrenceHistory
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 COMPARATORS: dict[str, Any] = {
@@ -362,11 +362,17 @@ class Recurrence(Condition):
             pattern = "ev.category[:3] + '*'"
         else:
             pattern = consts.add(self.category)
-        return (
-            f"(rec is not None and (_l := ev.location) is not None and _l.cell is not None and "
-            f"rec.count(_l.cell, {pattern}, {consts.add(self.window)}, ev.occurred_at) "
-            f"{self.op} {consts.add(self.n)})"
-        )
+        args = f"_l.cell, {pattern}, {consts.add(self.window)}, ev.occurred_at"
+        test = f"rec.count({args}) {self.op} {consts.add(self.n)}"
+        at_least = {">=": self.n, ">": self.n + 1}.get(self.op)
+        if at_least is not None:
+            # the in-memory history can answer "at least n?" without counting (see RecurrenceHistory.at_least);
+            # the exact class, as a subclass may count differently
+            test = (
+                f"(rec.at_least({args}, {consts.add(at_least)}) if rec.__class__ is {consts.add(RecurrenceHistory)} "
+                f"else {test})"
+            )
+        return f"(rec is not None and (_l := ev.location) is not None and _l.cell is not None and {test})"
 
     def describe(self) -> str:
         what = {"same": "this category", "same-class": "this major class"}.get(self.category, self.category)

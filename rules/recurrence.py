@@ -64,6 +64,21 @@ class RecurrenceHistory:
             return 0
         return bisect_right(times, at) - bisect_left(times, at - window)
 
+    def at_least(self, cell: str, category_pattern: str, window: timedelta, at: datetime, n: int) -> bool:
+        """`count(cell, category_pattern, window, at) >= n`, answered without counting when the cell has fewer
+        than `n` cases of an exact code at all (the usual answer of a chronic-problem rule)."""
+        if n <= 0:
+            return True
+        by_category = self._cells.get(cell)
+        if not by_category:
+            return False
+        if "*" in category_pattern and category_pattern[-1] == "*":
+            return self.count(cell, category_pattern, window, at) >= n
+        times = by_category.get(category_pattern)
+        if times is None or len(times) < n:
+            return False
+        return bisect_right(times, at) - bisect_left(times, at - window) >= n
+
     def prune(self, before: datetime) -> int:
         """Forget cases opened before `before`; return how many were dropped."""
         dropped = 0

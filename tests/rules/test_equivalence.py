@@ -243,3 +243,36 @@ HISTORY = busy_history(edge_events(2000, seed=21))
 def test_shipped_rules_agree_on_generated_events(batch: list[Event]) -> None:
     """Any generated batch routes the same way compiled, interpreted and naively."""
     check_all_agree(RULESET, NAIVE, batch, HISTORY)
+
+
+class DoubleCounting(RecurrenceHistory):
+    """A counter of its own (here: every case counts twice); the compiled rules must ask it, not the base."""
+
+    def count(self, cell: str, category_pattern: str, window: timedelta, at: datetime) -> int:
+        return 2 * super().count(cell, category_pattern, window, at)
+
+
+def test_a_counter_of_its_own_is_asked_for_its_count() -> None:
+    """A RecurrenceHistory subclass that counts differently decides recurrence rules by its own count."""
+    events = edge_events(3000, seed=8)
+    history = DoubleCounting()
+    for ev in events[::5]:
+        if ev.location is not None and ev.location.cell is not None:
+            history.record(ev.location.cell, ev.category, ev.occurred_at)
+    seen = check_all_agree(RULESET, NAIVE, events, history)
+    assert "chronic-hotspot" in seen
+
+
+def test_at_least_equals_counting() -> None:
+    """RecurrenceHistory.at_least(..., n) is count(...) >= n, for exact codes, prefixes and any n."""
+    rnd = random.Random(17)
+    start = datetime(2024, 5, 1, tzinfo=UTC)
+    history = RecurrenceHistory()
+    for _ in range(2000):
+        history.record(f"c{rnd.randrange(5)}", rnd.choice(["E0501", "E0504", "E0102", "E05*"]),
+                       start + timedelta(hours=rnd.randrange(24 * 40)))
+    for _ in range(3000):
+        cell, at = f"c{rnd.randrange(6)}", start + timedelta(hours=rnd.randrange(24 * 45))
+        pattern, window = rnd.choice(["E0501", "E05*", "E*", "E0102", "X*", "E05*"]), timedelta(rnd.randrange(1, 40))
+        n = rnd.randrange(-1, 40)
+        assert history.at_least(cell, pattern, window, at, n) is (history.count(cell, pattern, window, at) >= n)
