@@ -51,6 +51,7 @@ METRIC_REFUSALS = "cityops_rules_reload_refusals_total"  # invalid new versions 
 METRIC_REFUSING = "cityops_rules_reload_refusing"  # 1 while the file on disk is refused, else 0
 
 _new = object.__new__
+_NO_ENTRIES: dict[str, Entry] = {}
 
 
 @dataclass(frozen=True)
@@ -127,7 +128,7 @@ class Ruleset:
         self._by_id = {rule.rule_id: rule for rule in self.rules}
 
     def _entry(self, source: str, category: str) -> Entry:
-        found = self._table.get(source, {}).get(category)
+        found = self._table.get(source, _NO_ENTRIES).get(category)
         # a code outside the taxonomy (bad input upstream) still gets a route, just not a prepared entry
         return found if found is not None else self._factory.entry(source, category)
 
@@ -141,7 +142,10 @@ class Ruleset:
     def decide(self, event: Event, recurrence: RecurrenceCounter | None = None) -> Decision:
         """Route one event: the shared Decision of the rule that wins (no due time). Without a `recurrence`
         counter, recurrence conditions do not match."""
-        chooser, decision = self._entry(event.source, event.category)
+        try:
+            chooser, decision = self._table[event.source][event.category]
+        except KeyError:
+            chooser, decision = self._entry(event.source, event.category)
         return decision if chooser is None else chooser(event, recurrence)
 
     def decide_batch(self, events: Iterable[Event], recurrence: RecurrenceCounter | None = None) -> list[Decision]:
