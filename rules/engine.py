@@ -114,7 +114,9 @@ class Explanation:
 
 
 class Ruleset:
-    """A loaded, compiled ruleset. Immutable; safe to share between threads."""
+    """A loaded, compiled ruleset. Immutable; safe to share between threads (the one thing that changes is
+    the cache of per-reason Decisions of rules whose reason names an `any` branch: two threads racing on it
+    store equal values)."""
 
     def __init__(self, spec: RulesetSpec, taxonomy: Taxonomy) -> None:
         self.spec = spec
