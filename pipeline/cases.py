@@ -336,7 +336,8 @@ class CaseBook:
             if event.source not in case.sources:
                 case.sources.append(event.source)
             case.last_report_at = max(case.last_report_at or event.occurred_at, event.occurred_at)
-            if case.status in HANDLED_STATES:
+            ended = case.closed_at or case.resolved_at
+            if case.status in HANDLED_STATES and ended is not None and event.occurred_at >= ended:
                 self._reopen(case, event.occurred_at, "system", f"new {event.source} report {event.event_id}",
                              router, out)
             else:
@@ -385,7 +386,9 @@ class CaseBook:
                     continue
                 ended = case.closed_at or case.resolved_at
                 assert ended is not None
-                if not ended <= event.occurred_at <= ended + reopen_window:
+                # a report made after the case was handled reopens it; one made while it was open (processed
+                # late: the topics are consumed independently) is simply one more report of it
+                if not case.created_at - window <= event.occurred_at <= ended + reopen_window:
                     continue
             else:
                 last = case.last_report_at or case.created_at

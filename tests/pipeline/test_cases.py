@@ -118,6 +118,24 @@ def test_new_report_after_closing_reopens_instead_of_opening(book: CaseBook) -> 
     assert list(out.cases) == [cid] and book.cases[cid].reopened == 1 and len(book.cases) == 1
 
 
+def test_report_made_before_closing_but_processed_after_joins_without_reopening(book: CaseBook) -> None:
+    """Topics are consumed independently: a citizen's call made while the case was open can be processed after
+    the team closed it. It is one more report of that case, and must not reopen it; a call made after the
+    closing still does."""
+    router = FakeRouter()
+    cid = next(iter(book.add_event(ev("hotline:1"), router).cases))
+    for i, action in enumerate(["accept", "resolve"]):
+        book.apply_update(upd(cid, action, "enforcement", 60 + i), router)
+    book.apply_update(upd(cid, "verify", "supervision", 90), router)
+    status = book.cases[cid].status
+    late = book.add_event(ev("patrol:2", source="patrol", minutes=20), router)   # made at +20 min, case open
+    assert list(late.cases) == [cid] and late.events[0].merged
+    assert book.cases[cid].reopened == 0 and book.cases[cid].status == status and late.assignments == []
+    assert book.cases[cid].reports == 2 and len(book.cases) == 1
+    after = book.add_event(ev("hotline:3", minutes=120), router)                  # made after it was handled
+    assert list(after.cases) == [cid] and book.cases[cid].reopened == 1
+
+
 @pytest.mark.parametrize(("action", "team", "why"), [
     ("resolve", "handling", "assigned to enforcement, not handling"),
     ("verify", "supervision", "cannot verify a case that is dispatched"),

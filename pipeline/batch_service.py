@@ -1,0 +1,371 @@
+"""What both worker stages share: a consumer group read in large batches, outputs sent as soon as a batch is
+processed, and checkpoints that store rows, then state, then offsets.
+
+Each stage (pipeline.ingest_service, pipeline.cases_service) is a `BatchService`: a mode service (faust-streaming's
+service layer) around an aiokafka consumer and producer (Faust's Kafka client). It reads with `getmany`, thousands
+of messages a call, and hands each batch to the stage's `process`, which runs the pipeline.flow functions and
+queues its outputs: messages are produced at once (their futures kept), ClickHouse rows wait in `pending`.
+Faust's agents were the first design; their per-message stream machinery and a broker round trip per small batch
+held one worker near 560 events/s (issue #9), so the stages consume batches themselves.
+
+Checkpoint, every `commit_interval_s` (or sooner when many rows wait):
+
+1. every message produced since the last checkpoint is acknowledged by the broker and every row is stored in
+   ClickHouse;
+2. then each state table's changes are written to its compacted changelog topic (acknowledged);
+3. then the consumed offsets are committed.
+
+A checkpoint is stored while the next batches are processed; the table changes it writes are serialised when it
+starts, at exactly its offsets; one checkpoint is stored at a time, in order. A crash replays from the last
+commit: outputs are written again with the same stable ids (nothing counts twice), and state that was already
+written for replayed input recognises it (sensor readings not newer than the state, reports already in a case).
+On a rebalance the stage checkpoints and waits before giving partitions up, and restores the state of the
+partitions it gets from their changelog before reading them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from mode import Service
+
+from pipeline.config import Settings
+from pipeline.records import SinkBatch
+
+log = logging.getLogger("cityops.worker")
+
+EXIT_DEADLETTER_LIMIT = 3      # the worker's exit status when the dead-letter cap stopped it
+EXIT_STAGE_FAILED = 4          # a batch failed (e.g. an output could not be delivered): exit, replay after restart
+
+V = TypeVar("V")
+
+
+class ChangelogTable(Generic[V]):
+    """A stage's state: key -> value per partition, in memory, backed by a compacted changelog topic.
+
+    The partition of a key is the partition of the input it belongs to (a sensor's raw.iot partition, a grid's
+    located partition), so a consumer that gets a partition restores exactly the state it needs. Changes are
+    remembered until the next checkpoint takes them (`take_changes`), encoded as they are at that moment.
+    """
+
+    def __init__(self, topic: str, encode: Callable[[V], bytes], decode: Callable[[bytes], V]) -> None:
+        self.topic = topic
+        self.encode, self.decode = encode, decode
+        self.data: dict[int, dict[str, V]] = {}
+        self._changed: dict[int, set[str]] = {}
+
+    def partition(self, partition: int) -> dict[str, V]:
+        """The live mapping of one partition (changes made through it are not tracked: use `changed`)."""
+        return self.data.setdefault(partition, {})
+
+    def get(self, partition: int, key: str) -> V | None:
+        return self.data.get(partition, {}).get(key)
+
+    def put(self, partition: int, key: str, value: V) -> None:
+        self.data.setdefault(partition, {})[key] = value
+        self._changed.setdefault(partition, set()).add(key)
+
+    def delete(self, partition: int, key: str) -> None:
+        if self.data.get(partition, {}).pop(key, None) is not None:
+            self._changed.setdefault(partition, set()).add(key)
+
+    def changed(self, partition: int, keys: set[str]) -> None:
+        """Values of `keys` in `partition` were changed in place."""
+        self._changed.setdefault(partition, set()).update(keys)
+
+    def all_keys(self) -> Iterator[tuple[int, str]]:
+        for partition, values in self.data.items():
+            for key in values:
+                yield partition, key
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self.data.values())
+
+    def take_changes(self) -> list[tuple[int, bytes, bytes | None]]:
+        """(partition, key, encoded value or None for a deletion) of every change since the last call."""
+        out: list[tuple[int, bytes, bytes | None]] = []
+        for partition, keys in self._changed.items():
+            values = self.data.get(partition, {})
+            for key in keys:
+                value = values.get(key)
+                out.append((partition, key.encode(), None if value is None else self.encode(value)))
+        self._changed = {}
+        return out
+
+    def drop(self, partitions: set[int]) -> None:
+        for p in partitions:
+            self.data.pop(p, None)
+            self._changed.pop(p, None)
+
+    def load(self, partition: int, records: list[tuple[bytes, bytes | None]]) -> None:
+        """Replay changelog records (key, value or None) into `partition`, oldest first."""
+        values = self.data.setdefault(partition, {})
+        for raw_key, value in records:
+            key = raw_key.decode()
+            if value is None:
+                values.pop(key, None)
+            else:
+                values[key] = self.decode(value)
+
+
+@dataclass
+class Pending:
+    """What was produced and computed since the last checkpoint."""
+
+    sends: list[asyncio.Future[Any]] = field(default_factory=list)
+    rows: SinkBatch = field(default_factory=SinkBatch)
+    offsets: dict[TopicPartition, int] = field(default_factory=dict)  # next offset to commit
+    since: float | None = None
+    messages: int = 0
+
+
+class BatchService(Service):
+    """One stage's consumer group; subclasses set `group`, `topics`, `tables` and implement `process`."""
+
+    group: str
+    topics: list[str]
+    tables: dict[str, ChangelogTable[Any]]   # input topic -> its state table (partitioned like it)
+
+    def __init__(self, components: Any, *, batch: int | None = None, commit_interval_s: float | None = None,
+                 max_rows: int = 100_000, on_fatal: Callable[[int, str], None] | None = None) -> None:
+        super().__init__()
+        self.c = components
+        self.settings: Settings = components.settings
+        self.batch = batch or int(os.environ.get("CITYOPS_BATCH", "5000"))
+        self.commit_interval_s = (commit_interval_s if commit_interval_s is not None
+                                  else float(os.environ.get("CITYOPS_COMMIT_INTERVAL", "0.5")))
+        self.max_rows = max_rows
+        self.owned: set[TopicPartition] = set()
+        self.pending = Pending()
+        self.lock = asyncio.Lock()
+        self.checkpoints = 0
+        self.restored = 0
+        self._on_fatal = on_fatal or fatal
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._in_flight: asyncio.Future[None] | None = None
+        self.partition_counts: dict[str, int] = {}     # input topic of a table -> its partitions
+
+    # -- what a stage implements -------------------------------------------------------------------------------
+
+    async def process(self, records: dict[TopicPartition, list[Any]]) -> None:
+        """Process one batch (records of owned partitions only): queue sends and rows, update the tables."""
+        raise NotImplementedError
+
+    def partitions_lost(self, partitions: set[TopicPartition]) -> None:
+        """The stage's own caches of `partitions` (its tables are dropped by the service)."""
+
+    def failure(self, err: Exception) -> tuple[int, str] | None:
+        """(exit status, reason) for an error that stops the worker in a specific way, else None."""
+        return None
+
+    # -- lifecycle ---------------------------------------------------------------------------------------------
+
+    async def on_start(self) -> None:
+        opts = self.settings.aiokafka_options()
+        await asyncio.get_running_loop().run_in_executor(None, self._ensure_topics)
+        self._producer = AIOKafkaProducer(client_id=f"{self.group}-producer", acks="all", linger_ms=5,
+                                          max_request_size=4 * 1024 * 1024, **opts)
+        await self._producer.start()
+        self._consumer = AIOKafkaConsumer(
+            client_id=f"{self.group}-consumer", group_id=self.group, enable_auto_commit=False,
+            auto_offset_reset="earliest", max_poll_records=self.batch, fetch_max_bytes=64 * 1024 * 1024,
+            max_partition_fetch_bytes=8 * 1024 * 1024, **opts)
+        await self._consumer.start()
+        self._consumer.subscribe(list(self.topics), listener=_Listener(self))
+
+    async def on_stop(self) -> None:
+        if self._consumer is not None:
+            async with self.lock:
+                try:
+                    await self._checkpoint()
+                except Exception as err:   # the replay after the restart covers what this did not store
+                    log.warning("%s: last checkpoint at shutdown failed: %s", self.group, err)
+            await self._consumer.stop()
+        if self._producer is not None:
+            await self._producer.stop()
+
+    @Service.task
+    async def _run(self) -> None:
+        try:
+            while not self.should_stop:
+                assert self._consumer is not None
+                records = await self._consumer.getmany(timeout_ms=100, max_records=self.batch)
+                async with self.lock:
+                    owned = {tp: batch for tp, batch in records.items() if tp in self.owned and batch}
+                    if owned:
+                        # fetched before a rebalance took a partition away: its new owner reads it
+                        await self.process(owned)
+                        for tp, batch in owned.items():
+                            self.pending.offsets[tp] = batch[-1].offset + 1
+                            self.pending.messages += len(batch)
+                            self.c.counters.add(tp.topic, len(batch))
+                        if self.pending.since is None:
+                            self.pending.since = time.monotonic()
+                    await self.tick()
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:
+            if self.should_stop:        # the consumer was stopped under a waiting fetch: a normal shutdown
+                return
+            special = self.failure(err)
+            if special is not None:
+                self._on_fatal(*special)
+            else:
+                log.exception("%s failed", self.group)
+                self._on_fatal(EXIT_STAGE_FAILED, f"{self.group}: {type(err).__name__}: {err}")
+
+    async def tick(self) -> None:
+        """After each fetch (under the lock): start a checkpoint when one is due, surface a finished one's error."""
+        if self._due():
+            await self._checkpoint(wait=False)
+        elif self._in_flight is not None and self._in_flight.done():
+            await self._finish_checkpoint()
+
+    # -- outputs -----------------------------------------------------------------------------------------------
+
+    async def send(self, topic: str, value: bytes, key: bytes | None = None) -> None:
+        """Produce now; the checkpoint waits for the acknowledgement."""
+        assert self._producer is not None
+        self.pending.sends.append(await self._producer.send(topic, value=value, key=key))
+
+    # -- checkpoints -------------------------------------------------------------------------------------------
+
+    def _due(self) -> bool:
+        p = self.pending
+        if len(p.rows) >= self.max_rows or len(p.sends) >= self.max_rows:
+            return True
+        return p.since is not None and time.monotonic() - p.since >= self.commit_interval_s
+
+    async def _checkpoint(self, wait: bool = True) -> None:
+        """Start storing what is pending and, with `wait`, wait until it is stored and committed. Without `wait`
+        processing goes on; the next checkpoint waits for this one first, so they complete in order."""
+        await self._finish_checkpoint()
+        p, self.pending = self.pending, Pending()
+        changes = [(table.topic, change) for table in self.tables.values() for change in table.take_changes()]
+        if not p.offsets and not p.sends and not changes:
+            return
+        self._in_flight = asyncio.ensure_future(self._store(p, changes))
+        if wait:
+            await self._finish_checkpoint()
+
+    async def _finish_checkpoint(self) -> None:
+        task, self._in_flight = self._in_flight, None
+        if task is not None:
+            await task
+
+    async def _store(self, p: Pending, changes: list[tuple[str, tuple[int, bytes, bytes | None]]]) -> None:
+        assert self._producer is not None and self._consumer is not None
+        loop = asyncio.get_running_loop()
+        stored = loop.run_in_executor(None, self.c.sink.write, p.rows) if len(p.rows) else None
+        await asyncio.gather(*p.sends, *([stored] if stored is not None else []))
+        send = self._producer.send
+        acks = [await send(topic, value=value, key=key, partition=partition)
+                for topic, (partition, key, value) in changes]
+        await asyncio.gather(*acks)
+        offsets = {tp: off for tp, off in p.offsets.items() if tp in self.owned}
+        if offsets:
+            await self._consumer.commit(offsets)
+        self.checkpoints += 1
+
+    # -- partitions come and go --------------------------------------------------------------------------------
+
+    async def revoked(self, revoked: set[TopicPartition]) -> None:
+        async with self.lock:
+            await self._checkpoint()
+            for topic, table in self.tables.items():
+                table.drop({tp.partition for tp in revoked if tp.topic == topic})
+            self.partitions_lost(revoked)
+            self.owned -= revoked
+
+    async def assigned(self, assigned: set[TopicPartition]) -> None:
+        async with self.lock:
+            for topic, table in self.tables.items():
+                new = sorted(tp.partition for tp in assigned if tp.topic == topic and tp not in self.owned)
+                if new:
+                    self.restored += await self._restore(table, new)
+            self.owned = set(assigned)
+
+    async def _restore(self, table: ChangelogTable[Any], partitions: list[int]) -> int:
+        """Load `partitions` of `table` from its changelog, from the beginning to the end offsets of now."""
+        consumer = AIOKafkaConsumer(client_id=f"{self.group}-restore", enable_auto_commit=False,
+                                    fetch_max_bytes=64 * 1024 * 1024, max_partition_fetch_bytes=16 * 1024 * 1024,
+                                    **self.settings.aiokafka_options())
+        await consumer.start()
+        n = 0
+        try:
+            tps = [TopicPartition(table.topic, p) for p in partitions]
+            consumer.assign(tps)
+            ends = await consumer.end_offsets(tps)
+            await consumer.seek_to_beginning(*tps)
+            left = {tp for tp in tps if ends[tp] > 0}
+            while left:
+                for tp, batch in (await consumer.getmany(*left, timeout_ms=500, max_records=50_000)).items():
+                    records = [(r.key or b"", r.value) for r in batch if r.offset < ends[tp]]
+                    table.load(tp.partition, records)
+                    n += len(records)
+                for tp in list(left):
+                    if await consumer.position(tp) >= ends[tp]:
+                        left.discard(tp)
+        finally:
+            await consumer.stop()
+        log.info("%s: restored %d changelog records of %s partitions %s", self.group, n, table.topic, partitions)
+        return n
+
+    def _ensure_topics(self) -> None:
+        """The cityops topics, and each table's compacted changelog partitioned like its input topic."""
+        from kafka import KafkaAdminClient
+        from kafka.admin import NewTopic
+        from kafka.errors import TopicAlreadyExistsError
+
+        from pipeline.topics import ensure_topics
+
+        ensure_topics(self.settings)
+        admin = KafkaAdminClient(client_id=f"{self.group}-admin", **self.settings.kafka_client_options())
+        try:
+            existing = set(admin.list_topics())
+            for source, table in self.tables.items():
+                described = admin.describe_topics([source])
+                partitions = len(described[0]["partitions"]) if described else self.settings.partitions
+                self.partition_counts[source] = partitions
+                if table.topic in existing:
+                    continue
+                with contextlib.suppress(TopicAlreadyExistsError):
+                    admin.create_topics([NewTopic(name=table.topic, num_partitions=partitions, replication_factor=1,
+                                                  topic_configs={"cleanup.policy": "compact"})])
+                deadline = time.monotonic() + 60
+                while table.topic not in set(admin.list_topics()):
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"topic {table.topic} not visible after 60 s")
+                    time.sleep(0.2)
+        finally:
+            admin.close()
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, service: BatchService) -> None:
+        self.service = service
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self.service.revoked(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        await self.service.assigned(set(assigned))
+
+
+def fatal(status: int, reason: str) -> None:
+    """Stop the whole process, loudly: a dead consumer in a live-looking process would read nothing. Nothing
+    unstored was committed, so the replay after the restart (and a fix) loses nothing."""
+    log.critical("stopping the worker: %s", reason)
+    print(f"cityops worker: stopping: {reason}", file=sys.stderr, flush=True)
+    logging.shutdown()
+    os._exit(status)

@@ -1,0 +1,183 @@
+"""The cases stage: the internal located topic in (group `<app id>-cases`), assignments, case states and refusals
+out, cases, events and transitions stored in ClickHouse (see pipeline.batch_service for batches, checkpoints and
+recovery).
+
+State: every open or recently closed case of the grids this worker owns, one record per case id, and the updates
+parked for cases not seen yet (`<case id>#parked`), in the compacted changelog `<app id>-cases-state`. A case
+lives on the partition of its grid, the located partition its reports come from. Replayed reports and updates
+are recognised by their stable ids (pipeline.cases), so a replay changes nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from aiokafka import TopicPartition
+from aiokafka.partitioner import murmur2
+from mode import Service
+
+from pipeline.batch_service import BatchService, ChangelogTable
+from pipeline.cases import Case, CaseBook, CorrelationPolicy, Outcome, case_partition_key
+from pipeline.decode import CaseUpdate
+from pipeline.flow import decode_located, encode_update
+
+PARKED = "#parked"   # table key suffix: updates that arrived before their case, kept with the grid's cases
+
+
+def grid_partition(key: str, partitions: int) -> int:
+    """The partition the default (murmur2) partitioner gives a grid key: where its located reports go."""
+    return int(murmur2(key.encode()) & 0x7FFFFFFF) % partitions
+
+
+def _same(raw: bytes) -> bytes:
+    return raw
+
+
+class BookCache:
+    """The case books of the grids this worker owns, in memory, backed by the stage's table.
+
+    A book is built from the table the first time its grid is seen (after a start or a rebalance, when the
+    cache is cleared) and kept; after each batch only the cases that changed are written back.
+    """
+
+    def __init__(self, table: ChangelogTable[bytes], policy: CorrelationPolicy,
+                 partition_of: Any) -> None:
+        self.table = table
+        self.policy = policy
+        self.partition_of = partition_of          # grid key -> partition
+        self.books: dict[str, CaseBook] = {}
+        self._by_grid: dict[str, list[str]] | None = None
+
+    def clear(self) -> None:
+        self.books.clear()
+        self._by_grid = None
+
+    def all_keys(self) -> set[str]:
+        return set(self._grid_index()) | set(self.books)
+
+    def _grid_index(self) -> dict[str, list[str]]:
+        if self._by_grid is None:
+            index: dict[str, list[str]] = {}
+            for _, case_id in self.table.all_keys():
+                index.setdefault(case_partition_key(case_id), []).append(case_id)
+            self._by_grid = index
+        return self._by_grid
+
+    def load(self, keys: Iterable[str]) -> dict[str, CaseBook]:
+        out: dict[str, CaseBook] = {}
+        for key in keys:
+            book = self.books.get(key)
+            if book is None:
+                partition = self.partition_of(key)
+                ids = self._grid_index().get(key, ())
+                stored = [self.table.get(partition, cid) for cid in ids if not cid.endswith(PARKED)]
+                cases = [Case.from_dict(orjson.loads(v)) for v in stored if v is not None]
+                book = CaseBook.from_cases(key, cases, self.policy)
+                for cid in ids:
+                    value = self.table.get(partition, cid) if cid.endswith(PARKED) else None
+                    if value:
+                        updates = [decode_located(orjson.dumps(u)) for u in orjson.loads(value)]
+                        book.parked[cid[: -len(PARKED)]] = [u for u in updates if isinstance(u, CaseUpdate)]
+            out[key] = book
+        return out
+
+    def adopt(self, books: dict[str, CaseBook]) -> None:
+        self.books.update(books)
+
+    def persist(self, books: Iterable[CaseBook]) -> None:
+        for book in books:
+            partition = self.partition_of(book.key)
+            for case in book.take_dirty():
+                self.table.put(partition, case.case_id, orjson.dumps(case.to_dict()))
+            for cid, updates in book.take_parked_dirty().items():
+                if updates:
+                    self.table.put(partition, cid + PARKED,
+                                   orjson.dumps([orjson.loads(encode_update(u)) for u in updates]))
+                else:
+                    self.table.delete(partition, cid + PARKED)
+            for gone in book.prune():
+                self.table.delete(partition, gone)
+
+
+class CasesService(BatchService):
+    def __init__(self, components: Any, **kwargs: Any) -> None:
+        super().__init__(components, **kwargs)
+        t = self.settings.topics
+        self.group = f"{self.settings.app_id}-cases"
+        self.topics = [t.located]
+        self.cases_table: ChangelogTable[bytes] = ChangelogTable(f"{self.settings.app_id}-cases-state", _same, _same)
+        self.tables = {t.located: self.cases_table}
+        self.located_partitions = self.settings.partitions
+        self.books = BookCache(self.cases_table, components.cases.policy,
+                               lambda grid: grid_partition(grid, self.located_partitions))
+
+    async def on_start(self) -> None:
+        await super().on_start()
+        # a case's partition is its grid's on the located topic as it is, whatever the settings say now
+        self.located_partitions = self.partition_counts.get(self.settings.topics.located, self.settings.partitions)
+
+    async def process(self, records: dict[TopicPartition, list[Any]]) -> None:
+        from pipeline.worker import refresh
+
+        refresh(self.c)
+        items = [(r.key.decode(), r.value) for batch in records.values() for r in batch]
+        books = self.books.load({key for key, _ in items})
+        out = self.c.cases.apply(items, books)
+        self.books.adopt(books)
+        await self._emit(out)
+        self.books.persist(books.values())
+
+    async def _emit(self, out: Outcome) -> None:
+        t = self.settings.topics
+        for a in out.assignments:
+            await self.send(t.assignments, orjson.dumps(a.to_json()), a.team.encode())
+        for cid, state in out.states.items():
+            await self.send(t.case_state, orjson.dumps(state), cid.encode())
+        at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        for r in out.refusals:
+            await self.send(t.deadletter, orjson.dumps({
+                "source_topic": t.case_updates, "partition": -1, "offset": -1, "reason": f"refused: {r}",
+                "raw": r, "raw_encoding": "utf-8", "at": at}), b"refused")
+        rows = self.pending.rows
+        rows.cases.extend(out.cases.values())
+        rows.events.extend(out.events)
+        rows.transitions.extend(out.transitions)
+        counters = self.c.counters
+        counters.assignments += len(out.assignments)
+        counters.refusals += len(out.refusals)
+        counters.duplicates += out.duplicates
+
+    def partitions_lost(self, partitions: set[TopicPartition]) -> None:
+        self.books.clear()
+
+    @Service.timer(float(os.environ.get("CITYOPS_SLA_CHECK_INTERVAL", "10")))
+    async def _escalate_overdue(self) -> None:
+        """Escalate overdue cases of quiet grids (busy ones are checked on every batch)."""
+        from pipeline.worker import refresh
+
+        async with self.lock:
+            if not self.owned:
+                return
+            refresh(self.c)
+            loaded = self.books.load(self.books.all_keys())
+            clock = max((b.clock for b in loaded.values()), default=None)
+            if clock is None:
+                return
+            if os.environ.get("CITYOPS_SLA_CLOCK", "stream") == "wall":
+                clock = max(clock, datetime.now(UTC))
+            self.books.adopt(loaded)
+            out = Outcome()
+            for book in loaded.values():
+                out.extend(book.escalate_overdue(clock))
+            if out.assignments:
+                await self._emit(out)
+                self.books.persist(loaded.values())
+                if self.pending.since is None:
+                    self.pending.since = time.monotonic()
+            await self.tick()
+
