@@ -1,7 +1,7 @@
 """Cases and their lifecycle: correlate reports into cases, dispatch them, and apply what teams report back.
 
 A `CaseBook` holds every case of one partition key (a management grid, i.e. the first 12 digits of the cell
-code; see `partition_key`). It is plain data: the worker keeps one per key in a Faust table and this module
+code; see `partition_key`). It is plain data: the worker keeps one per key in a changelog-backed table and this module
 never touches Kafka or ClickHouse. Each method returns an `Outcome` with what must leave the worker
 (assignments, ClickHouse rows, refusals); the book itself is the new state.
 

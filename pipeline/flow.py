@@ -1,7 +1,7 @@
 """The processing chain as plain batch functions: decode -> validate -> locate -> correlate -> dispatch.
 
-Nothing here talks to Kafka or ClickHouse; the Faust agents in pipeline.worker call these on each batch and
-send or store what they return. Two stages:
+Nothing here talks to Kafka or ClickHouse; the worker stages (pipeline.ingest_service, pipeline.cases_service)
+call these on each batch and send or store what they return. Two stages:
 
 1. `Ingest` (per raw topic, partitioned by source id): decode and validate each message, keep sensor alarm
    state, locate in one batched grid lookup, and return the located reports keyed by their grid

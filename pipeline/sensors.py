@@ -203,7 +203,7 @@ def _why(err: Exception) -> str:
 
 @dataclass
 class SensorState:
-    """One sensor's alarm state and the current minute's reading aggregate (kept in a Faust table)."""
+    """One sensor's alarm state and the current minute's reading aggregate (the ingest stage's state)."""
 
     alarm: bool = False
     streak: int = 0

@@ -11,7 +11,8 @@ from kafka.errors import TopicAlreadyExistsError
 
 from pipeline.config import Settings
 
-# Internal changelog topics are created by Faust itself. The case-state topic keeps the latest state per case.
+# The stages create their own changelog topics (pipeline.batch_service). The case-state topic keeps the latest
+# state per case.
 _COMPACTED_SUFFIXES = ("case-state",)
 
 
