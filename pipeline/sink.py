@@ -5,12 +5,16 @@ Three pieces:
 - `ClickHouse(settings)`: a small query wrapper over the native protocol (connection with the TLS and credential
   settings, `execute`, `query_dicts`, columnar `insert_columns`), used by migrations and reports as well.
 - `ClickHouseHttp(settings)`: the fast insert path. The same `insert_columns` call, but the block is encoded
-  here in ClickHouse's Native format (column after column, fixed-width columns by numpy in one go, strings
-  length-prefixed in bulk) and sent as `INSERT ... FORMAT Native` over the HTTP interface. The server parses
+  here in ClickHouse's Native format (column after column; numbers packed in one C-level call, strings
+  length-prefixed in bulk, LowCardinality and Nullable as the table declares) and sent as
+  `INSERT ... FORMAT Native` over the HTTP interface. The server parses
   the block with no per-value text parsing; the driver's per-value Python loops (nullable, DateTime columns)
   are gone. Its port: CITYOPS_CLICKHOUSE_HTTP_PORT, else the server's default beside the native port
   (19000 -> 18123 local stack, 9000 -> 8123, 9440 -> 8443); `0` turns the HTTP path off.
-- `ClickHouseSink(settings)`: stores a `SinkBatch` (pipeline.records) with columnar inserts. `write` returns
+- `ClickHouseSink(settings)`: stores a `SinkBatch` (pipeline.records) with columnar inserts. A batch holds rows
+  (EventRow, ...) and/or column builders (`EventColumns`, `ReadingColumns`: one list per column, filled row by
+  row by a stage, times as epoch seconds); builders skip the row→column conversion, which costs about as
+  much as encoding and sending (`python -m pipeline.sink_bench` compares both forms). `write` returns
   only when every row is stored; while the server is down or slow it retries with capped exponential
   backoff, which blocks the calling worker (that blocking *is* the backpressure: the worker reads no more
   input and commits no offsets until the batch is stored). `stop()` makes a waiting `write` raise
@@ -24,8 +28,9 @@ warning once and stays on the native protocol: slower, never stuck.
 row count or age); see `SinkBuffer.flush` for the order "store, then commit".
 
 Replays are harmless: every table de-duplicates by its stable key (ReplacingMergeTree, see
-pipeline/migrations/0001_core_tables.sql), and a batch is de-duplicated by key before it is sent, so a batch
-retried after a half-finished attempt, or replayed from Kafka, adds no logical row.
+pipeline/migrations/0001_core_tables.sql), and a batch is de-duplicated by key before it is sent (rows and
+builders of a table together: the last copy of a key wins, builders' rows counting after the rows), so a
+batch retried after a half-finished attempt, or replayed from Kafka, adds no logical row.
 """
 
 from __future__ import annotations
@@ -845,10 +850,10 @@ Offsets = dict[tuple[str, int], int]
 class SinkBuffer:
     """Worker batches waiting to be stored, with the Kafka offsets they cover.
 
-    `add` merges a batch in; `due(now)` says whether to flush (at least `max_rows` rows, or the oldest row
-    waited `max_age_s`); `flush(sink, commit)` stores everything, then commits the offsets (the highest
-    per partition) and empties the buffer. When the store fails nothing is committed and the buffer keeps
-    its rows, so the next flush sends them again.
+    `add` merges a batch in (rows and column builders alike); `due(now)` says whether to flush (at least
+    `max_rows` rows, or the oldest row waited `max_age_s`); `flush(sink, commit)` stores everything, then
+    commits the offsets (the highest per partition) and empties the buffer. When the store fails nothing is
+    committed and the buffer keeps its rows, so the next flush sends them again.
     """
 
     def __init__(self, max_rows: int = 50_000, max_age_s: float = 1.0,
