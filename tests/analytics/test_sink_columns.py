@@ -121,6 +121,31 @@ def test_columns_give_the_blocks_rows_give() -> None:
     assert len(events["event_id"]) == len({e.event_id for e in b.events})
 
 
+times = st.one_of(
+    st.datetimes(min_value=datetime(1970, 1, 2), max_value=datetime(2105, 1, 1)),
+    st.datetimes(min_value=datetime(1970, 1, 2), max_value=datetime(2105, 1, 1),
+                 timezones=st.sampled_from([UTC, timezone(timedelta(hours=8)), timezone(timedelta(hours=-5))])),
+)
+maybe_float = st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True))
+event_rows = st.builds(
+    EventRow, event_id=st.text(max_size=12), source=st.sampled_from(["hotline", "patrol", "iot"]),
+    case_id=st.text(max_size=5), category=st.just("E0501"), cell=st.text(max_size=3), subdistrict=st.just(""),
+    received_at=times, ingested_at=times, lon=maybe_float, lat=maybe_float, snapped=st.booleans(),
+    merged=st.booleans(), grid_version=st.just("g"), grid_kind=st.text(max_size=3),
+    request_type=st.text(max_size=3), sensor_type=st.text(max_size=3), value=maybe_float,
+    description=st.text(max_size=50))
+
+
+@given(st.lists(event_rows, max_size=20))
+def test_any_events_give_the_same_block_as_rows_or_as_columns(rows: list[EventRow]) -> None:
+    """Whatever the events (repeated ids, NULL or NaN numbers, naive or aware times, any text), the builder
+    form converts to exactly the block the row form converts to."""
+    from_rows = batch_columns(SinkBatch(events=rows))[0][1]
+    from_cols = batch_columns(as_columns(SinkBatch(events=rows)))[0][1]
+    assert same(from_rows, from_cols)
+    assert len(from_rows[0]) == len({r.event_id for r in rows})
+
+
 keyed_rows = st.lists(st.tuples(st.sampled_from("abcde"), st.integers(0, 3), st.integers()), max_size=40)
 
 
