@@ -27,7 +27,7 @@ from pipeline.cases import CaseBook, CorrelationPolicy, Outcome, Router, case_pa
 from pipeline.decode import CaseUpdate, Decoder, InvalidEvent
 from pipeline.model import Event, Location, Source
 from pipeline.privacy import redact_bytes, redact_raw
-from pipeline.records import SensorReadingRow
+from pipeline.records import ReadingColumns, SensorReadingRow
 from pipeline.sensors import SensorRegistry, SensorState, minute_start, observe
 
 log = logging.getLogger("cityops.flow")
@@ -87,6 +87,7 @@ class IngestResult:
     accepted: int = 0
     late_readings: int = 0
     unknown_sensors: set[str] = field(default_factory=set)
+    touched: set[str] = field(default_factory=set)     # sensors whose state a `readings` call changed
 
 
 class DeadLetterLimitExceeded(RuntimeError):
@@ -179,21 +180,39 @@ class Ingest:
         self._locate_into(events, origins, out)
         return out
 
-    def readings(self, messages: Sequence[Message], states: dict[str, SensorState]) -> IngestResult:
+    def readings(self, messages: Sequence[Message], states: dict[str, SensorState],
+                 columns: ReadingColumns | None = None) -> IngestResult:
         """Sensor readings: update each sensor's state (the caller persists `states`), aggregate per minute,
-        and pass on a problem only when a threshold is crossed."""
+        and pass on a problem only when a threshold is crossed.
+
+        The sensor-minute rows go to `out.readings`, or, given `columns`, straight into those column builders
+        (the worker's fast path); `out.touched` names the sensors whose state changed either way."""
         out = IngestResult()
         problems: list[Event] = []
         origins: list[Message] = []
-        touched: dict[str, tuple[SensorState, str, str]] = {}
+        touched: dict[str, tuple[SensorState, str]] = {}
+        if columns is None:
+            rows = out.readings
+
+            def emit(sid: str, stype: str, state: SensorState, cell: str) -> None:
+                rows.append(_reading_row(sid, stype, state, cell))
+        else:
+            append = columns.append
+
+            def emit(sid: str, stype: str, state: SensorState, cell: str) -> None:
+                minute_max = state.minute_max
+                append(sid, stype, int(state.minute), state.minute_readings, state.last_value,
+                       minute_max, cell)
+        reading_of = self.decoder.reading
+        sensor_of = self.sensors.get
         for msg in messages:
             try:
-                reading = self.decoder.reading(msg.value)
+                reading = reading_of(msg.value)
             except InvalidEvent as err:
                 out.deadletters.append(_dead(msg, err.reason))
                 continue
             sid = reading.sensor_id
-            sensor = self.sensors.get(sid)
+            sensor = sensor_of(sid)
             if sensor is None:
                 out.unknown_sensors.add(sid)
             elif sensor.sensor_type != reading.sensor_type:
@@ -205,20 +224,21 @@ class Ingest:
                 state = states[sid] = SensorState()
             prev_minute = state.minute
             if prev_minute and sid in touched and reading.at.timestamp() >= prev_minute + 60:
-                out.readings.append(_reading_row(sid, touched[sid][1], state, touched[sid][2]))
+                emit(sid, touched[sid][1], state, "")
             obs = observe(state, reading, sensor)
             out.accepted += 1
             if not obs.applied:
                 out.late_readings += 1
                 continue
-            touched[sid] = (state, reading.sensor_type, "")
+            touched[sid] = (state, reading.sensor_type)
             if obs.problem is not None:
                 problems.append(obs.problem)
                 origins.append(msg)
         self._locate_into(problems, origins, out, count_accepted=False)
         cells = {e.sensor_id: (e.location.cell or "") for e in problems if e.location}
-        for sid, (state, stype, _) in touched.items():
-            out.readings.append(_reading_row(sid, stype, state, cells.get(sid, "")))
+        for sid, (state, stype) in touched.items():
+            emit(sid, stype, state, cells.get(sid, ""))
+        out.touched = set(touched)
         return out
 
     def updates(self, messages: Sequence[Message]) -> IngestResult:

@@ -49,10 +49,10 @@ class IngestService(BatchService):
             if any(r.value is None for r in batch):     # a tombstone on a raw topic: an empty, invalid message
                 batch = [Message(r.topic, r.partition, r.offset, r.value or b"", r.key) for r in batch]
             if tp.topic == t.raw_iot:
-                res = ingest.readings(batch, self.sensor_states.partition(tp.partition))
-                if res.readings:
-                    self.sensor_states.changed(tp.partition, {r.sensor_id for r in res.readings})
-                    self.pending.rows.readings.extend(res.readings)
+                res = ingest.readings(batch, self.sensor_states.partition(tp.partition),
+                                      self.pending.rows.reading_columns)
+                if res.touched:
+                    self.sensor_states.changed(tp.partition, res.touched)
             elif tp.topic == t.case_updates:
                 res = ingest.updates(batch)
             else:

@@ -70,3 +70,35 @@ def test_the_pipeline_makes_exactly_the_cases_of_the_truth(sim, messages, world,
     assert dead["raw_iot"] == malformed["iot"]
     assert dead["case_updates"] == malformed["case-updates"]
     assert unlocated == truth["counts"]["unlocated_tickets"]
+
+
+def test_readings_into_column_builders_equal_readings_as_rows(sim, messages, world, tmp_path):
+    """The worker's fast path (sensor-minute rows appended straight to the sink's column builders) makes exactly
+    the rows of the row path, batch by batch, and names the same changed sensors."""
+    from pipeline.records import ReadingColumns
+
+    path = tmp_path / "sensors.csv"
+    sim.write_registry(path)
+    ingest = Ingest(decoder=default_decoder(), grid=world.index, gazetteer=world.gazetteer,
+                    sensors=load_registry(path, load_types()))
+    readings = [Message("raw_iot", 0, n, m.value, m.key) for n, m in enumerate(messages) if m.topic == "raw_iot"]
+    assert len(readings) > 5000
+    by_rows: dict[str, SensorState] = {}
+    by_columns: dict[str, SensorState] = {}
+    rows_seen = 0
+    for i in range(0, len(readings), 1000):
+        batch = readings[i:i + 1000]
+        as_rows = ingest.readings(batch, by_rows)
+        columns = ReadingColumns()
+        as_columns = ingest.readings(batch, by_columns, columns)
+        want = [(r.sensor_id, r.sensor_type, int(r.minute.timestamp()), r.readings, r.last_value, r.max_value,
+                 r.cell) for r in as_rows.readings]
+        got = list(zip(columns.sensor_id, columns.sensor_type, columns.minute, columns.readings,
+                       columns.last_value, columns.max_value, columns.cell, strict=True))
+        assert got == want and as_columns.readings == []
+        assert as_columns.touched == as_rows.touched == {r.sensor_id for r in as_rows.readings}
+        assert [d.reason for d in as_columns.deadletters] == [d.reason for d in as_rows.deadletters]
+        assert as_columns.located == as_rows.located
+        rows_seen += len(want)
+    assert rows_seen > 1000
+    assert {k: v.to_dict() for k, v in by_rows.items()} == {k: v.to_dict() for k, v in by_columns.items()}
