@@ -444,7 +444,7 @@ def run_chain(inp: BenchInput, world: Any) -> tuple[StageRun, dict[str, float]]:
     from pipeline.cases import CaseBook, CorrelationPolicy
     from pipeline.decode import default_decoder
     from pipeline.flow import CaseStage, Ingest, Message
-    from pipeline.records import SinkBatch
+    from pipeline.records import ReadingColumns, SinkBatch
     from pipeline.sensors import SensorState, load_registry, load_types
 
     ingest = Ingest(decoder=default_decoder(), grid=world.index, gazetteer=world.gazetteer,
@@ -456,7 +456,7 @@ def run_chain(inp: BenchInput, world: Any) -> tuple[StageRun, dict[str, float]]:
     rates: dict[str, list[float]] = {"readings": [], "reports": [], "updates": [], "cases": []}
     events: set[str] = set()
     cases: set[str] = set()
-    minutes: set[tuple[str, datetime]] = set()
+    minutes: set[tuple[str, int]] = set()
     assignments = 0
     offset = 0
     for topic, group in groupby(inp.messages, key=lambda m: m.topic):
@@ -465,11 +465,13 @@ def run_chain(inp: BenchInput, world: Any) -> tuple[StageRun, dict[str, float]]:
             msgs.append(Message(topic, 0, offset, m.value, m.key))
             offset += 1
         for batch in chunks(msgs, STAGE_BATCH):
+            columns = ReadingColumns()
             t = time.process_time()
             if topic in SOURCE_OF:
                 res, kind = ingest.reports(SOURCE_OF[topic], batch), "reports"  # type: ignore[arg-type]
             elif topic == "raw_iot":
-                res, kind = ingest.readings(batch, states), "readings"
+                # as the worker does it: sensor-minute rows straight into the sink's column builders
+                res, kind = ingest.readings(batch, states, columns), "readings"
             else:
                 res, kind = ingest.updates(batch), "updates"
             rates[kind].append(len(batch) / max(time.process_time() - t, 1e-6))
@@ -478,12 +480,12 @@ def run_chain(inp: BenchInput, world: Any) -> tuple[StageRun, dict[str, float]]:
             if res.located:
                 rates["cases"].append(len(res.located) / max(time.process_time() - t, 1e-6))
             run.located += res.located
-            run.sink_batches.append(SinkBatch(readings=res.readings))
+            run.sink_batches.append(SinkBatch(readings=res.readings, reading_columns=columns))
             run.sink_batches.append(SinkBatch(cases=list(out.cases.values()), events=out.events,
                                               transitions=out.transitions))
             events.update(e.event_id for e in out.events)
             cases.update(out.cases)
-            minutes.update((r.sensor_id, r.minute) for r in res.readings)
+            minutes.update(zip(columns.sensor_id, columns.minute, strict=True))
             assignments += len(out.assignments)
     run.expected = {"events": len(events), "cases": len(cases), "reading_minutes": len(minutes),
                     "assignments": assignments, "located": len(run.located)}
@@ -584,11 +586,18 @@ def sink_rate(base: Settings, tag: str, batches: Sequence[Any]) -> StageRate:
         m.events += b.events
         m.transitions += b.transitions
         m.readings += b.readings
+        m.event_columns.extend(b.event_columns)
+        m.reading_columns.extend(b.reading_columns)
     merged = [m for m in merged if len(m)]
     tables = {"sensor_readings": "readings", "events": "events", "case_transitions": "transitions",
               "cases": "cases"}
     naive_rows = [(table, _row(r, _COLUMNS[table])) for m in merged[:3] for table, attr in tables.items()
-                  for r in getattr(m, attr)][:3000]
+                  for r in getattr(m, attr)]
+    for m in merged[:3]:       # the worker's sensor-minute rows come as columns: the naive way gets them as rows
+        cols = m.reading_columns.lists()
+        naive_rows += [("sensor_readings", dict(zip(cols, values, strict=True)))
+                       for values in zip(*cols.values(), strict=True)]
+    naive_rows = naive_rows[:3000]
     with prepared(isolated(base, tag)) as s:
         sink = ClickHouseSink(s)
         rates = []

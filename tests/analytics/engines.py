@@ -13,7 +13,7 @@ from typing import Any
 
 from pipeline.migrate import _BOOTSTRAP, Target, load_migrations, render, rendered_statements
 from pipeline.records import SinkBatch
-from pipeline.sink import batch_blocks, render_query, to_columns
+from pipeline.sink import batch_columns, render_query
 
 
 class ChdbDatabase:
@@ -43,10 +43,9 @@ class ChdbDatabase:
 
     def store(self, batch: SinkBatch) -> None:
         """Insert a batch as the sink would (same conversion and de-duplication within the batch)."""
-        for spec, rows in batch_blocks(batch):
-            if not rows:
+        for spec, columns in batch_columns(batch):
+            if not columns or not columns[0]:
                 continue
-            columns = to_columns(spec, rows)
             values = ", ".join(render_query("%(r)s", {"r": tuple(r)}) for r in zip(*columns, strict=True))
             self.execute(
                 f"INSERT INTO {self.database}.{spec.table} ({', '.join(spec.columns)}) VALUES {values}"
