@@ -10,6 +10,8 @@ its own ClickHouse database, dropped at the end):
    sensor readings, then hotline tickets, feedback and patrol reports, 1 % malformed;
 2. stages, in process on the same input: decode, sensor state, locate, correlate + dispatch, dispatch alone and
    the ClickHouse sink, each next to its naive counterpart (CPU-time rates, median over batches);
+   (sink: `pipeline.sink_bench` at 200,000 rows in batches of 50,000, rows and column builders, both
+   transports; its events rows/s over HTTP from column builders is the issue #6 target;)
 3. throughput: the input produced to the raw topics first, then one worker started; events/s from its first
    output to the last row stored in ClickHouse and the last message produced (assignments, case state), and
    the worker's peak memory (VmHWM); the same again with `--workers` workers in one consumer group;
@@ -60,7 +62,8 @@ TARGET_MEMORY_MIB = 1024.0
 READINGS_PER_SENSOR_DAY = 96            # the simulator's default 15-minute reading interval
 STAGE_BATCH = 2000                      # the worker's default batch (CITYOPS_BATCH)
 SOURCE_OF = {"raw_hotline": "hotline", "raw_patrol": "patrol"}
-PHASES = frozenset({"stages", "throughput", "naive", "scaling", "latency", "month"})
+PHASES = frozenset({"stages", "sink", "throughput", "naive", "scaling", "latency", "month"})
+SINK_ROWS, SINK_BATCH = 200_000, 50_000       # the sink phase: pipeline.sink_bench at this size
 LIBRARIES = ("faust-streaming", "aiokafka", "kafka-python", "crc32c", "clickhouse-driver", "shapely", "numpy",
              "orjson", "PyYAML")
 
@@ -939,6 +942,15 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
             ratio = eps / result["naive"]["events_per_s"]
             out.append({"what": f">= {TARGET_RATIO:.0f}x the naive baseline", "measured": f"{ratio:.1f}x",
                         "met": ratio >= TARGET_RATIO})
+    sink = result.get("sink")
+    if sink:
+        from pipeline.sink_bench import TARGET_ROWS_PER_S
+
+        rate = sink["events_columns_http"]
+        out.append({"what": f"the sink stores >= {TARGET_ROWS_PER_S:,} rows/s from one process (events rows, "
+                            "column builders over HTTP)",
+                    "measured": f"{rate:,.0f} rows/s (sensor minutes {sink['readings_columns_http']:,.0f})",
+                    "met": rate >= TARGET_ROWS_PER_S})
     lat = result.get("latency")
     if lat:
         p99 = lat["paced"]["p99_ms"]
@@ -980,6 +992,11 @@ def run_bench(cfg: BenchConfig, base: Settings | None = None, log: Callable[[str
         stages, chain = [], run_chain(inp, world)[0]
     result["stages"] = [{**asdict(s), "ratio": s.ratio} for s in stages]
     result["targets"] = []
+    if "sink" in cfg.phases:
+        from pipeline.sink_bench import run_sink_bench
+
+        log(f"  the sink alone (pipeline.sink_bench, {SINK_ROWS:,} rows in batches of {SINK_BATCH:,})...")
+        result["sink"] = run_sink_bench(base, SINK_ROWS, SINK_BATCH, repeats=3)
     result["input"] = {"messages": len(inp.messages), "topics": inp.counts(), "expected": chain.expected,
                        "sim": {"days": inp.simulation.config.days, "sensors": inp.simulation.config.sensors,
                                "start": inp.simulation.config.begin.isoformat()}}
