@@ -58,9 +58,10 @@ class DispatchLike(Protocol):
 
 
 class Router(Protocol):
-    """What the book needs from the rules engine (rules.engine.Ruleset satisfies it)."""
+    """What the book needs from the rules engine (rules.engine.Ruleset satisfies it): the decision without a due
+    time, which the book computes (`at + sla`); the engine shares one decision object per rule."""
 
-    def dispatch(self, event: Event, recurrence: Any) -> DispatchLike: ...
+    def decide(self, event: Event, recurrence: Any) -> DispatchLike: ...
 
 
 @dataclass(frozen=True)
@@ -513,7 +514,7 @@ class CaseBook:
 
     def _dispatch(self, case: Case, event: Event, router: Router, out: Outcome, *, kind: str, at: datetime,
                   avoid: str | None = None, why: str = "") -> None:
-        decision = router.dispatch(event, self.recurrence())
+        decision = router.decide(event, self.recurrence())
         team, reason = decision.team, decision.reason
         if avoid is not None and team == avoid:
             team = "supervision" if avoid != "supervision" else "handling"

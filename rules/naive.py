@@ -38,6 +38,10 @@ class NaiveRuleset:
     ) -> list[Dispatch]:
         return [self.dispatch(ev, recurrence) for ev in events]
 
+    def decide(self, ev: Event, rec: RecurrenceCounter | None = None) -> Dispatch:
+        """What a case book asks a router (pipeline.cases.Router): here simply the full dispatch."""
+        return self.dispatch(ev, rec)
+
     def dispatch(self, ev: Event, rec: RecurrenceCounter | None = None) -> Dispatch:
         rules = sorted(
             (r for r in self.doc.get("rules") or [] if r.get("enabled", True)), key=lambda r: r["order"]

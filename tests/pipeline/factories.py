@@ -80,6 +80,9 @@ class FakeRouter:
         team = "enforcement" if event.category.startswith("E05") else "handling"
         return FakeDispatch(team=team, rule_id=f"to-{team}", reason=f"category {event.category}")
 
+    def decide(self, event: Event, recurrence: Any) -> FakeDispatch:
+        return self.dispatch(event, recurrence)
+
 
 @dataclass
 class FakeLocateResult:
