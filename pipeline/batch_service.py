@@ -12,13 +12,18 @@ Checkpoint, every `commit_interval_s` (or sooner when many rows wait):
 
 1. every message produced since the last checkpoint is acknowledged by the broker and every row is stored in
    ClickHouse;
-2. then each state table's changes are written to its compacted changelog topic (acknowledged);
-3. then the consumed offsets are committed.
+2. then, in one Kafka transaction, each state table's changes are written to its compacted changelog topic and
+   the consumed offsets are committed: the state a worker restores is always exactly the state at the offsets
+   it resumes from, never part of a checkpoint (the changelog is read `read_committed`).
+
+The transactional id is `<group>-<host>-<slot>`: a process takes the lowest slot no live process on its host
+holds (a lock file under `CITYOPS_VAR/run`), so a worker restarted after a crash takes over its predecessor's id
+and Kafka aborts the transaction it left open at once, instead of after the transaction timeout.
 
 A checkpoint is stored while the next batches are processed; the table changes it writes are serialised when it
 starts, at exactly its offsets; one checkpoint is stored at a time, in order. A crash replays from the last
-commit: outputs are written again with the same stable ids (nothing counts twice), and state that was already
-written for replayed input recognises it (sensor readings not newer than the state, reports already in a case).
+commit with the state of that commit, so the replay computes exactly what the first attempt computed: outputs are
+written again with the same stable ids and the same content (nothing counts twice).
 On a rebalance the stage checkpoints and waits before giving partitions up, and restores the state of the
 partitions it gets from their changelog before reading them.
 """
@@ -27,12 +32,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
+import socket
 import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -45,6 +53,8 @@ log = logging.getLogger("cityops.worker")
 
 EXIT_DEADLETTER_LIMIT = 3      # the worker's exit status when the dead-letter cap stopped it
 EXIT_STAGE_FAILED = 4          # a batch failed (e.g. an output could not be delivered): exit, replay after restart
+TRANSACTION_TIMEOUT_MS = 30_000  # a transaction left open by a process that died and was not restarted is
+                                 # aborted after this long (a restarted one is aborted at once, see InstanceSlot)
 
 V = TypeVar("V")
 
@@ -154,6 +164,8 @@ class BatchService(Service):
         self._producer: AIOKafkaProducer | None = None
         self._in_flight: asyncio.Future[None] | None = None
         self.partition_counts: dict[str, int] = {}     # input topic of a table -> its partitions
+        self._txn: AIOKafkaProducer | None = None          # transactional: changelog writes and offsets
+        self._slot: InstanceSlot | None = None
 
     # -- what a stage implements -------------------------------------------------------------------------------
 
@@ -176,6 +188,12 @@ class BatchService(Service):
         self._producer = AIOKafkaProducer(client_id=f"{self.group}-producer", acks="all", linger_ms=5,
                                           max_request_size=4 * 1024 * 1024, **opts)
         await self._producer.start()
+        self._slot = InstanceSlot.take(self.settings.var_dir / "run", self.group)
+        self._txn = AIOKafkaProducer(client_id=f"{self.group}-checkpoints", linger_ms=5,
+                                     transactional_id=self._slot.transactional_id,
+                                     transaction_timeout_ms=TRANSACTION_TIMEOUT_MS,
+                                     max_request_size=16 * 1024 * 1024, **opts)
+        await self._txn.start()
         self._consumer = AIOKafkaConsumer(
             client_id=f"{self.group}-consumer", group_id=self.group, enable_auto_commit=False,
             auto_offset_reset="earliest", max_poll_records=self.batch, fetch_max_bytes=64 * 1024 * 1024,
@@ -191,8 +209,11 @@ class BatchService(Service):
                 except Exception as err:   # the replay after the restart covers what this did not store
                     log.warning("%s: last checkpoint at shutdown failed: %s", self.group, err)
             await self._consumer.stop()
-        if self._producer is not None:
-            await self._producer.stop()
+        for producer in (self._producer, self._txn):
+            if producer is not None:
+                await producer.stop()
+        if self._slot is not None:
+            self._slot.release()
 
     @Service.task
     async def _run(self) -> None:
@@ -264,17 +285,18 @@ class BatchService(Service):
             await task
 
     async def _store(self, p: Pending, changes: list[tuple[str, tuple[int, bytes, bytes | None]]]) -> None:
-        assert self._producer is not None and self._consumer is not None
+        assert self._txn is not None
         loop = asyncio.get_running_loop()
         stored = loop.run_in_executor(None, self.c.sink.write, p.rows) if len(p.rows) else None
         await asyncio.gather(*p.sends, *([stored] if stored is not None else []))
-        send = self._producer.send
-        acks = [await send(topic, value=value, key=key, partition=partition)
-                for topic, (partition, key, value) in changes]
-        await asyncio.gather(*acks)
         offsets = {tp: off for tp, off in p.offsets.items() if tp in self.owned}
-        if offsets:
-            await self._consumer.commit(offsets)
+        if changes or offsets:
+            async with self._txn.transaction():      # commits (waiting for every record) or aborts on error
+                send = self._txn.send
+                for topic, (partition, key, value) in changes:
+                    await send(topic, value=value, key=key, partition=partition)
+                if offsets:
+                    await self._txn.send_offsets_to_transaction(offsets, self.group)
         self.checkpoints += 1
 
     # -- partitions come and go --------------------------------------------------------------------------------
@@ -298,6 +320,7 @@ class BatchService(Service):
     async def _restore(self, table: ChangelogTable[Any], partitions: list[int]) -> int:
         """Load `partitions` of `table` from its changelog, from the beginning to the end offsets of now."""
         consumer = AIOKafkaConsumer(client_id=f"{self.group}-restore", enable_auto_commit=False,
+                                    isolation_level="read_committed",
                                     fetch_max_bytes=64 * 1024 * 1024, max_partition_fetch_bytes=16 * 1024 * 1024,
                                     **self.settings.aiokafka_options())
         await consumer.start()
@@ -349,6 +372,34 @@ class BatchService(Service):
                     time.sleep(0.2)
         finally:
             admin.close()
+
+
+class InstanceSlot:
+    """This process's slot among the live workers of `group` on this host: the lowest number whose lock file no
+    live process holds (the kernel releases a dead process's lock). Gives a stable transactional id."""
+
+    def __init__(self, path: Path, fd: int, number: int, group: str) -> None:
+        self.path, self._fd, self.number = path, fd, number
+        self.transactional_id = f"{group}-{socket.gethostname()}-{number}"
+
+    @classmethod
+    def take(cls, directory: Path, group: str, limit: int = 1024) -> InstanceSlot:
+        directory.mkdir(parents=True, exist_ok=True)
+        for number in range(limit):
+            path = directory / f"{group}.{number}.lock"
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            return cls(path, fd, number, group)
+        raise RuntimeError(f"more than {limit} workers of {group} on this host")
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)      # closing releases the lock
+            self._fd = -1
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]

@@ -72,18 +72,26 @@ def test_kafka_broker_restart_mid_stream(tmp_path: Path) -> None:
 
 
 def test_a_second_worker_joins_and_leaves_mid_stream(tmp_path: Path) -> None:
-    """Two rebalances (join, then leave) during the stream: no message lost, none counted twice."""
+    """Two rebalances (join, then leave) while input keeps arriving: no message lost, none counted twice.
+
+    The input comes in three parts, so that each rebalance happens with messages in flight however fast the
+    worker is: the first before the second worker joins, the second while it joins, the third as it leaves."""
     sim = stream(**SMALL)
     expected = Expected.of(sim)
     total = sum(expected.readings.values())
+    messages = messages_of(sim)
+    third = len(messages) // 3
     with isolated(tmp_path, sim, "rebal") as p:
-        produce_stream(p.settings, messages_of(sim))
+        produce_stream(p.settings, messages[:third])
         first = p.start_worker(0)
-        progress_reached(p, total // 5, timeout_s=300)
+        progress_reached(p, total // 10, timeout_s=300)
         second = p.start_worker(1)
+        produce_stream(p.settings, messages[third:2 * third])
         at_join = stored_readings(p)
-        progress_reached(p, at_join + total // 5, timeout_s=300)
+        progress_reached(p, at_join + total // 10, timeout_s=300)
+        assert second.poll() is None, p.tail(1)
         p.stop_all_but(first)
+        produce_stream(p.settings, messages[2 * third:])
         wait_drained(p, timeout_s=400, alive=[first])
         problems = all_problems(p, expected)
         assert not problems, "\n".join(problems)

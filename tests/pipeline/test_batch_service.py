@@ -1,0 +1,66 @@
+"""The stages' shared parts that need no broker: the changelog-backed table and the per-host instance slot."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from pipeline.batch_service import ChangelogTable, InstanceSlot
+
+
+def table() -> ChangelogTable[dict[str, int]]:
+    import orjson
+    return ChangelogTable("t-changelog", orjson.dumps, orjson.loads)
+
+
+def test_changes_are_taken_once_encoded_as_they_are_when_taken() -> None:
+    t = table()
+    t.put(0, "a", {"n": 1})
+    t.put(1, "b", {"n": 2})
+    t.partition(0)["a"]["n"] = 5            # changed in place, then declared
+    t.changed(0, {"a"})
+    assert sorted(t.take_changes()) == [(0, b"a", b'{"n":5}'), (1, b"b", b'{"n":2}')]
+    assert t.take_changes() == []            # taken: nothing left
+    t.delete(1, "b")
+    t.delete(1, "never-there")               # deleting what is absent writes nothing
+    assert t.take_changes() == [(1, b"b", None)]   # a tombstone
+    assert sorted(t.all_keys()) == [(0, "a")] and len(t) == 1
+
+
+def test_loading_a_changelog_replays_puts_and_tombstones_in_order() -> None:
+    t = table()
+    t.load(2, [(b"x", b'{"n":1}'), (b"y", b'{"n":2}'), (b"x", b'{"n":3}'), (b"y", None)])
+    assert t.partition(2) == {"x": {"n": 3}}
+    assert t.take_changes() == []            # what was loaded is not a change to write back
+    t.drop({2})
+    assert t.get(2, "x") is None and len(t) == 0
+
+
+def test_slots_are_the_lowest_free_and_freed_by_release(tmp_path: Path) -> None:
+    a = InstanceSlot.take(tmp_path, "g-ingest")
+    b = InstanceSlot.take(tmp_path, "g-ingest")
+    other = InstanceSlot.take(tmp_path, "g-cases")      # another group counts on its own
+    assert (a.number, b.number, other.number) == (0, 1, 0)
+    assert a.transactional_id != b.transactional_id and a.transactional_id.startswith("g-ingest-")
+    a.release()
+    c = InstanceSlot.take(tmp_path, "g-ingest")
+    assert c.number == 0 and c.transactional_id == a.transactional_id   # a restart takes over the id
+    for s in (b, c, other):
+        s.release()
+
+
+def test_a_dead_process_frees_its_slot(tmp_path: Path) -> None:
+    """The kernel releases a killed process's lock: the worker started after a crash gets the same id."""
+    code = ("import time; from pathlib import Path; from pipeline.batch_service import InstanceSlot; "
+            f"s = InstanceSlot.take(Path({str(tmp_path)!r}), 'g'); print(s.number, flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "0"
+        while_alive = InstanceSlot.take(tmp_path, "g")
+        assert while_alive.number == 1
+        while_alive.release()
+    finally:
+        holder.kill()                # like kill -9: no clean-up in the process
+        holder.wait(timeout=30)
+    assert InstanceSlot.take(tmp_path, "g").number == 0
