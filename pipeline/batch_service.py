@@ -246,11 +246,17 @@ class BatchService(Service):
                 self._on_fatal(EXIT_STAGE_FAILED, f"{self.group}: {type(err).__name__}: {err}")
 
     async def tick(self) -> None:
-        """After each fetch (under the lock): start a checkpoint when one is due, surface a finished one's error."""
+        """After each fetch (under the lock): start a checkpoint when one is due, surface a finished one's error.
+
+        While the previous checkpoint is still being stored, processing goes on and the next one simply starts
+        later, unless `max_rows` rows or messages are waiting: then the stage waits for it (backpressure)."""
+        if self._in_flight is not None:
+            if self._in_flight.done():
+                await self._finish_checkpoint()     # surfaces its error, if it failed
+            elif len(self.pending.rows) < self.max_rows and len(self.pending.sends) < self.max_rows:
+                return
         if self._due():
             await self._checkpoint(wait=False)
-        elif self._in_flight is not None and self._in_flight.done():
-            await self._finish_checkpoint()
 
     # -- outputs -----------------------------------------------------------------------------------------------
 
