@@ -180,6 +180,9 @@ class Case:
     escalated: bool = False
     sensor_id: str | None = None
     first_event: dict[str, Any] = field(default_factory=dict)
+    # where and from which sources the current dispatch was made: an escalation repeats it, so that its content
+    # does not depend on when the overdue check ran (a replay after a crash re-sends it with the same content)
+    dispatched_at_place: list[Any] = field(default_factory=list)      # [lat, lon, cell, subdistrict, sources]
     event_ids: list[str] = field(default_factory=list)      # reports absorbed (to recognise replays)
     update_ids: list[str] = field(default_factory=list)     # team updates applied
 
@@ -527,6 +530,7 @@ class CaseBook:
         case.ruleset_version = decision.ruleset_version
         case.due_at = at + decision.sla
         case.escalated = False
+        case.dispatched_at_place = [case.lat, case.lon, case.cell, case.subdistrict, list(case.sources)]
         self._transition(case, "dispatched", team, "system", at, f"{decision.rule_id}: {reason}", out)
         out.assignments.append(Assignment(
             assignment_id=_assignment_id(case.case_id, case.dispatches, kind), case_id=case.case_id, team=team,
@@ -556,12 +560,14 @@ class CaseBook:
                 target = case.escalate_to or "supervision"
                 self._transition(case, "escalated", target, "system", case.due_at,
                                  f"overdue since {_iso(case.due_at)} ({case.team})", out)
+                lat, lon, cell, subdistrict, sources = case.dispatched_at_place or [
+                    case.lat, case.lon, case.cell, case.subdistrict, case.sources]
                 out.assignments.append(Assignment(
                     assignment_id=_assignment_id(case.case_id, case.dispatches, "escalation"),
                     case_id=case.case_id, team=target, priority=1, due_at=case.due_at, category=case.category,
-                    cell=case.cell, subdistrict=case.subdistrict, lat=case.lat, lon=case.lon,
+                    cell=cell, subdistrict=subdistrict, lat=lat, lon=lon,
                     rule_id=case.rule_id, reason=f"overdue: {case.team} had until {_iso(case.due_at)}",
-                    sources=tuple(case.sources), created_at=case.due_at, kind="escalation",
+                    sources=tuple(sources), created_at=case.due_at, kind="escalation",
                     ruleset_version=case.ruleset_version, grid_version=case.grid_version,
                 ))
                 self._changed(case, out)

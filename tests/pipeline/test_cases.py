@@ -280,3 +280,20 @@ def test_discovery_follows_event_time_not_processing_order(book: CaseBook) -> No
     (case,) = out.cases.values()
     assert case.discovered_by == "sensor" and case.created_at == T0 + timedelta(minutes=10) and case.reports == 2
     assert (case.cell, book.cases[case.case_id].lon) == (CELL, 121.49)
+
+
+def test_an_escalation_repeats_its_dispatch_whatever_merged_since() -> None:
+    """The overdue check runs when it runs (after a batch, on a timer): what it sends must not depend on that,
+    or a replay after a crash would re-send an escalation id with other content."""
+    router = FakeRouter()
+    quiet, busy = CaseBook(partition_key(LOC)), CaseBook(partition_key(LOC))
+    for b in (quiet, busy):
+        b.add_event(ev("hotline:1"), router)
+    # the busy book merges a patrol report (another source, a little further east) before the check runs
+    busy.add_event(ev("patrol:2", source="patrol", minutes=30, lon=121.49 + 0.0003), router)
+    late = T0 + timedelta(hours=5)
+    (a,) = quiet.escalate_overdue(late).assignments
+    (b,) = busy.escalate_overdue(late).assignments
+    assert a.kind == b.kind == "escalation" and a.assignment_id == b.assignment_id
+    assert a == b
+    assert set(next(iter(busy.cases.values())).sources) == {"hotline", "patrol"}   # the case itself did change
