@@ -275,6 +275,7 @@ class CaseBook:
         self.parked: dict[str, list[CaseUpdate]] = {}     # case id -> updates that arrived before the case
         self.parked_dirty: set[str] = set()
         self._recurrence: RecurrenceHistory | None = None
+        self._escalation_clock: datetime | None = None
 
     @classmethod
     def from_cases(cls, key: str, cases: Iterable[Case], policy: CorrelationPolicy | None = None) -> CaseBook:
@@ -549,6 +550,15 @@ class CaseBook:
         self._transition(case, "reopened", team, actor, at, why, out)
         self._dispatch(case, _event_from_dict(case.first_event), router, out, kind="reopen", at=at,
                        why=f"reopened: {why}")
+
+    def escalate_due(self) -> Outcome:
+        """`escalate_overdue` by the book's own stream clock, checked whenever that clock has moved: called after
+        each report or update, so what escalates when depends only on the book's input, never on batch
+        boundaries or timers (a replay after a crash escalates exactly as the first run did)."""
+        if self.clock == self._escalation_clock:
+            return Outcome()
+        self._escalation_clock = self.clock
+        return self.escalate_overdue()
 
     def escalate_overdue(self, now: datetime | None = None) -> Outcome:
         """Notify supervision (or the rule's escalate-to team) once for each case past its due time."""

@@ -157,9 +157,13 @@ class CasesService(BatchService):
 
     @Service.timer(float(os.environ.get("CITYOPS_SLA_CHECK_INTERVAL", "10")))
     async def _escalate_overdue(self) -> None:
-        """Escalate overdue cases of quiet grids (busy ones are checked on every batch)."""
+        """With the wall clock (`CITYOPS_SLA_CLOCK=wall`), escalate overdue cases of quiet grids too. With the
+        stream clock (the default) each grid's own clock escalates its cases as its reports arrive (CaseStage):
+        a timer would escalate by the progress of other grids, which a replay does not repeat."""
         from pipeline.worker import refresh
 
+        if os.environ.get("CITYOPS_SLA_CLOCK", "stream") != "wall":
+            return
         async with self.lock:
             if not self.owned:
                 return
@@ -168,8 +172,7 @@ class CasesService(BatchService):
             clock = max((b.clock for b in loaded.values()), default=None)
             if clock is None:
                 return
-            if os.environ.get("CITYOPS_SLA_CLOCK", "stream") == "wall":
-                clock = max(clock, datetime.now(UTC))
+            clock = max(clock, datetime.now(UTC))
             self.books.adopt(loaded)
             out = Outcome()
             for book in loaded.values():

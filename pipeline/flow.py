@@ -81,6 +81,7 @@ class Geocoder(Protocol):
 @dataclass
 class IngestResult:
     located: list[tuple[str, bytes]] = field(default_factory=list)    # (grid key, located message)
+    located_at: list[float] = field(default_factory=list)    # when each located item happened (epoch seconds)
     deadletters: list[DeadLetter] = field(default_factory=list)
     unlocated: list[bytes] = field(default_factory=list)
     readings: list[SensorReadingRow] = field(default_factory=list)
@@ -255,6 +256,7 @@ class Ingest:
                 out.deadletters.append(_dead(msg, f"case_id: {err}"))
                 continue
             out.located.append((key, encode_update(update)))
+            out.located_at.append(update.at.timestamp())
             out.accepted += 1
         return out
 
@@ -293,6 +295,7 @@ class Ingest:
                            grid_version=grid.version, snapped=bool(result.snapped[i]))
             located = replace(e, location=loc)
             out.located.append((partition_key(loc), encode_located(located)))
+            out.located_at.append(e.occurred_at.timestamp())
             if count_accepted:
                 out.accepted += 1
 
@@ -320,9 +323,9 @@ class CaseStage:
         return current if current is not None else self.router_source  # type: ignore[no-any-return]
 
     def apply(self, items: Iterable[tuple[str, bytes]], books: dict[str, CaseBook]) -> Outcome:
-        """Apply located reports and updates, in order, to the books they belong to, then escalate what became
-        overdue in the books touched (by each book's stream clock). `books` maps grid key -> book; a key not in
-        it gets a new empty book (the caller loads existing ones first)."""
+        """Apply located reports and updates, in order, to the books they belong to, escalating what becomes
+        overdue by each book's stream clock as it moves (after each item). `books` maps grid key -> book; a key
+        not in it gets a new empty book (the caller loads existing ones first)."""
         out = Outcome()
         router = self.router()
         touched: dict[str, CaseBook] = {}
@@ -336,7 +339,7 @@ class CaseStage:
                 out.extend(book.apply_update(item, router))
             else:
                 out.extend(book.add_event(item, router))
+            out.extend(book.escalate_due())
         for book in touched.values():
-            out.extend(book.escalate_overdue())
             out.extend(book.expire_parked())
         return out

@@ -44,6 +44,7 @@ class IngestService(BatchService):
         refresh(self.c)
         t = self.settings.topics
         ingest = self.c.ingest
+        located: list[tuple[float, int, str, bytes]] = []
         for tp, batch in records.items():
             # aiokafka's records have the fields of pipeline.flow.Message (topic, partition, offset, key, value)
             if any(r.value is None for r in batch):     # a tombstone on a raw topic: an empty, invalid message
@@ -57,12 +58,16 @@ class IngestService(BatchService):
                 res = ingest.updates(batch)
             else:
                 res = ingest.reports(self.sources[tp.topic], batch)
+            located += [(at, len(located) + i, key, value)
+                        for i, (at, (key, value)) in enumerate(zip(res.located_at, res.located, strict=True))]
             await self._publish(res)
+        # The batch's located items go out in the order they happened, not partition by partition: reports of
+        # one incident come from several partitions and topics, and a case is found most reliably in time order.
+        for _, _, key, value in sorted(located):
+            await self.send(t.located, value, key.encode())
 
     async def _publish(self, res: IngestResult) -> None:
         t = self.settings.topics
-        for key, value in res.located:
-            await self.send(t.located, value, key.encode())
         for value in res.unlocated:
             await self.send(t.unlocated, value)
         for dead in res.deadletters:
