@@ -120,18 +120,13 @@ class Settings:
                 f"{self.app_id}-cases": [t.located]}
 
     def aiokafka_options(self) -> dict[str, object]:
-        """Connection options for aiokafka clients (security settings only when configured)."""
-        opts: dict[str, object] = {"bootstrap_servers": self.kafka_bootstrap.split(",")}
-        if self.kafka_security_protocol != "PLAINTEXT":
-            opts["security_protocol"] = self.kafka_security_protocol
-        if self.kafka_sasl_mechanism:
-            opts["sasl_mechanism"] = self.kafka_sasl_mechanism
-            opts["sasl_plain_username"] = self.kafka_username
-            opts["sasl_plain_password"] = self.kafka_password
+        """Connection options for aiokafka clients: kafka-python's, with the CA file as an SSL context."""
+        opts = self.kafka_client_options()
+        cafile = opts.pop("ssl_cafile", None)
         if self.kafka_security_protocol.upper() in ("SSL", "SASL_SSL"):
             import ssl
 
-            opts["ssl_context"] = ssl.create_default_context(cafile=self.kafka_ssl_cafile)
+            opts["ssl_context"] = ssl.create_default_context(cafile=cafile)  # type: ignore[arg-type]
         return opts
 
     def kafka_client_options(self) -> dict[str, object]:
