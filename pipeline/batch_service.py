@@ -356,26 +356,22 @@ class BatchService(Service):
         from kafka.admin import NewTopic
         from kafka.errors import TopicAlreadyExistsError
 
-        from pipeline.topics import ensure_topics
+        from pipeline.topics import ensure_topics, topic_partitions, wait_visible
 
         ensure_topics(self.settings)
         admin = KafkaAdminClient(client_id=f"{self.group}-admin", **self.settings.kafka_client_options())
         try:
-            existing = set(admin.list_topics())
+            sources = list(self.tables)
+            known = topic_partitions(admin, sources + [table.topic for table in self.tables.values()])
             for source, table in self.tables.items():
-                described = admin.describe_topics([source])
-                partitions = len(described[0]["partitions"]) if described else self.settings.partitions
+                partitions = known.get(source, self.settings.partitions)
                 self.partition_counts[source] = partitions
-                if table.topic in existing:
+                if table.topic in known:
                     continue
                 with contextlib.suppress(TopicAlreadyExistsError):
                     admin.create_topics([NewTopic(name=table.topic, num_partitions=partitions, replication_factor=1,
                                                   topic_configs={"cleanup.policy": "compact"})])
-                deadline = time.monotonic() + 60
-                while table.topic not in set(admin.list_topics()):
-                    if time.monotonic() > deadline:
-                        raise TimeoutError(f"topic {table.topic} not visible after 60 s")
-                    time.sleep(0.2)
+                wait_visible(admin, [table.topic])
         finally:
             admin.close()
 

@@ -45,6 +45,13 @@ class TimeWindow:
     max_ahead: timedelta = timedelta(hours=1)
 
 
+# A reading's fields from `Decoder.reading_fields`: sensor_id, sensor_type, value, time (POSIX s), time, lon, lat.
+ReadingFields = tuple[str, str, float, float, datetime, float | None, float | None]
+_loads, _JSONDecodeError = orjson.loads, orjson.JSONDecodeError
+_isfinite, _fromisoformat = math.isfinite, datetime.fromisoformat
+_FLOATS = (float, int)
+
+
 class Reading(NamedTuple):
     sensor_id: str
     sensor_type: str
@@ -141,6 +148,60 @@ class Decoder:
         if obj.get("lat") is not None or obj.get("lon") is not None:
             lon, lat = _coords(obj, "lon", "lat")
         return Reading(sensor, sensor_type, value, at, lon, lat)
+
+    def reading_bounds(self) -> tuple[float, float]:
+        """The event times (POSIX seconds) `reading_fields` accepts without asking `reading`: a second inside the
+        window on both sides, from the wall clock read once (per batch)."""
+        return (self.window.earliest.timestamp() + 1.0,
+                (self.now() + self.window.max_ahead).timestamp() - 1.0)
+
+    def reading_fields(self, raw: bytes, bounds: tuple[float, float]) -> ReadingFields | None:
+        """`reading`'s fast path for the worker's batches: the same checks, in one function, on a reading that
+        passes them all, returned as plain fields (with its time as POSIX seconds). None whenever anything is
+        off or unusual (a time near the window's edges included): then `reading` decides, and says why."""
+        if len(raw) > MAX_MESSAGE_BYTES:
+            return None
+        try:
+            obj = _loads(raw)
+        except _JSONDecodeError:
+            return None
+        if type(obj) is not dict:
+            return None
+        sid, stype, text = obj.get("sensor_id"), obj.get("sensor_type"), obj.get("measured_at")
+        value: Any = obj.get("value")
+        if type(sid) is not str or type(stype) is not str or type(text) is not str:
+            return None
+        sid, stype, text = sid.strip(), stype.strip(), text.strip()
+        if not (0 < len(sid) <= MAX_ID and 0 < len(stype) <= 64 and 0 < len(text) <= 64):
+            return None
+        kind = type(value)
+        if kind is int:
+            value = float(value)
+        elif kind is not float or not _isfinite(value):
+            return None
+        try:
+            at = _fromisoformat(text)        # Python 3.11 reads a "Z" suffix (`_time` spells it out for clarity)
+        except ValueError:
+            return None
+        if at.tzinfo is not UTC:
+            if at.utcoffset() is None:
+                return None
+            at = at.astimezone(UTC)
+        ts = at.timestamp()
+        if not bounds[0] < ts < bounds[1]:
+            return None
+        unit = obj.get("unit")
+        if unit is not None and (type(unit) is not str or len(unit) > 32):
+            return None
+        lon: Any = obj.get("lon")
+        lat: Any = obj.get("lat")
+        if lon is not None or lat is not None:
+            if type(lon) not in _FLOATS or type(lat) not in _FLOATS:
+                return None
+            lon, lat = float(lon), float(lat)
+            if not (-180.0 <= lon <= 180.0 and -90.0 <= lat <= 90.0):
+                return None
+        return sid, stype, value, ts, at, lon, lat
 
     def iot(self, raw: bytes) -> Event:
         """A sensor reading as an Event. Its category comes later from the sensor registry (a reading is no case)."""

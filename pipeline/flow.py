@@ -24,11 +24,11 @@ import numpy as np
 import orjson
 
 from pipeline.cases import CaseBook, CorrelationPolicy, Outcome, Router, case_partition_key, partition_key
-from pipeline.decode import CaseUpdate, Decoder, InvalidEvent
+from pipeline.decode import CaseUpdate, Decoder, InvalidEvent, Reading
 from pipeline.model import Event, Location, Source
 from pipeline.privacy import redact_bytes, redact_raw
 from pipeline.records import ReadingColumns, SensorReadingRow
-from pipeline.sensors import SensorRegistry, SensorState, minute_start, observe
+from pipeline.sensors import ALARM, LATE, SensorRegistry, SensorState, alarm_event, apply_reading, minute_start
 
 log = logging.getLogger("cityops.flow")
 
@@ -100,20 +100,35 @@ class DeadLetterLimit:
 
     def __init__(self, max_ratio: float = 0.5, window: int = 2000, min_messages: int = 500) -> None:
         self.max_ratio, self.window, self.min_messages = max_ratio, window, min_messages
-        self._recent: deque[bool] = deque(maxlen=window)
+        self._runs: deque[list[Any]] = deque()     # [bad?, count] runs of the last `window` messages, oldest first
+        self._len = 0
         self._bad = 0
 
     def record(self, ok: int, bad: int) -> None:
-        for flag in [False] * ok + [True] * bad:
-            if len(self._recent) == self._recent.maxlen and self._recent[0]:
-                self._bad -= 1
-            self._recent.append(flag)
-            self._bad += flag
-        if self.max_ratio < 1.0 and len(self._recent) >= self.min_messages:
-            ratio = self._bad / len(self._recent)
+        """A batch's `ok` accepted then `bad` dead-lettered messages (in runs: cheap for batches of thousands)."""
+        runs = self._runs
+        for flag, n in ((False, ok), (True, bad)):
+            if n <= 0:
+                continue
+            if runs and runs[-1][0] is flag:
+                runs[-1][1] += n
+            else:
+                runs.append([flag, n])
+            self._len += n
+            self._bad += n if flag else 0
+        while self._len > self.window:
+            oldest = runs[0]
+            drop = min(oldest[1], self._len - self.window)
+            oldest[1] -= drop
+            self._len -= drop
+            self._bad -= drop if oldest[0] else 0
+            if not oldest[1]:
+                runs.popleft()
+        if self.max_ratio < 1.0 and self._len >= self.min_messages:
+            ratio = self._bad / self._len
             if ratio > self.max_ratio:
                 raise DeadLetterLimitExceeded(
-                    f"{ratio:.0%} of the last {len(self._recent)} messages were dead-lettered "
+                    f"{ratio:.0%} of the last {self._len} messages were dead-lettered "
                     f"(limit {self.max_ratio:.0%}); stopping so a bad upstream deploy is noticed"
                 )
 
@@ -204,37 +219,43 @@ class Ingest:
                 minute_max = state.minute_max
                 append(sid, stype, int(state.minute), state.minute_readings, state.last_value,
                        minute_max, cell)
-        reading_of = self.decoder.reading
-        sensor_of = self.sensors.get
+        decoder, sensor_of = self.decoder, self.sensors.get
+        fast, bounds = decoder.reading_fields, decoder.reading_bounds()
+        late = 0
         for msg in messages:
-            try:
-                reading = reading_of(msg.value)
-            except InvalidEvent as err:
-                out.deadletters.append(_dead(msg, err.reason))
-                continue
-            sid = reading.sensor_id
+            fields = fast(msg.value, bounds)
+            if fields is None:          # invalid, or unusual: the full decoder decides (and says why)
+                try:
+                    r = decoder.reading(msg.value)
+                except InvalidEvent as err:
+                    out.deadletters.append(_dead(msg, err.reason))
+                    continue
+                fields = (r.sensor_id, r.sensor_type, r.value, r.at.timestamp(), r.at, r.lon, r.lat)
+            sid, stype, value, ts, at, lon, lat = fields
             sensor = sensor_of(sid)
             if sensor is None:
                 out.unknown_sensors.add(sid)
-            elif sensor.sensor_type != reading.sensor_type:
-                out.deadletters.append(_dead(msg, f"sensor_type: {reading.sensor_type!r} does not match the "
+            elif sensor.sensor_type != stype:
+                out.deadletters.append(_dead(msg, f"sensor_type: {stype!r} does not match the "
                                                   f"registry's {sensor.sensor_type!r} for sensor {sid}"))
                 continue
             state = states.get(sid)
             if state is None:
                 state = states[sid] = SensorState()
             prev_minute = state.minute
-            if prev_minute and sid in touched and reading.at.timestamp() >= prev_minute + 60:
+            if prev_minute and ts >= prev_minute + 60 and sid in touched:
                 emit(sid, touched[sid][1], state, "")
-            obs = observe(state, reading, sensor)
-            out.accepted += 1
-            if not obs.applied:
-                out.late_readings += 1
+            done = apply_reading(state, ts, value, sensor)
+            if done == LATE:
+                late += 1
                 continue
-            touched[sid] = (state, reading.sensor_type)
-            if obs.problem is not None:
-                problems.append(obs.problem)
+            touched[sid] = (state, stype)
+            if done == ALARM:
+                assert sensor is not None
+                problems.append(alarm_event(Reading(sid, stype, value, at, lon, lat), sensor, state))
                 origins.append(msg)
+        out.accepted += len(messages) - len(out.deadletters)
+        out.late_readings += late
         self._locate_into(problems, origins, out, count_accepted=False)
         cells = {e.sensor_id: (e.location.cell or "") for e in problems if e.location}
         for sid, (state, stype) in touched.items():

@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import logging
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -201,7 +201,7 @@ def _why(err: Exception) -> str:
     return f"missing key {err.args[0]}" if isinstance(err, KeyError) else str(err)
 
 
-@dataclass
+@dataclass(slots=True)
 class SensorState:
     """One sensor's alarm state and the current minute's reading aggregate (the ingest stage's state)."""
 
@@ -217,7 +217,7 @@ class SensorState:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        d = dict(self.__dict__)
+        d = {name: getattr(self, name) for name in _STATE_FIELDS}
         d["minute_max"] = None if math.isinf(self.minute_max) else self.minute_max
         return d
 
@@ -226,6 +226,9 @@ class SensorState:
         d = dict(d)
         d["minute_max"] = -math.inf if d.get("minute_max") is None else d["minute_max"]
         return cls(**d)
+
+
+_STATE_FIELDS = tuple(f.name for f in fields(SensorState))
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,40 +240,62 @@ class Observation:
     cleared: bool = False
 
 
+# What `apply_reading` did with a reading.
+LATE, APPLIED, ALARM, CLEARED = 0, 1, 2, 3
+_LATE, _APPLIED, _CLEARED = Observation(applied=False), Observation(applied=True), Observation(True, cleared=True)
+
+
+def apply_reading(state: SensorState, ts: float, value: float, sensor: Sensor | None) -> int:
+    """Apply one reading (its time as a POSIX timestamp) to its sensor's state: LATE, APPLIED, ALARM (the alarm
+    went off: see `alarm_event`) or CLEARED. Unknown sensors (`sensor` None) are aggregated, never alarm."""
+    if ts <= state.last_at:
+        state.late += 1
+        return LATE
+    minute = math.floor(ts / 60) * 60
+    if minute != state.minute:
+        state.minute, state.minute_readings, state.minute_max = minute, 0, -math.inf
+    state.minute_readings += 1
+    if value > state.minute_max:
+        state.minute_max = value
+    state.last_at, state.last_value = ts, value
+    if sensor is None:
+        return APPLIED
+    th = sensor.threshold
+    if not state.alarm:
+        if value >= th.alarm if th.direction == "above" else value <= th.alarm:
+            state.streak += 1
+            if state.streak >= th.debounce:
+                state.alarm, state.streak = True, 0
+                state.alarms += 1
+                return ALARM
+        else:
+            state.streak = 0
+        return APPLIED
+    if value <= th.clear if th.direction == "above" else value >= th.clear:
+        state.alarm, state.streak = False, 0
+        return CLEARED
+    return APPLIED
+
+
+def alarm_event(reading: Reading, sensor: Sensor, state: SensorState) -> Event:
+    """The problem a reading that set off its sensor's alarm raises (after `apply_reading` returned ALARM)."""
+    th = sensor.threshold
+    return replace(reading.event(sensor.category, f"iot:{sensor.sensor_id}:alarm{state.alarms}"),
+                   lon=sensor.lon, lat=sensor.lat,
+                   description=f"{sensor.sensor_type} {reading.value:g} beyond {th.alarm:g} "
+                               f"for {th.debounce} reading(s)")
+
+
 def observe(state: SensorState, reading: Reading | Event, sensor: Sensor | None) -> Observation:
     """Apply one reading to its sensor's state. Unknown sensors are aggregated but never raise problems."""
     if isinstance(reading, Event):
         reading = Reading(reading.sensor_id or "", reading.sensor_type or "", reading.value or 0.0,
                           reading.occurred_at, reading.lon, reading.lat)
-    ts = reading.at.timestamp()
-    value = reading.value
-    if ts <= state.last_at:
-        state.late += 1
-        return Observation(applied=False)
-    minute = math.floor(ts / 60) * 60
-    if minute != state.minute:
-        state.minute, state.minute_readings, state.minute_max = minute, 0, -math.inf
-    state.minute_readings += 1
-    state.minute_max = max(state.minute_max, value)
-    state.last_at, state.last_value = ts, value
-    if sensor is None:
-        return Observation(applied=True)
-    th = sensor.threshold
-    if not state.alarm:
-        state.streak = state.streak + 1 if th.beyond_alarm(value) else 0
-        if state.streak >= th.debounce:
-            state.alarm, state.streak = True, 0
-            state.alarms += 1
-            problem = replace(reading.event(sensor.category, f"iot:{sensor.sensor_id}:alarm{state.alarms}"),
-                              lon=sensor.lon, lat=sensor.lat,
-                              description=f"{sensor.sensor_type} {value:g} beyond {th.alarm:g} "
-                                          f"for {th.debounce} reading(s)")
-            return Observation(applied=True, problem=problem)
-        return Observation(applied=True)
-    if th.back_to_normal(value):
-        state.alarm, state.streak = False, 0
-        return Observation(applied=True, cleared=True)
-    return Observation(applied=True)
+    done = apply_reading(state, reading.at.timestamp(), reading.value, sensor)
+    if done == ALARM:
+        assert sensor is not None
+        return Observation(applied=True, problem=alarm_event(reading, sensor, state))
+    return _APPLIED if done == APPLIED else _LATE if done == LATE else _CLEARED
 
 
 def minute_start(state: SensorState) -> datetime:

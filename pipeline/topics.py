@@ -16,12 +16,31 @@ from pipeline.config import Settings
 _COMPACTED_SUFFIXES = ("case-state",)
 
 
+def topic_partitions(admin: KafkaAdminClient, names: list[str]) -> dict[str, int]:
+    """The partition count of each of `names` that exists. Asks for those topics only: listing every topic of a
+    shared cluster (thousands) costs a worker seconds of CPU at each start."""
+    if not names:
+        return {}
+    return {t["name"]: len(t["partitions"]) for t in admin.describe_topics(list(names))
+            if t.get("error_code", 0) == 0 and t["partitions"]}
+
+
+def wait_visible(admin: KafkaAdminClient, names: list[str], timeout_s: float = 60.0) -> None:
+    """Wait until the broker's metadata shows every one of `names` (just after create_topics it may not)."""
+    deadline = time.monotonic() + timeout_s
+    while names and not set(names) <= set(topic_partitions(admin, names)):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"topics not visible after {timeout_s}s: {names}")
+        time.sleep(0.2)
+
+
 def ensure_topics(settings: Settings, timeout_s: float = 60.0) -> list[str]:
     """Create every cityops topic that does not exist yet; return the names created."""
     admin = KafkaAdminClient(client_id="cityops-admin", **settings.kafka_client_options())
     try:
-        existing = set(admin.list_topics())
-        wanted = [t for t in settings.topics.all() if t not in existing]
+        names = settings.topics.all()
+        existing = topic_partitions(admin, names)
+        wanted = [t for t in names if t not in existing]
         created: list[str] = []
         for name in wanted:
             topic = NewTopic(name=name, num_partitions=settings.partitions, replication_factor=1,
@@ -31,11 +50,7 @@ def ensure_topics(settings: Settings, timeout_s: float = 60.0) -> list[str]:
                 created.append(name)
             except TopicAlreadyExistsError:
                 pass
-        deadline = time.monotonic() + timeout_s
-        while created and not set(created) <= set(admin.list_topics()):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"topics not visible after {timeout_s}s: {created}")
-            time.sleep(0.2)
+        wait_visible(admin, created, timeout_s)
         return created
     finally:
         admin.close()
