@@ -29,6 +29,7 @@ the book's last write produces the same ids again.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
@@ -276,12 +277,17 @@ class CaseBook:
         self.parked_dirty: set[str] = set()
         self._recurrence: RecurrenceHistory | None = None
         self._escalation_clock: datetime | None = None
+        # (due_at, case id) of dispatched cases, soonest first: escalation looks only at what fell due. Entries of
+        # cases since handled, escalated or dispatched anew are stale and skipped when they come up.
+        self._due: list[tuple[datetime, str]] = []
 
     @classmethod
     def from_cases(cls, key: str, cases: Iterable[Case], policy: CorrelationPolicy | None = None) -> CaseBook:
         book = cls(key, policy)
         for case in sorted(cases, key=lambda c: (c.created_at, c.case_id)):
             book._index(case)
+            if case.status in OPEN_STATES and not case.escalated and case.due_at is not None:
+                heapq.heappush(book._due, (case.due_at, case.case_id))
             for t in (case.created_at, case.last_report_at, case.closed_at, case.resolved_at):
                 if t is not None:
                     book._tick(t)
@@ -531,6 +537,7 @@ class CaseBook:
         case.ruleset_version = decision.ruleset_version
         case.due_at = at + decision.sla
         case.escalated = False
+        heapq.heappush(self._due, (case.due_at, case.case_id))
         case.dispatched_at_place = [case.lat, case.lon, case.cell, case.subdistrict, list(case.sources)]
         self._transition(case, "dispatched", team, "system", at, f"{decision.rule_id}: {reason}", out)
         out.assignments.append(Assignment(
@@ -561,23 +568,31 @@ class CaseBook:
         return self.escalate_overdue()
 
     def escalate_overdue(self, now: datetime | None = None) -> Outcome:
-        """Notify supervision (or the rule's escalate-to team) once for each case past its due time."""
+        """Notify supervision (or the rule's escalate-to team) once for each case past its due time, the most
+        overdue first."""
         out = Outcome()
         clock = now or self.clock
-        for case in self.cases.values():
-            if case.status in OPEN_STATES and not case.escalated and case.due_at and case.due_at < clock:
+        due: list[tuple[datetime, str]] = self._due
+        overdue: list[tuple[datetime, Case]] = []
+        while due and due[0][0] < clock:
+            at, case_id = heapq.heappop(due)
+            case = self.cases.get(case_id)
+            if case is not None and case.due_at == at and case.status in OPEN_STATES and not case.escalated:
+                overdue.append((at, case))
+        for due_at, case in overdue:
+            if not case.escalated:
                 case.escalated = True
                 target = case.escalate_to or "supervision"
-                self._transition(case, "escalated", target, "system", case.due_at,
-                                 f"overdue since {_iso(case.due_at)} ({case.team})", out)
+                self._transition(case, "escalated", target, "system", due_at,
+                                 f"overdue since {_iso(due_at)} ({case.team})", out)
                 lat, lon, cell, subdistrict, sources = case.dispatched_at_place or [
                     case.lat, case.lon, case.cell, case.subdistrict, case.sources]
                 out.assignments.append(Assignment(
                     assignment_id=_assignment_id(case.case_id, case.dispatches, "escalation"),
-                    case_id=case.case_id, team=target, priority=1, due_at=case.due_at, category=case.category,
+                    case_id=case.case_id, team=target, priority=1, due_at=due_at, category=case.category,
                     cell=cell, subdistrict=subdistrict, lat=lat, lon=lon,
-                    rule_id=case.rule_id, reason=f"overdue: {case.team} had until {_iso(case.due_at)}",
-                    sources=tuple(sources), created_at=case.due_at, kind="escalation",
+                    rule_id=case.rule_id, reason=f"overdue: {case.team} had until {_iso(due_at)}",
+                    sources=tuple(sources), created_at=due_at, kind="escalation",
                     ruleset_version=case.ruleset_version, grid_version=case.grid_version,
                 ))
                 self._changed(case, out)

@@ -99,8 +99,8 @@ def test_the_chain_opens_exactly_the_cases_of_the_truth(tiny_input: BenchInput, 
 
 
 def _result(eps: float, naive: float, p99: float, mem: float) -> dict[str, Any]:
-    run = {"label": "1 worker", "events_per_s": eps, "seconds": 10.0, "peak_rss_mib": [mem], "finished": True,
-           "processed": 100, "complete": True}
+    run = {"label": "1 worker", "workers": 1, "events_per_s": eps, "seconds": 10.0, "peak_rss_mib": [mem],
+           "finished": True, "processed": 100, "complete": True}
     return {"stamp": "x", "machine": {"cpu": "c", "cores": 2, "memory_gib": 8, "loadavg_start": (1.0, 1, 1),
                                       "kafka": "3.9.1", "clickhouse": "18.16", "python": "3.11"},
             "input": {"messages": 100, "topics": {"raw_iot": 100}, "expected": {"cases": 1, "located": 1}},

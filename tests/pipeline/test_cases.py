@@ -297,3 +297,41 @@ def test_an_escalation_repeats_its_dispatch_whatever_merged_since() -> None:
     assert a.kind == b.kind == "escalation" and a.assignment_id == b.assignment_id
     assert a == b
     assert set(next(iter(busy.cases.values())).sources) == {"hotline", "patrol"}   # the case itself did change
+
+
+def test_escalation_finds_exactly_the_overdue_open_cases() -> None:
+    """Many cases opened, accepted, resolved, rejected (re-dispatched, a new due time) and reopened, the clock
+    moving in steps; after each step the escalated cases are exactly those that a scan of every case finds open,
+    not yet escalated and past due, and a book restored from its cases at any point does the same."""
+    import random
+
+    rng = random.Random(7)
+    router = FakeRouter()
+    book = CaseBook(partition_key(LOC))
+    escalated: set[str] = set()
+    minutes = 0.0
+    for step in range(400):
+        minutes += rng.choice([1, 5, 30, 90])
+        roll = rng.random()
+        ids = list(book.cases)
+        if roll < 0.35 or not ids:
+            # far apart (no merging): each report opens its own case
+            book.add_event(ev(f"hotline:{step}", minutes=minutes, lon=121.40 + step * 0.001), router)
+        else:
+            case = book.cases[rng.choice(ids)]
+            action = rng.choice(["accept", "resolve", "reject", "verify", "reopen"])
+            team = "supervision" if action in ("verify", "reopen") else case.team
+            book.apply_update(upd(case.case_id, action, team, minutes, uid=f"u{step}"), router)
+        if rng.random() < 0.2:       # a restart: the book rebuilt from its cases
+            book = CaseBook.from_cases(book.key, [Case.from_dict(c.to_dict()) for c in book.cases.values()])
+        # the scan the heap replaces: every open case past due, not yet escalated
+        expected = {c.case_id for c in book.cases.values()
+                    if c.status in ("dispatched", "accepted") and not c.escalated and c.due_at
+                    and c.due_at < book.clock}
+        out = book.escalate_due()
+        got = {a.case_id for a in out.assignments if a.kind == "escalation"}
+        assert got == expected, step
+        escalated |= got
+        assert not any(c.status in ("dispatched", "accepted") and not c.escalated and c.due_at
+                       and c.due_at < book.clock for c in book.cases.values())
+    assert len(escalated) > 20      # the walk did reach overdue cases
