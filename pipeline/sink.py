@@ -45,7 +45,7 @@ import ssl
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -678,11 +678,12 @@ def dedup_columns(spec: TableSpec, columns: list[list[Any]]) -> list[list[Any]]:
     """One row per key, like `dedup` without `version` does for rows: the last row of each key, in the order
     the keys first appear. Columns without a repeated key are returned as they are (no copy)."""
     at = [spec.columns.index(name) for name in spec.key_columns]
-    keys: Sequence[Any] = columns[at[0]] if len(at) == 1 else list(zip(*(columns[i] for i in at), strict=True))
-    n = len(keys)
-    if len(set(keys)) == n:
+    keys: Iterable[Any] = columns[at[0]] if len(at) == 1 else zip(*(columns[i] for i in at), strict=True)
+    n = len(columns[at[0]])
+    last = dict(zip(keys, range(n), strict=True))      # key -> index of its last row, keys in first-seen order
+    if len(last) == n:
         return columns
-    keep = list(dict(zip(keys, range(n), strict=True)).values())
+    keep = list(last.values())
     return [list(map(values.__getitem__, keep)) for values in columns]
 
 
