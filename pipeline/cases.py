@@ -37,7 +37,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from pipeline.decode import CaseUpdate
-from pipeline.model import DISCOVERED_BY, Event, Location
+from pipeline.model import DISCOVERED_BY, Event, Location, record
 from pipeline.records import CaseRow, EventRow, TransitionRow
 from rules.recurrence import RecurrenceHistory
 
@@ -90,7 +90,7 @@ class CorrelationPolicy:
         return radius, timedelta(hours=hours)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Assignment:
     """One message on `cityops.assignments` (CONTRACTS.md), keyed by team."""
 
@@ -260,6 +260,8 @@ def distance_m(lon1: float, lat1: float, lon2: float, lat2: float) -> float:
 class CaseBook:
     """Every case of one partition key, the ids they absorbed, and the recurrence history they imply.
 
+    Each operation returns an `Outcome` of what it changed; given one (`out`), it adds to that and returns it.
+
     The book is persisted case by case (`dirty` names the cases changed since `take_dirty`), so a busy grid's
     write cost is the cases that changed, not the whole book; `from_cases` rebuilds it after a restart.
     """
@@ -311,9 +313,9 @@ class CaseBook:
         self.parked_dirty.clear()
         return changed
 
-    def expire_parked(self) -> Outcome:
+    def expire_parked(self, out: Outcome | None = None) -> Outcome:
         """Refuse parked updates whose case has not appeared within `park_hours` of stream time."""
-        out = Outcome()
+        out = Outcome() if out is None else out
         limit = self.clock - timedelta(hours=self.policy.park_hours)
         for cid in [c for c, ups in self.parked.items() if max(u.at for u in ups) < limit]:
             for u in self.parked.pop(cid):
@@ -323,9 +325,9 @@ class CaseBook:
 
     # -- reports ----------------------------------------------------------------------------------------
 
-    def add_event(self, event: Event, router: Router) -> Outcome:
+    def add_event(self, event: Event, router: Router, out: Outcome | None = None) -> Outcome:
         """Merge a located report into an open (or recently closed) case, or open and dispatch a new one."""
-        out = Outcome()
+        out = Outcome() if out is None else out
         if event.event_id in self.seen:
             out.duplicates += 1
             return out
@@ -450,16 +452,16 @@ class CaseBook:
         self._index(case)
         for update in sorted(self.parked.pop(case.case_id, ()), key=lambda u: u.at):
             self.parked_dirty.add(case.case_id)
-            out.extend(self.apply_update(update, router))
+            self.apply_update(update, router, out)
         if self._recurrence is not None:
             self._recurrence.record(case.cell, case.category, event.occurred_at)
         return case
 
     # -- updates from teams -----------------------------------------------------------------------------
 
-    def apply_update(self, update: CaseUpdate, router: Router) -> Outcome:
+    def apply_update(self, update: CaseUpdate, router: Router, out: Outcome | None = None) -> Outcome:
         """Apply a team's accept / resolve / verify / reject / reopen, or refuse it with a reason."""
-        out = Outcome()
+        out = Outcome() if out is None else out
         if update.update_id in self.seen:
             out.duplicates += 1
             return out
@@ -558,19 +560,19 @@ class CaseBook:
         self._dispatch(case, _event_from_dict(case.first_event), router, out, kind="reopen", at=at,
                        why=f"reopened: {why}")
 
-    def escalate_due(self) -> Outcome:
+    def escalate_due(self, out: Outcome | None = None) -> Outcome:
         """`escalate_overdue` by the book's own stream clock, checked whenever that clock has moved: called after
         each report or update, so what escalates when depends only on the book's input, never on batch
         boundaries or timers (a replay after a crash escalates exactly as the first run did)."""
         if self.clock == self._escalation_clock:
-            return Outcome()
+            return Outcome() if out is None else out
         self._escalation_clock = self.clock
-        return self.escalate_overdue()
+        return self.escalate_overdue(out=out)
 
-    def escalate_overdue(self, now: datetime | None = None) -> Outcome:
+    def escalate_overdue(self, now: datetime | None = None, out: Outcome | None = None) -> Outcome:
         """Notify supervision (or the rule's escalate-to team) once for each case past its due time, the most
         overdue first."""
-        out = Outcome()
+        out = Outcome() if out is None else out
         clock = now or self.clock
         due: list[tuple[datetime, str]] = self._due
         overdue: list[tuple[datetime, Case]] = []
@@ -640,8 +642,16 @@ def _assignment_id(case_id: str, dispatch_no: int, kind: str) -> str:
     return "A" + hashlib.sha1(f"{case_id}#{dispatch_no}#{kind}".encode()).hexdigest()[:20]
 
 
+_ISO_TEXT: dict[datetime, str] = {}     # a case's times are formatted again at each change: remember them
+
+
 def _iso(at: datetime) -> str:
-    return at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    text = _ISO_TEXT.get(at)
+    if text is None:
+        if len(_ISO_TEXT) >= 100_000:
+            _ISO_TEXT.clear()
+        text = _ISO_TEXT[at] = at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    return text
 
 
 _DT_FIELDS = ("created_at", "due_at", "closed_at", "resolved_at", "last_report_at")

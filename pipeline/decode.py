@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from pipeline.model import Event, Source
+from pipeline.model import Event, Source, record
 from pipeline.privacy import caller_hash, mask_text
 from pipeline.taxonomy import Taxonomy, default_taxonomy
 
@@ -66,7 +66,7 @@ class Reading(NamedTuple):
                      sensor_type=self.sensor_type, value=self.value)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class CaseUpdate:
     """A team's report back on a case (`cityops.case-updates`)."""
 

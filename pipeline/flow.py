@@ -25,7 +25,7 @@ import orjson
 
 from pipeline.cases import CaseBook, CorrelationPolicy, Outcome, Router, case_partition_key, partition_key
 from pipeline.decode import CaseUpdate, Decoder, InvalidEvent, Reading
-from pipeline.model import Event, Location, Source
+from pipeline.model import Event, Location, Source, record
 from pipeline.privacy import redact_bytes, redact_raw
 from pipeline.records import ReadingColumns, SensorReadingRow
 from pipeline.sensors import ALARM, LATE, SensorRegistry, SensorState, alarm_event, apply_reading, minute_start
@@ -33,7 +33,7 @@ from pipeline.sensors import ALARM, LATE, SensorRegistry, SensorState, alarm_eve
 log = logging.getLogger("cityops.flow")
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Message:
     """One consumed Kafka message, with where it came from (for dead letters)."""
 
@@ -44,7 +44,7 @@ class Message:
     key: bytes | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class DeadLetter:
     source_topic: str
     partition: int
@@ -357,10 +357,10 @@ class CaseStage:
             touched[key] = book
             item = decode_located(raw)
             if isinstance(item, CaseUpdate):
-                out.extend(book.apply_update(item, router))
+                book.apply_update(item, router, out)
             else:
-                out.extend(book.add_event(item, router))
-            out.extend(book.escalate_due())
+                book.add_event(item, router, out)
+            book.escalate_due(out)
         for book in touched.values():
-            out.extend(book.expire_parked())
+            book.expire_parked(out)
         return out

@@ -11,8 +11,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar
 
+from pipeline.model import record
 
-@dataclass(frozen=True, slots=True)
+
+@record
 class CaseRow:
     """The latest state of one case; `revision` grows with each state change (latest wins)."""
 
@@ -37,7 +39,7 @@ class CaseRow:
     revision: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class EventRow:
     """One input report, and the case it ended up in (its own or one it was merged into)."""
 
@@ -61,7 +63,7 @@ class EventRow:
     description: str = ""         # free text with phone numbers and ID numbers masked by the worker
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class TransitionRow:
     """One step of a case's lifecycle; (case_id, seq) is its stable key."""
 
@@ -74,7 +76,7 @@ class TransitionRow:
     reason: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class SensorReadingRow:
     """Per-sensor aggregate for analysts: one row per sensor and minute (readings are not cases)."""
 
