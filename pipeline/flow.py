@@ -206,7 +206,7 @@ class Ingest:
         out = IngestResult()
         problems: list[Event] = []
         origins: list[Message] = []
-        touched: dict[str, tuple[SensorState, str]] = {}
+        touched: dict[str, str] = {}        # sensor id -> its type, for the sensors this batch changed
         if columns is None:
             rows = out.readings
 
@@ -219,7 +219,7 @@ class Ingest:
                 minute_max = state.minute_max
                 append(sid, stype, int(state.minute), state.minute_readings, state.last_value,
                        minute_max, cell)
-        decoder, sensor_of = self.decoder, self.sensors.get
+        decoder, sensor_of, state_of = self.decoder, self.sensors.sensors.get, states.get
         fast, bounds = decoder.reading_fields, decoder.reading_bounds()
         late = 0
         for msg in messages:
@@ -239,17 +239,17 @@ class Ingest:
                 out.deadletters.append(_dead(msg, f"sensor_type: {stype!r} does not match the "
                                                   f"registry's {sensor.sensor_type!r} for sensor {sid}"))
                 continue
-            state = states.get(sid)
+            state = state_of(sid)
             if state is None:
                 state = states[sid] = SensorState()
             prev_minute = state.minute
             if prev_minute and ts >= prev_minute + 60 and sid in touched:
-                emit(sid, touched[sid][1], state, "")
+                emit(sid, touched[sid], state, "")
             done = apply_reading(state, ts, value, sensor)
             if done == LATE:
                 late += 1
                 continue
-            touched[sid] = (state, stype)
+            touched[sid] = stype
             if done == ALARM:
                 assert sensor is not None
                 problems.append(alarm_event(Reading(sid, stype, value, at, lon, lat), sensor, state))
@@ -258,8 +258,8 @@ class Ingest:
         out.late_readings += late
         self._locate_into(problems, origins, out, count_accepted=False)
         cells = {e.sensor_id: (e.location.cell or "") for e in problems if e.location}
-        for sid, (state, stype) in touched.items():
-            emit(sid, stype, state, cells.get(sid, ""))
+        for sid, stype in touched.items():
+            emit(sid, stype, states[sid], cells.get(sid, ""))
         out.touched = set(touched)
         return out
 

@@ -172,3 +172,20 @@ def test_a_tiny_run_finishes_and_worker_and_naive_route_alike(tiny_input: BenchI
     assert len(common) > len(worker) // 2
     assert {c: routes[c] for c in common} == {c: worker[c] for c in common}
     assert timedelta(0) < tiny_input.simulation.config.end - tiny_input.simulation.config.begin
+
+
+@pytest.mark.kafka
+@pytest.mark.clickhouse
+def test_a_tiny_run_of_the_two_process_layout_stores_everything(tiny_input: BenchInput, world: World,
+                                                                settings: Settings, tmp_path: Path) -> None:
+    """The bench's `make run` layout (an ingest and a cases process, one worker) goes through the input too,
+    and its figures count both processes."""
+    from pipeline.bench import run_throughput
+
+    cfg = BenchConfig(timeout_s=240, out_dir=tmp_path)
+    small = BenchInput(tiny_input.simulation, tiny_input.messages, tiny_input.registry)
+    expected = run_chain(small, world)[0].expected
+    run = run_throughput(settings, small, 1, f"t{random.randrange(16**8):08x}s", cfg, expected, ("ingest", "cases"))
+    assert run["finished"] and run["complete"] and not run["worker_exit_codes"], run
+    assert run["stored"]["events"] == expected["events"] and run["stages"] == ["ingest", "cases"]
+    assert len(run["peak_rss_mib"]) == len(run["worker_cpu_s"]) == 2 and all(c > 0 for c in run["worker_cpu_s"])
