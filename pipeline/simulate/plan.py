@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import math
 import random
+from bisect import bisect_left
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 from pipeline.cases import CorrelationPolicy, case_id_for
@@ -68,11 +70,20 @@ class Block:
 
 
 class Exclusion:
-    """Placed incidents' correlation zones, to keep new incidents out of them."""
+    """Placed incidents' correlation zones, to keep new incidents out of them.
+
+    Incidents are planned in time order, so most zones end long before the incidents still to come start:
+    `retire` moves those out of the lists `free` scans. They are still consulted by a question about an earlier
+    time (the flapping sensors, planned last, at any time of the period), so the answers do not depend on when
+    or whether `retire` was called; only the work does (without it, a month's scans grow with the square of
+    the days).
+    """
 
     def __init__(self, policy: CorrelationPolicy) -> None:
         self.policy = policy
         self.blocks: dict[tuple[str, str], list[Block]] = {}
+        self.retired: dict[tuple[str, str], list[Block]] = {}
+        self.horizon: datetime | None = None     # every retired block ends before this
 
     def reach(self, category: str) -> float:
         # both incidents' reports scatter up to a third of the radius around their case points
@@ -82,7 +93,10 @@ class Exclusion:
     def free(self, key: str, category: str, lon: float, lat: float, start: datetime, end: datetime,
              owner: str = "") -> bool:
         reach = self.reach(category)
-        for b in self.blocks.get((key, category), ()):
+        blocks = self.blocks.get((key, category), ())
+        if self.horizon is not None and start < self.horizon:
+            blocks = [*blocks, *self.retired.get((key, category), ())]
+        for b in blocks:
             if b.owner and b.owner == owner:
                 continue
             if b.start <= end and start <= b.end and metres(lon, lat, b.lon, b.lat) < reach:
@@ -91,6 +105,16 @@ class Exclusion:
 
     def add(self, block: Block) -> None:
         self.blocks.setdefault((block.key, block.category), []).append(block)
+
+    def retire(self, before: datetime) -> None:
+        """Set aside the zones that end before `before` (a time no later than any question still to come)."""
+        if self.horizon is not None and before <= self.horizon:
+            return
+        for book, blocks in self.blocks.items():
+            if any(b.end < before for b in blocks):
+                self.retired.setdefault(book, []).extend(b for b in blocks if b.end < before)
+                blocks[:] = [b for b in blocks if b.end >= before]
+        self.horizon = before
 
 
 class Planner:
@@ -117,6 +141,8 @@ class Planner:
         self.request_types = Weighted(REQUEST_TYPES)
         self.channels = Weighted(CHANNELS)
         self._ids: dict[str, int] = {}
+        self._pools: dict[tuple[str, bool], list[SimSensor]] = {}
+        self.end = config.end
 
     # -- ids and times -----------------------------------------------------------------------------------
 
@@ -125,10 +151,10 @@ class Planner:
         return self._ids[prefix]
 
     def _local(self, at: datetime) -> str:
-        return at.astimezone(SHANGHAI).isoformat(timespec="seconds")
+        return _local_iso(at)
 
     def _ticket_id(self, at: datetime) -> str:
-        return f"{at.astimezone(SHANGHAI):%Y%m%d}{self._next('ticket'):06d}"
+        return f"{_local_day(at)}{self._next('ticket'):06d}"
 
     def curve_time(self, day_start: datetime) -> datetime:
         """A time in the local day starting at `day_start`, drawn from the hotline's daily curve."""
@@ -211,7 +237,14 @@ class Planner:
     # -- planning ----------------------------------------------------------------------------------------
 
     def plan(self) -> None:
+        policy = self.policy
+        longest = timedelta(hours=max(policy.default_window_h, *(h for _, h in policy.families.values())))
+        hour: datetime | None = None
         for seed in self.seeds():
+            if hour is None or seed.at >= hour + timedelta(hours=6):
+                # no incident from here on asks about a time before its first report's window
+                hour = seed.at
+                self.exclusion.retire(seed.at - longest - MARGIN)
             district = self.world.districts[seed.district]
             if seed.kind == "hotline":
                 self._hotline(district, seed)
@@ -280,9 +313,7 @@ class Planner:
     def _sensor(self, district: District, seed: Seed, multi: bool) -> None:
         """A real threshold crossing; `multi`: a visible one, then citizens call and a patrol confirms."""
         rng = self.rng
-        candidates = [s for s in self.net.sensors if s.registered and s.spot.cell.startswith(district.code)
-                      and s.index not in self.used_sensors
-                      and (not multi or s.sensor_type in VISIBLE_TYPES)]
+        candidates = self._pool(district.code, multi)
         for _ in range(25):
             if not candidates:
                 break
@@ -313,10 +344,28 @@ class Planner:
                     reports.append(self._patrol_report(t, sensor.category, near, *self._district_patrol(near)))
             if self._place(district, "multi" if multi else "sensor", sensor.category, sensor.spot, reports,
                            sensor=sensor, alarm_value=value):
-                self.used_sensors.add(sensor.index)
+                self._use(sensor)
                 self.net.overrides[sensor.index] = override
                 return
         self.dropped += 1
+
+    def _pool(self, code: str, multi: bool) -> list[SimSensor]:
+        """The registered sensors of district `code` not yet used (only visible types for `multi`), in registry
+        order: kept up to date by `_use` rather than filtered from all sensors for every incident."""
+        pool = self._pools.get((code, multi))
+        if pool is None:
+            pool = self._pools[(code, multi)] = [
+                s for s in self.net.sensors if s.registered and s.spot.cell.startswith(code)
+                and s.index not in self.used_sensors and (not multi or s.sensor_type in VISIBLE_TYPES)]
+        return pool
+
+    def _use(self, sensor: SimSensor) -> None:
+        """Mark `sensor` as taken by an incident, a flapping or a broken profile (at most one each)."""
+        self.used_sensors.add(sensor.index)
+        for pool in self._pools.values():
+            i = bisect_left(pool, sensor.index, key=lambda s: s.index)
+            if i < len(pool) and pool[i] is sensor:
+                del pool[i]
 
     def _incident_values(self, sensor: SimSensor, at: datetime) -> Override | None:
         """Readings of a real incident from the first tick at or after `at`: beyond the alarm level for a
@@ -369,7 +418,7 @@ class Planner:
                 self._flapping(district, sensor)
             for k, sensor in enumerate(pool[cfg.flapping_sensors:cfg.flapping_sensors + cfg.broken_sensors]):
                 start = rng.randrange(max(1, self.net.ticks))
-                self.used_sensors.add(sensor.index)
+                self._use(sensor)
                 mode = ("stuck", "silent", "error")[k % 3]
                 if mode == "error" and sensor.threshold.direction != "above":
                     mode = "stuck"
@@ -394,7 +443,7 @@ class Planner:
         values.append(self.net.rounded(sensor, _normal(sensor, rng)))
         override = Override(first, values, why="flapping")
         alarms = alarms_of(values, th)
-        self.used_sensors.add(sensor.index)
+        self._use(sensor)
         if not alarms:
             self.net.overrides[sensor.index] = override
             return
@@ -482,7 +531,8 @@ class Planner:
                sensor: SimSensor | None = None, alarm_value: float | None = None,
                hotspot: str | None = None) -> Incident | None:
         """Route and schedule an incident if its place is free; None (nothing recorded) when it is not."""
-        reports = [r for r in reports if r.at < self.config.end]
+        end = self.end
+        reports = [r for r in reports if r.at < end]
         _, window = self.policy.for_category(category)
         first_at, last_at = reports[0].at, reports[-1].at
         for r in reports:
@@ -578,6 +628,17 @@ class Planner:
                 incident.rounds[-1].resolved_at = a.at
             acts.append(a)
         incident.actions = acts
+
+
+# A planning attempt formats its first report's time once per retry: the same few times, again and again.
+@lru_cache(maxsize=4096)
+def _local_iso(at: datetime) -> str:
+    return at.astimezone(SHANGHAI).isoformat(timespec="seconds")
+
+
+@lru_cache(maxsize=4096)
+def _local_day(at: datetime) -> str:
+    return f"{at.astimezone(SHANGHAI):%Y%m%d}"
 
 
 def _normal(sensor: SimSensor, rng: random.Random) -> float:
