@@ -14,6 +14,7 @@ from bisect import bisect_right
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import cast
 
 import shapely
 
@@ -22,7 +23,7 @@ from grid.gazetteer import Gazetteer
 from grid.gridfile import CellRecord, GridFile, read_grid_file
 from grid.index import GridIndex
 from pipeline.cases import partition_key
-from pipeline.model import Location
+from pipeline.model import GridKind, Location
 from rules.engine import DEFAULT_RULES, Ruleset, load_ruleset
 
 EARTH_M = 6_371_008.8
@@ -202,8 +203,9 @@ class World:
         """The grid's cell for a point, or None when the point is in no cell."""
         cell = self.whole.cell_at(lon, lat)
         if cell is not None:
-            loc = Location(cell.code, cell.subdistrict, cell.kind, self.grid_version)  # type: ignore[arg-type]
-            return Spot(lon, lat, cell.code, cell.subdistrict, cell.kind, loc)
+            # the grid file's kinds are the index's GridKind values (read from the same file)
+            whole = Location(cell.code, cell.subdistrict, cast(GridKind, cell.kind), self.grid_version)
+            return Spot(lon, lat, cell.code, cell.subdistrict, cell.kind, whole)
         res = self.index.locate(lon, lat)
         loc = res.location()
         if loc is None or res.cell is None:
