@@ -273,6 +273,9 @@ class Planner:
                 spot, text = addr.spot, addr.text
             else:
                 spot = district.random_spot(rng, street=category.startswith("E05"))
+            if not self._may_place(spot, category, seed.at):
+                continue
+            mark = self.callers.mark()
             first = self._ticket(seed.at, category, spot if text is None else None, text)
             reports = [first]
             t = seed.at
@@ -290,6 +293,7 @@ class Planner:
                     reports.append(self._patrol_report(t, category, confirm, *self._district_patrol(spot)))
             if self._place(district, "hotline", category, spot, reports):
                 return
+            self.callers.forget(mark)
         self.dropped += 1
 
     def _patrol(self, district: District, seed: Seed) -> None:
@@ -300,6 +304,9 @@ class Planner:
         for attempt in range(12):
             cell = route[min(len(route) - 1, pos + attempt)]
             spot = district.spot_in(cell, rng)
+            if not self._may_place(spot, category, seed.at):
+                continue
+            mark = self.callers.mark()
             reports = [self._patrol_report(seed.at, category, spot, team, members)]
             if rng.random() < 0.08:            # a citizen calls later about what the patrol found
                 t = seed.at + timedelta(minutes=rng.randint(20, min(200, int(window.total_seconds() // 120))))
@@ -308,6 +315,7 @@ class Planner:
                     reports.append(self._ticket(t, category, near, None))
             if self._place(district, "patrol", category, spot, reports):
                 return
+            self.callers.forget(mark)
         self.dropped += 1
 
     def _sensor(self, district: District, seed: Seed, multi: bool) -> None:
@@ -325,8 +333,9 @@ class Planner:
             assert len(alarms) == 1, f"incident profile of {sensor.sensor_id} raises {len(alarms)} alarms"
             pos, value = alarms[0]
             at = self.net.reading_time(sensor, override.first + pos)
-            if at >= self.config.end:
+            if at >= self.config.end or not self._may_place(sensor.spot, sensor.category, at):
                 continue
+            mark = self.callers.mark()
             first = Report("iot", at, f"iot:{sensor.sensor_id}:alarm1", sensor.sensor_id, sensor.spot.lon,
                            sensor.spot.lat, None)
             reports = [first]
@@ -347,6 +356,7 @@ class Planner:
                 self._use(sensor)
                 self.net.overrides[sensor.index] = override
                 return
+            self.callers.forget(mark)
         self.dropped += 1
 
     def _pool(self, code: str, multi: bool) -> list[SimSensor]:
@@ -389,6 +399,7 @@ class Planner:
         spot: Spot = seed.extra
         hot = next(h for h in self.hotspots if h.spot is spot)
         rng = self.rng
+        mark = self.callers.mark()
         near = self._near(spot, 45.0) or spot
         if rng.random() < 0.5:
             first = self._ticket(seed.at, hot.category, near, None, with_coordinates=True)
@@ -402,6 +413,7 @@ class Planner:
                 reports.append(self._ticket(t, hot.category, second, None, with_coordinates=True))
         incident = self._place(district, "hotspot", hot.category, near, reports, hotspot=hot.hotspot_id)
         if incident is None:
+            self.callers.forget(mark)
             self.dropped += 1
             return
         hot.incidents.append(incident.incident_id)
@@ -460,6 +472,14 @@ class Planner:
                                                         why="flapping")
 
     # -- reports -----------------------------------------------------------------------------------------
+
+    def _may_place(self, spot: Spot, category: str, first_at: datetime) -> bool:
+        """False when an incident first reported at `first_at` cannot be placed at `spot`: the zone `_place`
+        checks always includes this one, so an attempt that fails here is skipped before its reports are made
+        (most attempts of a month's busy categories; drawing their reports was most of the planning time)."""
+        _, window = self.policy.for_category(category)
+        return self.exclusion.free(spot.key, category, spot.lon, spot.lat, first_at - window - MARGIN,
+                                   first_at + window + MARGIN)
 
     def _near(self, spot: Spot, radius: float) -> Spot | None:
         """A point within a third of `radius` of `spot`, in the same management grid (so the same case book)."""
