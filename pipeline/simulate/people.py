@@ -57,6 +57,20 @@ class CallerBook:
         return c
 
 
+    def mark(self) -> int:
+        """A point to `forget` back to."""
+        return len(self.callers)
+
+    def forget(self, mark: int) -> None:
+        """Forget the callers made since `mark`: the calls of a planned incident that found no place never
+        happen, and a month's discarded attempts would otherwise use up the names (and become repeat callers
+        who never called)."""
+        for c in self.callers[mark:]:
+            self._names.discard(c.name)
+            self._phones.discard(c.phone)
+        del self.callers[mark:]
+
+
 def staff_id(team: str, rng: random.Random) -> str:
     """A field officer's staff number (never a person's name on the wire)."""
     prefix = {"enforcement": "ZF", "handling": "CZ", "supervision": "JD"}.get(team, "GZ")

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import math
 import random
+from bisect import bisect_left
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 from pipeline.cases import CorrelationPolicy, case_id_for
@@ -68,11 +70,20 @@ class Block:
 
 
 class Exclusion:
-    """Placed incidents' correlation zones, to keep new incidents out of them."""
+    """Placed incidents' correlation zones, to keep new incidents out of them.
+
+    Incidents are planned in time order, so most zones end long before the incidents still to come start:
+    `retire` moves those out of the lists `free` scans. They are still consulted by a question about an earlier
+    time (the flapping sensors, planned last, at any time of the period), so the answers do not depend on when
+    or whether `retire` was called; only the work does (without it, a month's scans grow with the square of
+    the days).
+    """
 
     def __init__(self, policy: CorrelationPolicy) -> None:
         self.policy = policy
         self.blocks: dict[tuple[str, str], list[Block]] = {}
+        self.retired: dict[tuple[str, str], list[Block]] = {}
+        self.horizon: datetime | None = None     # every retired block ends before this
 
     def reach(self, category: str) -> float:
         # both incidents' reports scatter up to a third of the radius around their case points
@@ -82,7 +93,10 @@ class Exclusion:
     def free(self, key: str, category: str, lon: float, lat: float, start: datetime, end: datetime,
              owner: str = "") -> bool:
         reach = self.reach(category)
-        for b in self.blocks.get((key, category), ()):
+        blocks = self.blocks.get((key, category), ())
+        if self.horizon is not None and start < self.horizon:
+            blocks = [*blocks, *self.retired.get((key, category), ())]
+        for b in blocks:
             if b.owner and b.owner == owner:
                 continue
             if b.start <= end and start <= b.end and metres(lon, lat, b.lon, b.lat) < reach:
@@ -91,6 +105,16 @@ class Exclusion:
 
     def add(self, block: Block) -> None:
         self.blocks.setdefault((block.key, block.category), []).append(block)
+
+    def retire(self, before: datetime) -> None:
+        """Set aside the zones that end before `before` (a time no later than any question still to come)."""
+        if self.horizon is not None and before <= self.horizon:
+            return
+        for book, blocks in self.blocks.items():
+            if any(b.end < before for b in blocks):
+                self.retired.setdefault(book, []).extend(b for b in blocks if b.end < before)
+                blocks[:] = [b for b in blocks if b.end >= before]
+        self.horizon = before
 
 
 class Planner:
@@ -117,6 +141,8 @@ class Planner:
         self.request_types = Weighted(REQUEST_TYPES)
         self.channels = Weighted(CHANNELS)
         self._ids: dict[str, int] = {}
+        self._pools: dict[tuple[str, bool], list[SimSensor]] = {}
+        self.end = config.end
 
     # -- ids and times -----------------------------------------------------------------------------------
 
@@ -125,10 +151,10 @@ class Planner:
         return self._ids[prefix]
 
     def _local(self, at: datetime) -> str:
-        return at.astimezone(SHANGHAI).isoformat(timespec="seconds")
+        return _local_iso(at)
 
     def _ticket_id(self, at: datetime) -> str:
-        return f"{at.astimezone(SHANGHAI):%Y%m%d}{self._next('ticket'):06d}"
+        return f"{_local_day(at)}{self._next('ticket'):06d}"
 
     def curve_time(self, day_start: datetime) -> datetime:
         """A time in the local day starting at `day_start`, drawn from the hotline's daily curve."""
@@ -211,7 +237,14 @@ class Planner:
     # -- planning ----------------------------------------------------------------------------------------
 
     def plan(self) -> None:
+        policy = self.policy
+        longest = timedelta(hours=max(policy.default_window_h, *(h for _, h in policy.families.values())))
+        hour: datetime | None = None
         for seed in self.seeds():
+            if hour is None or seed.at >= hour + timedelta(hours=6):
+                # no incident from here on asks about a time before its first report's window
+                hour = seed.at
+                self.exclusion.retire(seed.at - longest - MARGIN)
             district = self.world.districts[seed.district]
             if seed.kind == "hotline":
                 self._hotline(district, seed)
@@ -240,6 +273,9 @@ class Planner:
                 spot, text = addr.spot, addr.text
             else:
                 spot = district.random_spot(rng, street=category.startswith("E05"))
+            if not self._may_place(spot, category, seed.at):
+                continue
+            mark = self.callers.mark()
             first = self._ticket(seed.at, category, spot if text is None else None, text)
             reports = [first]
             t = seed.at
@@ -257,6 +293,7 @@ class Planner:
                     reports.append(self._patrol_report(t, category, confirm, *self._district_patrol(spot)))
             if self._place(district, "hotline", category, spot, reports):
                 return
+            self.callers.forget(mark)
         self.dropped += 1
 
     def _patrol(self, district: District, seed: Seed) -> None:
@@ -267,6 +304,9 @@ class Planner:
         for attempt in range(12):
             cell = route[min(len(route) - 1, pos + attempt)]
             spot = district.spot_in(cell, rng)
+            if not self._may_place(spot, category, seed.at):
+                continue
+            mark = self.callers.mark()
             reports = [self._patrol_report(seed.at, category, spot, team, members)]
             if rng.random() < 0.08:            # a citizen calls later about what the patrol found
                 t = seed.at + timedelta(minutes=rng.randint(20, min(200, int(window.total_seconds() // 120))))
@@ -275,14 +315,13 @@ class Planner:
                     reports.append(self._ticket(t, category, near, None))
             if self._place(district, "patrol", category, spot, reports):
                 return
+            self.callers.forget(mark)
         self.dropped += 1
 
     def _sensor(self, district: District, seed: Seed, multi: bool) -> None:
         """A real threshold crossing; `multi`: a visible one, then citizens call and a patrol confirms."""
         rng = self.rng
-        candidates = [s for s in self.net.sensors if s.registered and s.spot.cell.startswith(district.code)
-                      and s.index not in self.used_sensors
-                      and (not multi or s.sensor_type in VISIBLE_TYPES)]
+        candidates = self._pool(district.code, multi)
         for _ in range(25):
             if not candidates:
                 break
@@ -294,8 +333,9 @@ class Planner:
             assert len(alarms) == 1, f"incident profile of {sensor.sensor_id} raises {len(alarms)} alarms"
             pos, value = alarms[0]
             at = self.net.reading_time(sensor, override.first + pos)
-            if at >= self.config.end:
+            if at >= self.config.end or not self._may_place(sensor.spot, sensor.category, at):
                 continue
+            mark = self.callers.mark()
             first = Report("iot", at, f"iot:{sensor.sensor_id}:alarm1", sensor.sensor_id, sensor.spot.lon,
                            sensor.spot.lat, None)
             reports = [first]
@@ -313,10 +353,29 @@ class Planner:
                     reports.append(self._patrol_report(t, sensor.category, near, *self._district_patrol(near)))
             if self._place(district, "multi" if multi else "sensor", sensor.category, sensor.spot, reports,
                            sensor=sensor, alarm_value=value):
-                self.used_sensors.add(sensor.index)
+                self._use(sensor)
                 self.net.overrides[sensor.index] = override
                 return
+            self.callers.forget(mark)
         self.dropped += 1
+
+    def _pool(self, code: str, multi: bool) -> list[SimSensor]:
+        """The registered sensors of district `code` not yet used (only visible types for `multi`), in registry
+        order: kept up to date by `_use` rather than filtered from all sensors for every incident."""
+        pool = self._pools.get((code, multi))
+        if pool is None:
+            pool = self._pools[(code, multi)] = [
+                s for s in self.net.sensors if s.registered and s.spot.cell.startswith(code)
+                and s.index not in self.used_sensors and (not multi or s.sensor_type in VISIBLE_TYPES)]
+        return pool
+
+    def _use(self, sensor: SimSensor) -> None:
+        """Mark `sensor` as taken by an incident, a flapping or a broken profile (at most one each)."""
+        self.used_sensors.add(sensor.index)
+        for pool in self._pools.values():
+            i = bisect_left(pool, sensor.index, key=lambda s: s.index)
+            if i < len(pool) and pool[i] is sensor:
+                del pool[i]
 
     def _incident_values(self, sensor: SimSensor, at: datetime) -> Override | None:
         """Readings of a real incident from the first tick at or after `at`: beyond the alarm level for a
@@ -340,6 +399,7 @@ class Planner:
         spot: Spot = seed.extra
         hot = next(h for h in self.hotspots if h.spot is spot)
         rng = self.rng
+        mark = self.callers.mark()
         near = self._near(spot, 45.0) or spot
         if rng.random() < 0.5:
             first = self._ticket(seed.at, hot.category, near, None, with_coordinates=True)
@@ -353,6 +413,7 @@ class Planner:
                 reports.append(self._ticket(t, hot.category, second, None, with_coordinates=True))
         incident = self._place(district, "hotspot", hot.category, near, reports, hotspot=hot.hotspot_id)
         if incident is None:
+            self.callers.forget(mark)
             self.dropped += 1
             return
         hot.incidents.append(incident.incident_id)
@@ -369,7 +430,7 @@ class Planner:
                 self._flapping(district, sensor)
             for k, sensor in enumerate(pool[cfg.flapping_sensors:cfg.flapping_sensors + cfg.broken_sensors]):
                 start = rng.randrange(max(1, self.net.ticks))
-                self.used_sensors.add(sensor.index)
+                self._use(sensor)
                 mode = ("stuck", "silent", "error")[k % 3]
                 if mode == "error" and sensor.threshold.direction != "above":
                     mode = "stuck"
@@ -394,7 +455,7 @@ class Planner:
         values.append(self.net.rounded(sensor, _normal(sensor, rng)))
         override = Override(first, values, why="flapping")
         alarms = alarms_of(values, th)
-        self.used_sensors.add(sensor.index)
+        self._use(sensor)
         if not alarms:
             self.net.overrides[sensor.index] = override
             return
@@ -411,6 +472,14 @@ class Planner:
                                                         why="flapping")
 
     # -- reports -----------------------------------------------------------------------------------------
+
+    def _may_place(self, spot: Spot, category: str, first_at: datetime) -> bool:
+        """False when an incident first reported at `first_at` cannot be placed at `spot`: the zone `_place`
+        checks always includes this one, so an attempt that fails here is skipped before its reports are made
+        (most attempts of a month's busy categories; drawing their reports was most of the planning time)."""
+        _, window = self.policy.for_category(category)
+        return self.exclusion.free(spot.key, category, spot.lon, spot.lat, first_at - window - MARGIN,
+                                   first_at + window + MARGIN)
 
     def _near(self, spot: Spot, radius: float) -> Spot | None:
         """A point within a third of `radius` of `spot`, in the same management grid (so the same case book)."""
@@ -482,7 +551,8 @@ class Planner:
                sensor: SimSensor | None = None, alarm_value: float | None = None,
                hotspot: str | None = None) -> Incident | None:
         """Route and schedule an incident if its place is free; None (nothing recorded) when it is not."""
-        reports = [r for r in reports if r.at < self.config.end]
+        end = self.end
+        reports = [r for r in reports if r.at < end]
         _, window = self.policy.for_category(category)
         first_at, last_at = reports[0].at, reports[-1].at
         for r in reports:
@@ -578,6 +648,17 @@ class Planner:
                 incident.rounds[-1].resolved_at = a.at
             acts.append(a)
         incident.actions = acts
+
+
+# A planning attempt formats its first report's time once per retry: the same few times, again and again.
+@lru_cache(maxsize=4096)
+def _local_iso(at: datetime) -> str:
+    return at.astimezone(SHANGHAI).isoformat(timespec="seconds")
+
+
+@lru_cache(maxsize=4096)
+def _local_day(at: datetime) -> str:
+    return f"{at.astimezone(SHANGHAI):%Y%m%d}"
 
 
 def _normal(sensor: SimSensor, rng: random.Random) -> float:

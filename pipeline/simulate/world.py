@@ -10,18 +10,20 @@ from __future__ import annotations
 import json
 import math
 import random
+from bisect import bisect_right
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import cast
 
 import shapely
 
 from grid import AREAS_FILE, CELLS_FILE
 from grid.gazetteer import Gazetteer
-from grid.gridfile import CellRecord, read_grid_file
+from grid.gridfile import CellRecord, GridFile, read_grid_file
 from grid.index import GridIndex
 from pipeline.cases import partition_key
-from pipeline.model import Location
+from pipeline.model import GridKind, Location
 from rules.engine import DEFAULT_RULES, Ruleset, load_ruleset
 
 EARTH_M = 6_371_008.8
@@ -83,15 +85,21 @@ class District:
         for c in cells:
             self.by_subdistrict.setdefault(c.subdistrict, []).append(c)
         self.street_cells = [c for c in cells if c.kind == "street"] or cells
+        self._bounds: dict[str, tuple[float, float, float, float]] = {}
 
     def spot_in(self, cell: CellRecord, rng: random.Random) -> Spot:
         """A random point inside `cell` (away from its edges), located by the real grid index."""
-        x0, y0, x1, y1 = cell.geometry.bounds
+        bounds = self._bounds.get(cell.code)
+        if bounds is None:
+            bounds = self._bounds[cell.code] = cell.geometry.bounds
+        x0, y0, x1, y1 = bounds
         mx, my = (x1 - x0) * 0.08, (y1 - y0) * 0.08
+        # a cell that covers its whole square is that square: a point within the margins is inside it
+        whole = self.world.whole.cells.get((cell.col, cell.row)) is cell
         for _ in range(20):
             lon = round(rng.uniform(x0 + mx, x1 - mx), 7)
             lat = round(rng.uniform(y0 + my, y1 - my), 7)
-            if shapely.contains_xy(cell.geometry, lon, lat):
+            if whole or shapely.contains_xy(cell.geometry, lon, lat):
                 spot = self.world.locate(lon, lat)
                 if spot is not None and spot.cell == cell.code:
                     return spot
@@ -143,12 +151,42 @@ class District:
         return [t for t in texts if gaz.resolve(t) is None]
 
 
+class WholeSquares:
+    """The lattice squares a cell covers entirely, for locating one point without the batch machinery.
+
+    Inside such a square the grid index answers that cell whatever the point (no clipping test, no tie, no
+    snapping), so `cell_at` gives the index's own answer there; anywhere else it says None and the caller asks
+    the index. The planner locates a few points per attempt, and the index's per-call cost (numpy arrays for
+    one point) was most of a month's planning time.
+    """
+
+    def __init__(self, grid_file: GridFile) -> None:
+        lattice = grid_file.lattice
+        self.col0, self.row0 = lattice.col0, lattice.row0
+        self.lon_edges: list[float] = lattice.lon_edges().tolist()
+        self.lat_edges: list[float] = lattice.lat_edges().tolist()
+        cells = grid_file.cells
+        squares = [shapely.box(*lattice.square(c.col, c.row)) for c in cells]
+        covered = shapely.covers([c.geometry for c in cells], squares)
+        self.cells: dict[tuple[int, int], CellRecord] = {
+            (c.col, c.row): c for c, whole in zip(cells, covered.tolist(), strict=True) if whole}
+
+    def cell_at(self, lon: float, lat: float) -> CellRecord | None:
+        """The cell of (lon, lat) when it lies in a wholly covered square, else None (ask the index)."""
+        xs, ys = self.lon_edges, self.lat_edges
+        # the half-open rule edges[k] <= v < edges[k+1], as the index applies it; NaN fails both tests
+        if not (xs[0] <= lon < xs[-1] and ys[0] <= lat < ys[-1]):
+            return None
+        return self.cells.get((self.col0 + bisect_right(xs, lon) - 1, self.row0 + bisect_right(ys, lat) - 1))
+
+
 class World:
     """The grid, gazetteer and rules the simulation is made against (the same files the worker loads)."""
 
     def __init__(self, cells_file: Path = CELLS_FILE, rules_file: Path = DEFAULT_RULES) -> None:
         grid_file = read_grid_file(cells_file)
         self.index = GridIndex(grid_file)
+        self.whole = WholeSquares(grid_file)
         self.grid_version = grid_file.version
         self.gazetteer = Gazetteer.load()
         self.rules: Ruleset = load_ruleset(rules_file)
@@ -163,6 +201,11 @@ class World:
 
     def locate(self, lon: float, lat: float) -> Spot | None:
         """The grid's cell for a point, or None when the point is in no cell."""
+        cell = self.whole.cell_at(lon, lat)
+        if cell is not None:
+            # the grid file's kinds are the index's GridKind values (read from the same file)
+            whole = Location(cell.code, cell.subdistrict, cast(GridKind, cell.kind), self.grid_version)
+            return Spot(lon, lat, cell.code, cell.subdistrict, cell.kind, whole)
         res = self.index.locate(lon, lat)
         loc = res.location()
         if loc is None or res.cell is None:
