@@ -191,10 +191,11 @@ def _migrated(settings: Settings, migrate: Any) -> bool:
 
 
 def produce_stream(settings: Settings, messages: list[tuple[str, bytes | None, bytes]]) -> None:
-    """Every message to its (prefixed) topic, acknowledged by the broker (acks=all)."""
+    """Every message to its (prefixed) topic, acknowledged by the broker (acks=all). Retries for a minute: just
+    after a broker restart its partitions have no leader until it has loaded them (longer with many topics)."""
     from kafka import KafkaProducer
 
-    producer = KafkaProducer(acks="all", linger_ms=20, batch_size=256 * 1024, retries=10,
+    producer = KafkaProducer(acks="all", linger_ms=20, batch_size=256 * 1024, retries=120, retry_backoff_ms=500,
                              max_request_size=2 * 1024 * 1024, **settings.kafka_client_options())
     failures: list[BaseException] = []
     try:
