@@ -146,14 +146,14 @@ class BatchService(Service):
     tables: dict[str, ChangelogTable[Any]]   # input topic -> its state table (partitioned like it)
 
     def __init__(self, components: Any, *, batch: int | None = None, commit_interval_s: float | None = None,
-                 max_rows: int = 100_000, on_fatal: Callable[[int, str], None] | None = None) -> None:
+                 max_rows: int | None = None, on_fatal: Callable[[int, str], None] | None = None) -> None:
         super().__init__()
         self.c = components
         self.settings: Settings = components.settings
         self.batch = batch or int(os.environ.get("CITYOPS_BATCH", "5000"))
         self.commit_interval_s = (commit_interval_s if commit_interval_s is not None
                                   else float(os.environ.get("CITYOPS_COMMIT_INTERVAL", "0.5")))
-        self.max_rows = max_rows
+        self.max_rows = max_rows or int(os.environ.get("CITYOPS_MAX_PENDING", "100000"))
         self.owned: set[TopicPartition] = set()
         self.pending = Pending()
         self.lock = asyncio.Lock()
@@ -197,7 +197,8 @@ class BatchService(Service):
         self._consumer = AIOKafkaConsumer(
             client_id=f"{self.group}-consumer", group_id=self.group, enable_auto_commit=False,
             auto_offset_reset="earliest", max_poll_records=self.batch, fetch_max_bytes=64 * 1024 * 1024,
-            max_partition_fetch_bytes=8 * 1024 * 1024, **opts)
+            max_partition_fetch_bytes=int(os.environ.get("CITYOPS_FETCH_PARTITION_BYTES", str(8 * 1024 * 1024))),
+            **opts)
         await self._consumer.start()
         self._consumer.subscribe(list(self.topics), listener=_Listener(self))
 
