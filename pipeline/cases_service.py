@@ -21,7 +21,7 @@ from aiokafka import TopicPartition
 from aiokafka.partitioner import murmur2
 from mode import Service
 
-from pipeline.batch_service import BatchService, ChangelogTable
+from pipeline.batch_service import BatchService, ChangelogTable, json_bytes
 from pipeline.cases import Case, CaseBook, CorrelationPolicy, Outcome, case_partition_key
 from pipeline.decode import CaseUpdate
 from pipeline.flow import decode_located, encode_update
@@ -93,11 +93,11 @@ class BookCache:
         for book in books:
             partition = self.partition_of(book.key)
             for case in book.take_dirty():
-                self.table.put(partition, case.case_id, orjson.dumps(case.to_dict()))
+                self.table.put(partition, case.case_id, json_bytes(case.to_dict()))
             for cid, updates in book.take_parked_dirty().items():
                 if updates:
                     self.table.put(partition, cid + PARKED,
-                                   orjson.dumps([orjson.loads(encode_update(u)) for u in updates]))
+                                   json_bytes([orjson.loads(encode_update(u)) for u in updates]))
                 else:
                     self.table.delete(partition, cid + PARKED)
             for gone in book.prune():

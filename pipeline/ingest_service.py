@@ -13,14 +13,14 @@ from typing import Any
 import orjson
 from aiokafka import TopicPartition
 
-from pipeline.batch_service import EXIT_DEADLETTER_LIMIT, BatchService, ChangelogTable
+from pipeline.batch_service import EXIT_DEADLETTER_LIMIT, BatchService, ChangelogTable, json_bytes
 from pipeline.flow import DeadLetterLimitExceeded, IngestResult, Message
 from pipeline.model import Source
 from pipeline.sensors import SensorState
 
 
 def _encode_state(state: SensorState) -> bytes:
-    return orjson.dumps(state.to_dict())
+    return json_bytes(state.to_dict())
 
 
 def _decode_state(raw: bytes) -> SensorState:

@@ -64,3 +64,23 @@ def test_a_dead_process_frees_its_slot(tmp_path: Path) -> None:
         holder.kill()                # like kill -9: no clean-up in the process
         holder.wait(timeout=30)
     assert InstanceSlot.take(tmp_path, "g").number == 0
+
+
+def test_values_kept_in_a_table_take_their_own_size() -> None:
+    """A case's JSON kept for the case's life (`json_bytes`) costs about its length in memory, not the encoder's
+    whole buffer, and is the same JSON."""
+    import tracemalloc
+
+    import orjson
+
+    from pipeline.batch_service import json_bytes
+
+    case = {f"field{i}": "x" * 12 for i in range(60)}
+    tracemalloc.start()
+    try:
+        kept = [json_bytes(case) for _ in range(500)]
+        per_value = sum(s.size for s in tracemalloc.take_snapshot().statistics("filename")) / len(kept)
+    finally:
+        tracemalloc.stop()
+    assert kept[0] == orjson.dumps(case)
+    assert per_value < 2 * len(kept[0]), (per_value, len(kept[0]))
