@@ -54,7 +54,7 @@ log = logging.getLogger("cityops.worker")
 
 EXIT_DEADLETTER_LIMIT = 3      # the worker's exit status when the dead-letter cap stopped it
 EXIT_STAGE_FAILED = 4          # a batch failed (e.g. an output could not be delivered): exit, replay after restart
-TRANSACTION_TIMEOUT_MS = 30_000  # a transaction left open by a process that died and was not restarted is
+TRANSACTION_TIMEOUT_MS = 60_000  # a transaction left open by a process that died and was not restarted is
                                  # aborted after this long (a restarted one is aborted at once, see InstanceSlot)
 
 V = TypeVar("V")
@@ -172,6 +172,10 @@ class BatchService(Service):
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._in_flight: asyncio.Future[None] | None = None
+        # clear while a checkpoint's transaction is open: the next batch waits for it, so the transaction (state
+        # changes and offsets, all in memory) is never stretched by processing past the transaction timeout
+        self._txn_idle = asyncio.Event()
+        self._txn_idle.set()
         self.partition_counts: dict[str, int] = {}     # input topic of a table -> its partitions
         self._txn: AIOKafkaProducer | None = None          # transactional: changelog writes and offsets
         self._slot: InstanceSlot | None = None
@@ -230,6 +234,7 @@ class BatchService(Service):
         try:
             while not self.should_stop:
                 assert self._consumer is not None
+                await self._txn_idle.wait()
                 records = await self._consumer.getmany(timeout_ms=100, max_records=self.batch)
                 async with self.lock:
                     owned = {tp: batch for tp, batch in records.items() if tp in self.owned and batch}
@@ -307,12 +312,16 @@ class BatchService(Service):
         await asyncio.gather(*p.sends, *([stored] if stored is not None else []))
         offsets = {tp: off for tp, off in p.offsets.items() if tp in self.owned}
         if changes or offsets:
-            async with self._txn.transaction():      # commits (waiting for every record) or aborts on error
-                send = self._txn.send
-                for topic, (partition, key, value) in changes:
-                    await send(topic, value=value, key=key, partition=partition)
-                if offsets:
-                    await self._txn.send_offsets_to_transaction(offsets, self.group)
+            self._txn_idle.clear()
+            try:
+                async with self._txn.transaction():      # commits (waiting for every record) or aborts on error
+                    send = self._txn.send
+                    for topic, (partition, key, value) in changes:
+                        await send(topic, value=value, key=key, partition=partition)
+                    if offsets:
+                        await self._txn.send_offsets_to_transaction(offsets, self.group)
+            finally:
+                self._txn_idle.set()
         self.checkpoints += 1
 
     # -- partitions come and go --------------------------------------------------------------------------------
