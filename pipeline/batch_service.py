@@ -172,10 +172,6 @@ class BatchService(Service):
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._in_flight: asyncio.Future[None] | None = None
-        # clear while a checkpoint's transaction is open: the next batch waits for it, so the transaction (state
-        # changes and offsets, all in memory) is never stretched by processing past the transaction timeout
-        self._txn_idle = asyncio.Event()
-        self._txn_idle.set()
         self.partition_counts: dict[str, int] = {}     # input topic of a table -> its partitions
         self._txn: AIOKafkaProducer | None = None          # transactional: changelog writes and offsets
         self._slot: InstanceSlot | None = None
@@ -234,7 +230,6 @@ class BatchService(Service):
         try:
             while not self.should_stop:
                 assert self._consumer is not None
-                await self._txn_idle.wait()
                 records = await self._consumer.getmany(timeout_ms=100, max_records=self.batch)
                 async with self.lock:
                     owned = {tp: batch for tp, batch in records.items() if tp in self.owned and batch}
@@ -312,16 +307,12 @@ class BatchService(Service):
         await asyncio.gather(*p.sends, *([stored] if stored is not None else []))
         offsets = {tp: off for tp, off in p.offsets.items() if tp in self.owned}
         if changes or offsets:
-            self._txn_idle.clear()
-            try:
-                async with self._txn.transaction():      # commits (waiting for every record) or aborts on error
-                    send = self._txn.send
-                    for topic, (partition, key, value) in changes:
-                        await send(topic, value=value, key=key, partition=partition)
-                    if offsets:
-                        await self._txn.send_offsets_to_transaction(offsets, self.group)
-            finally:
-                self._txn_idle.set()
+            async with self._txn.transaction():      # commits (waiting for every record) or aborts on error
+                send = self._txn.send
+                for topic, (partition, key, value) in changes:
+                    await send(topic, value=value, key=key, partition=partition)
+                if offsets:
+                    await self._txn.send_offsets_to_transaction(offsets, self.group)
         self.checkpoints += 1
 
     # -- partitions come and go --------------------------------------------------------------------------------
