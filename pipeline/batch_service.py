@@ -242,7 +242,7 @@ class BatchService(Service):
                             self.c.counters.add(tp.topic, len(batch))
                         if self.pending.since is None:
                             self.pending.since = time.monotonic()
-                    await self.tick()
+                    await self.tick(drained=not records)
         except asyncio.CancelledError:
             raise
         except Exception as err:
@@ -255,8 +255,9 @@ class BatchService(Service):
                 log.exception("%s failed", self.group)
                 self._on_fatal(EXIT_STAGE_FAILED, f"{self.group}: {type(err).__name__}: {err}")
 
-    async def tick(self) -> None:
+    async def tick(self, drained: bool = False) -> None:
         """After each fetch (under the lock): start a checkpoint when one is due, surface a finished one's error.
+        `drained`: the fetch found nothing new (it waited its timeout), so the stage has caught up with its input.
 
         While the previous checkpoint is still being stored, processing goes on and the next one simply starts
         later, unless `max_rows` rows or messages are waiting: then the stage waits for it (backpressure)."""
@@ -265,7 +266,7 @@ class BatchService(Service):
                 await self._finish_checkpoint()     # surfaces its error, if it failed
             elif len(self.pending.rows) < self.max_rows and len(self.pending.sends) < self.max_rows:
                 return
-        if self._due():
+        if self._due(drained):
             await self._checkpoint(wait=False)
 
     # -- outputs -----------------------------------------------------------------------------------------------
@@ -277,11 +278,17 @@ class BatchService(Service):
 
     # -- checkpoints -------------------------------------------------------------------------------------------
 
-    def _due(self) -> bool:
+    def _due(self, drained: bool = False) -> bool:
+        """A checkpoint is due when `max_rows` rows or messages wait, when the oldest has waited
+        `commit_interval_s`, or as soon as the input is drained: batching more would only delay what is
+        pending (the end of a burst reaches ClickHouse 0.4 s sooner), and an idle stage checkpoints at most
+        once per fetch timeout."""
         p = self.pending
         if len(p.rows) >= self.max_rows or len(p.sends) >= self.max_rows:
             return True
-        return p.since is not None and time.monotonic() - p.since >= self.commit_interval_s
+        if p.since is None:
+            return False
+        return drained or time.monotonic() - p.since >= self.commit_interval_s
 
     async def _checkpoint(self, wait: bool = True) -> None:
         """Start storing what is pending and, with `wait`, wait until it is stored and committed. Without `wait`

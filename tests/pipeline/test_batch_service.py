@@ -84,3 +84,22 @@ def test_values_kept_in_a_table_take_their_own_size() -> None:
         tracemalloc.stop()
     assert kept[0] == orjson.dumps(case)
     assert per_value < 2 * len(kept[0]), (per_value, len(kept[0]))
+
+
+def test_a_checkpoint_is_due_at_once_when_the_input_is_drained() -> None:
+    import time
+    from types import SimpleNamespace
+
+    from pipeline.batch_service import BatchService
+    from pipeline.config import Settings
+
+    svc = BatchService(SimpleNamespace(settings=Settings.from_env()), commit_interval_s=60.0, max_rows=10)
+    assert not svc._due() and not svc._due(drained=True)          # nothing pending: never
+    svc.pending.since = time.monotonic()
+    assert not svc._due()                                          # busy input: wait for the interval...
+    assert svc._due(drained=True)                                  # ...caught up: store it now
+    svc.pending.since = time.monotonic() - 61.0
+    assert svc._due()
+    svc.pending = type(svc.pending)()
+    svc.pending.sends.extend([None] * 10)                          # backpressure, even with no time passed
+    assert svc._due()
