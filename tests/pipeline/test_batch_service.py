@@ -103,3 +103,26 @@ def test_a_checkpoint_is_due_at_once_when_the_input_is_drained() -> None:
     svc.pending = type(svc.pending)()
     svc.pending.sends.extend([None] * 10)                          # backpressure, even with no time passed
     assert svc._due()
+
+
+def test_the_key_partitioner_agrees_with_the_default_and_the_java_client() -> None:
+    import random
+
+    from aiokafka.partitioner import DefaultPartitioner
+
+    from pipeline.batch_service import KeyPartitioner
+
+    kp, default = KeyPartitioner(limit=50), DefaultPartitioner()
+    rng = random.Random(7)
+    keys = [bytes(rng.randrange(256) for _ in range(rng.randrange(0, 40))) for _ in range(300)]
+    for n in (1, 2, 3, 12, 48):
+        parts = list(range(n))
+        for key in keys + keys[:20]:                 # repeated keys come from the cache (which also overflows)
+            assert kp(key, parts, parts) == default(key, parts, parts), (key, n)
+    # murmur2 values from the Java client's tests (Utils.murmur2): a Java producer and this one put a key on the
+    # same partition (the positive hash modulo the partition count)
+    for key, java_hash in ((b"21", -973932308), (b"foobar", -790332482), (b"abc", 479470107),
+                           (b"a-little-bit-long-string", -985981536)):
+        for n in (7, 12):
+            assert kp(key, list(range(n)), []) == (java_hash & 0x7FFFFFFF) % n
+    assert kp(None, [0, 1, 2], [2]) == 2                 # keyless: a random available partition, as the default
