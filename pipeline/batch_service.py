@@ -49,6 +49,7 @@ from aiokafka.partitioner import DefaultPartitioner, murmur2
 from mode import Service
 
 from pipeline.config import Settings
+from pipeline.flow import Message
 from pipeline.records import SinkBatch
 
 log = logging.getLogger("cityops.worker")
@@ -67,6 +68,42 @@ def json_bytes(obj: Any) -> bytes:
     orjson's result keeps the whole buffer it was written into (about 32 KiB for a case of 1.3 KiB, measured
     with tracemalloc on orjson 3.13): a month of cases kept that way took 770 MiB instead of 66 MiB."""
     return bytes(memoryview(orjson.dumps(obj)))
+
+
+class LeanRecords:
+    """Given as a consumer's `key_deserializer` (it returns the key unchanged), this asks for the consumer's
+    records as `pipeline.flow.Message` (topic, partition, offset, value, key) instead of aiokafka's
+    `ConsumerRecord`: that one is a dataclass of 11 fields in a `__dict__`, and building it took about a quarter
+    of the consumer's CPU time per record (`make bench` input read alone: 6.0 µs a record, 4.3 with these).
+    Stages read only those five fields. Other consumers in the process get `ConsumerRecord` as before."""
+
+    def __call__(self, key: bytes | None) -> bytes | None:
+        return key
+
+
+LEAN = LeanRecords()
+
+
+def install_lean_records() -> bool:
+    """Route aiokafka's per-record constructor (`PartitionRecords._consumer_record`, aiokafka 0.11-0.14) to
+    `Message` for consumers marked with `LEAN`; False when this aiokafka has no such method (records stay
+    `ConsumerRecord`, which stages read just as well). Idempotent."""
+    from aiokafka.consumer import fetcher
+
+    original = getattr(fetcher.PartitionRecords, "_consumer_record", None)
+    if original is None:
+        return False
+    if getattr(original, "cityops_lean", False):
+        return True
+
+    def _consumer_record(self: Any, tp: TopicPartition, rec: Any) -> Any:
+        if self._key_deserializer is LEAN:
+            return Message(tp.topic, tp.partition, rec.offset, rec.value, rec.key)
+        return original(self, tp, rec)
+
+    _consumer_record.cityops_lean = True  # type: ignore[attr-defined]
+    fetcher.PartitionRecords._consumer_record = _consumer_record
+    return True
 
 
 class KeyPartitioner:
@@ -227,8 +264,10 @@ class BatchService(Service):
                                      transaction_timeout_ms=TRANSACTION_TIMEOUT_MS,
                                      max_request_size=16 * 1024 * 1024, **opts)
         await self._txn.start()
+        lean = install_lean_records()
         self._consumer = AIOKafkaConsumer(
             client_id=f"{self.group}-consumer", group_id=self.group, enable_auto_commit=False,
+            **({"key_deserializer": LEAN} if lean else {}),
             auto_offset_reset="earliest", max_poll_records=self.batch, fetch_max_bytes=64 * 1024 * 1024,
             max_partition_fetch_bytes=int(os.environ.get("CITYOPS_FETCH_PARTITION_BYTES", str(8 * 1024 * 1024))),
             **opts)
@@ -368,6 +407,7 @@ class BatchService(Service):
         """Load `partitions` of `table` from its changelog, from the beginning to the end offsets of now."""
         consumer = AIOKafkaConsumer(client_id=f"{self.group}-restore", enable_auto_commit=False,
                                     isolation_level="read_committed",
+                                    **({"key_deserializer": LEAN} if install_lean_records() else {}),
                                     fetch_max_bytes=64 * 1024 * 1024, max_partition_fetch_bytes=16 * 1024 * 1024,
                                     **self.settings.aiokafka_options())
         await consumer.start()

@@ -46,7 +46,7 @@ class IngestService(BatchService):
         ingest = self.c.ingest
         located: list[tuple[float, int, str, bytes]] = []
         for tp, batch in records.items():
-            # aiokafka's records have the fields of pipeline.flow.Message (topic, partition, offset, key, value)
+            # records are pipeline.flow.Message (batch_service.LEAN) or aiokafka ConsumerRecords, with those fields
             if any(r.value is None for r in batch):     # a tombstone on a raw topic: an empty, invalid message
                 batch = [Message(r.topic, r.partition, r.offset, r.value or b"", r.key) for r in batch]
             if tp.topic == t.raw_iot:

@@ -126,3 +126,43 @@ def test_the_key_partitioner_agrees_with_the_default_and_the_java_client() -> No
         for n in (7, 12):
             assert kp(key, list(range(n)), []) == (java_hash & 0x7FFFFFFF) % n
     assert kp(None, [0, 1, 2], [2]) == 2                 # keyless: a random available partition, as the default
+
+
+def _partition_records(key_deserializer: object) -> list[object]:
+    from aiokafka import TopicPartition
+    from aiokafka.consumer.fetcher import PartitionRecords
+    from aiokafka.record.default_records import DefaultRecordBatchBuilder
+    from aiokafka.record.memory_records import MemoryRecords
+
+    data = bytearray()
+    for first in (0, 3):          # two record batches, offsets 10-15
+        b = DefaultRecordBatchBuilder(magic=2, compression_type=0, is_transactional=0, producer_id=-1,
+                                      producer_epoch=-1, base_sequence=-1, batch_size=1 << 20)
+        for k in range(3):
+            n = first + k
+            b.append(k, timestamp=1_700_000_000_000 + n, key=None if n == 4 else f"k{n}".encode(),
+                     value=None if n == 5 else f'{{"n":{n}}}'.encode(), headers=[])
+        built = bytearray(b.build())
+        built[0:8] = (10 + first).to_bytes(8, "big")            # the batch's base offset
+        data += built
+    tp = TopicPartition("cityops.raw.iot", 7)
+    return list(PartitionRecords(tp, MemoryRecords(bytes(data)), [], 10, key_deserializer, None, False, 0))
+
+
+def test_marked_consumers_get_lean_records_with_the_same_fields() -> None:
+    from aiokafka.structs import ConsumerRecord
+
+    from pipeline.batch_service import LEAN, install_lean_records
+    from pipeline.flow import Message
+
+    assert install_lean_records(), "aiokafka's PartitionRecords._consumer_record is gone: see LeanRecords"
+    assert install_lean_records()                                  # idempotent
+    lean, plain = _partition_records(LEAN), _partition_records(None)
+    assert [type(r) for r in lean] == [Message] * 6
+    assert [type(r) for r in plain] == [ConsumerRecord] * 6       # unmarked consumers are untouched
+    fields = ("topic", "partition", "offset", "key", "value")
+    assert [tuple(getattr(r, f) for f in fields) for r in lean] == \
+        [tuple(getattr(r, f) for f in fields) for r in plain]
+    assert [(r.offset, r.key, r.value) for r in lean] == [
+        (10, b"k0", b'{"n":0}'), (11, b"k1", b'{"n":1}'), (12, b"k2", b'{"n":2}'),
+        (13, b"k3", b'{"n":3}'), (14, None, b'{"n":4}'), (15, b"k5", None)]
