@@ -257,6 +257,18 @@ def stored_readings(p: ChaosPipeline) -> int:
     return int(query(p, "SELECT sum(readings) FROM sensor_readings FINAL")[0][0] or 0)
 
 
+def group_members(p: ChaosPipeline) -> dict[str, int]:
+    """Members of each consumer group of the pipeline (`describe_groups` in kafka-python 3, else 2.x's call)."""
+    groups = list(p.settings.consumer_groups())
+    admin = KafkaAdminClient(client_id="cityops-chaos", **p.settings.kafka_client_options())
+    try:
+        if hasattr(admin, "describe_groups"):
+            return {g: len(info.get("members") or []) for g, info in admin.describe_groups(groups).items()}
+        return {info.group: len(info.members) for info in admin.describe_consumer_groups(groups)}
+    finally:
+        admin.close()
+
+
 def wait_drained(p: ChaosPipeline, timeout_s: float, alive: list[subprocess.Popen[bytes]] | None = None,
                  stall_s: float = 180.0) -> None:
     """Until the group has committed every input and internal message twice in a row, 3 s apart.
