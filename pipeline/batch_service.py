@@ -415,7 +415,7 @@ class BatchService(Service):
         try:
             tps = [TopicPartition(table.topic, p) for p in partitions]
             consumer.assign(tps)
-            ends = await consumer.end_offsets(tps)
+            ends = await self._settled_ends(consumer, tps)
             await consumer.seek_to_beginning(*tps)
             left = {tp for tp in tps if ends[tp] > 0}
             while left:
@@ -430,6 +430,28 @@ class BatchService(Service):
             await consumer.stop()
         log.info("%s: restored %d changelog records of %s partitions %s", self.group, n, table.topic, partitions)
         return n
+
+    async def _settled_ends(self, consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> dict[Any, int]:
+        """Where to restore up to: the last stable offsets (`consumer` reads committed), once every transaction
+        on `tps` has ended. The previous owner's last checkpoint may still be committing when its partitions
+        arrive here: Kafka writes the commit markers after the commit returns, and until they land the stable
+        offset stops short of that checkpoint's state. Restoring then would lose that state while the group
+        resumes after it. A transaction left open by a dead process ends within the transaction timeout."""
+        probe = AIOKafkaConsumer(client_id=f"{self.group}-restore-probe", **self.settings.aiokafka_options())
+        await probe.start()
+        try:
+            highs = await probe.end_offsets(tps)              # read uncommitted: markers included
+        finally:
+            await probe.stop()
+        deadline = time.monotonic() + TRANSACTION_TIMEOUT_MS / 1000 + 10
+        ends = await consumer.end_offsets(tps)
+        while any(ends[tp] < highs[tp] for tp in tps) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+            ends = await consumer.end_offsets(tps)
+        if any(ends[tp] < highs[tp] for tp in tps):
+            log.warning("%s: a transaction on %s is still open after the transaction timeout; restoring what "
+                        "is committed", self.group, sorted(tp.partition for tp in tps if ends[tp] < highs[tp]))
+        return dict(ends)
 
     def _ensure_topics(self) -> None:
         """The cityops topics, and each table's compacted changelog partitioned like its input topic."""
