@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -55,3 +57,29 @@ def test_compose_services_run_cityops_commands_that_exist() -> None:
     assert {"topics", "db"} <= commands
     assert compose()["x-cityops-env"]["CITYOPS_ENV"] == "production"
     assert Path(ROOT / c["worker"]["build"]["context"].replace("..", ".") / "deploy" / "Dockerfile").exists()
+
+
+def _await_exec(tmp_path: Path, server: str) -> list[str]:
+    """Start `server` the way the stack scripts do, then ask common.sh's await_exec about it, 40 times."""
+    script = f"""
+source {ROOT / 'deploy/local/common.sh'}
+for i in $(seq 1 40); do
+  nohup {server} >/dev/null 2>&1 </dev/null &
+  echo $! > {tmp_path}/pid
+  if await_exec {tmp_path}/pid marker-{tmp_path.name}; then echo up; else echo gone; fi
+done
+wait
+"""
+    run = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120, check=True)
+    return run.stdout.split()
+
+
+def test_a_server_just_started_is_not_taken_for_one_that_exited(tmp_path: Path) -> None:
+    # Right after `&` the pid is still the forked shell's; checking its command line at once
+    # reported "exited during start" on one start in six (and failed a CI run).
+    server = f"{sys.executable} -c 'import time; time.sleep(0.3)' marker-{tmp_path.name}"
+    assert _await_exec(tmp_path, server) == ["up"] * 40
+
+
+def test_a_server_that_exits_at_once_is_reported_gone(tmp_path: Path) -> None:
+    assert _await_exec(tmp_path, "/bin/false") == ["gone"] * 40

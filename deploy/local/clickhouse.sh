@@ -86,9 +86,10 @@ start() {
   # shellcheck disable=SC2086  # "$server" may be "clickhouse server": two words on purpose
   nohup $server --config-file="$C/config.xml" >> "$C/logs/stdout.log" 2>&1 < /dev/null &
   echo $! > "$PIDFILE"
+  await_exec "$PIDFILE" "$MARKER" || true
   local i
   for i in $(seq 1 120); do
-    if ! pid_alive "$PIDFILE" "$MARKER"; then log "clickhouse: exited during start; see $C/logs"; tail -20 "$C/logs/error.log" >&2 || true; exit 1; fi
+    if ! pid_alive "$PIDFILE" "$MARKER"; then log "clickhouse: exited during start; see $C/logs"; tail -20 "$C/logs/stdout.log" "$C/logs/error.log" >&2 2>/dev/null || true; exit 1; fi
     if "$PYTHON" "$ROOT/deploy/local/ready.py" clickhouse "127.0.0.1:$CH_PORT" 2>/dev/null; then
       log "clickhouse: ready"; return 0
     fi

@@ -22,6 +22,21 @@ pid_alive() {
   tr '\0' ' ' < "/proc/$pid/cmdline" | grep -qF -- "$marker"
 }
 
+# await_exec PIDFILE MARKER: a server just started with `&` is, for a moment, still the forked shell, whose
+# command line is this script's, not the server's (seen on one start in six on a busy machine). Wait up to
+# 10 s for the exec; false when the process is gone or still not the server by then.
+await_exec() {
+  local pidfile="$1" marker="$2" pid i
+  pid="$(cat "$pidfile" 2>/dev/null || true)"
+  [ -n "$pid" ] || return 1
+  for i in $(seq 1 100); do
+    pid_alive "$pidfile" "$marker" && return 0
+    [ -r "/proc/$pid/cmdline" ] || return 1
+    sleep 0.1
+  done
+  return 1
+}
+
 # stop_pid PIDFILE MARKER NAME: TERM the process we started, KILL it after 30 s, remove the pid file.
 stop_pid() {
   local pidfile="$1" marker="$2" name="$3" pid i

@@ -70,9 +70,10 @@ start() {
   nohup java "${java_opts[@]}" -cp "$LIBS/*" kafka.Kafka "$K/server.properties" \
         >> "$K/logs/stdout.log" 2>&1 < /dev/null &
   echo $! > "$PIDFILE"
+  await_exec "$PIDFILE" "$MARKER" || true
   local i
   for i in $(seq 1 120); do
-    if ! pid_alive "$PIDFILE" "$MARKER"; then log "kafka: exited during start; see $K/logs"; tail -20 "$K/logs/stdout.log" >&2; exit 1; fi
+    if ! pid_alive "$PIDFILE" "$MARKER"; then log "kafka: exited during start; see $K/logs"; tail -20 "$K/logs/stdout.log" >&2 || true; exit 1; fi
     if "$PYTHON" "$ROOT/deploy/local/ready.py" kafka "127.0.0.1:$KAFKA_PORT" 2>/dev/null; then
       log "kafka: ready"; return 0
     fi
