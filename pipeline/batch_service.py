@@ -48,6 +48,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.partitioner import DefaultPartitioner, murmur2
 from mode import Service
 
+from pipeline.align import Aligner
 from pipeline.config import Settings
 from pipeline.flow import Message
 from pipeline.records import SinkBatch
@@ -235,6 +236,8 @@ class BatchService(Service):
         self.partition_counts: dict[str, int] = {}     # input topic of a table -> its partitions
         self._txn: AIOKafkaProducer | None = None          # transactional: changelog writes and offsets
         self._slot: InstanceSlot | None = None
+        self.aligner: Aligner | None = None    # a stage that reads several sources sets one (pipeline.align)
+        self._stalled = False
 
     # -- what a stage implements -------------------------------------------------------------------------------
 
@@ -293,7 +296,7 @@ class BatchService(Service):
         try:
             while not self.should_stop:
                 assert self._consumer is not None
-                records = await self._consumer.getmany(timeout_ms=100, max_records=self.batch)
+                records, fetched = await self._next_records()
                 async with self.lock:
                     owned = {tp: batch for tp, batch in records.items() if tp in self.owned and batch}
                     if owned:
@@ -305,7 +308,10 @@ class BatchService(Service):
                             self.c.counters.add(tp.topic, len(batch))
                         if self.pending.since is None:
                             self.pending.since = time.monotonic()
-                    await self.tick(drained=not records)
+                    if self.aligner is not None and self.aligner.held.keys() - self.owned:
+                        self.aligner.drop(self.aligner.held.keys() - self.owned)  # fetched as it was revoked
+                    await self.tick(drained=not fetched and not records
+                                    and not (self.aligner is not None and self.aligner.held))
         except asyncio.CancelledError:
             raise
         except Exception as err:
@@ -317,6 +323,32 @@ class BatchService(Service):
             else:
                 log.exception("%s failed", self.group)
                 self._on_fatal(EXIT_STAGE_FAILED, f"{self.group}: {type(err).__name__}: {err}")
+
+    async def _next_records(self) -> tuple[dict[TopicPartition, list[Any]], bool]:
+        """The next records to process, and whether the fetch found any. With an aligner (pipeline.align), the
+        records of partitions ahead in event time wait (held) while the others catch up."""
+        assert self._consumer is not None
+        a = self.aligner
+        if a is None:
+            records = await self._consumer.getmany(timeout_ms=100, max_records=self.batch)
+            return records, bool(records)
+        parts = a.fetchable(self.owned)
+        fetched: dict[TopicPartition, list[Any]] = {}
+        if parts or not self.owned:         # nothing owned yet: the first fetch waits for the assignment
+            # with records held and released last time, look for more without waiting
+            wait = 0 if a.held and not self._stalled else 100
+            fetched = await self._consumer.getmany(*parts, timeout_ms=wait, max_records=self.batch)
+            a.add(fetched)
+        elif self._stalled:
+            await asyncio.sleep(0.01)       # everything held waits for a partition's idle time to pass
+        out = a.release(self._caught_up)
+        self._stalled = bool(a.held) and not out
+        return out, bool(fetched)
+
+    def _caught_up(self, tp: TopicPartition, next_offset: int) -> bool:
+        assert self._consumer is not None
+        high = self._consumer.highwater(tp)
+        return high is not None and next_offset >= high
 
     async def tick(self, drained: bool = False) -> None:
         """After each fetch (under the lock): start a checkpoint when one is due, surface a finished one's error.
@@ -389,6 +421,8 @@ class BatchService(Service):
 
     async def revoked(self, revoked: set[TopicPartition]) -> None:
         async with self.lock:
+            if self.aligner is not None:
+                self.aligner.drop(revoked)
             await self._checkpoint()
             for topic, table in self.tables.items():
                 table.drop({tp.partition for tp in revoked if tp.topic == topic})

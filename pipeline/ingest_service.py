@@ -1,6 +1,9 @@
 """The ingest stage: raw topics in (group `<app id>-ingest`), located reports, dead letters, unlocated tickets and
 sensor-minute rows out (see pipeline.batch_service for batches, checkpoints and recovery).
 
+Partitions ahead in event time wait while the others catch up on a backlog (pipeline.align;
+`CITYOPS_ALIGN_SKEW` seconds, default 60, `off` to read them as they come).
+
 State: each sensor's alarm state and current-minute aggregate, per raw.iot partition, in the compacted changelog
 `<app id>-ingest-sensor-state`. A replayed reading is not newer than its sensor's state and is skipped
 (pipeline.sensors.observe), so a replay after a checkpoint wrote the state changes nothing.
@@ -8,11 +11,13 @@ State: each sensor's alarm state and current-minute aggregate, per raw.iot parti
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import orjson
 from aiokafka import TopicPartition
 
+from pipeline.align import TIME_FIELDS, Aligner, time_reader
 from pipeline.batch_service import EXIT_DEADLETTER_LIMIT, BatchService, ChangelogTable, json_bytes
 from pipeline.flow import DeadLetterLimitExceeded, IngestResult, Message
 from pipeline.model import Source
@@ -37,6 +42,10 @@ class IngestService(BatchService):
         self.sensor_states: ChangelogTable[SensorState] = ChangelogTable(
             f"{self.settings.app_id}-ingest-sensor-state", _encode_state, _decode_state)
         self.tables = {t.raw_iot: self.sensor_states}
+        skew = os.environ.get("CITYOPS_ALIGN_SKEW", "60")
+        if skew not in ("", "0", "off"):
+            self.aligner = Aligner({getattr(t, logical): time_reader(name) for logical, name in TIME_FIELDS.items()},
+                                   skew_s=float(skew))
 
     async def process(self, records: dict[TopicPartition, list[Any]]) -> None:
         from pipeline.worker import refresh

@@ -1,0 +1,158 @@
+"""pipeline.align: partitions ahead in event time wait while the others catch up, and nothing is lost."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+
+import orjson
+from aiokafka import TopicPartition
+
+from pipeline.align import TIME_FIELDS, Aligner, time_reader
+from pipeline.flow import Message
+
+T0 = datetime(2026, 11, 1, tzinfo=UTC)
+IOT, UPD = TopicPartition("iot", 0), TopicPartition("upd", 0)
+
+
+def msg(tp: TopicPartition, offset: int, minutes: float, field: str = "at") -> Message:
+    at = (T0 + timedelta(minutes=minutes)).isoformat().replace("+00:00", "Z")
+    return Message(tp.topic, tp.partition, offset, orjson.dumps({field: at, "n": offset}))
+
+
+def minutes_of(m: Message) -> float:
+    return (datetime.fromisoformat(orjson.loads(m.value)["at"]) - T0).total_seconds() / 60
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def aligner(skew_minutes: float = 1.0, clock: Clock | None = None, **readers: object) -> Aligner:
+    read = time_reader("at")
+    return Aligner({"iot": read, "upd": read, **readers}, skew_s=skew_minutes * 60,  # type: ignore[dict-item]
+                   clock=clock or Clock())
+
+
+def drive(a: Aligner, backlog: dict[TopicPartition, list[Message]], fetch: int) -> list[list[Message]]:
+    """Run the aligner the way BatchService does: fetch up to `fetch` records of each fetchable partition,
+    release, repeat until everything is released. Returns the released batches in order."""
+    pos = dict.fromkeys(backlog, 0)
+    steps: list[list[Message]] = []
+    for _ in range(100_000):
+        if all(pos[tp] == len(backlog[tp]) for tp in backlog) and not a.held:
+            return steps
+        fetched = {}
+        for tp in a.fetchable(backlog):
+            if pos[tp] < len(backlog[tp]):
+                fetched[tp] = backlog[tp][pos[tp]: pos[tp] + fetch]
+                pos[tp] += len(fetched[tp])
+        a.add(fetched)
+        out = a.release(lambda tp, nxt: nxt >= len(backlog[tp]))
+        steps.append([m for batch in out.values() for m in batch])
+    raise AssertionError("the aligner did not finish")
+
+
+def test_a_partition_ahead_waits_for_the_slow_one_and_nothing_is_lost_or_reordered() -> None:
+    rng = random.Random(7)
+    # a day of readings, one a minute; and updates of the same day, 40 of them, read in far bigger steps
+    iot = [msg(IOT, i, i) for i in range(1440)]
+    upd = [msg(UPD, i, t) for i, t in enumerate(sorted(rng.uniform(0, 1440) for _ in range(40)))]
+    steps = drive(aligner(skew_minutes=5), {IOT: iot, UPD: upd}, fetch=100)
+    released = [m for s in steps for m in s]
+    for tp, src in ((IOT, iot), (UPD, upd)):
+        assert [m for m in released if m.topic == tp.topic] == src     # each once, in partition order
+    # Every record is released no more than the skew (5 min) plus one fetch of readings ahead of the slowest
+    # backlog: the readings advance 100 minutes a fetch, and an update waits for them.
+    done_iot = -1.0
+    for s in steps:
+        for m in s:
+            if m.topic == "upd":
+                assert minutes_of(m) <= done_iot + 100 + 5, (minutes_of(m), done_iot)
+        done_iot = max([done_iot] + [minutes_of(m) for m in s if m.topic == "iot"])
+    # without the aligner the whole day of updates would come with the first 100 readings
+    assert sum(m.topic == "upd" for m in steps[0]) < 40
+
+
+def test_updates_are_released_within_the_skew_of_the_readings_when_fetches_are_small() -> None:
+    iot = [msg(IOT, i, i) for i in range(600)]
+    upd = [msg(UPD, i, i * 15 + 0.5) for i in range(40)]
+    steps = drive(aligner(skew_minutes=2), {IOT: iot, UPD: upd}, fetch=1)
+    seen_iot = -1.0
+    for s in steps:
+        for m in s:
+            if m.topic == "upd":
+                # released once the readings are within 2 min of it (one reading a minute, one a fetch)
+                assert seen_iot >= minutes_of(m) - 2 - 1
+        seen_iot = max([seen_iot] + [minutes_of(m) for m in s if m.topic == "iot"])
+
+
+def test_a_caught_up_partition_holds_nobody_back() -> None:
+    a = aligner()
+    a.add({IOT: [msg(IOT, 0, 0)], UPD: [msg(UPD, 0, 0)]})
+    a.release(lambda tp, nxt: False)
+    # the readings have nothing more at the broker: updates far ahead go at once
+    a.add({UPD: [msg(UPD, 1, 600)]})
+    assert a.release(lambda tp, nxt: tp == IOT) == {UPD: [a_msg for a_msg in [msg(UPD, 1, 600)]]}
+    # while the readings still have a backlog, they wait
+    a.add({UPD: [msg(UPD, 2, 900)]})
+    assert a.release(lambda tp, nxt: False) == {}
+    assert a.fetchable([IOT, UPD]) == [IOT]
+
+
+def test_a_silent_partition_holds_the_others_back_only_for_the_idle_time() -> None:
+    clock = Clock()
+    a = aligner(clock=clock)
+    a.add({IOT: [msg(IOT, 0, 0)], UPD: [msg(UPD, 0, 0)]})
+    a.release(lambda tp, nxt: False)
+    a.add({UPD: [msg(UPD, 1, 600)]})
+    assert a.release(lambda tp, nxt: False) == {}
+    clock.now += 0.5
+    assert a.release(lambda tp, nxt: False) == {}
+    clock.now += 0.6                                  # the readings delivered nothing for over a second
+    assert a.release(lambda tp, nxt: False) == {UPD: [msg(UPD, 1, 600)]}
+
+
+def test_messages_without_a_time_and_topics_without_a_reader_go_at_once() -> None:
+    other = TopicPartition("other", 0)
+    a = aligner()
+    a.add({IOT: [msg(IOT, 0, 0)]})
+    a.release(lambda tp, nxt: False)
+    junk = Message("upd", 0, 0, b"{not json")
+    a.add({UPD: [junk, msg(UPD, 1, 900)], other: [Message("other", 0, 0, b"x")]})
+    out = a.release(lambda tp, nxt: False)
+    assert out == {UPD: [junk], other: [Message("other", 0, 0, b"x")]}
+    assert a.held == {UPD: [msg(UPD, 1, 900)]}
+
+
+def test_a_batch_in_time_order_costs_two_time_reads() -> None:
+    calls = 0
+    read = time_reader("at")
+
+    def counting(value: bytes) -> float | None:
+        nonlocal calls
+        calls += 1
+        return read(value)
+
+    a = Aligner({"iot": counting, "upd": counting}, skew_s=60)
+    a.add({IOT: [msg(IOT, i, i / 100) for i in range(5000)]})
+    assert len(a.release(lambda tp, nxt: True)[IOT]) == 5000
+    assert calls == 2          # the head and the last (all on time)
+
+
+def test_revoked_partitions_are_forgotten() -> None:
+    a = aligner()
+    a.add({IOT: [msg(IOT, 0, 0)], UPD: [msg(UPD, 0, 600)]})
+    a.release(lambda tp, nxt: False)
+    a.drop([UPD])
+    assert a.held == {} and UPD not in a.last
+
+
+def test_every_raw_topic_has_its_time_field() -> None:
+    assert set(TIME_FIELDS) == {"raw_hotline", "raw_patrol", "raw_iot", "case_updates"}
+    assert time_reader("observed_at")(b'{"observed_at": "2026-11-01T08:00:00+08:00"}') == T0.timestamp()
+    assert time_reader("observed_at")(b'{"observed_at": 5}') is None
