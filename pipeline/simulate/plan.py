@@ -584,9 +584,11 @@ class Planner:
         return incident
 
     def _influence_end(self, incident: Incident, window: timedelta) -> datetime:
-        resolved = [a.at for a in incident.actions if a.action == "resolve"]
-        if resolved:
-            return max(resolved) + timedelta(days=self.policy.reopen_days) + MARGIN
+        """Until when a new report nearby would join (or reopen) this incident's case: the worker reopens a
+        handled case for `reopen_days` after it ended, at its closing (the verify) or else its resolve."""
+        ended = [a.at for a in incident.actions if a.action in ("resolve", "verify")]
+        if ended:
+            return max(ended) + timedelta(days=self.policy.reopen_days) + MARGIN
         return incident.reports[-1].at + window + MARGIN
 
     def _feedback(self, incident: Incident, event: Event, last_report: datetime, chronic: bool) -> None:

@@ -7,9 +7,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from pipeline.cases import CorrelationPolicy
+from pipeline.cases import CorrelationPolicy, distance_m
+from pipeline.simulate import simulate
+from pipeline.simulate.model import Incident
 from pipeline.simulate.plan import Block, Exclusion
 from pipeline.simulate.world import World
+from tests.simulate.conftest import small_config
 
 T0 = datetime(2024, 3, 1, tzinfo=UTC)
 
@@ -85,3 +88,32 @@ def test_retired_zones_still_block_questions_about_their_time(seed: int) -> None
     assert sum(map(len, retiring.retired.values())) > 0
     assert not any(b.end < T0 + timedelta(days=33) for bs in retiring.blocks.values() for b in bs)
     assert not all(expected) and any(expected)
+
+
+def test_no_incident_starts_where_the_worker_would_still_reopen_an_earlier_one(world: World) -> None:
+    """The worker joins a report to a case of its category nearby while the case is open, and reopens a
+    handled one until `reopen_days` after it ended: at its closing (the verify), else its resolve. An incident
+    planned inside that reach would be merged into the earlier one, and the truth would count two cases where the
+    worker counts one. Checked independently of the planner, over twelve days (reopen windows span days)."""
+    policy = CorrelationPolicy()
+    start = (datetime.now(UTC) - timedelta(days=14)).replace(hour=16, minute=0, second=0, microsecond=0)
+    sim = simulate(small_config(seed=5, days=12.0, start=start, sensors=100, hotline_per_day={"310109": 300}), world)
+    by_place: dict[tuple[str, str], list[Incident]] = {}
+    for inc in sim.truth.incidents:
+        by_place.setdefault((inc.spot.key, inc.category), []).append(inc)
+    pairs = 0
+    for incidents in by_place.values():
+        incidents.sort(key=lambda i: i.first.at)
+        for k, later in enumerate(incidents):
+            for earlier in incidents[:k]:
+                radius, window = policy.for_category(earlier.category)
+                if earlier.hotspot is not None and earlier.hotspot == later.hotspot:
+                    continue        # a hot spot's returns are planned apart on purpose (their own test)
+                if distance_m(earlier.spot.lon, earlier.spot.lat, later.spot.lon, later.spot.lat) > radius:
+                    continue
+                pairs += 1
+                ended = [a.at for a in earlier.actions if a.action in ("resolve", "verify")]
+                reach = (max(ended) + timedelta(days=policy.reopen_days) if ended
+                         else earlier.reports[-1].at + window)
+                assert later.first.at > reach, (earlier.incident_id, later.incident_id, later.first.at, reach)
+    assert pairs > 0        # the check saw incidents at the same place
