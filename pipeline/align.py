@@ -8,8 +8,9 @@ would have opened (the discovery source is wrong), and updates for cases that al
 expire by the grids' clocks, which the other sources have pushed ahead.
 
 `Aligner` keeps the partitions level: it holds fetched records whose event time is more than `skew` seconds
-ahead of the slowest partition that still has a backlog, and releases them as that partition catches up (as
-Kafka Streams picks the record with the lowest timestamp across a task's partitions). The event time is the
+ahead of the slowest partition of another topic that still has a backlog, and releases them as that partition
+catches up (as Kafka Streams picks the record with the lowest timestamp across a task's partitions, here per
+source). The event time is the
 one the stages use: read from the message itself (`TIME_FIELDS`), on a few records per batch only (a binary
 search; the input of a partition is in time order, nearly). A partition that is caught up, or has delivered
 nothing for `idle` seconds, holds nobody back: live, the aligner only ever looks at the last record of a batch.
@@ -87,23 +88,27 @@ class Aligner:
         for tp, records in self.held.items():
             read = self.time_of.get(tp.topic)
             heads[tp] = read(records[0].value) if read is not None and records[0].value is not None else None
-        # where each partition with a backlog is: its first held record, or (with nothing held, but more
-        # at the broker and delivered lately) the last record it released
-        bounds = [(t, tp) for tp, t in heads.items() if t is not None]
+        # where each topic's backlog is: the earliest of its partitions' first held records and (for those with
+        # nothing held but more at the broker, delivered lately) last records released. Partitions of one topic
+        # do not wait for each other: a topic's order across partitions does not matter (readings of different
+        # sensors; reports of one batch are sorted by time downstream), its order against the other sources does.
+        fronts: dict[str, float] = {}
+        for tp, t in heads.items():
+            if t is not None and t < fronts.get(tp.topic, float("inf")):
+                fronts[tp.topic] = t
         now = self.clock()
         for tp, t in self.last.items():
-            if (tp not in self.held and now - self.fed.get(tp, now) < self.idle
-                    and not caught_up(tp, self.next_offset.get(tp, 0))):
-                bounds.append((t, tp))
-        bounds.sort(key=lambda b: b[0])
+            if (tp not in self.held and t < fronts.get(tp.topic, float("inf"))
+                    and now - self.fed.get(tp, now) < self.idle and not caught_up(tp, self.next_offset.get(tp, 0))):
+                fronts[tp.topic] = t
+        slowest = sorted(fronts.items(), key=lambda f: f[1])[:2]
         out: dict[TopicPartition, list[Any]] = {}
         for tp, records in list(self.held.items()):
             read = self.time_of.get(tp.topic)
             if read is None or heads[tp] is None:
                 k, released = (len(records), None) if read is None else (1, None)
             else:
-                # a partition is held back by the others only, by the slowest of them
-                others = [t for t, other in bounds[:2] if other != tp]
+                others = [t for topic, t in slowest if topic != tp.topic]
                 k, released = _prefix(records, read, others[0] + self.skew if others else float("inf"))
             if k == 0:
                 continue

@@ -156,3 +156,18 @@ def test_every_raw_topic_has_its_time_field() -> None:
     assert set(TIME_FIELDS) == {"raw_hotline", "raw_patrol", "raw_iot", "case_updates"}
     assert time_reader("observed_at")(b'{"observed_at": "2026-11-01T08:00:00+08:00"}') == T0.timestamp()
     assert time_reader("observed_at")(b'{"observed_at": 5}') is None
+
+
+def test_partitions_of_one_topic_do_not_wait_for_each_other() -> None:
+    iot1 = TopicPartition("iot", 1)
+    a = aligner()
+    a.add({IOT: [msg(IOT, 0, 0)], iot1: [msg(iot1, 0, 0)]})
+    a.release(lambda tp, nxt: False)
+    # partition 1 is an hour ahead of partition 0, which still has a backlog: the readings go anyway
+    a.add({iot1: [msg(iot1, 1, 60), msg(iot1, 2, 61)]})
+    assert a.release(lambda tp, nxt: False) == {iot1: [msg(iot1, 1, 60), msg(iot1, 2, 61)]}
+    # an update an hour ahead waits for the slowest partition of the readings
+    a.add({UPD: [msg(UPD, 0, 60)]})
+    assert a.release(lambda tp, nxt: False) == {}
+    a.add({IOT: [msg(IOT, 1, 59.5)]})
+    assert a.release(lambda tp, nxt: False) == {IOT: [msg(IOT, 1, 59.5)], UPD: [msg(UPD, 0, 60)]}
