@@ -39,7 +39,7 @@ TIME_FIELDS = {            # logical topic -> the field with the event's time (C
 
 def time_reader(field: str) -> Callable[[bytes], float | None]:
     """`value -> event time (POSIX seconds)`, None for a message without a readable one (it will be a dead
-    letter; it is released at once and holds nobody back)."""
+    letter, and goes with its neighbours)."""
     def read(value: bytes) -> float | None:
         try:
             text = orjson.loads(value)[field]
@@ -60,6 +60,7 @@ class Aligner:
         self.last: dict[TopicPartition, float] = {}     # event time of the last record released
         self.fed: dict[TopicPartition, float] = {}       # wall time (clock) it last delivered records
         self.next_offset: dict[TopicPartition, int] = {}
+        self._heads: dict[TopicPartition, float | None] = {}   # event time of each held partition's first record
 
     def fetchable(self, owned: Iterable[TopicPartition]) -> list[TopicPartition]:
         """The owned partitions to fetch from: those with nothing held."""
@@ -76,50 +77,87 @@ class Aligner:
     def drop(self, partitions: Iterable[TopicPartition]) -> None:
         """Forget partitions that were revoked or lost: their new owner reads the held records again."""
         for tp in partitions:
-            for d in (self.held, self.last, self.fed, self.next_offset):
+            for d in (self.held, self.last, self.fed, self.next_offset, self._heads):
                 d.pop(tp, None)
 
     def release(self, caught_up: Callable[[TopicPartition, int], bool]) -> dict[TopicPartition, list[Any]]:
         """Take the held records that are not ahead of the others: per partition a prefix, in its order.
-        `caught_up(tp, next_offset)`: true when the partition has nothing more at the broker."""
+        `caught_up(tp, next_offset)`: true when the partition has nothing more at the broker.
+
+        Partitions of one topic do not wait for each other: a topic's order across partitions does not matter
+        (readings of different sensors; reports of one batch are sorted by time downstream), its order against
+        the other sources does. Releasing one source lets the others go further, so each topic goes as far as
+        the others can follow with what was fetched: a batch spans the fetched backlog, not one skew of it."""
         if not self.held:
             return {}
-        heads: dict[TopicPartition, float | None] = {}
-        for tp, records in self.held.items():
-            read = self.time_of.get(tp.topic)
-            heads[tp] = read(records[0].value) if read is not None and records[0].value is not None else None
-        # where each topic's backlog is: the earliest of its partitions' first held records and (for those with
-        # nothing held but more at the broker, delivered lately) last records released. Partitions of one topic
-        # do not wait for each other: a topic's order across partitions does not matter (readings of different
-        # sensors; reports of one batch are sorted by time downstream), its order against the other sources does.
-        fronts: dict[str, float] = {}
-        for tp, t in heads.items():
-            if t is not None and t < fronts.get(tp.topic, float("inf")):
-                fronts[tp.topic] = t
+        inf = float("inf")
+        front: dict[str, float] = {}   # each topic's earliest record not yet released
+        end: dict[str, float] = {}     # how far each topic can get without another fetch
+        for tp in self.held:
+            head = self._head(tp)
+            if head is None:
+                continue                # nothing readable held: released as it is
+            front[tp.topic] = min(front.get(tp.topic, inf), head)
+            if not caught_up(tp, self.next_offset.get(tp, 0)):
+                tail = _last_time(self.held[tp], self.time_of[tp.topic])
+                end[tp.topic] = min(end.get(tp.topic, inf), head if tail is None else max(head, tail))
         now = self.clock()
         for tp, t in self.last.items():
-            if (tp not in self.held and t < fronts.get(tp.topic, float("inf"))
-                    and now - self.fed.get(tp, now) < self.idle and not caught_up(tp, self.next_offset.get(tp, 0))):
-                fronts[tp.topic] = t
-        slowest = sorted(fronts.items(), key=lambda f: f[1])[:2]
+            if (tp not in self.held and now - self.fed.get(tp, now) < self.idle
+                    and not caught_up(tp, self.next_offset.get(tp, 0))):
+                front[tp.topic] = min(front.get(tp.topic, inf), t)      # it delivers more soon, from about t
+                end[tp.topic] = min(end.get(tp.topic, inf), t)
+        # reach[x] = max(front[x], min(end[x], min over other topics y of reach[y] + skew)): the greatest
+        # solution, by relaxation from the ends down (at most one round per topic, as for shortest paths)
+        reach = {x: max(front[x], end.get(x, inf)) for x in front}
+        for _ in range(len(reach) + 1):
+            changed = False
+            for x in reach:
+                r = max(front[x], min(end.get(x, inf), _others(reach, x) + self.skew))
+                if r < reach[x]:
+                    reach[x], changed = r, True
+            if not changed:
+                break
         out: dict[TopicPartition, list[Any]] = {}
         for tp, records in list(self.held.items()):
             read = self.time_of.get(tp.topic)
-            if read is None or heads[tp] is None:
-                k, released = (len(records), None) if read is None else (1, None)
+            if read is None:
+                k, released = len(records), None
             else:
-                others = [t for topic, t in slowest if topic != tp.topic]
-                k, released = _prefix(records, read, others[0] + self.skew if others else float("inf"))
+                limit = _others(reach, tp.topic) + self.skew
+                head = self._head(tp)
+                if head is not None and head > limit:
+                    continue
+                k, released = _prefix(records, read, limit)
             if k == 0:
                 continue
             out[tp] = records[:k] if k < len(records) else records
             if released is not None:
                 self.last[tp] = released
+            self._heads.pop(tp, None)
             if k < len(records):
                 self.held[tp] = records[k:]
             else:
                 del self.held[tp]
         return out
+
+    def _head(self, tp: TopicPartition) -> float | None:
+        """Event time of the first readable held record of `tp` (None: none readable, or an unknown topic)."""
+        if tp not in self._heads:
+            read = self.time_of.get(tp.topic)
+            t = None
+            if read is not None:
+                records = self.held[tp]
+                for i in range(min(len(records), 100)):
+                    t = _time(records, i, read)
+                    if t is not None:
+                        break
+            self._heads[tp] = t
+        return self._heads[tp]
+
+
+def _others(reach: dict[str, float], topic: str) -> float:
+    return min((r for x, r in reach.items() if x != topic), default=float("inf"))
 
 
 def _time(records: list[Any], i: int, read: Callable[[bytes], float | None]) -> float | None:
@@ -127,20 +165,33 @@ def _time(records: list[Any], i: int, read: Callable[[bytes], float | None]) -> 
     return read(v) if v is not None else None
 
 
+def _last_time(records: list[Any], read: Callable[[bytes], float | None]) -> float | None:
+    """The time of the last readable record (of the last 100)."""
+    for i in range(len(records) - 1, max(len(records) - 100, 0) - 1, -1):
+        t = _time(records, i, read)
+        if t is not None:
+            return t
+    return None
+
+
 def _prefix(records: list[Any], read: Callable[[bytes], float | None],
             limit: float) -> tuple[int, float | None]:
     """How many leading records are at or before `limit`, by a binary search on the event times (a record
-    without one counts as on time), and the time of the last of them when known. Exact for records in time
+    without one goes with the one before it), and the time of the last of them when known. Exact for records in time
     order; in a partition slightly out of order a record may be released a little early or late, never lost or
     reordered."""
-    last = _time(records, len(records) - 1, read)
+    last = _last_time(records, read)
     if last is None or last <= limit:
         return len(records), last
 
     class _Times:
         def __getitem__(self, i: int) -> float:
-            t = _time(records, i, read)
-            return float("-inf") if t is None else t
+            while i >= 0:               # an unreadable record goes with the readable one before it
+                t = _time(records, i, read)
+                if t is not None:
+                    return t
+                i -= 1
+            return float("-inf")
 
         def __len__(self) -> int:
             return len(records)

@@ -117,16 +117,20 @@ def test_a_silent_partition_holds_the_others_back_only_for_the_idle_time() -> No
     assert a.release(lambda tp, nxt: False) == {UPD: [msg(UPD, 1, 600)]}
 
 
-def test_messages_without_a_time_and_topics_without_a_reader_go_at_once() -> None:
+def test_messages_without_a_time_keep_their_place_and_topics_without_a_reader_go_at_once() -> None:
     other = TopicPartition("other", 0)
     a = aligner()
     a.add({IOT: [msg(IOT, 0, 0)]})
     a.release(lambda tp, nxt: False)
     junk = Message("upd", 0, 0, b"{not json")
-    a.add({UPD: [junk, msg(UPD, 1, 900)], other: [Message("other", 0, 0, b"x")]})
+    a.add({UPD: [junk, msg(UPD, 1, 0.5), junk, msg(UPD, 3, 900), junk]}, )
+    a.add({other: [Message("other", 0, 0, b"x")]})
     out = a.release(lambda tp, nxt: False)
-    assert out == {UPD: [junk], other: [Message("other", 0, 0, b"x")]}
-    assert a.held == {UPD: [msg(UPD, 1, 900)]}
+    # an unreadable message goes with its neighbours, in partition order; the far update and what follows wait
+    assert out == {UPD: [junk, msg(UPD, 1, 0.5), junk], other: [Message("other", 0, 0, b"x")]}
+    assert a.held == {UPD: [msg(UPD, 3, 900), junk]}
+    a.add({UPD: []})
+    assert a.release(lambda tp, nxt: True) == {UPD: [msg(UPD, 3, 900), junk]}   # the readings caught up
 
 
 def test_a_batch_in_time_order_costs_two_time_reads() -> None:
