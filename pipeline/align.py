@@ -66,6 +66,14 @@ class Aligner:
         """The owned partitions to fetch from: those with nothing held."""
         return [tp for tp in owned if tp not in self.held]
 
+    def track(self, tp: TopicPartition, position: int) -> None:
+        """A partition just assigned, at `position`: until it delivers (or its idle time passes) nothing is
+        known of where its backlog starts, so the other sources wait for it, unless it is caught up."""
+        if tp not in self.next_offset:
+            self.next_offset[tp] = position
+            self.last[tp] = float("-inf")
+            self.fed[tp] = self.clock()
+
     def add(self, fetched: Mapping[TopicPartition, list[Any]]) -> None:
         now = self.clock()
         for tp, records in fetched.items():

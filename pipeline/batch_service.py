@@ -332,6 +332,11 @@ class BatchService(Service):
         if a is None:
             records = await self._consumer.getmany(timeout_ms=100, max_records=self.batch)
             return records, bool(records)
+        for tp in self.owned - a.next_offset.keys():
+            try:
+                a.track(tp, await self._consumer.position(tp))
+            except Exception:           # revoked meanwhile: the next round sees the new assignment
+                break
         parts = a.fetchable(self.owned)
         fetched: dict[TopicPartition, list[Any]] = {}
         if parts or not self.owned:         # nothing owned yet: the first fetch waits for the assignment

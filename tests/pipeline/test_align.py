@@ -175,3 +175,24 @@ def test_partitions_of_one_topic_do_not_wait_for_each_other() -> None:
     assert a.release(lambda tp, nxt: False) == {}
     a.add({IOT: [msg(IOT, 1, 59.5)]})
     assert a.release(lambda tp, nxt: False) == {IOT: [msg(IOT, 1, 59.5)], UPD: [msg(UPD, 0, 60)]}
+
+
+def test_a_partition_just_assigned_holds_the_other_sources_until_it_delivers() -> None:
+    clock = Clock()
+    a = aligner(clock=clock)
+    a.track(IOT, 0)
+    a.add({UPD: [msg(UPD, 0, 0), msg(UPD, 1, 600)]})
+    assert a.release(lambda tp, nxt: False) == {}           # where do the readings start? nobody knows yet
+    a.add({IOT: [msg(IOT, 0, 0)]})
+    assert a.release(lambda tp, nxt: False) == {IOT: [msg(IOT, 0, 0)], UPD: [msg(UPD, 0, 0)]}
+    # one with nothing to read holds nobody; one that delivers nothing holds others only for its idle time
+    b = aligner(clock=clock)
+    b.track(IOT, 7)
+    b.add({UPD: [msg(UPD, 0, 0)]})
+    assert b.release(lambda tp, nxt: nxt >= 7) == {UPD: [msg(UPD, 0, 0)]}
+    c = aligner(clock=clock)
+    c.track(IOT, 0)
+    c.add({UPD: [msg(UPD, 0, 0)]})
+    assert c.release(lambda tp, nxt: False) == {}
+    clock.now += 1.5
+    assert c.release(lambda tp, nxt: False) == {UPD: [msg(UPD, 0, 0)]}
