@@ -13,14 +13,14 @@ catches up (as Kafka Streams picks the record with the lowest timestamp across a
 source). The event time is the
 one the stages use: read from the message itself (`TIME_FIELDS`), on a few records per batch only (a binary
 search; the input of a partition is in time order, nearly). A partition that is caught up, or has delivered
-nothing for `idle` seconds, holds nobody back: live, the aligner only ever looks at the last record of a batch.
+nothing while the stage waited `idle` seconds for it, holds nobody back: live, the aligner only ever looks at
+the last record of a batch.
 
 Held records are not processed, so their offsets are not committed: a crash or a rebalance re-reads them.
 """
 
 from __future__ import annotations
 
-import time
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
@@ -51,14 +51,15 @@ def time_reader(field: str) -> Callable[[bytes], float | None]:
 
 class Aligner:
     def __init__(self, time_of: Mapping[str, Callable[[bytes], float | None]], skew_s: float = 60.0,
-                 idle_s: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
+                 idle_s: float = 2.0) -> None:
         self.time_of = time_of        # topic -> reader; partitions of other topics are released as they come
         self.skew = skew_s
         self.idle = idle_s
-        self.clock = clock
         self.held: dict[TopicPartition, list[Any]] = {}
         self.last: dict[TopicPartition, float] = {}     # event time of the last record released
-        self.fed: dict[TopicPartition, float] = {}       # wall time (clock) it last delivered records
+        # seconds the stage waited in fetches that asked this partition for records and got none since it last
+        # delivered (not wall time: a stage busy elsewhere, say storing a checkpoint, starves nobody)
+        self.starved: dict[TopicPartition, float] = {}
         self.next_offset: dict[TopicPartition, int] = {}
         self._heads: dict[TopicPartition, float | None] = {}   # event time of each held partition's first record
 
@@ -72,20 +73,24 @@ class Aligner:
         if tp not in self.next_offset:
             self.next_offset[tp] = position
             self.last[tp] = float("-inf")
-            self.fed[tp] = self.clock()
+            self.starved[tp] = 0.0
 
-    def add(self, fetched: Mapping[TopicPartition, list[Any]]) -> None:
-        now = self.clock()
+    def add(self, fetched: Mapping[TopicPartition, list[Any]], asked: Iterable[TopicPartition] = (),
+            waited_s: float = 0.0) -> None:
+        """Records a fetch returned; `asked`: the partitions it asked for, `waited_s`: how long it took."""
+        for tp in asked:
+            if not fetched.get(tp):
+                self.starved[tp] = self.starved.get(tp, 0.0) + waited_s
         for tp, records in fetched.items():
             if records:
                 self.held.setdefault(tp, []).extend(records)
-                self.fed[tp] = now
+                self.starved[tp] = 0.0
                 self.next_offset[tp] = records[-1].offset + 1
 
     def drop(self, partitions: Iterable[TopicPartition]) -> None:
         """Forget partitions that were revoked or lost: their new owner reads the held records again."""
         for tp in partitions:
-            for d in (self.held, self.last, self.fed, self.next_offset, self._heads):
+            for d in (self.held, self.last, self.starved, self.next_offset, self._heads):
                 d.pop(tp, None)
 
     def release(self, caught_up: Callable[[TopicPartition, int], bool]) -> dict[TopicPartition, list[Any]]:
@@ -109,9 +114,8 @@ class Aligner:
             if not caught_up(tp, self.next_offset.get(tp, 0)):
                 tail = _last_time(self.held[tp], self.time_of[tp.topic])
                 end[tp.topic] = min(end.get(tp.topic, inf), head if tail is None else max(head, tail))
-        now = self.clock()
         for tp, t in self.last.items():
-            if (tp not in self.held and now - self.fed.get(tp, now) < self.idle
+            if (tp not in self.held and self.starved.get(tp, 0.0) < self.idle
                     and not caught_up(tp, self.next_offset.get(tp, 0))):
                 front[tp.topic] = min(front.get(tp.topic, inf), t)      # it delivers more soon, from about t
                 end[tp.topic] = min(end.get(tp.topic, inf), t)

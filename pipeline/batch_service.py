@@ -342,8 +342,9 @@ class BatchService(Service):
         if parts or not self.owned:         # nothing owned yet: the first fetch waits for the assignment
             # with records held and released last time, look for more without waiting
             wait = 0 if a.held and not self._stalled else 100
+            started = time.monotonic()
             fetched = await self._consumer.getmany(*parts, timeout_ms=wait, max_records=self.batch)
-            a.add(fetched)
+            a.add(fetched, parts, time.monotonic() - started)
         elif self._stalled:
             await asyncio.sleep(0.01)       # everything held waits for a partition's idle time to pass
         out = a.release(self._caught_up)

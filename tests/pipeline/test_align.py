@@ -24,18 +24,9 @@ def minutes_of(m: Message) -> float:
     return (datetime.fromisoformat(orjson.loads(m.value)["at"]) - T0).total_seconds() / 60
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def aligner(skew_minutes: float = 1.0, clock: Clock | None = None, **readers: object) -> Aligner:
+def aligner(skew_minutes: float = 1.0, **readers: object) -> Aligner:
     read = time_reader("at")
-    return Aligner({"iot": read, "upd": read, **readers}, skew_s=skew_minutes * 60,  # type: ignore[dict-item]
-                   clock=clock or Clock())
+    return Aligner({"iot": read, "upd": read, **readers}, skew_s=skew_minutes * 60)  # type: ignore[dict-item]
 
 
 def drive(a: Aligner, backlog: dict[TopicPartition, list[Message]], fetch: int) -> list[list[Message]]:
@@ -105,16 +96,21 @@ def test_a_caught_up_partition_holds_nobody_back() -> None:
 
 
 def test_a_silent_partition_holds_the_others_back_only_for_the_idle_time() -> None:
-    clock = Clock()
-    a = aligner(clock=clock)
+    a = aligner()
     a.add({IOT: [msg(IOT, 0, 0)], UPD: [msg(UPD, 0, 0)]})
     a.release(lambda tp, nxt: False)
     a.add({UPD: [msg(UPD, 1, 600)]})
     assert a.release(lambda tp, nxt: False) == {}
-    clock.now += 0.5
+    a.add({}, [IOT], 1.5)                             # the stage waited for the readings: nothing yet
     assert a.release(lambda tp, nxt: False) == {}
-    clock.now += 0.6                                  # the readings delivered nothing for over a second
+    a.add({}, [UPD], 5.0)                             # waiting for other partitions does not count
+    assert a.release(lambda tp, nxt: False) == {}
+    a.add({}, [IOT], 0.6)                             # over two seconds of waiting for the readings in all
     assert a.release(lambda tp, nxt: False) == {UPD: [msg(UPD, 1, 600)]}
+    a.add({IOT: [msg(IOT, 1, 1)]}, [IOT], 0.1)        # they deliver again: the next update waits for them
+    a.release(lambda tp, nxt: False)
+    a.add({UPD: [msg(UPD, 2, 900)]})
+    assert a.release(lambda tp, nxt: False) == {}
 
 
 def test_messages_without_a_time_keep_their_place_and_topics_without_a_reader_go_at_once() -> None:
@@ -178,21 +174,20 @@ def test_partitions_of_one_topic_do_not_wait_for_each_other() -> None:
 
 
 def test_a_partition_just_assigned_holds_the_other_sources_until_it_delivers() -> None:
-    clock = Clock()
-    a = aligner(clock=clock)
+    a = aligner()
     a.track(IOT, 0)
     a.add({UPD: [msg(UPD, 0, 0), msg(UPD, 1, 600)]})
     assert a.release(lambda tp, nxt: False) == {}           # where do the readings start? nobody knows yet
     a.add({IOT: [msg(IOT, 0, 0)]})
     assert a.release(lambda tp, nxt: False) == {IOT: [msg(IOT, 0, 0)], UPD: [msg(UPD, 0, 0)]}
     # one with nothing to read holds nobody; one that delivers nothing holds others only for its idle time
-    b = aligner(clock=clock)
+    b = aligner()
     b.track(IOT, 7)
     b.add({UPD: [msg(UPD, 0, 0)]})
     assert b.release(lambda tp, nxt: nxt >= 7) == {UPD: [msg(UPD, 0, 0)]}
-    c = aligner(clock=clock)
+    c = aligner()
     c.track(IOT, 0)
-    c.add({UPD: [msg(UPD, 0, 0)]})
+    c.add({UPD: [msg(UPD, 0, 0)]}, [IOT, UPD], 0.1)
     assert c.release(lambda tp, nxt: False) == {}
-    clock.now += 1.5
+    c.add({}, [IOT], 2.0)
     assert c.release(lambda tp, nxt: False) == {UPD: [msg(UPD, 0, 0)]}
