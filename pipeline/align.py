@@ -51,8 +51,13 @@ def time_reader(field: str) -> Callable[[bytes], float | None]:
 
 class Aligner:
     def __init__(self, time_of: Mapping[str, Callable[[bytes], float | None]], skew_s: float = 60.0,
-                 idle_s: float = 2.0) -> None:
-        self.time_of = time_of        # topic -> reader; partitions of other topics are released as they come
+                 idle_s: float = 2.0, window: Callable[[], tuple[float, float]] | None = None) -> None:
+        # topic -> reader; partitions of other topics are released as they come. A time outside `window()`
+        # (the times the stage accepts: others are dead letters) counts as unreadable: one bogus time must
+        # not hold its partition back, or set where it stands.
+        self.window = window
+        self._lo, self._hi = float("-inf"), float("inf")
+        self.time_of = {topic: self._within(read) for topic, read in time_of.items()}
         self.skew = skew_s
         self.idle = idle_s
         self.held: dict[TopicPartition, list[Any]] = {}
@@ -62,6 +67,12 @@ class Aligner:
         self.starved: dict[TopicPartition, float] = {}
         self.next_offset: dict[TopicPartition, int] = {}
         self._heads: dict[TopicPartition, float | None] = {}   # event time of each held partition's first record
+
+    def _within(self, read: Callable[[bytes], float | None]) -> Callable[[bytes], float | None]:
+        def checked(value: bytes) -> float | None:
+            t = read(value)
+            return t if t is not None and self._lo <= t <= self._hi else None
+        return checked
 
     def fetchable(self, owned: Iterable[TopicPartition]) -> list[TopicPartition]:
         """The owned partitions to fetch from: those with nothing held."""
@@ -103,6 +114,8 @@ class Aligner:
         the others can follow with what was fetched: a batch spans the fetched backlog, not one skew of it."""
         if not self.held:
             return {}
+        if self.window is not None:
+            self._lo, self._hi = self.window()
         inf = float("inf")
         front: dict[str, float] = {}   # each topic's earliest record not yet released
         end: dict[str, float] = {}     # how far each topic can get without another fetch

@@ -45,7 +45,8 @@ class IngestService(BatchService):
         skew = os.environ.get("CITYOPS_ALIGN_SKEW", "60")
         if skew not in ("", "0", "off"):
             self.aligner = Aligner({getattr(t, logical): time_reader(name) for logical, name in TIME_FIELDS.items()},
-                                   skew_s=float(skew), idle_s=float(os.environ.get("CITYOPS_ALIGN_IDLE", "2")))
+                                   skew_s=float(skew), idle_s=float(os.environ.get("CITYOPS_ALIGN_IDLE", "2")),
+                                   window=components.ingest.decoder.reading_bounds)
 
     async def process(self, records: dict[TopicPartition, list[Any]]) -> None:
         from pipeline.worker import refresh

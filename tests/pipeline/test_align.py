@@ -191,3 +191,17 @@ def test_a_partition_just_assigned_holds_the_other_sources_until_it_delivers() -
     assert c.release(lambda tp, nxt: False) == {}
     c.add({}, [IOT], 2.0)
     assert c.release(lambda tp, nxt: False) == {UPD: [msg(UPD, 0, 0)]}
+
+
+def test_a_time_the_stage_would_refuse_holds_nothing_back() -> None:
+    """A malformed message with a time far in the future (a dead letter to be) must not hold its partition
+    until the other sources get there: it counts as unreadable and goes with its neighbours."""
+    read = time_reader("at")
+    lo, hi = T0.timestamp(), (T0 + timedelta(days=30)).timestamp()
+    a = Aligner({"iot": read, "upd": read}, skew_s=60, window=lambda: (lo, hi))
+    a.add({IOT: [msg(IOT, 0, 0)]})
+    a.release(lambda tp, nxt: False)
+    bogus = msg(UPD, 0, 60 * 24 * 365)
+    a.add({UPD: [bogus, msg(UPD, 1, 0.5), msg(UPD, 2, 600)]})
+    assert a.release(lambda tp, nxt: False) == {UPD: [bogus, msg(UPD, 1, 0.5)]}
+    assert a.last[UPD] == T0.timestamp() + 30      # where the partition stands: its last plausible time
