@@ -88,3 +88,21 @@ def stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def prepared_settings(letter: str, var_dir: Path) -> Settings:
+    """Settings of their own (topic prefix, consumer groups, ClickHouse database `cityops_<tag>`) for one test
+    module, with the topics created and the schema migrated."""
+    import uuid
+    from dataclasses import replace
+
+    from pipeline.config import Topics
+    from pipeline.migrate import migrate
+    from pipeline.topics import ensure_topics
+
+    tag = letter + uuid.uuid4().hex[:10]
+    s = replace(Settings.from_env(), clickhouse_database=f"cityops_{tag}", topic_prefix=tag,
+                topics=Topics.with_prefix(tag), app_id=f"cityops-{tag}", var_dir=var_dir)
+    ensure_topics(s)
+    migrate(s)
+    return s

@@ -8,9 +8,7 @@ waits for a case that does not exist yet, until a later report in the grid expir
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
-from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -18,13 +16,11 @@ import pytest
 
 from grid.index import GridHolder
 from pipeline.cases import case_id_for
-from pipeline.config import Settings, Topics
-from pipeline.migrate import migrate
+from pipeline.config import Settings
 from pipeline.model import TEAMS
 from pipeline.sink import ClickHouse
-from pipeline.topics import ensure_topics
 from tests.pipeline.factories import T0, hotline, patrol, raw, reading, update
-from tests.support import consume, produce, running_worker, wait_for
+from tests.support import consume, prepared_settings, produce, running_worker, wait_for
 
 pytestmark = [pytest.mark.kafka, pytest.mark.clickhouse]
 
@@ -36,13 +32,8 @@ ALARM_AT = 120          # the tilt sensor goes beyond its alarm level from this 
 
 @pytest.fixture(scope="module")
 def backlog(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, ClickHouse, str, Path]]:
-    tag = "a" + uuid.uuid4().hex[:10]
     tmp = tmp_path_factory.mktemp("catchup")
-    base = Settings.from_env()
-    s = replace(base, clickhouse_database=f"cityops_{tag}", topic_prefix=tag, topics=Topics.with_prefix(tag),
-                app_id=f"cityops-{tag}", var_dir=tmp)
-    ensure_topics(s)
-    migrate(s)
+    s = prepared_settings("a", tmp)
     rows = [f"TILT-9,manhole_tilt,{TILT[0]},{TILT[1]},,,,"]
     rows += [f"FILL-{i},water_level,{121.47 + i * 0.001},{31.27 + (i % 5) * 0.002},,,," for i in range(FILLERS)]
     (tmp / "sensors.csv").write_text("sensor_id,sensor_type,lon,lat,category,alarm,clear,debounce\n"

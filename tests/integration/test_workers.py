@@ -6,19 +6,17 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from pipeline.config import Settings, Topics
-from pipeline.migrate import migrate
+from pipeline.config import Settings
 from pipeline.sink import ClickHouse
-from pipeline.topics import ensure_topics
 from tests.pipeline.factories import T0, hotline, patrol, raw, reading, update
-from tests.support import consume, produce, running_worker, stop_process, wait_for
+from tests.support import consume, prepared_settings, produce, running_worker, stop_process, wait_for
 
 pytestmark = [pytest.mark.kafka, pytest.mark.clickhouse]
 
@@ -82,13 +80,8 @@ class Pipeline:
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
-    tag = "w" + uuid.uuid4().hex[:10]
     tmp = tmp_path_factory.mktemp("workers")
-    base = Settings.from_env()
-    s = replace(base, clickhouse_database=f"cityops_{tag}", topic_prefix=tag, topics=Topics.with_prefix(tag),
-                app_id=f"cityops-{tag}", var_dir=tmp)
-    ensure_topics(s)
-    migrate(s)
+    s = prepared_settings("w", tmp)
     (tmp / "sensors.csv").write_text(SENSORS, encoding="utf-8")
     p = Pipeline(settings=s, log=tmp / "worker.log", ch=ClickHouse(s))
     with running_worker(s, p.log, {"CITYOPS_SENSORS": str(tmp / "sensors.csv"), "CITYOPS_DLQ_MAX_RATIO": "1"}):
