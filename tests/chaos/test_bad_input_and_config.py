@@ -77,8 +77,10 @@ def wait_event(p: ChaosPipeline, event_id: str, timeout_s: float = 180) -> dict[
     """The stored event and its case's ruleset version, once the event is stored (the shared server may be
     restarted by other tests meanwhile: that only delays the answer)."""
     def stored() -> bool:
+        # the sink stores a batch's cases after its events: wait for the event's case row too
         try:
-            return bool(query(p, f"SELECT count() FROM events WHERE event_id = '{event_id}'", 5)[0][0])
+            return bool(query(p, "SELECT count() FROM cases WHERE case_id IN "
+                                 f"(SELECT case_id FROM events WHERE event_id = '{event_id}')", 5)[0][0])
         except QueryError:
             return False
     assert wait_for(stored, timeout_s), f"{event_id} not stored:\n{p.tail(0)}"

@@ -30,15 +30,20 @@ SMALL = {"sensors": 150, "hotline_per_day": 800, "seed": 21}
 
 
 def test_clickhouse_down_for_30_seconds_mid_stream(tmp_path: Path) -> None:
-    """The sink blocks and retries while the server is down (backpressure); nothing is lost or doubled."""
+    """The sink blocks and retries while the server is down (backpressure); nothing is lost or doubled. Half of
+    the stream is produced while the server is down, so the worker has rows to store then however fast it read
+    the first half."""
     sim = stream(**SMALL)
     expected = Expected.of(sim)
+    messages = messages_of(sim)
+    half = len(messages) // 2
     with isolated(tmp_path, sim, "chout") as p:
-        produce_stream(p.settings, messages_of(sim))
+        produce_stream(p.settings, messages[:half])
         worker = p.start_worker(0)
-        progress_reached(p, sum(expected.readings.values()) // 4, timeout_s=300)
+        progress_reached(p, sum(expected.readings.values()) // 8, timeout_s=300)
         try:
             service("clickhouse", "stop")
+            produce_stream(p.settings, messages[half:])
             time.sleep(30)
             assert worker.poll() is None, p.tail(0)
         finally:

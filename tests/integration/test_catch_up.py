@@ -65,7 +65,11 @@ def backlog(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings
         def stored() -> bool:
             rows = ch.query_dicts("SELECT count() AS n FROM events WHERE event_id IN "
                                   "('patrol:PR-CATCHUP', 'hotline:HL-CATCHUP', 'iot:TILT-9:alarm1')")
-            return int(rows[0]["n"]) >= 3
+            # a batch's cases are stored after its events: wait until the case's row counts its stored events
+            joined = ch.query_dicts(
+                "SELECT (SELECT count() FROM events FINAL WHERE case_id = %(c)s) AS events, "
+                "(SELECT max(reports) FROM cases WHERE case_id = %(c)s) AS reports", {"c": cid})[0]
+            return int(rows[0]["n"]) >= 3 and int(joined["reports"] or 0) >= int(joined["events"])
         assert wait_for(stored, 120), log.read_text(errors="replace")[-3000:]
         yield s, ch, cid, log
     ch.execute(f"DROP DATABASE IF EXISTS {s.clickhouse_database}")

@@ -31,7 +31,9 @@ def test_hotline_ticket_flows_to_assignment_and_clickhouse(isolated_settings: Se
         ch = ClickHouse(s)
 
         def stored() -> bool:
-            rows = ch.query_dicts("SELECT count() AS n FROM events WHERE event_id = %(id)s", {"id": "hotline:E2E-1"})
+            # the sink stores a batch's cases after its events: wait for the case row too
+            rows = ch.query_dicts("SELECT count() AS n FROM cases WHERE case_id IN "
+                                  "(SELECT case_id FROM events WHERE event_id = %(id)s)", {"id": "hotline:E2E-1"})
             return bool(rows and rows[0]["n"] >= 1)
 
         assert wait_for(stored, timeout_s=60), (tmp_path / "worker.log").read_text()[-3000:]
