@@ -4,7 +4,8 @@ baseline (pipeline.naive) in the same run (issue #9).
     python -m pipeline.bench [--events 200000] [--rate 2000] [--latency-seconds 30] [--no-naive] [--workers 2]
 
 One run, in this order (each phase on its own topic prefix `bench<stamp><phase>`, its own consumer group and
-its own ClickHouse database, dropped at the end):
+its own ClickHouse database, dropped at the end; the run's topics are deleted when it ends, unless
+`--keep-topics`):
 
 1. input: the district simulator's day (`pipeline.simulate`), sized to about `--events` messages: mostly
    sensor readings, then hotline tickets, feedback and patrol reports, 1 % malformed;
@@ -86,6 +87,7 @@ class BenchConfig:
     out_dir: Path = ROOT / "var" / "bench"
     phases: frozenset[str] = PHASES
     worker_env: tuple[tuple[str, str], ...] = ()       # extra worker environment (CITYOPS_BATCH=5000, ...)
+    keep_topics: bool = False                           # leave the run's topics on the broker, to inspect them
 
 
 # -- the input --------------------------------------------------------------------------------------------
@@ -136,8 +138,8 @@ def isolated(base: Settings, tag: str) -> Settings:
 
 @contextmanager
 def prepared(settings: Settings) -> Iterator[Settings]:
-    """Topics and schema created for the phase; its ClickHouse database dropped afterwards (topics stay: they
-    are uniquely named, and deleting topics on a broker others use is not ours to do)."""
+    """Topics and schema created for the phase; its ClickHouse database dropped afterwards (its topics are
+    deleted with the whole run's, by `run_bench`: the naive phase reads the first phase's raw topics)."""
     from pipeline.migrate import migrate
     from pipeline.topics import ensure_topics
 
@@ -981,12 +983,34 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
 # -- the run --------------------------------------------------------------------------------------------
 
 def run_bench(cfg: BenchConfig, base: Settings | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Every phase in order (module docstring); returns the result that is printed and written as JSON."""
-    from pipeline.simulate.world import World
-
+    """Every phase in order (module docstring); returns the result that is printed and written as JSON. The
+    run's topics are deleted afterwards, however it ended, unless `cfg.keep_topics` (a month's input is about
+    a gigabyte of broker disk)."""
     base = base or Settings.from_env()
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     tag = "bench" + stamp[2:].replace("T", "").lower()
+    try:
+        return _run_phases(cfg, base, stamp, tag, log)
+    finally:
+        if not cfg.keep_topics:
+            delete_run_topics(base, tag, log)
+
+
+def delete_run_topics(base: Settings, tag: str, log: Callable[[str], None]) -> None:
+    from pipeline.topics import delete_topics
+
+    try:
+        deleted = retrying(lambda: delete_topics(base, tag))
+        log(f"  deleted the run's {len(deleted)} topics ({tag}*; --keep-topics keeps them)")
+    except Exception as err:    # the result stands; say what is left behind and how to remove it
+        log(f"bench: could not delete the run's topics: {err}; "
+            f"python -m pipeline.cli topics delete --prefix {tag} --yes")
+
+
+def _run_phases(cfg: BenchConfig, base: Settings, stamp: str, tag: str,
+                log: Callable[[str], None]) -> dict[str, Any]:
+    from pipeline.simulate.world import World
+
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
     phases = cfg.phases if cfg.naive else cfg.phases - {"naive"}
     result: dict[str, Any] = {"format": "cityops-bench/1", "stamp": stamp, "prefix": tag,
@@ -1088,6 +1112,8 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchConfig:
                    help=f"comma-separated subset of {', '.join(sorted(PHASES))} (default: all)")
     p.add_argument("--worker-env", action="append", default=[], metavar="NAME=VALUE",
                    help="extra environment for the workers, e.g. CITYOPS_BATCH=5000 (repeatable)")
+    p.add_argument("--keep-topics", action="store_true",
+                   help="keep the run's topics (bench<stamp>*) on the broker afterwards, to inspect them")
     a = p.parse_args(argv)
     phases = frozenset(x.strip() for x in a.phases.split(",") if x.strip())
     if not phases <= PHASES:
@@ -1101,7 +1127,7 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchConfig:
     return BenchConfig(events=a.events, rate=a.rate, latency_seconds=a.latency_seconds,
                        latency_max_events=a.latency_max_events, workers=a.workers, naive=not a.no_naive,
                        month_days=a.month_days, month_sensors=a.month_sensors, timeout_s=a.timeout, seed=a.seed,
-                       out_dir=a.out, phases=phases,
+                       out_dir=a.out, phases=phases, keep_topics=a.keep_topics,
                        worker_env=tuple(tuple(kv.split("=", 1)) for kv in a.worker_env))
 
 
