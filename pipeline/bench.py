@@ -1,7 +1,7 @@
 """`make bench` (`python -m pipeline.bench`): end-to-end throughput and latency of the worker, against the naive
 baseline (pipeline.naive) in the same run (issue #9).
 
-    python -m pipeline.bench [--events 200000] [--rate 2000] [--latency-seconds 30] [--no-naive] [--workers 2]
+    python -m pipeline.bench [--events 600000] [--rate 2000] [--latency-seconds 30] [--no-naive] [--workers 2]
 
 One run, in this order (each phase on its own topic prefix `bench<stamp><phase>`, its own consumer group and
 its own ClickHouse database, dropped at the end; the run's topics are deleted when it ends, unless
@@ -74,7 +74,7 @@ LIBRARIES = ("faust-streaming", "aiokafka", "kafka-python", "crc32c", "clickhous
 class BenchConfig:
     """What to run; every field has a command-line flag (see `parse_args`)."""
 
-    events: int = 200_000
+    events: int = 600_000
     rate: float = 2000.0
     latency_seconds: float = 30.0
     latency_max_events: int = 60_000
@@ -82,7 +82,7 @@ class BenchConfig:
     naive: bool = True
     month_days: float = 30.0
     month_sensors: int = MONTH_SENSORS
-    timeout_s: float = 150.0
+    timeout_s: float = 300.0
     seed: int = 1
     out_dir: Path = ROOT / "var" / "bench"
     phases: frozenset[str] = PHASES
@@ -1092,8 +1092,8 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchConfig:
     p = argparse.ArgumentParser(prog="python -m pipeline.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     env = os.environ.get
-    p.add_argument("--events", type=int, default=int(env("CITYOPS_BENCH_EVENTS", "200000")),
-                   help="about how many input messages (default 200000, env CITYOPS_BENCH_EVENTS)")
+    p.add_argument("--events", type=int, default=int(env("CITYOPS_BENCH_EVENTS", "600000")),
+                   help="about how many input messages (default 600000, env CITYOPS_BENCH_EVENTS)")
     p.add_argument("--rate", type=float, default=2000.0, help="offered load of the latency phase (events/s)")
     p.add_argument("--latency-seconds", type=float, default=float(env("CITYOPS_BENCH_LATENCY_S", "30")),
                    help="how long to offer --rate (0 skips the latency phase)")
@@ -1105,7 +1105,7 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchConfig:
                    help="simulated days of state for the memory run (default 30, 0 skips it)")
     p.add_argument("--month-sensors", type=int, default=MONTH_SENSORS,
                    help=f"sensors of the memory run, one reading each a day (default {MONTH_SENSORS:,})")
-    p.add_argument("--timeout", type=float, default=150.0, help="seconds a phase may take before it is cut")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds a phase may take before it is cut")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--out", type=Path, default=ROOT / "var" / "bench")
     p.add_argument("--phases", default=",".join(sorted(PHASES)),
