@@ -62,6 +62,7 @@ TARGET_P99_MS = 250.0
 TARGET_MEMORY_MIB = 1024.0
 MONTH_SENSORS = 61_000                  # a whole district's sensors (Hongkou, DOMAIN.md)
 READINGS_PER_SENSOR_DAY = 96            # the simulator's default 15-minute reading interval
+DAY_EVENTS = 200_000                    # the bench district's day: about 2,000 sensors and its reports
 STAGE_BATCH = 2000                      # the worker's default batch (CITYOPS_BATCH)
 SOURCE_OF = {"raw_hotline": "hotline", "raw_patrol": "patrol"}
 PHASES = frozenset({"stages", "sink", "throughput", "naive", "scaling", "latency", "month"})
@@ -75,6 +76,7 @@ class BenchConfig:
     """What to run; every field has a command-line flag (see `parse_args`)."""
 
     events: int = 600_000
+    day_events: int = DAY_EVENTS                        # the simulated district's messages a day (its sensors)
     rate: float = 2000.0
     latency_seconds: float = 30.0
     latency_max_events: int = 60_000
@@ -107,10 +109,11 @@ class BenchInput:
         return out
 
 
-def day_config(events: int, seed: int) -> SimConfig:
-    """A simulated day whose message count is about `events`: the sensor count is what makes the volume
-    (readings are ~97 % of a district's messages); more than 61,000 sensors' worth spans more days."""
-    sensors = max(10, min(61_000, round(events * 0.97 / READINGS_PER_SENSOR_DAY)))
+def day_config(events: int, seed: int, day_events: int = DAY_EVENTS) -> SimConfig:
+    """A simulation of about `events` messages: a district whose day has about `day_events` messages (the sensor
+    count is what makes the volume: readings are ~97 % of them), over as many days as `events` needs. So a
+    longer run has the same mix of sources, only more of it; more than 61,000 sensors' worth spans days too."""
+    sensors = max(10, min(61_000, round(min(events, day_events) * 0.97 / READINGS_PER_SENSOR_DAY)))
     days = max(1.0, events * 0.97 / (sensors * READINGS_PER_SENSOR_DAY))
     return SimConfig(days=min(days, 60.0), sensors=sensors, seed=seed)
 
@@ -1019,7 +1022,7 @@ def _run_phases(cfg: BenchConfig, base: Settings, stamp: str, tag: str,
     t0 = time.monotonic()
     log(f"bench {tag}: simulating about {cfg.events:,} events...")
     world = World()
-    inp = build_input(day_config(cfg.events, cfg.seed), world, cfg.out_dir, tag)
+    inp = build_input(day_config(cfg.events, cfg.seed, cfg.day_events), world, cfg.out_dir, tag)
     log(f"  {len(inp.messages):,} messages; timing the stages in process...")
     if "stages" in cfg.phases:
         stages, chain = time_stages(inp, world, base, tag + "s")
@@ -1094,6 +1097,9 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchConfig:
     env = os.environ.get
     p.add_argument("--events", type=int, default=int(env("CITYOPS_BENCH_EVENTS", "600000")),
                    help="about how many input messages (default 600000, env CITYOPS_BENCH_EVENTS)")
+    p.add_argument("--day-events", type=int, default=DAY_EVENTS,
+                   help=f"messages in one simulated day of the district (sets its sensor count, default "
+                        f"{DAY_EVENTS}); --events beyond it spans more days")
     p.add_argument("--rate", type=float, default=2000.0, help="offered load of the latency phase (events/s)")
     p.add_argument("--latency-seconds", type=float, default=float(env("CITYOPS_BENCH_LATENCY_S", "30")),
                    help="how long to offer --rate (0 skips the latency phase)")
@@ -1124,7 +1130,9 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchConfig:
         p.error("--events: at least 1000")
     if a.rate <= 0 or a.workers < 1:
         p.error("--rate must be positive and --workers at least 1")
-    return BenchConfig(events=a.events, rate=a.rate, latency_seconds=a.latency_seconds,
+    if a.day_events < 1000:
+        p.error("--day-events: at least 1000")
+    return BenchConfig(events=a.events, day_events=a.day_events, rate=a.rate, latency_seconds=a.latency_seconds,
                        latency_max_events=a.latency_max_events, workers=a.workers, naive=not a.no_naive,
                        month_days=a.month_days, month_sensors=a.month_sensors, timeout_s=a.timeout, seed=a.seed,
                        out_dir=a.out, phases=phases, keep_topics=a.keep_topics,

@@ -55,13 +55,19 @@ def test_percentiles_of_nothing_are_not_numbers() -> None:
     assert got["n"] == 0 and math.isnan(got["p99_ms"])
 
 
-@pytest.mark.parametrize("events", [5_000, 200_000, 2_000_000])
+@pytest.mark.parametrize("events", [5_000, 200_000, 600_000, 2_000_000])
 def test_day_config_sizes_the_day_by_its_sensors(events: int) -> None:
-    """Readings (96 a sensor a day) make ~97 % of the requested volume; beyond 61,000 sensors the days grow."""
+    """Readings (96 a sensor a day) make ~97 % of the requested volume; a district's day is 200,000 messages
+    (about 2,000 sensors), and more events are more days of it, not more sensors."""
     cfg = day_config(events, seed=1)
     readings = cfg.sensors * 96 * cfg.days
-    assert cfg.sensors <= 61_000
+    assert cfg.sensors == round(min(events, 200_000) * 0.97 / 96)
+    assert cfg.days == pytest.approx(max(1.0, events / 200_000), rel=0.01)
     assert readings == pytest.approx(events * 0.97, rel=0.02)
+    # a bigger district's day: more sensors, up to a whole district's 61,000, then more days
+    big = day_config(events, seed=1, day_events=10_000_000)
+    assert big.sensors == min(61_000, round(events * 0.97 / 96))
+    assert big.sensors * 96 * big.days == pytest.approx(events * 0.97, rel=0.02)
 
 
 @pytest.fixture(scope="module")
