@@ -12,15 +12,25 @@ ahead of the slowest partition of another topic that still has a backlog, and re
 catches up (as Kafka Streams picks the record with the lowest timestamp across a task's partitions, here per
 source). The event time is the
 one the stages use: read from the message itself (`TIME_FIELDS`), on a few records per batch only (a binary
-search; the input of a partition is in time order, nearly). A partition that is caught up, or has delivered
-nothing while the stage waited `idle` seconds for it, holds nobody back: live, the aligner only ever looks at
-the last record of a batch.
+search; the input of a partition is in time order, nearly).
+
+Which partitions hold the others back, by what is known of their backlog at the broker (as Kafka Streams'
+`max.task.idle.ms`):
+- caught up (nothing more at the broker): nobody, so live the aligner only ever looks at the last record of a
+  batch;
+- a backlog of known size (the end offset asked for at assignment, or the high watermark of a fetch): the others
+  wait for its records, which are on their way however slow the fetches are; only after `stall` seconds of
+  fetching without one record of it do they stop waiting (a partition whose leader is gone must not stop the
+  whole stage);
+- unknown (nothing fetched yet, and the end offset could not be asked): the others wait `idle` seconds of
+  fetching for it.
 
 Held records are not processed, so their offsets are not committed: a crash or a rebalance re-reads them.
 """
 
 from __future__ import annotations
 
+import logging
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
@@ -28,6 +38,8 @@ from typing import Any
 
 import orjson
 from aiokafka import TopicPartition
+
+log = logging.getLogger("cityops.align")
 
 TIME_FIELDS = {            # logical topic -> the field with the event's time (CONTRACTS.md)
     "raw_hotline": "requested_datetime",
@@ -51,7 +63,8 @@ def time_reader(field: str) -> Callable[[bytes], float | None]:
 
 class Aligner:
     def __init__(self, time_of: Mapping[str, Callable[[bytes], float | None]], skew_s: float = 60.0,
-                 idle_s: float = 2.0, window: Callable[[], tuple[float, float]] | None = None) -> None:
+                 idle_s: float = 2.0, window: Callable[[], tuple[float, float]] | None = None,
+                 stall_s: float = 30.0) -> None:
         # topic -> reader; partitions of other topics are released as they come. A time outside `window()`
         # (the times the stage accepts: others are dead letters) counts as unreadable: one bogus time must
         # not hold its partition back, or set where it stands.
@@ -60,12 +73,15 @@ class Aligner:
         self.time_of = {topic: self._within(read) for topic, read in time_of.items()}
         self.skew = skew_s
         self.idle = idle_s
+        self.stall = max(stall_s, idle_s)
         self.held: dict[TopicPartition, list[Any]] = {}
         self.last: dict[TopicPartition, float] = {}     # event time of the last record released
         # seconds the stage waited in fetches that asked this partition for records and got none since it last
         # delivered (not wall time: a stage busy elsewhere, say storing a checkpoint, starves nobody)
         self.starved: dict[TopicPartition, float] = {}
         self.next_offset: dict[TopicPartition, int] = {}
+        self.end: dict[TopicPartition, int] = {}        # end offsets known from before the first fetch
+        self.waived: set[TopicPartition] = set()        # partitions the others stopped waiting for (logged once)
         self._heads: dict[TopicPartition, float | None] = {}   # event time of each held partition's first record
 
     def _within(self, read: Callable[[bytes], float | None]) -> Callable[[bytes], float | None]:
@@ -78,13 +94,38 @@ class Aligner:
         """The owned partitions to fetch from: those with nothing held."""
         return [tp for tp in owned if tp not in self.held]
 
-    def track(self, tp: TopicPartition, position: int) -> None:
-        """A partition just assigned, at `position`: until it delivers (or its idle time passes) nothing is
-        known of where its backlog starts, so the other sources wait for it, unless it is caught up."""
+    def track(self, tp: TopicPartition, position: int, end: int | None = None) -> None:
+        """A partition just assigned, at `position`, with `end` its end offset when known: until it delivers
+        nothing is known of where its backlog starts in event time, so the other sources wait for it, unless it
+        is caught up."""
         if tp not in self.next_offset:
             self.next_offset[tp] = position
             self.last[tp] = float("-inf")
             self.starved[tp] = 0.0
+            if end is not None:
+                self.end[tp] = end
+
+    def lag(self, tp: TopicPartition, highwater: Callable[[TopicPartition], int | None]) -> int | None:
+        """Records of `tp` at the broker not fetched yet (0: caught up), None when unknown."""
+        high = highwater(tp)
+        known = self.end.get(tp)
+        if high is None or (known is not None and known > high):
+            high = known
+        return None if high is None else max(high - self.next_offset.get(tp, 0), 0)
+
+    def _waits_for(self, tp: TopicPartition, lag: int | None) -> bool:
+        """Whether the other sources wait for `tp`, which holds nothing now (see the module's text)."""
+        if lag == 0:
+            return False
+        patience = self.idle if lag is None else self.stall
+        if self.starved.get(tp, 0.0) < patience:
+            return True
+        if tp not in self.waived:
+            self.waived.add(tp)
+            log.warning("align: %s[%d] delivered nothing in %.1f s of fetching (%s); the other sources stop "
+                        "waiting for it", tp.topic, tp.partition, self.starved.get(tp, 0.0),
+                        "backlog unknown" if lag is None else f"{lag} records behind")
+        return False
 
     def add(self, fetched: Mapping[TopicPartition, list[Any]], asked: Iterable[TopicPartition] = (),
             waited_s: float = 0.0) -> None:
@@ -96,17 +137,19 @@ class Aligner:
             if records:
                 self.held.setdefault(tp, []).extend(records)
                 self.starved[tp] = 0.0
+                self.waived.discard(tp)
                 self.next_offset[tp] = records[-1].offset + 1
 
     def drop(self, partitions: Iterable[TopicPartition]) -> None:
         """Forget partitions that were revoked or lost: their new owner reads the held records again."""
         for tp in partitions:
-            for d in (self.held, self.last, self.starved, self.next_offset, self._heads):
+            for d in (self.held, self.last, self.starved, self.next_offset, self.end, self._heads):
                 d.pop(tp, None)
+            self.waived.discard(tp)
 
-    def release(self, caught_up: Callable[[TopicPartition, int], bool]) -> dict[TopicPartition, list[Any]]:
+    def release(self, highwater: Callable[[TopicPartition], int | None]) -> dict[TopicPartition, list[Any]]:
         """Take the held records that are not ahead of the others: per partition a prefix, in its order.
-        `caught_up(tp, next_offset)`: true when the partition has nothing more at the broker.
+        `highwater(tp)`: the partition's end offset as the last fetch saw it, None before any.
 
         Partitions of one topic do not wait for each other: a topic's order across partitions does not matter
         (readings of different sensors; reports of one batch are sorted by time downstream), its order against
@@ -124,12 +167,11 @@ class Aligner:
             if head is None:
                 continue                # nothing readable held: released as it is
             front[tp.topic] = min(front.get(tp.topic, inf), head)
-            if not caught_up(tp, self.next_offset.get(tp, 0)):
+            if self.lag(tp, highwater) != 0:
                 tail = _last_time(self.held[tp], self.time_of[tp.topic])
                 end[tp.topic] = min(end.get(tp.topic, inf), head if tail is None else max(head, tail))
         for tp, t in self.last.items():
-            if (tp not in self.held and self.starved.get(tp, 0.0) < self.idle
-                    and not caught_up(tp, self.next_offset.get(tp, 0))):
+            if tp not in self.held and self._waits_for(tp, self.lag(tp, highwater)):
                 front[tp.topic] = min(front.get(tp.topic, inf), t)      # it delivers more soon, from about t
                 end[tp.topic] = min(end.get(tp.topic, inf), t)
         # reach[x] = max(front[x], min(end[x], min over other topics y of reach[y] + skew)): the greatest

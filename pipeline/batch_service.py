@@ -332,11 +332,19 @@ class BatchService(Service):
         if a is None:
             records = await self._consumer.getmany(timeout_ms=100, max_records=self.batch)
             return records, bool(records)
-        for tp in self.owned - a.next_offset.keys():
+        new = self.owned - a.next_offset.keys()
+        if new:
+            # how far behind each new partition starts: its records are on their way, the others wait for them
             try:
-                a.track(tp, await self._consumer.position(tp))
-            except Exception:           # revoked meanwhile: the next round sees the new assignment
-                break
+                ends = await asyncio.wait_for(self._consumer.end_offsets(list(new)), 10)
+            except Exception as err:    # unknown: the others wait for it only the idle time
+                log.warning("%s: end offsets of %d new partitions unknown (%s)", self.group, len(new), err)
+                ends = {}
+            for tp in new:
+                try:
+                    a.track(tp, await self._consumer.position(tp), ends.get(tp))
+                except Exception:       # revoked meanwhile: the next round sees the new assignment
+                    break
         parts = a.fetchable(self.owned)
         fetched: dict[TopicPartition, list[Any]] = {}
         if parts or not self.owned:         # nothing owned yet: the first fetch waits for the assignment
@@ -347,14 +355,9 @@ class BatchService(Service):
             a.add(fetched, parts, time.monotonic() - started)
         elif self._stalled:
             await asyncio.sleep(0.01)       # everything held waits for a partition's idle time to pass
-        out = a.release(self._caught_up)
+        out = a.release(self._consumer.highwater)
         self._stalled = bool(a.held) and not out
         return out, bool(fetched)
-
-    def _caught_up(self, tp: TopicPartition, next_offset: int) -> bool:
-        assert self._consumer is not None
-        high = self._consumer.highwater(tp)
-        return high is not None and next_offset >= high
 
     async def tick(self, drained: bool = False) -> None:
         """After each fetch (under the lock): start a checkpoint when one is due, surface a finished one's error.

@@ -46,6 +46,7 @@ class IngestService(BatchService):
         if skew not in ("", "0", "off"):
             self.aligner = Aligner({getattr(t, logical): time_reader(name) for logical, name in TIME_FIELDS.items()},
                                    skew_s=float(skew), idle_s=float(os.environ.get("CITYOPS_ALIGN_IDLE", "2")),
+                                   stall_s=float(os.environ.get("CITYOPS_ALIGN_STALL", "30")),
                                    window=components.ingest.decoder.reading_bounds)
 
     async def process(self, records: dict[TopicPartition, list[Any]]) -> None:
