@@ -237,6 +237,8 @@ class BatchService(Service):
         self._txn: AIOKafkaProducer | None = None          # transactional: changelog writes and offsets
         self._slot: InstanceSlot | None = None
         self.aligner: Aligner | None = None    # a stage that reads several sources sets one (pipeline.align)
+        self._ends_unknown: set[TopicPartition] = set()     # assigned partitions whose end offset is not known
+        self._ends_retry_at = 0.0
         self._stalled = False
 
     # -- what a stage implements -------------------------------------------------------------------------------
@@ -257,8 +259,10 @@ class BatchService(Service):
     async def on_start(self) -> None:
         opts = self.settings.aiokafka_options()
         await asyncio.get_running_loop().run_in_executor(None, self._ensure_topics)
+        # idempotent: a batch is retried until the broker takes it, however long an outage lasts (a plain
+        # producer gives up after its request timeout, 40 s, and fails the stage), and never written twice
         self._producer = AIOKafkaProducer(client_id=f"{self.group}-producer", acks="all", linger_ms=5,
-                                          partitioner=KeyPartitioner(),
+                                          enable_idempotence=True, partitioner=KeyPartitioner(),
                                           max_request_size=4 * 1024 * 1024, **opts)
         await self._producer.start()
         self._slot = InstanceSlot.take(self.settings.var_dir / "run", self.group)
@@ -333,18 +337,26 @@ class BatchService(Service):
             records = await self._consumer.getmany(timeout_ms=100, max_records=self.batch)
             return records, bool(records)
         new = self.owned - a.next_offset.keys()
-        if new:
-            # how far behind each new partition starts: its records are on their way, the others wait for them
+        self._ends_unknown = {tp for tp in self._ends_unknown | new
+                              if tp in self.owned and tp not in a.end and self._consumer.highwater(tp) is None}
+        if self._ends_unknown and time.monotonic() >= self._ends_retry_at:
+            # how far behind each new partition starts: its records are on their way, the others wait for them;
+            # while unknown, the others wait for it only the idle time, and the stage asks again each second
             try:
-                ends = await asyncio.wait_for(self._consumer.end_offsets(list(new)), 10)
-            except Exception as err:    # unknown: the others wait for it only the idle time
-                log.warning("%s: end offsets of %d new partitions unknown (%s)", self.group, len(new), err)
+                ends = await asyncio.wait_for(self._consumer.end_offsets(list(self._ends_unknown)), 10)
+            except Exception as err:
+                log.warning("%s: end offsets of %d partitions unknown (%s)", self.group, len(self._ends_unknown),
+                            err)
                 ends = {}
-            for tp in new:
-                try:
-                    a.track(tp, await self._consumer.position(tp), ends.get(tp))
-                except Exception:       # revoked meanwhile: the next round sees the new assignment
-                    break
+                self._ends_retry_at = time.monotonic() + 1.0
+            for tp, end in ends.items():
+                a.end[tp] = end
+            self._ends_unknown -= ends.keys()
+        for tp in new:
+            try:
+                a.track(tp, await self._consumer.position(tp))
+            except Exception:           # revoked meanwhile: the next round sees the new assignment
+                break
         parts = a.fetchable(self.owned)
         fetched: dict[TopicPartition, list[Any]] = {}
         if parts or not self.owned:         # nothing owned yet: the first fetch waits for the assignment

@@ -21,7 +21,8 @@ from pipeline.simulate.generate import simulate
 from pipeline.simulate.produce import produce_simulation
 from pipeline.sink import ClickHouse
 from pipeline.topics import ensure_topics
-from tests.support import consume, running_worker, wait_for
+from tests.chaos.harness import json_messages, lag
+from tests.support import running_worker, wait_for
 
 pytestmark = [pytest.mark.kafka, pytest.mark.clickhouse]
 
@@ -52,7 +53,10 @@ def test_simulated_day_matches_its_truth(tmp_path: Path) -> None:
 
             logs = lambda: (tmp_path / "ingest.log").read_text()[-2000:] + (tmp_path / "cases.log").read_text()[-2000:]  # noqa: E731
             assert wait_for(reports_stored, timeout_s=300), logs()
-            # team feedback trails the reports: wait until the case transitions stop changing
+            # team feedback trails the reports: wait until both stages have committed all their input (a stage
+            # commits only what it has stored), then until the case transitions stop changing
+            assert wait_for(lambda: lag(s, s.consumer_groups()) == 0, timeout_s=240, every_s=2), logs()
+
             def transitions() -> int:
                 return int(ch.query_dicts("SELECT count() AS n FROM case_transitions")[0]["n"])
             seen = [-1]
@@ -77,7 +81,7 @@ def test_simulated_day_matches_its_truth(tmp_path: Path) -> None:
         # its own id; feedback for the other id then waits, parked. Likewise a recurrence rule counts the cell's
         # earlier cases *processed* so far, so a case may go to another team than the truth's, whose feedback is
         # then refused with a reason. Where id and first team agree, the states must agree too.
-        dead = consume(s, s.topics.deadletter, lambda g: False, timeout_s=5)
+        dead = json_messages(s, s.topics.deadletter)     # every partition, to its end
         refused = " ".join(d["reason"] for d in dead if d["reason"].startswith("refused:"))
         same = []
         for i in incidents:

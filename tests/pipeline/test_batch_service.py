@@ -166,3 +166,52 @@ def test_marked_consumers_get_lean_records_with_the_same_fields() -> None:
     assert [(r.offset, r.key, r.value) for r in lean] == [
         (10, b"k0", b'{"n":0}'), (11, b"k1", b'{"n":1}'), (12, b"k2", b'{"n":2}'),
         (13, b"k3", b'{"n":3}'), (14, None, b'{"n":4}'), (15, b"k5", None)]
+
+
+def test_end_offsets_not_known_at_assignment_are_asked_again() -> None:
+    """The aligner waits for a partition with a known backlog however slow its fetches are, but only its idle
+    time for one whose backlog is unknown: a failed end-offset request is retried, not taken as the answer."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from aiokafka import TopicPartition
+
+    from pipeline.align import Aligner, time_reader
+    from pipeline.batch_service import BatchService
+    from pipeline.config import Settings
+
+    iot = TopicPartition("iot", 0)
+
+    class Consumer:
+        asked = 0
+
+        async def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+            self.asked += 1
+            if self.asked == 1:
+                raise TimeoutError("the broker is slow")
+            return dict.fromkeys(tps, 500)
+
+        async def position(self, tp: TopicPartition) -> int:
+            return 0
+
+        def highwater(self, tp: TopicPartition) -> int | None:
+            return None
+
+        async def getmany(self, *parts: TopicPartition, timeout_ms: int, max_records: int) -> dict[str, list[str]]:
+            return {}
+
+    svc = BatchService(SimpleNamespace(settings=Settings.from_env()))
+    svc.group = "cityops-test-ingest"
+    consumer = Consumer()
+    svc._consumer = consumer  # type: ignore[assignment]
+    svc.aligner = Aligner({"iot": time_reader("at")})
+    svc.owned = {iot}
+    asyncio.run(svc._next_records())
+    assert consumer.asked == 1 and svc.aligner.lag(iot, consumer.highwater) is None    # unknown for now
+    asyncio.run(svc._next_records())
+    assert consumer.asked == 1                      # not asked again within the second
+    svc._ends_retry_at = 0.0                        # a second later
+    asyncio.run(svc._next_records())
+    assert consumer.asked == 2 and svc.aligner.lag(iot, consumer.highwater) == 500
+    asyncio.run(svc._next_records())
+    assert consumer.asked == 2                      # known: never asked again
