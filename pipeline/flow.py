@@ -145,6 +145,7 @@ def encode_located(event: Event) -> bytes:
         "sensor_type": event.sensor_type, "value": event.value, "caller_hash": event.caller_hash,
         "location": None if loc is None else [loc.cell, loc.subdistrict, loc.grid_kind, loc.grid_version,
                                               loc.snapped],
+        "scope": event.scope, "fault": event.fault,
     })
 
 
@@ -169,6 +170,7 @@ def decode_located(raw: bytes) -> Event | CaseUpdate:
         sensor_type=d["sensor_type"], value=d["value"], caller_hash=d["caller_hash"],
         location=None if loc is None else Location(cell=loc[0], subdistrict=loc[1], grid_kind=loc[2],
                                                    grid_version=loc[3], snapped=bool(loc[4])),
+        scope=d.get("scope"), fault=d.get("fault"),
     )
 
 

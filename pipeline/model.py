@@ -17,6 +17,9 @@ Source = Literal["hotline", "patrol", "iot"]
 DiscoveredBy = Literal["citizen", "patrol", "sensor"]
 Team = Literal["enforcement", "handling", "supervision"]
 GridKind = Literal["street", "residential", "village", "building"]
+SensorScope = Literal["person", "device", "area"]
+DeviceFault = Literal["stuck", "silent", "error"]
+CaseKind = Literal["problem", "device_fault"]
 
 @dataclass_transform(frozen_default=True)
 def record(cls: type[T]) -> type[T]:
@@ -31,6 +34,8 @@ def record(cls: type[T]) -> type[T]:
 
 
 SOURCES: tuple[Source, ...] = ("hotline", "patrol", "iot")
+SENSOR_SCOPES: tuple[SensorScope, ...] = ("person", "device", "area")
+DEVICE_FAULTS: tuple[DeviceFault, ...] = ("stuck", "silent", "error")
 TEAMS: tuple[Team, ...] = ("enforcement", "handling", "supervision")
 DISCOVERED_BY: dict[Source, DiscoveredBy] = {"hotline": "citizen", "patrol": "patrol", "iot": "sensor"}
 
@@ -71,6 +76,14 @@ class Event:
     value: float | None = None
     caller_hash: str | None = None     # hotline: keyed hash of the caller's phone, never the phone itself
     location: Location | None = None
+    # iot: who or what a sensor's alarm is about (docs/cases.md §2): "person" (one resident), "device" (one
+    # object: a cover, a bin, a kitchen) or "area" (a phenomenon of the place); None for citizens and patrols
+    scope: SensorScope | None = None
+    fault: DeviceFault | None = None   # iot: set on a device-fault report (§6.3), never on a problem
+
+    @property
+    def kind(self) -> CaseKind:
+        return "problem" if self.fault is None else "device_fault"
 
     @property
     def discovered_by(self) -> DiscoveredBy:

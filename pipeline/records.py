@@ -37,6 +37,47 @@ class CaseRow:
     ruleset_version: str
     grid_version: str
     revision: int
+    # docs/cases.md: the lifecycle facts the service-level figures and the evaluation count
+    kind: str = "problem"                       # problem | device_fault
+    sensor_id: str = ""                         # the sensor a person's or device's case belongs to
+    recurrence_of: str = ""                     # the closed case this one returns after (§5), "" if none
+    previous_closed_at: datetime | None = None  # when that case was closed
+    first_dispatched_at: datetime | None = None
+    case_due_at: datetime | None = None         # the case's handling deadline (round 1's, moved only earlier)
+    resolved_at: datetime | None = None         # the current resolution (None when open or reworked)
+    verify_due_at: datetime | None = None       # resolved_at + the verify limit of the priority
+    rejected: int = 0                           # rounds that ended in a rejection
+    escalations: int = 0                        # escalations made (handling and verification)
+
+
+@record
+class RoundRow:
+    """One dispatch of a case to a team (docs/cases.md §3.1); (case_id, round) is its key, `revision` grows
+    with each change (latest wins)."""
+
+    case_id: str
+    round: int                    # 1 for the first dispatch
+    team: str
+    kind: str                     # dispatch | reroute (after a rejection, or a more urgent merge) | rework
+    rule_id: str
+    priority: int
+    dispatched_at: datetime
+    due_at: datetime              # the round's handling deadline
+    accept_due_at: datetime
+    accepted_at: datetime | None
+    resolved_at: datetime | None
+    ended_at: datetime | None     # when its outcome was decided (None while open or resolved)
+    outcome: str                  # open | resolved | verified | reworked | rejected | superseded
+    escalated_at: datetime | None
+    verify_due_at: datetime | None
+    verified_at: datetime | None
+    verified_by: str              # supervision | patrol, "" until verified
+    verify_escalated_at: datetime | None
+    category: str
+    case_kind: str                # problem | device_fault
+    cell: str
+    subdistrict: str
+    revision: int
 
 
 @record
@@ -87,6 +128,7 @@ class SensorReadingRow:
     last_value: float
     max_value: float
     cell: str
+    registered: bool = True       # False: a device that reports without being in the sensor registry
 
 
 _EPOCH = datetime(1970, 1, 1)
@@ -201,7 +243,7 @@ class ReadingColumns(Columns):
     """`sensor_readings` rows column by column (see `Columns`); SensorReadingRow's fields, `minute` as epoch
     seconds."""
 
-    COLUMNS = ("sensor_id", "sensor_type", "minute", "readings", "last_value", "max_value", "cell")
+    COLUMNS = ("sensor_id", "sensor_type", "minute", "readings", "last_value", "max_value", "cell", "registered")
     KEY = ("sensor_id", "minute")
     __slots__ = COLUMNS
 
@@ -213,9 +255,10 @@ class ReadingColumns(Columns):
         self.last_value: list[float] = []
         self.max_value: list[float] = []
         self.cell: list[str] = []
+        self.registered: list[bool] = []
 
     def append(self, sensor_id: str, sensor_type: str, minute: int, readings: int, last_value: float,
-               max_value: float, cell: str) -> None:
+               max_value: float, cell: str, registered: bool = True) -> None:
         """One row; arguments as SensorReadingRow's fields (same order), `minute` as epoch seconds."""
         self.sensor_id.append(sensor_id)
         self.sensor_type.append(sensor_type)
@@ -224,11 +267,12 @@ class ReadingColumns(Columns):
         self.last_value.append(last_value)
         self.max_value.append(max_value)
         self.cell.append(cell)
+        self.registered.append(registered)
 
     def add(self, row: SensorReadingRow) -> None:
         """Append a SensorReadingRow (its minute converted)."""
         self.append(row.sensor_id, row.sensor_type, epoch_seconds(row.minute), row.readings, row.last_value,
-                    row.max_value, row.cell)
+                    row.max_value, row.cell, row.registered)
 
 
 @dataclass
@@ -244,9 +288,10 @@ class SinkBatch:
     events: list[EventRow] = field(default_factory=list)
     transitions: list[TransitionRow] = field(default_factory=list)
     readings: list[SensorReadingRow] = field(default_factory=list)
+    rounds: list[RoundRow] = field(default_factory=list)
     event_columns: EventColumns = field(default_factory=EventColumns)
     reading_columns: ReadingColumns = field(default_factory=ReadingColumns)
 
     def __len__(self) -> int:
         return (len(self.cases) + len(self.events) + len(self.transitions) + len(self.readings)
-                + len(self.event_columns) + len(self.reading_columns))
+                + len(self.rounds) + len(self.event_columns) + len(self.reading_columns))
