@@ -2,18 +2,17 @@
 out, cases, events and transitions stored in ClickHouse (see pipeline.batch_service for batches, checkpoints and
 recovery).
 
-State: every open or recently closed case of the grids this worker owns, one record per case id, and the updates
-parked for cases not seen yet (`<case id>#parked`), in the compacted changelog `<app id>-cases-state`. A case
-lives on the partition of its grid, the located partition its reports come from. Replayed reports and updates
+State: every open or recently closed case of the sub-districts this worker owns, one record per case id, and the
+updates parked for cases not seen yet (`<case id>#parked`), in the compacted changelog `<app id>-cases-state`. A
+case lives on the partition of its book (its sub-district: docs/cases.md §1.1), the located partition its
+reports come from. Replayed reports and updates
 are recognised by their stable ids (pipeline.cases), so a replay changes nothing.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterable
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -22,15 +21,15 @@ from aiokafka.partitioner import murmur2
 from mode import Service
 
 from pipeline.batch_service import BatchService, ChangelogTable, json_bytes
-from pipeline.cases import Case, CaseBook, CorrelationPolicy, Outcome, case_partition_key
+from pipeline.cases import Case, CaseBook, CorrelationPolicy, Outcome, case_book_key
 from pipeline.decode import CaseUpdate
 from pipeline.flow import decode_located, encode_update
 
 PARKED = "#parked"   # table key suffix: updates that arrived before their case, kept with the grid's cases
 
 
-def grid_partition(key: str, partitions: int) -> int:
-    """The partition the default (murmur2) partitioner gives a grid key: where its located reports go."""
+def book_partition(key: str, partitions: int) -> int:
+    """The partition the default (murmur2) partitioner gives a book key: where its located reports go."""
     return int(murmur2(key.encode()) & 0x7FFFFFFF) % partitions
 
 
@@ -39,9 +38,9 @@ def _same(raw: bytes) -> bytes:
 
 
 class BookCache:
-    """The case books of the grids this worker owns, in memory, backed by the stage's table.
+    """The case books this worker owns, in memory, backed by the stage's table.
 
-    A book is built from the table the first time its grid is seen (after a start or a rebalance, when the
+    A book is built from the table the first time its key is seen (after a start or a rebalance, when the
     cache is cleared) and kept; after each batch only the cases that changed are written back.
     """
 
@@ -49,24 +48,24 @@ class BookCache:
                  partition_of: Any) -> None:
         self.table = table
         self.policy = policy
-        self.partition_of = partition_of          # grid key -> partition
+        self.partition_of = partition_of          # book key -> partition
         self.books: dict[str, CaseBook] = {}
-        self._by_grid: dict[str, list[str]] | None = None
+        self._by_book: dict[str, list[str]] | None = None
 
     def clear(self) -> None:
         self.books.clear()
-        self._by_grid = None
+        self._by_book = None
 
     def all_keys(self) -> set[str]:
-        return set(self._grid_index()) | set(self.books)
+        return set(self._book_index()) | set(self.books)
 
-    def _grid_index(self) -> dict[str, list[str]]:
-        if self._by_grid is None:
+    def _book_index(self) -> dict[str, list[str]]:
+        if self._by_book is None:
             index: dict[str, list[str]] = {}
             for _, case_id in self.table.all_keys():
-                index.setdefault(case_partition_key(case_id), []).append(case_id)
-            self._by_grid = index
-        return self._by_grid
+                index.setdefault(case_book_key(case_id), []).append(case_id)
+            self._by_book = index
+        return self._by_book
 
     def load(self, keys: Iterable[str]) -> dict[str, CaseBook]:
         out: dict[str, CaseBook] = {}
@@ -74,7 +73,7 @@ class BookCache:
             book = self.books.get(key)
             if book is None:
                 partition = self.partition_of(key)
-                ids = self._grid_index().get(key, ())
+                ids = self._book_index().get(key, ())
                 stored = [self.table.get(partition, cid) for cid in ids if not cid.endswith(PARKED)]
                 cases = [Case.from_dict(orjson.loads(v)) for v in stored if v is not None]
                 book = CaseBook.from_cases(key, cases, self.policy)
@@ -113,12 +112,13 @@ class CasesService(BatchService):
         self.cases_table: ChangelogTable[bytes] = ChangelogTable(f"{self.settings.app_id}-cases-state", _same, _same)
         self.tables = {t.located: self.cases_table}
         self.located_partitions = self.settings.partitions
+        self._last_sla_check = 0.0
         self.books = BookCache(self.cases_table, components.cases.policy,
-                               lambda grid: grid_partition(grid, self.located_partitions))
+                               lambda key: book_partition(key, self.located_partitions))
 
     async def on_start(self) -> None:
         await super().on_start()
-        # a case's partition is its grid's on the located topic as it is, whatever the settings say now
+        # a case's partition is its book's on the located topic as it is, whatever the settings say now
         self.located_partitions = self.partition_counts.get(self.settings.topics.located, self.settings.partitions)
 
     async def process(self, records: dict[TopicPartition, list[Any]]) -> None:
@@ -147,6 +147,7 @@ class CasesService(BatchService):
         rows.cases.extend(out.cases.values())
         rows.events.extend(out.events)
         rows.transitions.extend(out.transitions)
+        rows.rounds.extend(out.rounds.values())
         counters = self.c.counters
         counters.assignments += len(out.assignments)
         counters.refusals += len(out.refusals)
@@ -155,32 +156,29 @@ class CasesService(BatchService):
     def partitions_lost(self, partitions: set[TopicPartition]) -> None:
         self.books.clear()
 
-    @Service.timer(float(os.environ.get("CITYOPS_SLA_CHECK_INTERVAL", "10")))
+    @Service.timer(1.0)
     async def _escalate_overdue(self) -> None:
-        """With the wall clock (`CITYOPS_SLA_CLOCK=wall`), escalate overdue cases of quiet grids too. With the
-        stream clock (the default) each grid's own clock escalates its cases as its reports arrive (CaseStage):
-        a timer would escalate by the progress of other grids, which a replay does not repeat."""
+        """With the wall clock (docs/cases.md §7.2), escalate overdue cases of quiet books too, every
+        `sla_check_interval` seconds. With the stream clock each book's own input escalates its cases
+        (CaseStage): a timer would escalate by the progress of other books, which a replay does not repeat."""
         from pipeline.worker import refresh
 
-        if os.environ.get("CITYOPS_SLA_CLOCK", "stream") != "wall":
+        if self.c.cases.clock != "wall":
             return
+        now = time.monotonic()
+        if now - self._last_sla_check < self.settings.sla_check_interval:
+            return
+        self._last_sla_check = now
         async with self.lock:
             if not self.owned:
                 return
             refresh(self.c)
             loaded = self.books.load(self.books.all_keys())
-            clock = max((b.clock for b in loaded.values()), default=None)
-            if clock is None:
-                return
-            clock = max(clock, datetime.now(UTC))
             self.books.adopt(loaded)
-            out = Outcome()
-            for book in loaded.values():
-                out.extend(book.escalate_overdue(clock))
+            out = self.c.cases.escalate(loaded.values())
             if out.assignments:
                 await self._emit(out)
                 self.books.persist(loaded.values())
                 if self.pending.since is None:
                     self.pending.since = time.monotonic()
             await self.tick()
-

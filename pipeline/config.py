@@ -13,6 +13,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _choice(env: dict[str, str], name: str, default: str, allowed: tuple[str, ...]) -> str:
+    value = env.get(name, default) or default
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r}: must be one of {', '.join(allowed)}")
+    return value
+
+
 @dataclass(frozen=True)
 class Topics:
     """Kafka topic names (CONTRACTS.md); internal topics are ours to name."""
@@ -60,10 +67,17 @@ class Settings:
     app_id: str = "cityops"
     topic_prefix: str = ""
     topics: Topics = field(default_factory=Topics)
+    production: bool = False              # CITYOPS_ENV=production
+    # docs/cases.md §7.2: `wall` escalates by the wall clock (production and live operation), `stream` by each
+    # case book's own input (replays, simulations at full speed, the bench, the tests)
+    sla_clock: str = "stream"
+    sla_check_interval: float = 10.0      # seconds between wall-clock escalation checks of quiet books
+    max_ahead_s: float = 300.0            # report times further ahead of the wall clock are dead letters
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
         e = dict(os.environ if env is None else env)
+        production = e.get("CITYOPS_ENV", "development") == "production"
         kafka_port = e.get("CITYOPS_KAFKA_PORT", "19092")
         return cls(
             kafka_bootstrap=e.get("CITYOPS_KAFKA_BOOTSTRAP", f"127.0.0.1:{kafka_port}"),
@@ -84,6 +98,10 @@ class Settings:
             app_id=e.get("CITYOPS_APP_ID", "cityops"),
             topic_prefix=e.get("CITYOPS_TOPIC_PREFIX", ""),
             topics=Topics.with_prefix(e.get("CITYOPS_TOPIC_PREFIX", "")),
+            production=production,
+            sla_clock=_choice(e, "CITYOPS_SLA_CLOCK", "wall" if production else "stream", ("stream", "wall")),
+            sla_check_interval=float(e.get("CITYOPS_SLA_CHECK_INTERVAL", "10")),
+            max_ahead_s=float(e.get("CITYOPS_MAX_AHEAD", "300")),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -101,6 +119,9 @@ class Settings:
             "CITYOPS_VAR": str(self.var_dir),
             "CITYOPS_APP_ID": self.app_id,
             "CITYOPS_TOPIC_PREFIX": self.topic_prefix,
+            "CITYOPS_SLA_CLOCK": self.sla_clock,
+            "CITYOPS_SLA_CHECK_INTERVAL": f"{self.sla_check_interval:g}",
+            "CITYOPS_MAX_AHEAD": f"{self.max_ahead_s:g}",
         }
         optional = {
             "CITYOPS_KAFKA_SASL_MECHANISM": self.kafka_sasl_mechanism,

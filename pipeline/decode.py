@@ -27,6 +27,9 @@ REQUEST_TYPES = frozenset({"consult", "help", "complaint", "report", "suggestion
 CHANNELS = frozenset({"phone", "app", "web", "wechat"})
 ACTIONS = frozenset({"accept", "resolve", "verify", "reject", "reopen"})
 TEAMS = frozenset({"enforcement", "handling", "supervision"})
+# who may send a case update: the three teams, and a patrol verifying what supervision itself handled
+# (docs/cases.md §4)
+UPDATE_TEAMS = TEAMS | {"patrol"}
 
 
 class InvalidEvent(ValueError):
@@ -39,10 +42,11 @@ class InvalidEvent(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class TimeWindow:
-    """Accepted event times: not before `earliest`, not more than `max_ahead` past the wall clock."""
+    """Accepted event times: not before `earliest`, not more than `max_ahead` past the wall clock (a device
+    with a wrong clock must not move a case book's stream clock ahead and escalate early: docs/cases.md §7.3)."""
 
     earliest: datetime = datetime(2015, 1, 1, tzinfo=UTC)
-    max_ahead: timedelta = timedelta(hours=1)
+    max_ahead: timedelta = timedelta(minutes=5)
 
 
 # A reading's fields from `Decoder.reading_fields`: sensor_id, sensor_type, value, time (POSIX s), time, lon, lat.
@@ -213,9 +217,9 @@ class Decoder:
         action = _opt_enum(obj, "action", ACTIONS)
         if action is None:
             raise InvalidEvent(f"action: required, one of {', '.join(sorted(ACTIONS))}")
-        team = _opt_enum(obj, "team", TEAMS)
+        team = _opt_enum(obj, "team", UPDATE_TEAMS)
         if team is None:
-            raise InvalidEvent(f"team: required, one of {', '.join(sorted(TEAMS))}")
+            raise InvalidEvent(f"team: required, one of {', '.join(sorted(UPDATE_TEAMS))}")
         actor = _string(obj, "actor", max_len=MAX_SHORT_TEXT)
         at = self._time(obj, "at")
         note = _opt_string(obj, "note", MAX_DESCRIPTION) or ""
@@ -251,8 +255,9 @@ class Decoder:
         return at
 
 
-def default_decoder() -> Decoder:
-    return Decoder(taxonomy=default_taxonomy())
+def default_decoder(max_ahead: timedelta | None = None) -> Decoder:
+    window = TimeWindow() if max_ahead is None else TimeWindow(max_ahead=max_ahead)
+    return Decoder(taxonomy=default_taxonomy(), window=window)
 
 
 def _object(raw: bytes) -> dict[str, Any]:

@@ -5,9 +5,10 @@ call these on each batch and send or store what they return. Two stages:
 
 1. `Ingest` (per raw topic, partitioned by source id): decode and validate each message, keep sensor alarm
    state, locate in one batched grid lookup, and return the located reports keyed by their grid
-   (`pipeline.cases.partition_key`), the dead letters, the unlocated tickets and the sensor aggregates.
-2. `CaseStage` (the internal located topic, partitioned by grid): merge reports into cases, dispatch, apply
-   team updates; returns assignments, ClickHouse rows and refusals.
+   (`pipeline.cases.book_key`: the sub-district), the dead letters, the unlocated tickets and the sensor aggregates.
+2. `CaseStage` (the internal located topic, partitioned by sub-district): merge reports into cases, dispatch,
+   apply team updates, escalate what is overdue by the stage's clock (docs/cases.md §7); returns assignments,
+   ClickHouse rows and refusals.
 """
 
 from __future__ import annotations
@@ -15,15 +16,15 @@ from __future__ import annotations
 import base64
 import logging
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import orjson
 
-from pipeline.cases import CaseBook, CorrelationPolicy, Outcome, Router, case_partition_key, partition_key
+from pipeline.cases import CaseBook, CorrelationPolicy, Outcome, Router, book_key, case_book_key
 from pipeline.decode import CaseUpdate, Decoder, InvalidEvent, Reading
 from pipeline.model import Event, Location, Source, record
 from pipeline.privacy import redact_bytes, redact_raw
@@ -271,7 +272,7 @@ class Ingest:
         for msg in messages:
             try:
                 update = self.decoder.case_update(msg.value)
-                key = case_partition_key(update.case_id)
+                key = case_book_key(update.case_id)
             except InvalidEvent as err:
                 out.deadletters.append(_dead(msg, err.reason))
                 continue
@@ -317,7 +318,7 @@ class Ingest:
             loc = Location(cell=cell, subdistrict=result.subdistrict[i], grid_kind=result.grid_kind[i],
                            grid_version=grid.version, snapped=bool(result.snapped[i]))
             located = replace(e, location=loc)
-            out.located.append((partition_key(loc), encode_located(located)))
+            out.located.append((book_key(loc), encode_located(located)))
             out.located_at.append(e.occurred_at.timestamp())
             if count_accepted:
                 out.accepted += 1
@@ -336,33 +337,60 @@ def _reading_row(sid: str, stype: str, state: SensorState, cell: str) -> SensorR
 
 # -- stage 2: cases --------------------------------------------------------------------------------------
 
+SlaClock = Literal["stream", "wall"]
+
+
+def _wall_now() -> datetime:
+    return datetime.now(UTC)
+
+
 @dataclass
 class CaseStage:
+    """Applies located reports and updates to their books. The clock (docs/cases.md §7.2): `stream`, each book's
+    own latest report or update time; `wall`, `wall_now()`. Either way, before and after each item the book
+    escalates whatever fell due before the clock's time, and dispatches are stamped with it."""
+
     router_source: Any          # an object with `.current` (rules.engine.RulesHolder) or a Router itself
     policy: CorrelationPolicy = field(default_factory=CorrelationPolicy)
+    clock: SlaClock = "stream"
+    wall_now: Callable[[], datetime] = _wall_now
 
     def router(self) -> Router:
         current = getattr(self.router_source, "current", None)
         return current if current is not None else self.router_source  # type: ignore[no-any-return]
 
     def apply(self, items: Iterable[tuple[str, bytes]], books: dict[str, CaseBook]) -> Outcome:
-        """Apply located reports and updates, in order, to the books they belong to, escalating what becomes
-        overdue by each book's stream clock as it moves (after each item). `books` maps grid key -> book; a key
-        not in it gets a new empty book (the caller loads existing ones first)."""
+        """Apply located reports and updates, in order, to the books they belong to. `books` maps book key ->
+        book; a key not in it gets a new empty book (the caller loads existing ones first)."""
         out = Outcome()
         router = self.router()
         touched: dict[str, CaseBook] = {}
+        wall = self.clock == "wall"
         for key, raw in items:
             book = books.get(key)
             if book is None:
                 book = books[key] = CaseBook(key, self.policy)
             touched[key] = book
             item = decode_located(raw)
-            if isinstance(item, CaseUpdate):
-                book.apply_update(item, router, out)
+            if wall:
+                now = self.wall_now()
             else:
-                book.add_event(item, router, out)
-            book.escalate_due(out)
+                book.tick(item.at if isinstance(item, CaseUpdate) else item.occurred_at)
+                now = book.clock
+            book.escalate_overdue(now, out)
+            if isinstance(item, CaseUpdate):
+                book.apply_update(item, router, out, now)
+            else:
+                book.add_event(item, router, out, now)
+            book.escalate_overdue(now, out)
         for book in touched.values():
             book.expire_parked(out)
+        return out
+
+    def escalate(self, books: Iterable[CaseBook], now: datetime | None = None) -> Outcome:
+        """Escalate what is overdue in `books` by the wall clock (the timer of quiet books, §7.2)."""
+        out = Outcome()
+        at = self.wall_now() if now is None else now
+        for book in books:
+            book.escalate_overdue(at, out)
         return out

@@ -29,9 +29,9 @@ import numpy as np
 import shapely
 
 from grid.index import DEFAULT_SNAP_TOLERANCE_M, GridIndex
-from pipeline.cases import CaseBook, CorrelationPolicy, Outcome, case_partition_key, partition_key
+from pipeline.cases import CaseBook, CorrelationPolicy, Outcome, book_key, case_book_key
 from pipeline.config import Topics
-from pipeline.decode import ACTIONS, CHANNELS, REQUEST_TYPES, TEAMS, CaseUpdate, InvalidEvent, Reading
+from pipeline.decode import ACTIONS, CHANNELS, REQUEST_TYPES, UPDATE_TEAMS, CaseUpdate, InvalidEvent, Reading
 from pipeline.model import Event, Location
 from pipeline.privacy import caller_hash, mask_text
 from pipeline.sensors import SensorRegistry, SensorState, observe
@@ -187,7 +187,7 @@ class NaiveDecoder:
         obj = self.load(raw)
         case_id = self.text(obj, "case_id", 128) or ""
         action = self.choice(obj, "action", ACTIONS)
-        team = self.choice(obj, "team", TEAMS)
+        team = self.choice(obj, "team", UPDATE_TEAMS)
         if action is None or team is None:
             raise InvalidEvent("action and team are required")
         actor = self.text(obj, "actor", 200) or ""
@@ -334,12 +334,14 @@ class NaivePipeline:
         located = replace(event, location=location)
         if event.sensor_id is not None:
             self.problem_cells[event.sensor_id] = location.cell or ""
-        key = partition_key(location)
+        key = book_key(location)
         book = self.books.get(key)
         if book is None:
             book = self.books[key] = CaseBook(key, self.policy)
-        out = book.add_event(located, self.router)
-        out.extend(book.escalate_overdue())
+        book.tick(located.occurred_at)
+        out = book.escalate_overdue()
+        book.add_event(located, self.router, out)
+        book.escalate_overdue(out=out)
         self._emit(out)
 
     def _reading(self, reading: Reading) -> None:
@@ -368,14 +370,16 @@ class NaivePipeline:
 
     def _update(self, update: CaseUpdate) -> None:
         try:
-            key = case_partition_key(update.case_id)
+            key = case_book_key(update.case_id)
         except ValueError as err:
             raise InvalidEvent(f"case_id: {err}") from None
         book = self.books.get(key)
         if book is None:
             book = self.books[key] = CaseBook(key, self.policy)
-        out = book.apply_update(update, self.router)
-        out.extend(book.escalate_overdue())
+        book.tick(update.at)
+        out = book.escalate_overdue()
+        book.apply_update(update, self.router, out)
+        book.escalate_overdue(out=out)
         self.counts.refusals += len(out.refusals)
         self._emit(out)
 

@@ -25,6 +25,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -98,9 +99,10 @@ def load_components(settings: Settings) -> Components:
     rules_holder = RulesHolder(Path(os.environ.get("CITYOPS_RULES", str(DEFAULT_RULES))))
     registry = RegistryHolder(Path(os.environ["CITYOPS_SENSORS"]) if os.environ.get("CITYOPS_SENSORS") else None)
     max_ratio = float(os.environ.get("CITYOPS_DLQ_MAX_RATIO", "0.5"))
-    ingest = Ingest(decoder=default_decoder(), grid=grid_holder.current, gazetteer=Gazetteer.load(),
-                    sensors=registry.current)
-    return Components(settings=settings, ingest=ingest, cases=CaseStage(rules_holder, CorrelationPolicy()),
+    ingest = Ingest(decoder=default_decoder(timedelta(seconds=settings.max_ahead_s)), grid=grid_holder.current,
+                    gazetteer=Gazetteer.load(), sensors=registry.current)
+    cases = CaseStage(rules_holder, CorrelationPolicy(), clock="wall" if settings.sla_clock == "wall" else "stream")
+    return Components(settings=settings, ingest=ingest, cases=cases,
                       sink=ClickHouseSink(settings), grid_holder=grid_holder, rules_holder=rules_holder,
                       registry_holder=registry, dlq_limit=DeadLetterLimit(max_ratio=max_ratio))
 

@@ -156,7 +156,9 @@ def allowed_actions(user: User, case: dict[str, object]) -> list[str]:
             acts += ["accept", "resolve", "reject"]
         elif status == "accepted":
             acts += ["resolve", "reject"]
-    if user.team == "supervision":
+    # supervision checks other teams' work; what supervision itself handled is checked by a patrol
+    # (docs/cases.md §4), so supervision gets no check action on its own cases
+    if user.team == "supervision" and case.get("team") != "supervision":
         if status == "resolved":
             acts += ["verify", "reopen"]
         elif status in ("verified", "closed"):

@@ -61,7 +61,7 @@ class FakeDispatch:
     team: str
     priority: int = 3
     sla: timedelta = timedelta(hours=4)
-    escalate_to: str | None = None
+    escalate_to: str | None = "supervision"
     notify: tuple[str, ...] = ()
     tags: tuple[str, ...] = ()
     rule_id: str = "fake"

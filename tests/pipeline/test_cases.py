@@ -8,7 +8,7 @@ from datetime import timedelta
 import orjson
 import pytest
 
-from pipeline.cases import Case, CaseBook, case_partition_key, distance_m, partition_key
+from pipeline.cases import Case, CaseBook, book_key, case_book_key, distance_m
 from pipeline.decode import CaseUpdate
 from pipeline.model import Event, Location
 from tests.pipeline.factories import T0, FakeRouter
@@ -34,7 +34,7 @@ def snapshot(book: CaseBook) -> list[dict[str, object]]:
 
 @pytest.fixture
 def book() -> CaseBook:
-    return CaseBook(partition_key(LOC))
+    return CaseBook(book_key(LOC))
 
 
 def test_first_report_opens_and_dispatches_a_case(book: CaseBook) -> None:
@@ -45,7 +45,7 @@ def test_first_report_opens_and_dispatches_a_case(book: CaseBook) -> None:
     (a,) = out.assignments
     assert a.case_id == case.case_id and a.team == "enforcement" and a.rule_id == "to-enforcement"
     assert [t.status for t in out.transitions] == ["new", "dispatched"]
-    assert case_partition_key(case.case_id) == book.key == CELL[:12]
+    assert case_book_key(case.case_id) == book.key == CELL[:9] and case.case_id.startswith("C" + CELL[:12])
 
 
 def test_nearby_report_of_same_category_merges(book: CaseBook) -> None:
@@ -60,14 +60,25 @@ def test_nearby_report_of_same_category_merges(book: CaseBook) -> None:
     assert out.assignments == [] and out.events[0].merged
 
 
-def test_far_or_late_or_other_category_opens_new_cases(book: CaseBook) -> None:
+def test_far_or_other_category_opens_new_cases(book: CaseBook) -> None:
     router = FakeRouter()
     book.add_event(ev("hotline:1"), router)
     assert distance_m(121.49, 31.265, 121.49 + 0.003, 31.265) > 150
     book.add_event(ev("hotline:2", lon=121.49 + 0.003), router)          # ~285 m away (E05 radius 150 m)
-    book.add_event(ev("hotline:3", minutes=5 * 60), router)              # after the 4 h E05 window
     book.add_event(ev("hotline:4", code="E0102"), router)                # another category
-    assert len(book.cases) == 4
+    assert len(book.cases) == 3
+
+
+def test_an_open_case_absorbs_reports_long_after_its_window(book: CaseBook) -> None:
+    """docs/cases.md §2 rule 5: the window only admits reports made before the first; an open case takes every
+    later report of its problem for as long as it is open."""
+    router = FakeRouter()
+    cid = next(iter(book.add_event(ev("hotline:1"), router).cases))
+    book.apply_update(upd(cid, "accept", "enforcement", 10), router)
+    out = book.add_event(ev("hotline:3", minutes=4 * 24 * 60), router)   # four days on, the E05 window is 4 h
+    assert list(out.cases) == [cid] and out.assignments == [] and len(book.cases) == 1
+    early = book.add_event(ev("hotline:0", minutes=-5 * 60), router)     # made 5 h before it: beyond the window
+    assert list(early.cases) != [cid] and len(book.cases) == 2
 
 
 def test_sensor_case_absorbs_a_citizen_report(book: CaseBook) -> None:
@@ -87,59 +98,84 @@ def test_replayed_event_changes_nothing(book: CaseBook) -> None:
     assert snapshot(book) == before
 
 
-def test_full_lifecycle_with_reject_reopen_and_close(book: CaseBook) -> None:
+def test_full_lifecycle_with_reject_rework_and_close(book: CaseBook) -> None:
     router = FakeRouter()
     cid = next(iter(book.add_event(ev("hotline:1", code="P0101"), router).cases))
     assert book.cases[cid].team == "handling"
     out = book.apply_update(upd(cid, "reject", "handling", 10, note="not ours: a gas cover"), router)
     case = book.cases[cid]
     assert case.team == "supervision" and case.status == "dispatched" and "rejected by handling" in case.reason
-    assert out.assignments[0].kind == "reroute"
+    assert out.assignments[0].kind == "reroute" and case.rejected == 1
+    assert case.due_at == T0 + timedelta(minutes=10, hours=4)            # a fresh round after a rejection
+    assert case.case_due_at == T0 + timedelta(hours=4)                   # the case's own deadline stays
     book.apply_update(upd(cid, "accept", "supervision", 20), router)
     book.apply_update(upd(cid, "resolve", "supervision", 60), router)
-    book.apply_update(upd(cid, "verify", "supervision", 90), router)
+    refused = book.apply_update(upd(cid, "verify", "supervision", 80), router)
+    assert "only patrol checks this case" in refused.refusals[0]         # supervision never checks itself
+    book.apply_update(upd(cid, "verify", "patrol", 90), router)
     assert book.cases[cid].status == "closed" and book.cases[cid].closed_at == T0 + timedelta(minutes=90)
-    out = book.apply_update(upd(cid, "reopen", "supervision", 120, note="still loose"), router)
+    out = book.apply_update(upd(cid, "reopen", "patrol", 120, note="still loose"), router)
     case = book.cases[cid]
     assert case.status == "dispatched" and case.reopened == 1 and case.closed_at is None
-    assert out.assignments[0].kind == "reopen"
-    statuses = [t.status for t in out.transitions]
-    assert statuses == ["reopened", "dispatched"]
+    assert case.team == "supervision" and case.due_at == T0 + timedelta(minutes=10, hours=4)   # same due
+    (a,) = out.assignments
+    assert a.kind == "rework" and a.team == "supervision" and a.round == 3
+    assert [t.status for t in out.transitions] == ["reopened", "dispatched"]
+    assert [(r.team, r.kind, r.outcome) for r in case.rounds] == [
+        ("handling", "dispatch", "rejected"), ("supervision", "reroute", "reworked"),
+        ("supervision", "rework", "open")]
     assert len(book.cases) == 1
 
 
-def test_new_report_after_closing_reopens_instead_of_opening(book: CaseBook) -> None:
+def _close(book: CaseBook, cid: str, at_minutes: float, team: str = "enforcement") -> None:
+    book.apply_update(upd(cid, "accept", team, at_minutes - 2, uid=f"a{cid}{at_minutes}"), FakeRouter())
+    book.apply_update(upd(cid, "resolve", team, at_minutes - 1, uid=f"r{cid}{at_minutes}"), FakeRouter())
+    book.apply_update(upd(cid, "verify", "supervision", at_minutes, uid=f"v{cid}{at_minutes}"), FakeRouter())
+
+
+def test_a_report_after_closing_opens_a_new_case_linked_to_the_closed_one(book: CaseBook) -> None:
+    """docs/cases.md §5: a problem that comes back is a new case (a return), never a reopening."""
     router = FakeRouter()
     cid = next(iter(book.add_event(ev("hotline:1"), router).cases))
-    for i, action in enumerate(["accept", "resolve"]):
-        book.apply_update(upd(cid, action, "enforcement", 10 + i), router)
-    book.apply_update(upd(cid, "verify", "supervision", 30), router)
+    _close(book, cid, 30)
     out = book.add_event(ev("hotline:2", minutes=24 * 60), router)
-    assert list(out.cases) == [cid] and book.cases[cid].reopened == 1 and len(book.cases) == 1
+    (new,) = out.cases.values()
+    assert new.case_id != cid and new.recurrence_of == cid and new.previous_closed_at == T0 + timedelta(minutes=30)
+    assert book.cases[cid].reopened == 0 and book.cases[cid].status == "closed"
+    assert [a.kind for a in out.assignments] == ["dispatch"]
+
+
+def test_a_report_after_the_resolution_sends_the_case_back_for_rework(book: CaseBook) -> None:
+    """§2 rule 5 and §4.4: someone says it is not fixed before supervision checked: back to the team, same due."""
+    router = FakeRouter()
+    cid = next(iter(book.add_event(ev("hotline:1"), router).cases))
+    book.apply_update(upd(cid, "resolve", "enforcement", 60), router)
+    out = book.add_event(ev("hotline:2", minutes=90), router)
+    case = book.cases[cid]
+    assert list(out.cases) == [cid] and case.status == "dispatched" and case.reopened == 1
+    assert [(a.kind, a.team, a.due_at) for a in out.assignments] == [
+        ("rework", "enforcement", T0 + timedelta(hours=4))]
 
 
 def test_report_made_before_closing_but_processed_after_joins_without_reopening(book: CaseBook) -> None:
     """Topics are consumed independently: a citizen's call made while the case was open can be processed after
-    the team closed it. It is one more report of that case, and must not reopen it; a call made after the
-    closing still does."""
+    the team closed it. It is one more report of that case and changes nothing else; a call made after the
+    closing is a new case."""
     router = FakeRouter()
     cid = next(iter(book.add_event(ev("hotline:1"), router).cases))
-    for i, action in enumerate(["accept", "resolve"]):
-        book.apply_update(upd(cid, action, "enforcement", 60 + i), router)
-    book.apply_update(upd(cid, "verify", "supervision", 90), router)
-    status = book.cases[cid].status
+    _close(book, cid, 90)
     late = book.add_event(ev("patrol:2", source="patrol", minutes=20), router)   # made at +20 min, case open
     assert list(late.cases) == [cid] and late.events[0].merged
-    assert book.cases[cid].reopened == 0 and book.cases[cid].status == status and late.assignments == []
+    assert book.cases[cid].reopened == 0 and book.cases[cid].status == "closed" and late.assignments == []
     assert book.cases[cid].reports == 2 and len(book.cases) == 1
-    after = book.add_event(ev("hotline:3", minutes=120), router)                  # made after it was handled
-    assert list(after.cases) == [cid] and book.cases[cid].reopened == 1
+    after = book.add_event(ev("hotline:3", minutes=120), router)                  # made after it was closed
+    assert list(after.cases) != [cid] and len(book.cases) == 2
 
 
 @pytest.mark.parametrize(("action", "team", "why"), [
     ("resolve", "handling", "assigned to enforcement, not handling"),
     ("verify", "supervision", "cannot verify a case that is dispatched"),
-    ("verify", "enforcement", "only supervision verifies"),
+    ("verify", "enforcement", "only supervision checks this case"),
     ("reopen", "supervision", "cannot reopen a case that is dispatched"),
 ])
 def test_impossible_transitions_are_refused(book: CaseBook, action: str, team: str, why: str) -> None:
@@ -156,7 +192,7 @@ def test_an_update_before_its_case_waits_for_it(book: CaseBook) -> None:
     from pipeline.cases import case_id_for
 
     router = FakeRouter()
-    cid = case_id_for(book.key, "hotline:1")
+    cid = case_id_for(CELL[:12], "hotline:1")
     early = book.apply_update(upd(cid, "accept", "enforcement", 5), router)
     assert not early.refusals and cid in book.parked and book.take_parked_dirty() == {cid: book.parked[cid]}
     out = book.add_event(ev("hotline:1"), router)
@@ -234,8 +270,9 @@ def test_recurrence_counts_earlier_cases_of_the_cell(book: CaseBook) -> None:
 
     router = CountingRouter()
     for day in range(3):
-        book.add_event(replace(ev(f"hotline:{day}"), occurred_at=T0 + timedelta(days=day)), router)
-    assert seen == [0, 1, 2]
+        out = book.add_event(replace(ev(f"hotline:{day}"), occurred_at=T0 + timedelta(days=day)), router)
+        _close(book, next(iter(out.cases)), day * 24 * 60 + 60)      # each day's case closed: the next is a return
+    assert seen == [0, 1, 2] and len(book.cases) == 3
 
 
 def test_only_changed_cases_are_dirty(book: CaseBook) -> None:
@@ -286,7 +323,7 @@ def test_an_escalation_repeats_its_dispatch_whatever_merged_since() -> None:
     """The overdue check runs when it runs (after a batch, on a timer): what it sends must not depend on that,
     or a replay after a crash would re-send an escalation id with other content."""
     router = FakeRouter()
-    quiet, busy = CaseBook(partition_key(LOC)), CaseBook(partition_key(LOC))
+    quiet, busy = CaseBook(book_key(LOC)), CaseBook(book_key(LOC))
     for b in (quiet, busy):
         b.add_event(ev("hotline:1"), router)
     # the busy book merges a patrol report (another source, a little further east) before the check runs
@@ -307,7 +344,7 @@ def test_escalation_finds_exactly_the_overdue_open_cases() -> None:
 
     rng = random.Random(7)
     router = FakeRouter()
-    book = CaseBook(partition_key(LOC))
+    book = CaseBook(book_key(LOC))
     escalated: set[str] = set()
     minutes = 0.0
     for step in range(400):
@@ -320,18 +357,25 @@ def test_escalation_finds_exactly_the_overdue_open_cases() -> None:
         else:
             case = book.cases[rng.choice(ids)]
             action = rng.choice(["accept", "resolve", "reject", "verify", "reopen"])
-            team = "supervision" if action in ("verify", "reopen") else case.team
+            checker = "patrol" if case.team == "supervision" else "supervision"
+            team = checker if action in ("verify", "reopen") else case.team
             book.apply_update(upd(case.case_id, action, team, minutes, uid=f"u{step}"), router)
         if rng.random() < 0.2:       # a restart: the book rebuilt from its cases
             book = CaseBook.from_cases(book.key, [Case.from_dict(c.to_dict()) for c in book.cases.values()])
-        # the scan the heap replaces: every open case past due, not yet escalated
+        # the scan the heap replaces: every open case past due, not yet escalated, and every resolved case past
+        # its verification deadline, not yet escalated for it
         expected = {c.case_id for c in book.cases.values()
                     if c.status in ("dispatched", "accepted") and not c.escalated and c.due_at
                     and c.due_at < book.clock}
+        expected |= {c.case_id for c in book.cases.values()
+                     if c.status == "resolved" and c.round and c.round.verify_escalated_at is None
+                     and c.verify_due_at and c.verify_due_at < book.clock}
         out = book.escalate_due()
         got = {a.case_id for a in out.assignments if a.kind == "escalation"}
         assert got == expected, step
         escalated |= got
         assert not any(c.status in ("dispatched", "accepted") and not c.escalated and c.due_at
                        and c.due_at < book.clock for c in book.cases.values())
+        assert all(c.round is None or c.round.escalated_at is None or c.round.escalated_at >= c.round.due_at
+                   for c in book.cases.values())
     assert len(escalated) > 20      # the walk did reach overdue cases

@@ -2,10 +2,11 @@
 "use strict";
 const cityops = (() => {
   const csrf = () => document.querySelector('meta[name="csrf-token"]').content;
-  const TEAMS = {enforcement: "综合执法 enforcement", handling: "综合处置 handling", supervision: "综合监督 supervision"};
+  const TEAMS = {enforcement: "综合执法 enforcement", handling: "综合处置 handling", supervision: "综合监督 supervision",
+    command: "指挥中心 command", patrol: "综合巡查 patrol"};
   const STATUS = {new: "新建 new", dispatched: "已派遣 dispatched", accepted: "处置中 accepted",
     resolved: "已处置 resolved", verified: "已核查 verified", closed: "已结案 closed", rejected: "退回 rejected",
-    reopened: "重开 reopened", escalated: "超期升级 escalated"};
+    reopened: "返工 rework", escalated: "超期升级 escalated"};
   const SOURCES = {hotline: "12345热线 hotline", patrol: "巡查 patrol", iot: "传感 sensor"};
 
   function el(tag, attrs, ...children) {

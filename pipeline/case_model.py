@@ -1,0 +1,390 @@
+"""What a case is made of (docs/cases.md): the case, its dispatch rounds, the assignments it sends, the keys
+that place it, the merging policy, and how all of it is written to the changelog and read back.
+
+Plain data; `pipeline.cases.CaseBook` holds the behaviour.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+from pipeline.model import Event, Location, record
+from pipeline.records import CaseRow, RoundRow
+
+OUTSIDE_KEY = "outside"
+OPEN_STATES = frozenset({"dispatched", "accepted"})     # the team still has to act (docs/cases.md §3)
+HANDLED_STATES = frozenset({"resolved", "closed"})
+VERIFIERS = ("supervision", "patrol")
+
+
+# -- keys -------------------------------------------------------------------------------------------------
+
+def partition_key(location: Location | None) -> str:
+    """The management grid of a location (the cell code without its 3-digit sequence): the prefix of the ids of
+    the cases it opens."""
+    if location is None or not location.cell:
+        return OUTSIDE_KEY
+    return location.cell[:12]
+
+
+def book_key(location: Location | None) -> str:
+    """The case book a located report belongs to: its sub-district, the first 9 digits of the cell code
+    (docs/cases.md §1.1); the key of the located topic."""
+    if location is None or not location.cell:
+        return OUTSIDE_KEY
+    return location.cell[:9]
+
+
+def case_id_for(grid: str, first_event_id: str) -> str:
+    """The id of the case opened by `first_event_id` in management grid `grid` (stable across replays)."""
+    return f"C{grid}-{hashlib.sha1(first_event_id.encode()).hexdigest()[:12]}"
+
+
+def case_book_key(case_id: str) -> str:
+    """The book of a case, from its id (`C<grid>-<hash>`): so a case update finds its case's partition."""
+    if not case_id.startswith("C") or "-" not in case_id:
+        raise ValueError(f"not a cityops case id: {case_id!r}")
+    grid = case_id[1:].split("-", 1)[0]
+    return grid[:9] if len(grid) >= 9 and grid.isdigit() else grid
+
+
+# -- policy -----------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class CorrelationPolicy:
+    """How near (metres) and how soon (hours) a report must be to join a case, per category family
+    (docs/cases.md §2: a major class such as `E04`), and how long cases are remembered.
+
+    `recurrence_days`: a case opened within this many days after a closed case of its kind in its cell is a
+    return of it (§5). Closed cases are kept `keep_days` after closing (recurrence links, replays); updates for a
+    case not seen yet wait `park_hours` of stream time.
+    """
+
+    default_radius_m: float = 100.0
+    default_window_h: float = 24.0
+    families: dict[str, tuple[float, float]] = field(default_factory=lambda: {
+        "E04": (300.0, 6.0),     # emergencies: a burst pipe is reported from the whole block, within hours
+        "P01": (50.0, 72.0),     # utility parts (manhole covers...): one object, reports over days
+        "E05": (150.0, 4.0),     # street order (vendors) moves, and comes back the same evening
+    })
+    recurrence_days: float = 30.0
+    keep_days: float = 90.0
+    park_hours: float = 24.0
+
+    def for_category(self, category: str) -> tuple[float, timedelta]:
+        radius, hours = self.families.get(category[:3], (self.default_radius_m, self.default_window_h))
+        return radius, timedelta(hours=hours)
+
+
+class TimeLimits(Protocol):
+    """The ruleset's `time_limits` (docs/cases.md §3.2)."""
+
+    @property
+    def dispatch(self) -> timedelta: ...
+
+    def accept(self, priority: int) -> timedelta: ...
+
+    def verify(self, priority: int) -> timedelta: ...
+
+
+@dataclass(frozen=True)
+class DefaultTimeLimits:
+    """The shipped limits, for a router that has none."""
+
+    dispatch: timedelta = timedelta(minutes=30)
+    accepts: tuple[tuple[int, timedelta], ...] = (
+        (1, timedelta(minutes=15)), (2, timedelta(hours=1)), (3, timedelta(hours=2)), (4, timedelta(hours=4)))
+    verifies: tuple[tuple[int, timedelta], ...] = (
+        (1, timedelta(hours=2)), (2, timedelta(hours=8)), (3, timedelta(hours=24)), (4, timedelta(hours=48)))
+
+    def accept(self, priority: int) -> timedelta:
+        return _by_priority(self.accepts, priority)
+
+    def verify(self, priority: int) -> timedelta:
+        return _by_priority(self.verifies, priority)
+
+
+def _by_priority(table: tuple[tuple[int, timedelta], ...], priority: int) -> timedelta:
+    chosen = table[0][1]
+    for p, limit in table:
+        if p <= priority:
+            chosen = limit
+    return chosen
+
+
+# -- the case -----------------------------------------------------------------------------------------------
+
+@dataclass
+class Round:
+    """One dispatch of the case to a team (docs/cases.md §3.1)."""
+
+    number: int
+    team: str
+    kind: str                      # dispatch | reroute | rework
+    rule_id: str
+    priority: int
+    dispatched_at: datetime
+    due_at: datetime
+    accept_due_at: datetime
+    accepted_at: datetime | None = None
+    resolved_at: datetime | None = None
+    ended_at: datetime | None = None
+    outcome: str = "open"          # open | resolved | verified | reworked | rejected | superseded
+    escalated_at: datetime | None = None
+    verify_due_at: datetime | None = None
+    verified_at: datetime | None = None
+    verified_by: str = ""
+    verify_escalated_at: datetime | None = None
+
+
+@dataclass
+class Case:
+    case_id: str
+    category: str
+    cell: str
+    subdistrict: str
+    grid_kind: str
+    lon: float | None
+    lat: float | None
+    discovered_by: str
+    created_at: datetime
+    kind: str = "problem"                  # problem | device_fault
+    scope: str | None = None               # person | device | area, for a sensor's case
+    sensor_id: str | None = None           # the sensor a person's or device's case belongs to
+    team: str = ""
+    status: str = "new"
+    priority: int = 3
+    due_at: datetime | None = None         # the current round's handling deadline
+    case_due_at: datetime | None = None    # the case's (round 1's; only a more urgent merge moves it)
+    first_dispatched_at: datetime | None = None
+    closed_at: datetime | None = None
+    resolved_at: datetime | None = None
+    verify_due_at: datetime | None = None
+    last_report_at: datetime | None = None
+    last_update_at: datetime | None = None  # time of the last team update applied (later ones may not precede it)
+    reports: int = 0
+    sources: list[str] = field(default_factory=list)
+    reopened: int = 0                      # rework (返工) count
+    rejected: int = 0
+    escalations: int = 0
+    recurrence_of: str | None = None
+    previous_closed_at: datetime | None = None
+    rule_id: str = ""
+    reason: str = ""
+    escalate_to: str | None = None
+    ruleset_version: str = ""
+    grid_version: str = ""
+    revision: int = 0
+    transitions: int = 0
+    rounds: list[Round] = field(default_factory=list)
+    first_event: dict[str, Any] = field(default_factory=dict)
+    # where and from which sources the current round was dispatched: an escalation repeats it, so that its
+    # content does not depend on when the overdue check ran (a replay after a crash re-sends the same content)
+    dispatched_at_place: list[Any] = field(default_factory=list)      # [lat, lon, cell, subdistrict, sources]
+    event_ids: list[str] = field(default_factory=list)      # reports absorbed (to recognise replays)
+    update_ids: list[str] = field(default_factory=list)     # team updates applied
+
+    @property
+    def round(self) -> Round | None:
+        return self.rounds[-1] if self.rounds else None
+
+    @property
+    def escalated(self) -> bool:
+        current = self.round
+        return current is not None and current.escalated_at is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        return _case_to_dict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Case:
+        return _case_from_dict(d)
+
+    def state(self) -> dict[str, Any]:
+        """The public state of the case (the `cityops.case-state` topic; README "Output topics")."""
+        return {
+            "case_id": self.case_id, "kind": self.kind, "category": self.category,
+            "discovered_by": self.discovered_by, "cell": self.cell, "subdistrict": self.subdistrict,
+            "grid_kind": self.grid_kind, "lon": self.lon, "lat": self.lat, "team": self.team,
+            "status": self.status, "priority": self.priority, "created_at": iso(self.created_at),
+            "due_at": _opt_iso(self.due_at), "case_due_at": _opt_iso(self.case_due_at),
+            "resolved_at": _opt_iso(self.resolved_at), "verify_due_at": _opt_iso(self.verify_due_at),
+            "closed_at": _opt_iso(self.closed_at), "reports": self.reports, "sources": list(self.sources),
+            "reopened": self.reopened, "rejected": self.rejected, "escalated": self.escalated,
+            "escalations": self.escalations, "round": len(self.rounds), "sensor_id": self.sensor_id,
+            "recurrence_of": self.recurrence_of, "rule_id": self.rule_id, "reason": self.reason,
+            "ruleset_version": self.ruleset_version, "grid_version": self.grid_version, "revision": self.revision,
+        }
+
+    def row(self) -> CaseRow:
+        return CaseRow(
+            case_id=self.case_id, category=self.category, discovered_by=self.discovered_by, cell=self.cell,
+            subdistrict=self.subdistrict, grid_kind=self.grid_kind, team=self.team, status=self.status,
+            priority=self.priority, created_at=self.created_at, due_at=self.due_at, closed_at=self.closed_at,
+            reports=self.reports, sources=tuple(self.sources), reopened=self.reopened, rule_id=self.rule_id,
+            ruleset_version=self.ruleset_version, grid_version=self.grid_version, revision=self.revision,
+            kind=self.kind, sensor_id=self.sensor_id or "", recurrence_of=self.recurrence_of or "",
+            previous_closed_at=self.previous_closed_at, first_dispatched_at=self.first_dispatched_at,
+            case_due_at=self.case_due_at, resolved_at=self.resolved_at, verify_due_at=self.verify_due_at,
+            rejected=self.rejected, escalations=self.escalations,
+        )
+
+    def round_row(self, r: Round) -> RoundRow:
+        return RoundRow(
+            case_id=self.case_id, round=r.number, team=r.team, kind=r.kind, rule_id=r.rule_id,
+            priority=r.priority, dispatched_at=r.dispatched_at, due_at=r.due_at, accept_due_at=r.accept_due_at,
+            accepted_at=r.accepted_at, resolved_at=r.resolved_at, ended_at=r.ended_at, outcome=r.outcome,
+            escalated_at=r.escalated_at, verify_due_at=r.verify_due_at, verified_at=r.verified_at,
+            verified_by=r.verified_by, verify_escalated_at=r.verify_escalated_at, category=self.category,
+            case_kind=self.kind, cell=self.cell, subdistrict=self.subdistrict, revision=self.revision,
+        )
+
+
+@record
+class Assignment:
+    """One message on `cityops.assignments` (CONTRACTS.md), keyed by team."""
+
+    assignment_id: str
+    case_id: str
+    team: str
+    priority: int
+    due_at: datetime
+    category: str
+    cell: str
+    subdistrict: str
+    lat: float | None
+    lon: float | None
+    rule_id: str
+    reason: str
+    sources: tuple[str, ...]
+    created_at: datetime
+    kind: str = "dispatch"          # dispatch | reroute | rework | escalation
+    escalate_to: str | None = None
+    notify: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+    ruleset_version: str = ""
+    grid_version: str = ""
+    round: int = 1
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "assignment_id": self.assignment_id, "case_id": self.case_id, "team": self.team,
+            "priority": self.priority, "due_at": iso(self.due_at), "category": self.category,
+            "cell": self.cell, "subdistrict": self.subdistrict, "lat": self.lat, "lon": self.lon,
+            "rule_id": self.rule_id, "reason": self.reason, "sources": list(self.sources),
+            "created_at": iso(self.created_at), "kind": self.kind, "escalate_to": self.escalate_to,
+            "notify": list(self.notify), "tags": list(self.tags), "ruleset_version": self.ruleset_version,
+            "grid_version": self.grid_version, "round": self.round,
+        }
+
+
+def assignment_id(case_id: str, round_no: int, kind: str) -> str:
+    """Stable: the same round's dispatch (or escalation) replayed gives the same id."""
+    return "A" + hashlib.sha1(f"{case_id}#{round_no}#{kind}".encode()).hexdigest()[:20]
+
+
+# -- distances ----------------------------------------------------------------------------------------------
+
+M_PER_DEG_LAT = 111_194.93   # metres per degree on the 6,371,008.8 m mean sphere
+
+
+def distance_m(lon1: float, lat1: float, lon2: float, lat2: float) -> float:
+    """Distance in metres by the equirectangular approximation: within 0.1% of the great-circle distance at
+    the few-hundred-metre scale correlation works at, and several times cheaper than haversine."""
+    dy = (lat2 - lat1) * M_PER_DEG_LAT
+    dx = (lon2 - lon1) * M_PER_DEG_LAT * math.cos(math.radians((lat1 + lat2) * 0.5))
+    return math.sqrt(dx * dx + dy * dy)
+
+
+# -- times and the changelog format -----------------------------------------------------------------------
+
+_ISO_TEXT: dict[datetime, str] = {}     # a case's times are formatted again at each change: remember them
+
+
+def iso(at: datetime) -> str:
+    text = _ISO_TEXT.get(at)
+    if text is None:
+        if len(_ISO_TEXT) >= 100_000:
+            _ISO_TEXT.clear()
+        text = _ISO_TEXT[at] = at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    return text
+
+
+def _opt_iso(at: datetime | None) -> str | None:
+    return None if at is None else iso(at)
+
+
+def _ts(at: datetime | None) -> float | None:
+    return None if at is None else at.timestamp()
+
+
+def _dt(ts: float | None) -> datetime | None:
+    return None if ts is None else datetime.fromtimestamp(ts, UTC)
+
+
+_CASE_TIMES = ("created_at", "due_at", "case_due_at", "first_dispatched_at", "closed_at", "resolved_at",
+               "verify_due_at", "last_report_at", "last_update_at", "previous_closed_at")
+_ROUND_TIMES = ("dispatched_at", "due_at", "accept_due_at", "accepted_at", "resolved_at", "ended_at",
+                "escalated_at", "verify_due_at", "verified_at", "verify_escalated_at")
+_CASE_FIELDS = frozenset(f.name for f in fields(Case))
+_ROUND_FIELDS = frozenset(f.name for f in fields(Round))
+
+
+def _case_to_dict(case: Case) -> dict[str, Any]:
+    d = dict(case.__dict__)
+    for k in _CASE_TIMES:
+        d[k] = _ts(d[k])
+    d["rounds"] = [_round_to_dict(r) for r in case.rounds]
+    return d
+
+
+def _round_to_dict(r: Round) -> dict[str, Any]:
+    d = dict(r.__dict__)
+    for k in _ROUND_TIMES:
+        d[k] = _ts(d[k])
+    return d
+
+
+def _case_from_dict(d: dict[str, Any]) -> Case:
+    # unknown keys (a newer writer) are dropped and missing ones take their defaults (an older writer)
+    d = {k: v for k, v in d.items() if k in _CASE_FIELDS}
+    for k in _CASE_TIMES:
+        if k in d:
+            d[k] = _dt(d[k])
+    rounds = [_round_from_dict(r) for r in d.pop("rounds", ())]
+    return Case(**d, rounds=rounds)
+
+
+def _round_from_dict(d: dict[str, Any]) -> Round:
+    values: dict[str, Any] = {k: (_dt(v) if k in _ROUND_TIMES else v) for k, v in d.items() if k in _ROUND_FIELDS}
+    return Round(**values)
+
+
+def event_to_dict(event: Event) -> dict[str, Any]:
+    loc = event.location
+    return {
+        "event_id": event.event_id, "source": event.source, "category": event.category,
+        "occurred_at": event.occurred_at.timestamp(), "lon": event.lon, "lat": event.lat,
+        "description": event.description, "request_type": event.request_type, "channel": event.channel,
+        "sensor_id": event.sensor_id, "sensor_type": event.sensor_type, "value": event.value,
+        "scope": event.scope, "fault": event.fault,
+        "location": None if loc is None else [loc.cell, loc.subdistrict, loc.grid_kind, loc.grid_version,
+                                              loc.snapped],
+    }
+
+
+def event_from_dict(d: dict[str, Any]) -> Event:
+    loc = d.get("location")
+    return Event(
+        event_id=d["event_id"], source=d["source"], category=d["category"],
+        occurred_at=datetime.fromtimestamp(d["occurred_at"], UTC), lon=d["lon"], lat=d["lat"],
+        description=d.get("description") or "", request_type=d.get("request_type"), channel=d.get("channel"),
+        sensor_id=d.get("sensor_id"), sensor_type=d.get("sensor_type"), value=d.get("value"),
+        scope=d.get("scope"), fault=d.get("fault"),
+        location=None if loc is None else Location(cell=loc[0], subdistrict=loc[1], grid_kind=loc[2],
+                                                   grid_version=loc[3], snapped=bool(loc[4])),
+    )
