@@ -207,7 +207,8 @@ def _masks_in_run(run: str) -> list[tuple[int, int, str]]:
         if spans:
             found += spans
             unmasked -= sum(end - start for start, end, _ in spans)
-            run = _splice(run, [(start, end, "#" * (end - start)) for start, end, _ in spans])
+            if unmasked >= _PASSES[-1].min_length:     # (else no later pass runs: one phone, the usual case)
+                run = _splice(run, [(start, end, "#" * (end - start)) for start, end, _ in spans])
     return sorted(found)
 
 
