@@ -78,6 +78,24 @@ def test_accepted_tickets_keep_no_caller_data_downstream() -> None:
     assert event.caller_hash and PHONE not in event.caller_hash
 
 
+FULL_WIDTH = PHONE.translate(str.maketrans("0123456789", "０１２３４５６７８９"))
+
+
+@pytest.mark.parametrize("written", [FULL_WIDTH, f"+86 {PHONE[:3]} {PHONE[3:7]} {PHONE[7:]}",
+                                     f"{PHONE[:3]}.{PHONE[3:7]}.{PHONE[7:]}", f"{PHONE[:4]} {PHONE[4:7]} {PHONE[7:]}"])
+def test_a_caller_repeating_the_phone_in_another_form_is_masked_downstream(written: str) -> None:
+    """Full-width, grouped or +86 forms of the caller's phone in free text reach neither the located message nor
+    a dead letter, and the caller hash is the one of the plain number."""
+    ticket = fuzz.valid("hotline", random.Random(3)) | {"description": f"回电{written}，谢谢"}
+    event = default_decoder().hotline(orjson.dumps(ticket))
+    secrets = (PHONE, FULL_WIDTH, written, PHONE[3:7], FULL_WIDTH[3:7])
+    assert leaks(encode_located(event), secrets) == []
+    assert leaks(dead_letter(orjson.dumps(ticket | {"service_code": "E9999"})), secrets) == []
+    assert leaks(dead_letter(orjson.dumps(ticket)[:-3] + b"\xff"), secrets) == []
+    assert event.caller_hash == default_decoder().hotline(orjson.dumps(ticket | {
+        "caller": {"name": NAME, "phone": written}})).caller_hash
+
+
 # -- production mode ------------------------------------------------------------------------------------
 
 def run_cli(args: list[str], env: dict[str, str], timeout: float = 90) -> subprocess.CompletedProcess[str]:
