@@ -27,7 +27,7 @@ import orjson
 from pipeline.cases import CaseBook, CorrelationPolicy, Outcome, Router, book_key, case_book_key
 from pipeline.decode import CaseUpdate, Decoder, InvalidEvent, Reading
 from pipeline.model import Event, Location, Source, record
-from pipeline.privacy import redact_bytes, redact_raw
+from pipeline.privacy import mask_text, redact_bytes, redact_raw
 from pipeline.records import ReadingColumns, SensorReadingRow
 from pipeline.sensors import ALARM, LATE, SensorRegistry, SensorState, alarm_event, apply_reading, minute_start
 
@@ -62,7 +62,7 @@ class DeadLetter:
             raw_text, encoding = base64.b64encode(redact_bytes(self.raw)).decode(), "base64"
         return orjson.dumps({
             "source_topic": self.source_topic, "partition": self.partition, "offset": self.offset,
-            "reason": self.reason, "raw": raw_text, "raw_encoding": encoding,
+            "reason": mask_text(self.reason), "raw": raw_text, "raw_encoding": encoding,
             "at": self.at.isoformat().replace("+00:00", "Z"),
         })
 

@@ -265,3 +265,17 @@ def test_caller_hash_is_invariant_under_digit_form_grouping_and_country_code(pho
     """However the caller's number is written, it hashes as its 11 ASCII digits."""
     number, written = phone
     assert caller_hash(written, KEY) == caller_hash(number, KEY)
+
+
+def test_a_dead_letters_reason_is_masked_too() -> None:
+    """Decode reasons quote the offending value: a phone typed into the wrong field must not leak through it."""
+    from datetime import UTC, datetime
+
+    import orjson
+
+    from pipeline.flow import DeadLetter
+
+    dead = DeadLetter("cityops.raw.hotline", 0, 7, "request_type: '回电13912345678' is not one of consult, help",
+                      b'{"request_type": "x"}', datetime(2026, 3, 1, tzinfo=UTC))
+    reason = orjson.loads(dead.to_json())["reason"]
+    assert "13912345678" not in reason and "139****5678" in reason
