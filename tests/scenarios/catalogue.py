@@ -42,7 +42,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
-from typing import Any, Literal, TypeAlias
+from types import MappingProxyType
+from typing import Any, Literal, TypeAlias, cast
 from zoneinfo import ZoneInfo
 
 import yaml
@@ -67,6 +68,15 @@ CHANNELS = ("phone", "app", "web", "wechat")
 
 class CatalogueError(ValueError):
     """A scenario file that does not follow the format; the message names the file and the key."""
+
+
+def _frozen(value: Any) -> Any:
+    """Read-only views of nested mappings and tuples of nested lists (the loaded objects never change)."""
+    if isinstance(value, dict):
+        return MappingProxyType({k: _frozen(v) for k, v in value.items()})
+    if isinstance(value, (list, tuple)):
+        return tuple(_frozen(v) for v in value)
+    return value
 
 
 # ---- places, sensors, steps -------------------------------------------------------------------------------
@@ -448,9 +458,9 @@ def _step(p: _Parser, raw: Any, index: int, clock: Clock, sensors: Mapping[str, 
                          b.get("note"))
     else:
         b = p.mapping(body, bw, ["case", "action", "team"], ["actor", "note"])
-        action = p.choice(b["action"], f"{bw}.action", ACTIONS)
-        payload = Update(p.text(b["case"], f"{bw}.case"), action,  # type: ignore[arg-type]
-                         p.choice(b["team"], f"{bw}.team", TEAMS), b.get("actor"), b.get("note"))
+        action = cast(Action, p.choice(b["action"], f"{bw}.action", ACTIONS))
+        payload = Update(p.text(b["case"], f"{bw}.case"), action, p.choice(b["team"], f"{bw}.team", TEAMS),
+                         b.get("actor"), b.get("note"))
     return Step(index, at, payload)
 
 
@@ -579,7 +589,7 @@ def _reports(p: _Parser, raw: Any) -> ExpectedReports:
     as_of = p.when(e["as_of"], f"{where}.as_of")
     if as_of <= since:
         raise p.fail(f"{where}.as_of", "as_of is not after since")
-    return ExpectedReports(as_of, since, figures)
+    return ExpectedReports(as_of, since, _frozen(figures))
 
 
 def _strings(p: _Parser, raw: Any, where: str) -> tuple[str, ...]:
@@ -623,7 +633,7 @@ def _expect(p: _Parser, raw: Any, steps: Sequence[Step]) -> Expect:
     for s in steps:
         if isinstance(s.payload, Update) and s.payload.case not in cases:
             raise p.fail(f"steps[{s.index}].update.case", f"unknown case label {s.payload.case!r}")
-    return Expect(cases, assignments, rounds, refused, dead, reports)
+    return Expect(MappingProxyType(cases), assignments, MappingProxyType(rounds), refused, dead, reports)
 
 
 def load(path: Path) -> Scenario:
@@ -635,7 +645,7 @@ def load(path: Path) -> Scenario:
         raise CatalogueError(f"{path.name}: not YAML: {exc}") from exc
     top = p.mapping(raw, "(top)", ["title", "spec", "defect", "day", "places", "steps", "expect"],
                     ["clock", "sensors", "notes"])
-    clock = p.choice(top.get("clock", "stream"), "clock", ("stream", "wall"))
+    clock: Clock = "wall" if p.choice(top.get("clock", "stream"), "clock", ("stream", "wall")) == "wall" else "stream"
     day = top["day"]
     if not isinstance(day, date) or isinstance(day, datetime):
         raise p.fail("day", "expected a date YYYY-MM-DD")
@@ -651,14 +661,13 @@ def load(path: Path) -> Scenario:
     sensors = _sensors(p, top.get("sensors"), places)
     if not isinstance(top["steps"], list) or not top["steps"]:
         raise p.fail("steps", "expected a non-empty list")
-    steps = tuple(_step(p, s, i, clock, sensors, places)  # type: ignore[arg-type]
-                  for i, s in enumerate(top["steps"], start=1))
+    steps = tuple(_step(p, s, i, clock, sensors, places) for i, s in enumerate(top["steps"], start=1))
     if clock == "wall" and steps[0].kind != "wall":
         raise p.fail("steps[1]", "a wall scenario starts with a {wall: T} step")
     notes = _strings(p, top["notes"], "notes") if "notes" in top else ()
     return Scenario(path=path, name=path.stem, title=p.text(top["title"], "title"), spec=p.text(top["spec"], "spec"),
-                    defects=defects, clock=clock, day=day, sensors=sensors,  # type: ignore[arg-type]
-                    places=places, steps=steps, expect=_expect(p, top["expect"], steps), notes=notes)
+                    defects=defects, clock=clock, day=day, sensors=MappingProxyType(sensors),
+                    places=MappingProxyType(places), steps=steps, expect=_expect(p, top["expect"], steps), notes=notes)
 
 
 def load_all(directory: Path = CASES_DIR) -> list[Scenario]:
