@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from grid.datum import haversine_m
+from grid.gazetteer import Gazetteer
 from grid.index import GridIndex
 from pipeline.taxonomy import default_taxonomy
 from tests.scenarios.catalogue import (
@@ -126,6 +127,7 @@ NORMAL_CASES = {
     "a reject and reroute": "42_reject_and_reroute",
     "a late close": "43_late_close",
     "an earlier report processed after a later one": "11_earlier_report_processed_later",
+    "an address-only ticket": "44_address_tickets_match_by_cell",
 }
 
 HONGKOU = "310109"
@@ -237,6 +239,21 @@ def test_categories_and_sensor_types_are_real(scenarios: list[Scenario]) -> None
         for c in s.expect.cases.values():
             if c.category is not None:
                 assert c.category in taxonomy, f"{s.name}: case {c.label}: {c.category}"
+
+
+def test_addresses_resolve_to_hongkou_cells(scenarios: list[Scenario], index: GridIndex) -> None:
+    gazetteer = Gazetteer.load()
+    for s in scenarios:
+        for step in s.steps:
+            p = step.payload
+            if isinstance(p, Ticket) and p.address is not None:
+                point = gazetteer.resolve(p.address)
+                assert point is not None, f"{s.name} step {step.index}: {p.address} is not in the gazetteer"
+                cell = index.locate(*point).cell
+                assert cell is not None and cell.startswith(HONGKOU), f"{s.name} step {step.index}: {cell}"
+                for c in s.expect.cases.values():
+                    if c.step == step.index and c.cell is not None:
+                        assert c.cell == cell, f"{s.name}: case {c.label} is in {c.cell}, {p.address} in {cell}"
 
 
 def test_input_ids_are_unique(scenarios: list[Scenario]) -> None:
