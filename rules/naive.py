@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 
 import yaml
 
-from pipeline.model import Event
+from pipeline.model import DEVICE_FAULTS, Event
 from rules.durations import parse_duration
 from rules.engine import Dispatch
 from rules.recurrence import RecurrenceCounter
@@ -47,7 +47,10 @@ class NaiveRuleset:
             (r for r in self.doc.get("rules") or [] if r.get("enabled", True)), key=lambda r: r["order"]
         )
         for rule in rules:
-            if self._match(rule.get("when") or {}, ev, rec):
+            when = rule.get("when") or {}
+            if ("fault" in when) is not (ev.fault is not None):
+                continue  # device faults go only to rules naming `fault`, and those take nothing else
+            if self._match(when, ev, rec):
                 return self._route(rule["then"], rule["id"], ev)
         return self._route(self.doc["default"], "default", ev)
 
@@ -104,6 +107,8 @@ class NaiveRuleset:
             return ev.request_type in _as_list(value)
         if key == "sensor_type":
             return ev.sensor_type in _as_list(value)
+        if key == "fault":
+            return ev.fault in (DEVICE_FAULTS if _as_list(value) == ["any"] else _as_list(value))
         if key == "keywords":
             text = ev.description.lower()
             return any(str(w).lower() in text for w in _as_list(value))

@@ -195,4 +195,4 @@ def test_rule_after_a_catch_all_is_shadowed(tmp_path: Path) -> None:
 def test_shipped_ruleset_is_valid_and_has_no_warnings() -> None:
     ruleset = load_ruleset()
     assert ruleset.warnings == []
-    assert ruleset.version.startswith("2024.11.1+")
+    assert ruleset.version.startswith("2024.11.2+")
