@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from pipeline.model import Event, Location
 from pipeline.taxonomy import default_taxonomy
 from rules.bench import HONGKOU_SUBDISTRICTS, generate_events, month_of_history
-from rules.compiled import Decision
+from rules.compiled import ChooserFactory, Decision, candidates
 from rules.engine import DEFAULT_RULES, Dispatch, Ruleset, load_ruleset
 from rules.naive import NaiveRuleset
 from rules.recurrence import RecurrenceHistory
@@ -350,3 +350,23 @@ def test_at_least_equals_counting() -> None:
         pattern, window = rnd.choice(["E0501", "E05*", "E*", "E0102", "X*", "E05*"]), timedelta(rnd.randrange(1, 40))
         n = rnd.randrange(-1, 40)
         assert history.at_least(cell, pattern, window, at, n) is (history.count(cell, pattern, window, at) >= n)
+
+
+def test_generated_choosers_never_test_the_fault(tmp_path: Path) -> None:
+    """The fault is settled by the table an event is looked up in: a `fault` rule with nothing else to test
+    decides its faults without a chooser, and no problem's chooser ever carries a `fault` rule."""
+    path = rules_file(tmp_path, FAULT_RULES)
+    ruleset = load_ruleset(path)
+    factory = ChooserFactory(ruleset.rules, ruleset.default, ruleset.version)
+    for source in ("hotline", "patrol", "iot"):
+        for code in ("E0402", "E0501", "P0101"):
+            fault_rules = {r.rule_id for _, r in candidates(factory.steps, source, code, None) if r.rule.for_faults}
+            assert fault_rules == set()
+    only_faults = load_ruleset(rules_file(tmp_path, "- {id: f, order: 1, when: {fault: any}, then: {team: handling}}\n"
+                                          "- {id: p, order: 2, then: {team: enforcement}}\n", name="f.yaml"))
+    factory = ChooserFactory(only_faults.rules, only_faults.default, only_faults.version)
+    for fault in ("stuck", "silent", "error"):
+        chooser, decision = factory.entry("iot", "E0402", fault)
+        assert chooser is None and decision.rule_id == "f"
+    chooser, decision = factory.entry("iot", "E0402", None)
+    assert chooser is None and decision.rule_id == "p"
