@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from rules.backtest import StoredCase, backtest
 from rules.bench import generate_events, month_of_history
 from rules.cli import main as cli_main
 from rules.engine import DEFAULT_RULES, RulesHolder, load_ruleset
@@ -109,6 +110,21 @@ def test_explain_of_a_problem_shows_the_fault_rule_not_matching() -> None:
     assert (first.rule_id, first.candidate, first.matched) == ("device-fault", False, False)
     assert first.lines == ("[ ] fault is any   (event: fault=None)",)
     assert explanation.dispatch.rule_id == "smoke-alarm"
+
+
+def test_backtest_history_counts_problems_only(tmp_path: Path) -> None:
+    """A backtest's recurrence history holds the problem cases it replays, never a device fault (§5.1)."""
+    ruleset = load_ruleset(rules_file(tmp_path, """\
+        - id: repeat
+          order: 1
+          when: {recurrence: {within: 30d, count: ">= 1"}}
+          then: {team: supervision}
+        """))
+    cases = [StoredCase("C1", event(source="iot", at=AT, fault="stuck"), "handling", "default"),
+             StoredCase("C2", event(at=AT + timedelta(hours=1)), "handling", "default"),
+             StoredCase("C3", event(at=AT + timedelta(hours=2)), "supervision", "repeat")]
+    report = backtest(cases, ruleset, ruleset, AT, AT + timedelta(days=1))
+    assert report.rules == {("default", "default"): 2, ("repeat", "repeat"): 1}
 
 
 def test_cli_check_reports_problems(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
