@@ -13,8 +13,9 @@ altogether. What is left is generated as one Python function per list,
         return DEFAULT
 
 so an event costs two dictionary lookups (source, then category) in the table of its kind and at most one
-call; the generated code never looks at `ev.fault`, so problems pay one `is None` test for device faults. When the first
-remaining rule has no condition left, no function is made at all. A chooser returns a `Decision`: everything a
+call. The generated code never looks at `ev.fault`: a problem pays one `is None` test for device faults, and a
+`fault` rule with nothing else to test decides its faults without a call. When the first remaining rule has
+no condition left, no function is made at all. A chooser returns a `Decision`: everything a
 dispatch says except the due time, made once per rule (or once per reason, for rules whose reason depends on
 which `any` branch matched) and shared by every event that rule decides, so routing allocates nothing per event.
 The source text is built only from fixed templates in rules/conditions.py; every value from the rules file is

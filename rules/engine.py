@@ -59,6 +59,7 @@ METRIC_REFUSING = "cityops_rules_reload_refusing"  # 1 while the file on disk is
 
 _new = object.__new__
 _NO_ENTRIES: dict[str, Entry] = {}
+_NO_TABLE: Table = {}
 
 
 @dataclass(frozen=True)
@@ -142,7 +143,7 @@ class Ruleset:
         self._by_id = {rule.rule_id: rule for rule in self.rules}
 
     def _entry(self, source: str, category: str, fault: str | None) -> Entry:
-        table = self._table if fault is None else self._fault_tables.get(fault, {})
+        table = self._table if fault is None else self._fault_tables.get(fault, _NO_TABLE)
         found = table.get(source, _NO_ENTRIES).get(category)
         # a code outside the taxonomy (bad input upstream) still gets a route, just not a prepared entry
         return found if found is not None else self._factory.entry(source, category, fault)
