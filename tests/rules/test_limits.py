@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from rules.engine import RulesHolder, load_ruleset
+from rules.engine import DEFAULT_RULES, RulesHolder, load_ruleset
 from rules.limits import DEFAULT_TIME_LIMITS, TimeLimits
+from rules.naive import NaiveRuleset
 from tests.rules.factories import rules_file
 
 M, H = timedelta(minutes=1), timedelta(hours=1)
@@ -57,6 +58,15 @@ def test_a_file_gives_its_own_limits(tmp_path: Path) -> None:
     assert limits.dispatch == 20 * M
     assert [limits.accept(p) for p in (1, 2, 3, 4)] == [10 * M, 30 * M, 1 * H, 24 * H]
     assert [limits.verify(p) for p in (1, 2, 3, 4)] == [1 * H, 4 * H, 12 * H, 7 * 24 * H]
+
+
+def test_the_naive_interpreter_reads_the_same_limits(tmp_path: Path) -> None:
+    """The baseline router exposes the time limits the engine reads, given or left to the defaults."""
+    path = rules_file(tmp_path, RULES, default="default: {team: handling}\n"
+                      "time_limits: {dispatch: 20m, verify: {2: 6h, 4: 2d}}\n")
+    assert NaiveRuleset(path).time_limits == load_ruleset(path).time_limits
+    assert NaiveRuleset(path).time_limits.accept_by_priority == DEFAULT_TIME_LIMITS.accept_by_priority
+    assert NaiveRuleset(DEFAULT_RULES).time_limits == DEFAULT_TIME_LIMITS
 
 
 def test_keys_left_out_keep_their_defaults(tmp_path: Path) -> None:
