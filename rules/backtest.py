@@ -185,8 +185,9 @@ def backtest(cases: Iterable[StoredCase], current: Ruleset, candidate: Ruleset, 
                 loc = ev.location
                 shown.append(Example(case.case_id, ev.category, (loc.cell if loc else None) or "-",
                                      old.team, new.team, old.rule_id, new.rule_id, new.reason))
-        # recorded after routing, as the worker does: a case counts only for later ones
-        if ev.location is not None and ev.location.cell is not None:
+        # recorded after routing, as the worker does: a case counts only for later ones, and only a problem's
+        # (docs/cases.md §5.1: the history counts problem cases)
+        if ev.fault is None and ev.location is not None and ev.location.cell is not None:
             history.record(ev.location.cell, ev.category, ev.occurred_at)
     return BacktestReport(since, until, current.version, candidate.version, n, dict(teams), dict(rules),
                           dict(priorities), dict(slas), shown, agrees)

@@ -1,17 +1,21 @@
-"""Rules compiled for fast dispatch: one generated chooser function per (source, category).
+"""Rules compiled for fast dispatch: one generated chooser function per (fault, source, category).
 
-Compilation happens once per ruleset load. For every source and taxonomy category, each rule's `when` is
-partially evaluated with that source and category known (`specialize`): conditions on source, discovered_by
-and category, wherever they sit in the tree, become true or false, so rules that cannot apply disappear and
-`any` branches that cannot hold are dropped. What is left is generated as one Python function per list,
+Compilation happens once per ruleset load. For every source and taxonomy category, and for problems (fault
+None) and each kind of device fault, each rule's `when` is partially evaluated with those known
+(`specialize`): conditions on source, discovered_by, category and fault, wherever they sit in the tree, become
+true or false, so rules that cannot apply disappear and `any` branches that cannot hold are dropped. Rules of
+the other kind (`fault` rules for a problem, every other rule for a fault: rules/spec.py, `Rule`) are left out
+altogether. What is left is generated as one Python function per list,
 
     def choose(ev, rec):
         if <rule A's remaining conditions>: return A
         if <rule B's remaining conditions>: return B
         return DEFAULT
 
-so an event costs two dictionary lookups (source, then category) and at most one call. When the first
-remaining rule has no condition left, no function is made at all. A chooser returns a `Decision`: everything a
+so an event costs two dictionary lookups (source, then category) in the table of its kind and at most one
+call. The generated code never looks at `ev.fault`: a problem pays one `is None` test for device faults, and a
+`fault` rule with nothing else to test decides its faults without a call. When the first remaining rule has
+no condition left, no function is made at all. A chooser returns a `Decision`: everything a
 dispatch says except the due time, made once per rule (or once per reason, for rules whose reason depends on
 which `any` branch matched) and shared by every event that rule decides, so routing allocates nothing per event.
 The source text is built only from fixed templates in rules/conditions.py; every value from the rules file is
@@ -26,7 +30,7 @@ from dataclasses import dataclass, field, fields, replace
 from datetime import timedelta
 from typing import ClassVar
 
-from pipeline.model import SOURCES, Event
+from pipeline.model import DEVICE_FAULTS, SOURCES, Event
 from pipeline.taxonomy import Taxonomy
 from rules.conditions import All, AnyOf, CodeMatch, Condition, Consts, Membership, Not
 from rules.recurrence import RecurrenceCounter
@@ -112,16 +116,20 @@ def compile_default(route: Route, version: str) -> CompiledRule:
     )
 
 
-def specialize(cond: Condition, source: str, category: str) -> Condition | bool:
-    """`cond` for events known to have this source and category: True, False, or what remains to test."""
-    if isinstance(cond, Membership) and cond.attr == "source" and not cond.on_location:
-        return source in cond.values
+def specialize(cond: Condition, source: str, category: str, fault: str | None = None) -> Condition | bool:
+    """`cond` for events known to have this source, category and fault (None: a problem): True, False, or
+    what remains to test."""
+    if isinstance(cond, Membership) and not cond.on_location:
+        if cond.attr == "source":
+            return source in cond.values
+        if cond.attr == "fault":
+            return fault in cond.values
     if isinstance(cond, CodeMatch) and cond.attr == "category" and not cond.on_location:
         return cond.matches(category)
     if isinstance(cond, All):
         kept: list[Condition] = []
         for child in cond.children:
-            part = specialize(child, source, category)
+            part = specialize(child, source, category, fault)
             if part is False:
                 return False
             if part is not True:
@@ -130,14 +138,14 @@ def specialize(cond: Condition, source: str, category: str) -> Condition | bool:
     if isinstance(cond, AnyOf):
         options: list[Condition] = []
         for child in cond.children:
-            part = specialize(child, source, category)
+            part = specialize(child, source, category, fault)
             if part is True:
                 return True
             if part is not False:
                 options.append(part)
         return False if not options else (options[0] if len(options) == 1 else AnyOf(tuple(options)))
     if isinstance(cond, Not):
-        inner = specialize(cond.child, source, category)
+        inner = specialize(cond.child, source, category, fault)
         return (not inner) if isinstance(inner, bool) else Not(inner)
     return cond
 
@@ -171,13 +179,16 @@ def variants(rule: CompiledRule, version: str, limit: int = 16) -> list[tuple[Al
 
 
 def candidates(
-    steps: tuple[tuple[All, CompiledRule], ...], source: str, category: str
+    steps: tuple[tuple[All, CompiledRule], ...], source: str, category: str, fault: str | None = None
 ) -> list[tuple[Condition | bool, CompiledRule]]:
-    """The alternatives that can still match for this source and category, in order, with what remains of
-    their conditions, ending at the first one with nothing left to test."""
+    """The alternatives that can still match for this source, category and fault, in order, with what remains
+    of their conditions, ending at the first one with nothing left to test."""
     out: list[tuple[Condition | bool, CompiledRule]] = []
     for when, rule in steps:
-        rest = specialize(when, source, category)
+        assert rule.rule is not None
+        if rule.rule.for_faults is (fault is None):
+            continue  # a rule routes device faults or problems, never both
+        rest = specialize(when, source, category, fault)
         if rest is False:
             continue
         out.append((rest, rule))
@@ -194,8 +205,9 @@ class ChooserFactory:
         self.default = default
         self._cache: dict[tuple[object, ...], Chooser] = {}
 
-    def entry(self, source: str, category: str) -> Entry:
-        steps = candidates(self.steps, source, category)
+    def entry(self, source: str, category: str, fault: str | None = None) -> Entry:
+        """What routes events of this source, category and fault (None: a problem)."""
+        steps = candidates(self.steps, source, category, fault)
         if not steps:
             return None, self.default.decision
         if steps[0][0] is True and not steps[0][1].dynamic:
@@ -217,7 +229,8 @@ class ChooserFactory:
         found = self._cache.get(key)
         if found is None:
             namespace: dict[str, object] = dict(consts.values)
-            exec(compile(source_text, f"<rules {source}.{category}>", "exec"), namespace)  # noqa: S102
+            where = f"{source}.{category}" if fault is None else f"{fault} fault {source}.{category}"
+            exec(compile(source_text, f"<rules {where}>", "exec"), namespace)  # noqa: S102
             found = namespace["choose"]  # type: ignore[assignment]
             self._cache[key] = found  # type: ignore[assignment]
         return found, final.decision
@@ -226,10 +239,21 @@ class ChooserFactory:
         return len(self._cache)
 
 
-def index(factory: ChooserFactory, taxonomy: Taxonomy) -> dict[str, dict[str, Entry]]:
-    """source -> category -> entry, for every source and every taxonomy code. Two lookups of strings (whose
-    hashes Python caches) cost less than building and hashing a (source, category) key per event."""
-    return {source: {code: factory.entry(source, code) for code in taxonomy.codes()} for source in SOURCES}
+Table = dict[str, dict[str, Entry]]
+
+
+def index(factory: ChooserFactory, taxonomy: Taxonomy, fault: str | None = None) -> Table:
+    """source -> category -> entry, for every source and every taxonomy code, for problems (fault None) or for
+    device faults of one kind. Two lookups of strings (whose hashes Python caches) cost less than building and
+    hashing a (source, category) key per event."""
+    codes = taxonomy.codes()
+    return {source: {code: factory.entry(source, code, fault) for code in codes} for source in SOURCES}
+
+
+def fault_index(factory: ChooserFactory, taxonomy: Taxonomy) -> dict[str, Table]:
+    """fault -> the `index` of device faults of that kind. Most entries are a fixed decision (a ruleset has
+    few `fault` rules), and equal choosers are shared, so the three tables cost little."""
+    return {fault: index(factory, taxonomy, fault) for fault in DEVICE_FAULTS}
 
 
 def compile_predicate(name: str, condition: Condition) -> Predicate:

@@ -495,6 +495,12 @@ class Not(Condition):
         return not child_ok, [f"{'  ' * depth}[{' ' if child_ok else 'x'}] not:"] + child_lines
 
 
+def names_fault(when: All) -> bool:
+    """Whether a rule's `when` has a `fault` condition (which rules/when.py allows only at its top level): such
+    a rule routes device-fault reports and no other rule ever does (docs/cases.md §6.3)."""
+    return any(isinstance(c, Membership) and c.attr == "fault" for c in when.children)
+
+
 def _wrap(c: Condition) -> str:
     return _wrap_text(c, c.describe())
 

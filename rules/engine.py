@@ -4,12 +4,16 @@
     d = ruleset.dispatch(event, history)                   # Dispatch(team, priority, sla, due_at, ...)
     r = ruleset.decide(event, history)                     # the same without due_at: a shared Decision
     print(ruleset.explain(event, history).render())        # every rule considered, matched or not and why
+    ruleset.time_limits.accept(priority)                   # the ruleset's time limits (rules/limits.py)
 
 `due_at` is the event's `occurred_at` + SLA (the SLA clock starts when the problem was reported, and a replay
 gives the same due time), unless the caller passes `now` (e.g. when dispatching a case opened long after the
 event), then `now` + SLA. `decide` / `decide_batch` are the fast path for callers that work out the due time
 themselves (`at + decision.sla`): they return the rule's shared, immutable `Decision` and allocate nothing per
 event, where `dispatch` builds a new `Dispatch` for each.
+
+Device-fault reports (`event.fault` set) are routed only by rules naming `fault`, or else by the default route,
+never by a rule for problems (rules/spec.py, `Rule`).
 """
 
 from __future__ import annotations
@@ -30,13 +34,16 @@ from rules.compiled import (
     CompiledRule,
     Decision,
     Entry,
+    Table,
     compile_default,
     compile_rule,
+    fault_index,
     index,
     specialize,
 )
 from rules.durations import format_duration
 from rules.errors import RulesError
+from rules.limits import TimeLimits
 from rules.recurrence import RecurrenceCounter
 from rules.shadow import shadow_warnings
 from rules.spec import RulesetSpec, parse_ruleset
@@ -52,6 +59,7 @@ METRIC_REFUSING = "cityops_rules_reload_refusing"  # 1 while the file on disk is
 
 _new = object.__new__
 _NO_ENTRIES: dict[str, Entry] = {}
+_NO_TABLE: Table = {}
 
 
 @dataclass(frozen=True)
@@ -78,7 +86,7 @@ class RuleTrace:
     rule_id: str
     order: int | None
     description: str
-    candidate: bool  # source and category fit (otherwise the compiled engine never evaluates it)
+    candidate: bool  # kind, source, category and fault fit (otherwise the compiled engine never evaluates it)
     matched: bool
     chosen: bool
     lines: tuple[str, ...]
@@ -116,23 +124,29 @@ class Explanation:
 class Ruleset:
     """A loaded, compiled ruleset. Immutable; safe to share between threads (the one thing that changes is
     the cache of per-reason Decisions of rules whose reason names an `any` branch: two threads racing on it
-    store equal values)."""
+    store equal values).
+
+    `time_limits` are the file's dispatch, accept and verify limits (rules/limits.py; the shipped defaults when
+    the file has none)."""
 
     def __init__(self, spec: RulesetSpec, taxonomy: Taxonomy) -> None:
         self.spec = spec
         self.version = spec.version
         self.name = spec.name
+        self.time_limits: TimeLimits = spec.time_limits
         self.warnings: list[str] = shadow_warnings(spec, taxonomy)
         self.rules: tuple[CompiledRule, ...] = tuple(compile_rule(r, self.version) for r in spec.rules)
         self.default = compile_default(spec.default, self.version)
         self._factory = ChooserFactory(self.rules, self.default, self.version)
-        self._table = index(self._factory, taxonomy)
+        self._table: Table = index(self._factory, taxonomy)  # problems: nearly every event
+        self._fault_tables: dict[str, Table] = fault_index(self._factory, taxonomy)
         self._by_id = {rule.rule_id: rule for rule in self.rules}
 
-    def _entry(self, source: str, category: str) -> Entry:
-        found = self._table.get(source, _NO_ENTRIES).get(category)
+    def _entry(self, source: str, category: str, fault: str | None) -> Entry:
+        table = self._table if fault is None else self._fault_tables.get(fault, _NO_TABLE)
+        found = table.get(source, _NO_ENTRIES).get(category)
         # a code outside the taxonomy (bad input upstream) still gets a route, just not a prepared entry
-        return found if found is not None else self._factory.entry(source, category)
+        return found if found is not None else self._factory.entry(source, category, fault)
 
     def choose(self, event: Event, recurrence: RecurrenceCounter | None = None) -> CompiledRule:
         """The first rule (by order) that matches, or the default."""
@@ -145,22 +159,23 @@ class Ruleset:
         """Route one event: the shared Decision of the rule that wins (no due time). Without a `recurrence`
         counter, recurrence conditions do not match."""
         try:
-            chooser, decision = self._table[event.source][event.category]
+            table = self._table if event.fault is None else self._fault_tables[event.fault]
+            chooser, decision = table[event.source][event.category]
         except KeyError:
-            chooser, decision = self._entry(event.source, event.category)
+            chooser, decision = self._entry(event.source, event.category, event.fault)
         return decision if chooser is None else chooser(event, recurrence)
 
     def decide_batch(self, events: Iterable[Event], recurrence: RecurrenceCounter | None = None) -> list[Decision]:
         """Route many events, in order; the same result as `decide` on each, faster."""
-        table = self._table
+        problems, faults = self._table, self._fault_tables
         slow = self._entry
         out: list[Decision] = []
         append = out.append
         for ev in events:
             try:
-                chooser, decision = table[ev.source][ev.category]
+                chooser, decision = (problems if ev.fault is None else faults[ev.fault])[ev.source][ev.category]
             except KeyError:
-                chooser, decision = slow(ev.source, ev.category)
+                chooser, decision = slow(ev.source, ev.category, ev.fault)
             append(decision if chooser is None else chooser(ev, recurrence))
         return out
 
@@ -175,15 +190,15 @@ class Ruleset:
         self, events: Iterable[Event], recurrence: RecurrenceCounter | None = None, now: datetime | None = None
     ) -> list[Dispatch]:
         """Route many events, in order; the same result as `dispatch` on each, faster."""
-        table = self._table
+        problems, faults = self._table, self._fault_tables
         slow = self._entry
         out: list[Dispatch] = []
         append = out.append
         for ev in events:
             try:
-                chooser, decision = table[ev.source][ev.category]
+                chooser, decision = (problems if ev.fault is None else faults[ev.fault])[ev.source][ev.category]
             except KeyError:
-                chooser, decision = slow(ev.source, ev.category)
+                chooser, decision = slow(ev.source, ev.category, ev.fault)
             if chooser is not None:
                 decision = chooser(ev, recurrence)
             # a frozen dataclass filled from the shared decision's fields: one dict copy per event
@@ -202,8 +217,11 @@ class Ruleset:
         traces: list[RuleTrace] = []
         for rule in self.rules:
             assert rule.rule is not None
-            candidate = specialize(rule.rule.when, event.source, event.category) is not False
-            matched, lines = rule.rule.when.trace(event, recurrence)
+            candidate = (
+                rule.rule.for_faults is (event.fault is not None)
+                and specialize(rule.rule.when, event.source, event.category, event.fault) is not False
+            )
+            matched, lines = rule.rule.trace(event, recurrence)
             traces.append(
                 RuleTrace(
                     rule.rule_id,

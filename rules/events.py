@@ -3,6 +3,8 @@
 Two shapes are accepted: the `pipeline.model.Event` fields as JSON (`occurred_at`, and `location` as an object
 with `cell`, `subdistrict`, `grid_kind`, `grid_version`, `snapped`), or the short form of rule tests with `at`
 for `occurred_at` and `cell`, `subdistrict`, `grid_kind` at the top. Times need an offset (`+08:00` or `Z`).
+A device-fault report has `fault` (stuck, silent or error); a sensor's alarm may say its `scope` (person,
+device or area).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from pipeline.model import SOURCES, Event, Location
+from pipeline.model import DEVICE_FAULTS, SENSOR_SCOPES, SOURCES, Event, Location
 from rules.when import GRID_KINDS as GRID_KINDS_ALL
 
 _EVENT_KEYS = {
@@ -38,6 +40,8 @@ _EVENT_KEYS = {
     "grid_kind",
     "grid_version",
     "snapped",
+    "scope",
+    "fault",
 }
 _LOCATION_KEYS = {"cell", "subdistrict", "grid_kind", "grid_version", "snapped"}
 
@@ -80,6 +84,9 @@ def event_from_mapping(data: Mapping[str, Any]) -> Event:
     for key in (*text_keys, "description"):
         if data.get(key) is not None and not isinstance(data[key], str):
             raise ValueError(f"{key}: expected text, got {data[key]!r}")
+    for key, choices in (("scope", SENSOR_SCOPES), ("fault", DEVICE_FAULTS)):
+        if data.get(key) is not None and data[key] not in choices:
+            raise ValueError(f"{key}: {data[key]!r} is not one of {', '.join(choices)}")
     return Event(
         event_id=str(data.get("event_id", f"{data['source']}:manual")),
         source=data["source"],
@@ -90,6 +97,8 @@ def event_from_mapping(data: Mapping[str, Any]) -> Event:
         description=data.get("description") or "",
         value=None if value is None else float(value),
         location=location,
+        scope=data.get("scope"),
+        fault=data.get("fault"),
         **{k: data.get(k) for k in text_keys},
     )
 

@@ -15,9 +15,10 @@ from zoneinfo import ZoneInfo
 
 import yaml
 
-from pipeline.model import Event
+from pipeline.model import DEVICE_FAULTS, Event
 from rules.durations import parse_duration
 from rules.engine import Dispatch
+from rules.limits import DEFAULT_TIME_LIMITS, PriorityLimits, TimeLimits
 from rules.recurrence import RecurrenceCounter
 
 _DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -30,6 +31,7 @@ class NaiveRuleset:
     def __init__(self, path: Path) -> None:
         self.doc: dict[str, Any] = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
         self.version = str(self.doc["version"])
+        self.time_limits = _time_limits(self.doc.get("time_limits") or {})
 
     def dispatch_batch(
         self,
@@ -47,7 +49,10 @@ class NaiveRuleset:
             (r for r in self.doc.get("rules") or [] if r.get("enabled", True)), key=lambda r: r["order"]
         )
         for rule in rules:
-            if self._match(rule.get("when") or {}, ev, rec):
+            when = rule.get("when") or {}
+            if ("fault" in when) is not (ev.fault is not None):
+                continue  # device faults go only to rules naming `fault`, and those take nothing else
+            if self._match(when, ev, rec):
                 return self._route(rule["then"], rule["id"], ev)
         return self._route(self.doc["default"], "default", ev)
 
@@ -104,6 +109,8 @@ class NaiveRuleset:
             return ev.request_type in _as_list(value)
         if key == "sensor_type":
             return ev.sensor_type in _as_list(value)
+        if key == "fault":
+            return ev.fault in (DEVICE_FAULTS if _as_list(value) == ["any"] else _as_list(value))
         if key == "keywords":
             text = ev.description.lower()
             return any(str(w).lower() in text for w in _as_list(value))
@@ -134,6 +141,19 @@ class NaiveRuleset:
         if at.tzinfo is None:
             at = at.replace(tzinfo=UTC)
         return at.astimezone(ZoneInfo(self.doc.get("timezone", "Asia/Shanghai")))
+
+
+def _time_limits(block: dict[str, Any]) -> TimeLimits:
+    """The file's time limits, each key absent taking the shipped one (as rules.limits reads them)."""
+    base = DEFAULT_TIME_LIMITS
+
+    def per_priority(key: str, default: PriorityLimits) -> PriorityLimits:
+        given = block.get(key)
+        return default if given is None else tuple(sorted((int(p), parse_duration(str(t))) for p, t in given.items()))
+
+    dispatch = parse_duration(str(block["dispatch"])) if "dispatch" in block else base.dispatch
+    return TimeLimits(dispatch, per_priority("accept", base.accept_by_priority),
+                      per_priority("verify", base.verify_by_priority))
 
 
 def _as_list(value: Any) -> list[Any]:

@@ -11,11 +11,13 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from rules.durations import parse_duration
 from rules.errors import RulesError, format_problem
 
 _INT = "tag:yaml.org,2002:int"
@@ -127,6 +129,17 @@ class NodeReader:
             self.problem(node, key, f"expected a number, got {_kind(node)}")
             return None
         return float(yaml.safe_load(node.value))
+
+    def duration(self, node: Node, key: str) -> timedelta | None:
+        """A positive duration written `30m`, `2h`, `1d12h` (rules/durations.py)."""
+        text = self.text(node, key)
+        if text is None:
+            return None
+        try:
+            return parse_duration(text)
+        except ValueError as err:
+            self.problem(node, key, str(err))
+            return None
 
     def boolean(self, node: Node, key: str) -> bool | None:
         if not isinstance(node, ScalarNode) or node.tag != _BOOL:

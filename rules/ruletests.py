@@ -27,7 +27,7 @@ import yaml
 from yaml.nodes import Node
 
 from pipeline.model import Event
-from rules.durations import format_duration, parse_duration
+from rules.durations import format_duration
 from rules.engine import Dispatch, Ruleset, load_ruleset
 from rules.errors import RulesError
 from rules.events import event_from_mapping
@@ -123,7 +123,7 @@ def _case(r: NodeReader, node: Node, key: str) -> RuleTestCase | None:
             if entry is None or not {"category", "ago"} <= set(entry):
                 continue
             category = r.text(entry["category"].value, f"{item_key}.category")
-            ago = _duration(r, entry["ago"].value, f"{item_key}.ago")
+            ago = r.duration(entry["ago"].value, f"{item_key}.ago")
             cell = r.text(entry["cell"].value, f"{item_key}.cell") if "cell" in entry else None
             if category is not None and ago is not None:
                 history.append(PriorCase(cell, category, ago))
@@ -135,7 +135,7 @@ def _case(r: NodeReader, node: Node, key: str) -> RuleTestCase | None:
         if k == "priority":
             wanted[k] = r.integer(got.value, f"{key}.expect.{k}", 1, 5)
         elif k == "sla":
-            wanted[k] = _duration(r, got.value, f"{key}.expect.{k}")
+            wanted[k] = r.duration(got.value, f"{key}.expect.{k}")
         elif k == "escalate_to":
             wanted[k] = None if r.is_null(got.value) else r.text(got.value, f"{key}.expect.{k}")
         elif k in ("notify", "tags"):
@@ -143,17 +143,6 @@ def _case(r: NodeReader, node: Node, key: str) -> RuleTestCase | None:
         else:
             wanted[k] = r.text(got.value, f"{key}.expect.{k}")
     return RuleTestCase(name, node.start_mark.line + 1, event, tuple(history), wanted)
-
-
-def _duration(r: NodeReader, node: Node, key: str) -> timedelta | None:
-    text = r.text(node, key)
-    if text is None:
-        return None
-    try:
-        return parse_duration(text)
-    except ValueError as err:
-        r.problem(node, key, str(err))
-        return None
 
 
 def _plain(node: Node) -> Any:

@@ -27,7 +27,8 @@ def shadow_warnings(spec: RulesetSpec, taxonomy: Taxonomy) -> list[str]:
     warnings: list[str] = []
     for i, later in enumerate(spec.rules):
         for earlier in spec.rules[:i]:
-            if covers(earlier.when, later.when, taxonomy):
+            # a rule for problems never takes a device fault from a `fault` rule, nor the other way round
+            if earlier.for_faults is later.for_faults and covers(earlier.when, later.when, taxonomy):
                 warnings.append(_warning(spec.path, later, earlier))
                 break
     return warnings

@@ -17,26 +17,32 @@ File shape (see rules/hongkou.yaml for a full example):
         when: {...}               # optional (rules/when.py); absent matches every event
         then: {team: supervision, priority: 2, sla: 2h, escalate_to: ..., notify: [...], tags: [...]}
     default: {team: handling}     # required: the route when no rule matches (same keys as `then`)
+    time_limits: {...}            # optional (rules/limits.py): dispatch, accept and verify limits
 
 `then` keys other than `team` fall back to the team's defaults; `notify` adds to the team's notify list.
+
+A rule whose `when` names `fault` routes device-fault reports, and only those; every other rule routes problems
+and never a device fault (`Rule.matches`). So a ruleset without a `fault` rule sends device faults to its
+`default` route, whatever their category: a `-1` from a gas sensor is a broken gauge, not a gas leak.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from yaml.nodes import Node, SequenceNode
 
-from pipeline.model import TEAMS
+from pipeline.model import TEAMS, Event
 from pipeline.taxonomy import Taxonomy, default_taxonomy
-from rules.conditions import All, Condition
-from rules.durations import parse_duration
+from rules.conditions import All, Condition, names_fault
+from rules.limits import DEFAULT_TIME_LIMITS, TimeLimits, parse_time_limits
 from rules.nodes import Entry, NodeReader, compose_file
+from rules.recurrence import RecurrenceCounter
 from rules.when import WhenContext, parse_when
 
 KIND = "dispatch-rules"
@@ -44,7 +50,7 @@ DEFAULT_TZ = "Asia/Shanghai"
 PRIORITY_RANGE = (1, 5)  # 1 = most urgent
 _RULE_ID = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 _NAME = re.compile(r"^[\w.:@-]+$")
-_TOP_KEYS = ("version", "kind", "name", "description", "timezone", "teams", "rules", "default")
+_TOP_KEYS = ("version", "kind", "name", "description", "timezone", "teams", "rules", "default", "time_limits")
 _TEAM_KEYS = ("label", "sla", "priority", "escalate_to", "notify")
 _RULE_KEYS = ("id", "order", "description", "enabled", "when", "then")
 _THEN_KEYS = ("team", "priority", "sla", "escalate_to", "notify", "tags")
@@ -76,7 +82,11 @@ class Route:
 
 @dataclass(frozen=True)
 class Rule:
-    """One rule; `when` is always an `All` (empty when the file has no `when`)."""
+    """One rule; `when` is always an `All` (empty when the file has no `when`).
+
+    `for_faults` (derived from `when`): the rule names `fault`, so it routes device-fault reports and nothing
+    else; otherwise it routes problems and never a device fault. `matches` is the rule's verdict with that
+    applied; `when.test` alone is only the written conditions."""
 
     id: str
     order: int
@@ -85,6 +95,30 @@ class Rule:
     route: Route
     line: int
     enabled: bool = True
+    for_faults: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "for_faults", names_fault(self.when))
+
+    def fits_kind(self, ev: Event) -> bool:
+        """Whether `ev` is of the kind this rule routes: a device fault for a `fault` rule, else a problem (a
+        `fault` rule's own condition already refuses problems; this refuses faults to every other rule)."""
+        return self.for_faults or ev.fault is None
+
+    def matches(self, ev: Event, rec: RecurrenceCounter | None) -> bool:
+        """The rule's verdict on `ev`: of its kind, and its `when` holds."""
+        return self.fits_kind(ev) and self.when.test(ev, rec)
+
+    def trace(self, ev: Event, rec: RecurrenceCounter | None) -> tuple[bool, list[str]]:
+        """`matches` with every condition's line (as `Condition.trace`), and a first line when the rule does
+        not route device faults and `ev` is one."""
+        ok, lines = self.when.trace(ev, rec)
+        if self.fits_kind(ev):
+            return ok, lines
+        return False, [
+            f"[ ] a problem (rules without `fault` never route device faults)   (event: fault={ev.fault})",
+            *lines,
+        ]
 
 
 @dataclass(frozen=True)
@@ -101,6 +135,7 @@ class RulesetSpec:
     rules: tuple[Rule, ...]
     disabled: tuple[Rule, ...]
     default: Route
+    time_limits: TimeLimits = DEFAULT_TIME_LIMITS
 
     @property
     def version(self) -> str:
@@ -153,13 +188,15 @@ class _Parser:
         ctx = WhenContext(self.taxonomy, tz) if tz is not None else None
         rules = self._rules(top.get("rules"), teams, ctx)
         default = self._then(top["default"].value, "default", teams) if "default" in top else None
-        if self.r.problems or None in (version, name, teams, rules, default, tz):
+        used = None if rules is None or default is None else _priorities(rules, default)
+        limits = parse_time_limits(self.r, top.get("time_limits"), PRIORITY_RANGE, used)
+        if self.r.problems or None in (version, name, teams, rules, default, tz, limits):
             return None
-        assert version and name and teams is not None and rules is not None and default and tz
+        assert version and name and teams is not None and rules is not None and default and tz and limits
         enabled = tuple(sorted((r for r in rules if r.enabled), key=lambda r: r.order))
         disabled = tuple(r for r in rules if not r.enabled)
         digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:10]
-        return RulesetSpec(path, name, version, digest, description, tz, teams, enabled, disabled, default)
+        return RulesetSpec(path, name, version, digest, description, tz, teams, enabled, disabled, default, limits)
 
     def _text(self, entry: Entry | None, key: str) -> str | None:
         return None if entry is None else self.r.text(entry.value, key)
@@ -175,14 +212,7 @@ class _Parser:
             return None
 
     def _duration(self, node: Node, key: str) -> timedelta | None:
-        text = self.r.text(node, key)
-        if text is None:
-            return None
-        try:
-            return parse_duration(text)
-        except ValueError as err:
-            self.r.problem(node, key, str(err))
-            return None
+        return self.r.duration(node, key)
 
     def _team_name(self, node: Node, key: str, declared: dict[str, TeamDefaults] | None) -> str | None:
         name = self.r.text(node, key)
@@ -361,10 +391,20 @@ class _Parser:
         enabled = self.r.boolean(fields["enabled"].value, f"{key}.enabled") if "enabled" in fields else True
         when: Condition | None = All(())
         if "when" in fields:
-            when = parse_when(self.r, fields["when"].value, f"{key}.when", ctx) if ctx is not None else None
+            when = (
+                parse_when(self.r, fields["when"].value, f"{key}.when", ctx, rule_level=True)
+                if ctx is not None
+                else None
+            )
         route = self._then(fields["then"].value, f"{key}.then", teams) if "then" in fields else None
         if not ok or None in (order, description, enabled, when, route):
             return None
         assert order is not None and description is not None and enabled is not None
         assert isinstance(when, All) and route is not None
         return Rule(rule_id, order, description, when, route, node.start_mark.line + 1, enabled)
+
+
+def _priorities(rules: list[Rule], default: Route) -> frozenset[int]:
+    """The priorities the file's routes have, disabled rules included (enabling one must not make the time
+    limits invalid)."""
+    return frozenset({r.route.priority for r in rules} | {default.priority})

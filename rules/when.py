@@ -20,10 +20,16 @@ Leaf keys and what they accept:
 | sensor_type | sensor type names (`manhole_tilt`) |
 | value | comparisons on the reading, all must hold: `">= 30"` or `[">= 20", "< 40"]` |
 | recurrence | `{category: same / same-class / code / prefix, within: 30d, count: ">= 3"}` |
+| fault | stuck, silent, error (one or a list), or `any`; only at the top of a rule's `when` |
+
+`fault` divides the rules in two: a rule whose `when` names it routes device-fault reports (docs/cases.md §6.3)
+and only those; a rule that does not name it routes problems and never a device fault (rules/spec.py, `Rule`).
+So that a reader sees at once which kind a rule is for, `fault` cannot be nested in `all`, `any` or `not`.
 """
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,7 +37,7 @@ from zoneinfo import ZoneInfo
 
 from yaml.nodes import Node
 
-from pipeline.model import DISCOVERED_BY, SOURCES
+from pipeline.model import DEVICE_FAULTS, DISCOVERED_BY, SOURCES
 from pipeline.taxonomy import Taxonomy
 from rules.conditions import (
     WEEKDAYS,
@@ -76,8 +82,11 @@ def leaf_keys() -> tuple[str, ...]:
     return tuple(_LEAVES)
 
 
-def parse_when(reader: NodeReader, node: Node, key: str, ctx: WhenContext) -> Condition | None:
-    """A `when` mapping as one condition (an `All` of its keys); None after recording problems."""
+def parse_when(
+    reader: NodeReader, node: Node, key: str, ctx: WhenContext, rule_level: bool = False
+) -> Condition | None:
+    """A `when` mapping as one condition (an `All` of its keys); None after recording problems. `rule_level`:
+    the mapping is a rule's own `when` (the one place `fault` may be), not one nested in all / any / not."""
     entries = reader.mapping(node, key, allowed=(*_COMBINATORS, *_LEAVES))
     if entries is None:
         return None
@@ -86,7 +95,15 @@ def parse_when(reader: NodeReader, node: Node, key: str, ctx: WhenContext) -> Co
     for name, entry in entries.items():
         where = f"{key}.{name}"
         parsed: Condition | None
-        if name in ("all", "any"):
+        if name == "fault" and not rule_level:
+            reader.problem(
+                entry.key_node,
+                where,
+                "`fault` goes at the top of a rule's `when`, not inside all / any / not: it makes the whole "
+                "rule one for device faults",
+            )
+            parsed = None
+        elif name in ("all", "any"):
             parts = _parse_list(reader, entry.value, where, ctx)
             parsed = None if parts is None else (All(tuple(parts)) if name == "all" else AnyOf(tuple(parts)))
         elif name == "not":
@@ -288,6 +305,31 @@ def _sensor_type(reader: NodeReader, node: Node, where: str, ctx: WhenContext) -
     return Membership("sensor_type", "sensor_type", frozenset(shown), shown)
 
 
+def _fault(reader: NodeReader, node: Node, where: str, ctx: WhenContext) -> Condition | None:
+    values = reader.texts(node, where)
+    if values is None:
+        return None
+    choices = (*DEVICE_FAULTS, "any")
+    bad = [(n, v) for n, v in values if v not in choices]
+    for n, v in bad:
+        hint = difflib.get_close_matches(v, choices, n=1)
+        reader.problem(
+            n,
+            where,
+            f"unknown fault {v!r}"
+            + (f"; did you mean {hint[0]!r}?" if hint else "")
+            + f" (faults: {', '.join(DEVICE_FAULTS)}, or any)",
+        )
+    if bad:
+        return None
+    shown = tuple(dict.fromkeys(v for _, v in values))
+    if "any" in shown and len(shown) > 1:
+        reader.problem(node, where, "`any` already means every fault: write `fault: any` alone")
+        return None
+    faults = frozenset(DEVICE_FAULTS) if shown == ("any",) else frozenset(shown)
+    return Membership("fault", "fault", faults, shown)
+
+
 def parse_comparison(reader: NodeReader, node: Node, where: str, default_op: str) -> tuple[str, float] | None:
     """`">= 30"`-style text (or a bare number, meaning `default_op`) as (operator, number)."""
     value = reader.text(node, where)
@@ -366,4 +408,5 @@ _LEAVES: dict[str, Callable[[NodeReader, Node, str, WhenContext], Condition | No
     "sensor_type": _sensor_type,
     "value": _value,
     "recurrence": _recurrence,
+    "fault": _fault,
 }

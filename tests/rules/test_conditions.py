@@ -1,4 +1,4 @@
-"""Every condition and combinator, compiled and interpreted, against events built to match or miss."""
+"""Every condition and combinator, compiled, interpreted and naively, against events built to match or miss."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from pipeline.model import Event
 from rules.compiled import compile_predicate
 from rules.engine import Ruleset, load_ruleset
+from rules.naive import NaiveRuleset
 from rules.recurrence import RecurrenceHistory
 from tests.rules.factories import AT, event, rules_file
 
@@ -25,13 +26,16 @@ RULE = """\
 
 
 def matches(tmp: Path, when: str, ev: Event, history: RecurrenceHistory | None = None) -> bool:
-    """Dispatch `ev` through a one-rule ruleset and check compiled, interpreted and explained agree."""
-    ruleset = load_ruleset(rules_file(tmp, RULE.format(when=when)))
+    """Dispatch `ev` through a one-rule ruleset and check compiled, interpreted, explained and naive agree."""
+    path = rules_file(tmp, RULE.format(when=when))
+    ruleset = load_ruleset(path)
     compiled = ruleset.dispatch(ev, history).rule_id == "r"
     rule = ruleset.spec.rules[0]
-    assert rule.when.test(ev, history) is compiled
-    assert compile_predicate("p", rule.when)(ev, history) is compiled
+    assert rule.matches(ev, history) is compiled
+    # the condition alone, compiled and walked, agree (the rule's kind is the rule's business, not its `when`'s)
+    assert compile_predicate("p", rule.when)(ev, history) is rule.when.test(ev, history)
     assert ruleset.explain(ev, history).rules[0].matched is compiled
+    assert (NaiveRuleset(path).dispatch(ev, history).rule_id == "r") is compiled
     return compiled
 
 
@@ -101,6 +105,54 @@ def test_condition(tmp_path: Path, when: str, ev: Event, expected: bool) -> None
     assert matches(tmp_path, when, ev) is expected
 
 
+def fault(kind: str | None, **fields: object) -> Event:
+    """A sensor's report: a device fault of `kind`, or (None) a problem."""
+    return event(source="iot", category=str(fields.pop("category", "E0499")), fault=kind, **fields)
+
+
+@pytest.mark.parametrize(("when", "ev", "expected"), [
+    ("{fault: stuck}", fault("stuck"), True),
+    ("{fault: [stuck, silent]}", fault("error"), False),
+    ("{fault: [stuck, silent]}", fault("silent"), True),
+    ("{fault: any}", fault("error"), True),
+    ("{fault: [any]}", fault("silent"), True),
+    ("{fault: error, sensor_type: pipe_pressure, value: '< 0'}", fault("error", sensor_type="pipe_pressure",
+                                                                         value=-1.0), True),
+    ("{fault: error, sensor_type: pipe_pressure}", fault("error", sensor_type="smoke"), False),
+    ("{fault: any, any: [{located: false}, {category: E04*}]}", fault("stuck", category="E0402"), True),
+    ("{fault: any, not: {category: E04*}}", fault("stuck", category="E0402"), False),
+    # a rule naming `fault` never takes a problem
+    ("{fault: any}", fault(None), False),
+    ("{fault: any, not: {source: patrol}}", fault(None), False),
+    # a rule not naming `fault` never takes a device fault, whatever else holds
+    ("{source: iot}", fault("stuck"), False),
+    ("{source: iot}", fault(None), True),
+    ("{sensor_type: smoke}", fault("error", sensor_type="smoke"), False),
+    ("{not: {source: patrol}}", fault("silent"), False),
+    ("{any: [{located: true}, {located: false}]}", fault("silent"), False),
+    ("{any: [{located: true}, {located: false}]}", fault(None), True),
+])
+def test_fault_condition(tmp_path: Path, when: str, ev: Event, expected: bool) -> None:
+    """`fault` matches device faults of the kinds it names, and only rules naming it match a device fault."""
+    assert matches(tmp_path, when, ev) is expected
+
+
+def test_a_rule_without_when_takes_every_problem_but_no_fault(tmp_path: Path) -> None:
+    """A catch-all rule (no `when`) leaves device faults to the default route, with an explain line saying so."""
+    path = rules_file(tmp_path, "- {id: everything, order: 1, then: {team: enforcement}}\n")
+    ruleset, naive = load_ruleset(path), NaiveRuleset(path)
+    for ev in (event(), fault(None)):
+        assert ruleset.dispatch(ev).rule_id == naive.dispatch(ev).rule_id == "everything"
+    for kind in ("stuck", "silent", "error"):
+        ev = fault(kind)
+        assert ruleset.dispatch(ev).rule_id == naive.dispatch(ev).rule_id == "default"
+        assert ruleset.decide_batch([ev])[0] is ruleset.default.decision
+        (trace, _) = ruleset.explain(ev).rules
+        assert (trace.candidate, trace.matched, trace.chosen) == (False, False, False)
+        assert trace.lines == (f"[ ] a problem (rules without `fault` never route device faults)   "
+                               f"(event: fault={kind})", "[x] always")
+
+
 def test_recurrence_counts_real_history(tmp_path: Path) -> None:
     """`>= 3 in 30 days` matches with the third earlier case inside the window, not before, not outside it."""
     when = "{recurrence: {within: 30d, count: '>= 3'}}"
@@ -142,6 +194,7 @@ _events = st.builds(
     description=_texts,
     value=st.one_of(st.none(), st.floats(min_value=-50, max_value=150)),
     request_type=st.sampled_from([None, "complaint", "consult"]),
+    fault=st.sampled_from([None, None, "stuck", "silent", "error"]),
 )
 
 
@@ -159,7 +212,7 @@ def test_shipped_rules_compiled_equals_interpreted(ev: Event) -> None:
     if ev.location and ev.location.cell:
         for days in (1, 2, 3):
             history.record(ev.location.cell, ev.category, ev.occurred_at - timedelta(days=days))
-    expected = next((r.id for r in ruleset.spec.rules if r.when.test(ev, history)), "default")
+    expected = next((r.id for r in ruleset.spec.rules if r.matches(ev, history)), "default")
     assert ruleset.dispatch(ev, history).rule_id == expected
     chosen = [t.rule_id for t in ruleset.explain(ev, history).rules if t.chosen]
     assert chosen == [expected]

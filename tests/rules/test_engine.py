@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from rules.backtest import StoredCase, backtest
 from rules.bench import generate_events, month_of_history
 from rules.cli import main as cli_main
 from rules.engine import DEFAULT_RULES, RulesHolder, load_ruleset
@@ -82,6 +83,48 @@ def test_cli_explain_prints_the_decision(tmp_path: Path, capsys: pytest.CaptureF
     assert cli_main(["rules", "explain", str(path)]) == 0
     out = capsys.readouterr().out
     assert "-> supervision" in out and "rule: night-noise" in out and "- night-noise (order 70): CHOSEN" in out
+
+
+def test_cli_explain_shows_a_fault_kept_from_the_emergency_rules(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """A `-1` from a pipe-pressure gauge explains as device-fault, with every problem rule refusing the fault."""
+    path = tmp_path / "ev.json"
+    path.write_text('{"source": "iot", "category": "E0402", "sensor_type": "pipe_pressure", "value": -1, '
+                    '"fault": "error", "scope": "area", "occurred_at": "2024-05-06T09:00:00+08:00", '
+                    '"cell": "310109017003001", "subdistrict": "310109017", "grid_kind": "street"}', encoding="utf-8")
+    assert cli_main(["rules", "explain", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "-> handling (priority 3, SLA 1d" in out and "rule: device-fault" in out
+    assert "reason: rule device-fault (order 5): fault is any" in out
+    assert "- device-fault (order 5): CHOSEN" in out and "- emergencies (order 46): no match" in out
+    emergencies = out[out.index("- emergencies (order 46)"):].splitlines()
+    assert emergencies[1] == ("    [ ] a problem (rules without `fault` never route device faults)   "
+                              "(event: fault=error)")
+    assert emergencies[2] == "    [x] category in E04*   (event: category=E0402)"
+
+
+def test_explain_of_a_problem_shows_the_fault_rule_not_matching() -> None:
+    """For a problem, a `fault` rule is no candidate and its `fault` line is unticked."""
+    explanation = load_ruleset().explain(event(source="iot", category="E0499", sensor_type="smoke", value=12.0))
+    first = explanation.rules[0]
+    assert (first.rule_id, first.candidate, first.matched) == ("device-fault", False, False)
+    assert first.lines == ("[ ] fault is any   (event: fault=None)",)
+    assert explanation.dispatch.rule_id == "smoke-alarm"
+
+
+def test_backtest_history_counts_problems_only(tmp_path: Path) -> None:
+    """A backtest's recurrence history holds the problem cases it replays, never a device fault (§5.1)."""
+    ruleset = load_ruleset(rules_file(tmp_path, """\
+        - id: repeat
+          order: 1
+          when: {recurrence: {within: 30d, count: ">= 1"}}
+          then: {team: supervision}
+        """))
+    cases = [StoredCase("C1", event(source="iot", at=AT, fault="stuck"), "handling", "default"),
+             StoredCase("C2", event(at=AT + timedelta(hours=1)), "handling", "default"),
+             StoredCase("C3", event(at=AT + timedelta(hours=2)), "supervision", "repeat")]
+    report = backtest(cases, ruleset, ruleset, AT, AT + timedelta(days=1))
+    assert report.rules == {("default", "default"): 2, ("repeat", "repeat"): 1}
 
 
 def test_cli_check_reports_problems(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

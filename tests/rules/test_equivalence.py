@@ -4,8 +4,10 @@ Three independent ways to route an event are compared field by field:
 - the compiled engine (`decide`, `decide_batch`, `dispatch`, `dispatch_batch`: generated choosers, source ->
   category tables, shared Decisions, local time converted once per call);
 - the naive interpreter (`rules.naive`: the YAML walked as dicts; its reason text is only "rule <id>");
-- the condition tree walked rule by rule (`Condition.test`, and `why` for the reason), with no index, no
-  specialisation and no generated code.
+- the condition tree walked rule by rule (`Rule.matches`: the rule's kind, then `Condition.test`; `why` for the
+  reason), with no index, no specialisation and no generated code.
+
+The generated events include device faults (`Event.fault`), which only rules naming `fault` may take.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from hypothesis import strategies as st
 from pipeline.model import Event, Location
 from pipeline.taxonomy import default_taxonomy
 from rules.bench import HONGKOU_SUBDISTRICTS, generate_events, month_of_history
-from rules.compiled import Decision
+from rules.compiled import ChooserFactory, Decision, candidates
 from rules.engine import DEFAULT_RULES, Dispatch, Ruleset, load_ruleset
 from rules.naive import NaiveRuleset
 from rules.recurrence import RecurrenceHistory
@@ -46,13 +48,15 @@ TEXTS = ("", "晚上噪音扰民", "NOISE at night", "Noise", "井盖丢失", "�
 HOT_CODES = ("E0504", "E0501", "E0510", "E0508", "E0301", "P0118", "P0101", "E0110", "E0403", "E0105", "E0113")
 # local (Shanghai) times on the edges of the shipped windows: 06:00, 07:00, 09:30, 17:00, 18:00, 21:00, 22:00
 EDGE_MINUTES = (0, 359, 360, 419, 420, 569, 570, 1019, 1020, 1079, 1080, 1259, 1260, 1319, 1320, 1439)
+# about one report in five a device fault, of every kind
+FAULTS = (None, None, None, None, None, None, None, None, "stuck", "silent", "error")
 
 
 def reference(ruleset: Ruleset, ev: Event, rec: RecurrenceHistory | None, now: datetime | None = None) -> Dispatch:
     """The dispatch worked out from the condition tree alone, rule by rule in order."""
     spec = ruleset.spec
     for rule in spec.rules:
-        if rule.when.test(ev, rec):
+        if rule.matches(ev, rec):
             rule_id, route = rule.id, rule.route
             reason = f"rule {rule.id} (order {rule.order}): {rule.when.why(ev, rec)}"
             break
@@ -78,11 +82,12 @@ def check_all_agree(ruleset: Ruleset, naive: NaiveRuleset, events: list[Event],
     return {d.rule_id for d in decided}
 
 
-def edge_events(n: int, seed: int, naive_times: bool = False) -> list[Event]:
+def edge_events(n: int, seed: int, naive_times: bool = False, faults: bool = True) -> list[Event]:
     """Events built to sit on the edges the compiled engine specialises on: no location or a location without
     a cell, sub-districts of special rules, naive and non-UTC times on window and weekday edges, readings on
-    thresholds, keywords in other letter cases, categories outside the taxonomy. Naive times (taken as UTC)
-    only when asked: a history holds aware times, and cannot be compared with naive ones."""
+    thresholds, keywords in other letter cases, categories outside the taxonomy, and (unless `faults` is false)
+    device faults of every kind from any source: the rules must not care where a fault comes from. Naive times
+    (taken as UTC) only when asked: a history holds aware times, and cannot be compared with naive ones."""
     rnd = random.Random(seed)
     codes = [*CODES, "E0000", "P9999", *HOT_CODES * 20]
     zones: list[timezone | ZoneInfo | None] = [UTC, UTC, timezone(timedelta(hours=8)), ZoneInfo("Europe/Berlin")]
@@ -103,7 +108,7 @@ def edge_events(n: int, seed: int, naive_times: bool = False) -> list[Event]:
         out.append(Event(f"{source}:e{i}", source, rnd.choice(codes), at, description=rnd.choice(TEXTS),
                          request_type=rnd.choice((None, "consult", "suggestion", "complaint", "help")),
                          sensor_type=rnd.choice((None, *SENSOR_TYPES)), value=rnd.choice(VALUES),
-                         location=location))
+                         location=location, fault=rnd.choice(FAULTS) if faults else None))
     return out
 
 
@@ -132,7 +137,7 @@ def test_shipped_rules_agree_on_edge_events() -> None:
     seen = check_all_agree(RULESET, NAIVE, events, busy_history(events[::3]))
     check_all_agree(RULESET, NAIVE, edge_events(3000, seed=6, naive_times=True), None)
     assert {"chronic-hotspot", "night-noise", "unlocated", "missing-manhole-cover", "street-lights-night",
-            "shopfront-weekend-sichuan-north", "street-vendors-peak-hours", "default"} <= seen
+            "shopfront-weekend-sichuan-north", "street-vendors-peak-hours", "device-fault", "default"} <= seen
 
 
 def test_decisions_are_shared_and_immutable() -> None:
@@ -232,7 +237,8 @@ def events(draw: st.DrawFn) -> Event:
                  description=draw(st.sampled_from(TEXTS) | st.text(max_size=12)),
                  request_type=draw(st.sampled_from((None, "consult", "suggestion", "complaint", "report"))),
                  sensor_type=draw(st.sampled_from((None, *SENSOR_TYPES))),
-                 value=draw(st.sampled_from(VALUES) | st.floats(-1e3, 1e3)), location=location)
+                 value=draw(st.sampled_from(VALUES) | st.floats(-1e3, 1e3)), location=location,
+                 fault=draw(st.sampled_from(FAULTS)))
 
 
 HISTORY = busy_history(edge_events(2000, seed=21))
@@ -245,6 +251,74 @@ def test_shipped_rules_agree_on_generated_events(batch: list[Event]) -> None:
     check_all_agree(RULESET, NAIVE, batch, HISTORY)
 
 
+# Rules for device faults among rules for problems: `fault` with conditions of every kind (source, category,
+# sensor, place, time, text, `any` with a reason per branch, `not`), a problem rule with no condition on source
+# or category before them (it must take no fault), and a problem catch-all (no `when`) at the end, so that a
+# fault no `fault` rule takes goes to the default route and a problem never does.
+FAULT_RULES = """\
+- id: stuck-smoke
+  order: 10
+  when: {fault: stuck, sensor_type: smoke}
+  then: {team: handling, priority: 2, sla: 4h, tags: [smoke]}
+- id: problems-in-emergency-classes
+  order: 20
+  when: {any: [{category: E04*}, {sensor_type: [smoke, gas_concentration]}]}
+  then: {team: handling, priority: 1, sla: 1h}
+- id: silent-or-error-by-place
+  order: 30
+  when:
+    fault: [silent, error]
+    any: [{located: false}, {subdistrict: "310109017"}, {time: "22:00-06:00", weekday: weekend}]
+  then: {team: supervision, priority: 3}
+- id: faults-not-of-patrols
+  order: 40
+  when:
+    fault: any
+    not: {any: [{source: patrol}, {category: [E05*, P01*]}]}
+    any: [{keywords: [噪音, noise]}, {value: ">= 20"}, {request_type: consult}]
+  then: {team: enforcement, priority: 4, sla: 3d}
+- id: hotline-faults
+  order: 50
+  when: {fault: [error], source: hotline}
+  then: {team: enforcement, priority: 2}
+- id: everything-else
+  order: 60
+  then: {team: handling, priority: 4, sla: 3d, tags: [catch-all]}
+"""
+
+
+def test_fault_rules_agree_and_keep_faults_and_problems_apart(tmp_path: Path) -> None:
+    """Rules for faults among rules for problems route every fault and problem the same way on every path."""
+    path = rules_file(tmp_path, FAULT_RULES)
+    ruleset, naive = load_ruleset(path), NaiveRuleset(path)
+    events = edge_events(6000, seed=31)
+    # a fault that is not one of the three (bad input upstream) takes the slow path, and no `fault` rule
+    events += [dataclasses.replace(ev, fault="gone") for ev in events[:40]]  # type: ignore[arg-type]
+    history = busy_history(events[::3])
+    seen = check_all_agree(ruleset, naive, events, history)
+    assert seen == {r.id for r in ruleset.spec.rules} | {"default"}
+    decisions = ruleset.decide_batch(events, history)
+    by_id = {r.id: r for r in ruleset.spec.rules}
+    for ev, d in zip(events, decisions, strict=True):
+        rule = by_id.get(d.rule_id)
+        if ev.fault is None:
+            assert rule is not None and not rule.for_faults, ev  # the catch-all takes every problem left
+        else:
+            assert rule is None or rule.for_faults, ev
+    reasons = {d.reason for d in decisions if d.rule_id == "faults-not-of-patrols"}
+    assert len(reasons) == 3   # one shared Decision per branch of its `any`
+
+
+def test_a_ruleset_without_fault_rules_sends_every_fault_to_the_default(tmp_path: Path) -> None:
+    """Without a `fault` rule, every path routes every device fault by the default route."""
+    path = rules_file(tmp_path, TRICKY)
+    ruleset, naive = load_ruleset(path), NaiveRuleset(path)
+    events = [ev for ev in edge_events(4000, seed=41) if ev.fault is not None]
+    assert len(events) > 500
+    check_all_agree(ruleset, naive, events, busy_history(events))
+    assert {d.rule_id for d in ruleset.dispatch_batch(events, busy_history(events))} == {"default"}
+
+
 class DoubleCounting(RecurrenceHistory):
     """A counter of its own (here: every case counts twice); the compiled rules must ask it, not the base."""
 
@@ -254,7 +328,7 @@ class DoubleCounting(RecurrenceHistory):
 
 def test_a_counter_of_its_own_is_asked_for_its_count() -> None:
     """A RecurrenceHistory subclass that counts differently decides recurrence rules by its own count."""
-    events = edge_events(3000, seed=8)
+    events = edge_events(3000, seed=8, faults=False)  # a fault never goes to chronic-hotspot
     history = DoubleCounting()
     for ev in events[::5]:
         if ev.location is not None and ev.location.cell is not None:
@@ -276,3 +350,23 @@ def test_at_least_equals_counting() -> None:
         pattern, window = rnd.choice(["E0501", "E05*", "E*", "E0102", "X*", "E05*"]), timedelta(rnd.randrange(1, 40))
         n = rnd.randrange(-1, 40)
         assert history.at_least(cell, pattern, window, at, n) is (history.count(cell, pattern, window, at) >= n)
+
+
+def test_generated_choosers_never_test_the_fault(tmp_path: Path) -> None:
+    """The fault is settled by the table an event is looked up in: a `fault` rule with nothing else to test
+    decides its faults without a chooser, and no problem's chooser ever carries a `fault` rule."""
+    path = rules_file(tmp_path, FAULT_RULES)
+    ruleset = load_ruleset(path)
+    factory = ChooserFactory(ruleset.rules, ruleset.default, ruleset.version)
+    for source in ("hotline", "patrol", "iot"):
+        for code in ("E0402", "E0501", "P0101"):
+            fault_rules = {r.rule_id for _, r in candidates(factory.steps, source, code, None) if r.rule.for_faults}
+            assert fault_rules == set()
+    only_faults = load_ruleset(rules_file(tmp_path, "- {id: f, order: 1, when: {fault: any}, then: {team: handling}}\n"
+                                          "- {id: p, order: 2, then: {team: enforcement}}\n", name="f.yaml"))
+    factory = ChooserFactory(only_faults.rules, only_faults.default, only_faults.version)
+    for fault in ("stuck", "silent", "error"):
+        chooser, decision = factory.entry("iot", "E0402", fault)
+        assert chooser is None and decision.rule_id == "f"
+    chooser, decision = factory.entry("iot", "E0402", None)
+    assert chooser is None and decision.rule_id == "p"

@@ -41,12 +41,23 @@ def test_event_file_shapes_are_equivalent() -> None:
     assert nested == flat
 
 
+def test_event_files_carry_fault_and_scope() -> None:
+    """A device-fault report's `fault` and a sensor's `scope` reach the Event; without them it is a problem."""
+    base = {"source": "iot", "category": "E0402", "at": "2024-05-06T10:00:00Z"}
+    ev = event_from_mapping({**base, "fault": "stuck", "scope": "area"})
+    assert (ev.fault, ev.scope, ev.kind) == ("stuck", "area", "device_fault")
+    assert (event_from_mapping(base).fault, event_from_mapping(base).kind) == (None, "problem")
+
+
 @pytest.mark.parametrize(("data", "message"), [
     ({"source": "fax", "category": "E0501", "at": "2024-05-06T10:00:00Z"}, "source"),
     ({"source": "iot", "category": "E0501", "at": "2024-05-06T10:00:00"}, "no offset"),
     ({"source": "iot", "category": "E0501", "at": "2024-05-06T10:00:00Z", "value": "high"}, "value"),
     ({"source": "iot", "category": "E0501", "at": "2024-05-06T10:00:00Z", "colour": 1}, "unknown event key"),
     ({"source": "iot", "category": "E0501", "at": "2024-05-06T10:00:00Z", "grid_kind": "park"}, "grid_kind"),
+    ({"source": "iot", "category": "E0501", "at": "2024-05-06T10:00:00Z", "fault": "broken"},
+     "fault: 'broken' is not one of stuck, silent, error"),
+    ({"source": "iot", "category": "E0501", "at": "2024-05-06T10:00:00Z", "scope": "street"}, "scope"),
 ])
 def test_bad_event_files_name_the_key(data: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
