@@ -174,7 +174,7 @@ def _unknown_category(feed: Feed, msg: dict[str, Any], rnd: random.Random) -> by
     if feed == "iot":            # a registered sensor reporting as another type
         return _dumps({**msg, "sensor_type": OTHER_TYPE})
     if feed == "case_updates":
-        return _dumps({**msg, "team": rnd.choice(["police", "Handling", "patrol", "supervision\u200b"])})
+        return _dumps({**msg, "team": rnd.choice(["police", "Handling", "patrols", "supervision\u200b"])})
     code = rnd.choice(["E9999", "P0000", "X0101", "e0501", "E05", "E05011", "", "Ｅ0501", "E0501\u200b"])
     return _dumps({**msg, "service_code" if feed == "hotline" else "category": code})
 
