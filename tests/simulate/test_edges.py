@@ -34,7 +34,7 @@ def test_the_measurement_is_deterministic_and_sub_districts_split_fewer_pairs(wo
     cfg = SimConfig(days=1.0, start=datetime(2026, 1, 4, 16, tzinfo=UTC), sensors=300, seed=4)
     one, two = measure(cfg, world), measure(cfg, world)
     assert one.to_json() == two.to_json()
-    assert one.pairs > 100 and 0 < one.split_by_grid and one.split_by_subdistrict <= one.split_by_grid
+    assert one.pairs > 100 and one.split_by_grid > 0 and one.split_by_subdistrict <= one.split_by_grid
 
 
 def test_the_command_prints_both_shares(capsys) -> None:  # type: ignore[no-untyped-def]
