@@ -36,7 +36,10 @@ class EdgeSplits:
     pairs: int = 0
     split_by_grid: int = 0
     split_by_subdistrict: int = 0
+    incidents_in_two_grids: int = 0    # incidents whose reports a grid edge splits at least once
+    incidents_in_two_subdistricts: int = 0
     by_family: dict[str, Counter[str]] = field(default_factory=dict)
+    by_plan: dict[str, Counter[str]] = field(default_factory=dict)      # hotline, multi, hotspot, ...
 
     def share(self, split: int) -> float:
         return split / self.pairs if self.pairs else 0.0
@@ -46,20 +49,27 @@ class EdgeSplits:
         if len(cells) < 2:
             return
         self.incidents += 1
+        self.incidents_in_two_grids += len({grid_of(c) for c in cells}) > 1
+        self.incidents_in_two_subdistricts += len({book_of(c) for c in cells}) > 1
         fam = self.by_family.setdefault(incident.category[:3], Counter())
+        kind = self.by_plan.setdefault(incident.kind, Counter())
         for a, b in combinations(cells, 2):
             grid, sub = grid_of(a) != grid_of(b), book_of(a) != book_of(b)
             self.pairs += 1
             self.split_by_grid += grid
             self.split_by_subdistrict += sub
-            fam.update(pairs=1, grid=int(grid), subdistrict=int(sub))
+            for c in (fam, kind):
+                c.update(pairs=1, grid=int(grid), subdistrict=int(sub))
 
     def to_json(self) -> dict[str, object]:
         return {"incidents": self.incidents, "pairs": self.pairs,
+                "incidents_split": {"grid": self.incidents_in_two_grids,
+                                    "subdistrict": self.incidents_in_two_subdistricts},
                 "grid": {"split": self.split_by_grid, "share": round(self.share(self.split_by_grid), 4)},
                 "subdistrict": {"split": self.split_by_subdistrict,
                                 "share": round(self.share(self.split_by_subdistrict), 4)},
-                "by_family": {k: dict(v) for k, v in sorted(self.by_family.items())}}
+                "by_family": {k: dict(v) for k, v in sorted(self.by_family.items())},
+                "by_plan": {k: dict(v) for k, v in sorted(self.by_plan.items())}}
 
 
 def measure(config: SimConfig, world: World | None = None) -> EdgeSplits:
@@ -92,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, split in (("management grid (cell[:12], the old book)", got.split_by_grid),
                         ("sub-district (cell[:9], the new book)", got.split_by_subdistrict)):
         print(f"  split by a {name}: {split:,} of {got.pairs:,} pairs = {got.share(split):.2%}")
+    print(f"  incidents with reports in two books: {got.incidents_in_two_grids:,} by grid, "
+          f"{got.incidents_in_two_subdistricts:,} by sub-district, of {got.incidents:,}")
     return 0
 
 
