@@ -120,10 +120,13 @@ class Zones:
 
     def free(self, book: str, category: str, lon: float, lat: float, at: datetime, owner: str = "") -> bool:
         reach = self.reach(category)
+        # a latitude difference alone is a lower bound of the distance: most zones are ruled out without metres()
+        dlat = reach / 111_190.0
         for z in self.zones.get((book, category), ()):
             if owner and z.owner == owner:
                 continue
-            if (z.start <= at <= z.end or z.first > at) and metres(lon, lat, z.lon, z.lat) < reach:
+            if (z.start <= at <= z.end or z.first > at) and abs(lat - z.lat) < dlat \
+                    and metres(lon, lat, z.lon, z.lat) < reach:
                 return False
         return True
 
