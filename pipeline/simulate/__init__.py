@@ -3,11 +3,12 @@ reports, sensor readings and team feedback, with the ground truth to check the p
 
     sim = simulate(SimConfig(days=1, seed=7))          # pure: no Kafka, no files
     sim.messages()                                      # SimMessage(topic, key, value, at), in time order
-    sim.truth.to_json()                                 # incidents, expected case ids, hot spots, counts
+    sim.truth.to_json()                                 # every case by docs/cases.md, hot spots, counts
     sim.write_registry(path)                            # the sensor registry the worker loads (CITYOPS_SENSORS)
     produce_simulation(settings, sim, "x60")            # to Kafka, paced (pipeline.simulate.produce)
 
-Modules in flow order: config, world, catalog, people, sensorsim, plan, malformed, truth, generate, produce, cli.
+Modules in flow order: config, spec (docs/cases.md restated), world, catalog, people, sensorsim, overrides,
+lifecycle, plan, malformed, truth, generate, produce, cli; edges (how often a book edge splits one problem).
 """
 
 from pipeline.simulate.config import SimConfig

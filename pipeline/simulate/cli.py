@@ -84,14 +84,17 @@ def _summary(sim: object, where: str, registry: Path, truth_path: Path | None) -
     from pipeline.simulate.generate import Simulation
 
     assert isinstance(sim, Simulation)
-    c = sim.truth.to_json()["counts"]
+    c = sim.truth.counts()
     lines = [
         where,
-        f"  incidents (= cases): {c['incidents']:,}   discovered by {c['discovered_by']}   "
-        f"proactive share {c['proactive_share']:.1%}   multi-source {c['multi_source']}",
-        f"  hot spots: {sim.truth.hotspot_cases()}",
-        f"  closed {c['closed']:,}, overdue {c['overdue']:,} ({c['open_overdue']} still open), "
-        f"reopened {c['reopened']}, feedback messages {c['feedback']:,}",
+        f"  cases: {c['cases']:,} ({c['problems']:,} problems, {c['device_faults']} device faults"
+        + (f", {c['device_faults_uncertain']} more may be raised" if c["device_faults_uncertain"] else "") + ")",
+        f"  problems discovered by {c['discovered_by']}   proactive share {c['proactive_share']:.1%}   "
+        f"multi-source {c['multi_source']}   across grids {c['multi_grid']}",
+        f"  hot spots: {sim.truth.hotspot_cases()}; recurrent cases {c['recurrent']:,}",
+        f"  closed {c['closed']:,} ({c['closed_on_time']:,} on time, {c['verified_by_patrol']} verified by a patrol), "
+        f"overdue {c['overdue']:,} ({c['open_overdue']} still open), reworked {c['reworked']}, rejected "
+        f"{c['rejected']}, re-routed {c['rerouted']}, feedback messages {c['feedback']:,}",
         f"  readings {c['readings']:,}; malformed {sum(c['malformed'].values()):,}; "
         f"unlocatable tickets {c['unlocated_tickets']}; unregistered-sensor readings {c['unknown_sensor_readings']}",
         f"  sensor registry: {registry} (point the worker at it: CITYOPS_SENSORS={registry})",

@@ -42,10 +42,17 @@ class SimConfig:
     patrol_reports_per_shift: int = 14
     sensor_incidents_per_1000: float = 6.0   # real threshold crossings per 1,000 sensors per day
     multi_source_per_day: int = 12           # incidents seen by a sensor, callers and a patrol
-    hotspots: int = 4                        # per district: chronic spots where the problem comes back
+    hotspots: int = 4                        # per district: chronic spots where the problem returns 4 times a day
     flapping_sensors: int = 4                # per district
-    broken_sensors: int = 6                  # per district
+    broken_sensors: int = 6                  # per district: stuck, silent, error (device-fault cases)
     unregistered_sensors: int = 3            # per district: sensors sending readings but not in the registry
+    positioned_unregistered: int = 2         # of those: with their position in their messages (they may alarm)
+    unregistered_alarms: int = 1             # per district: incidents raised by a positioned unregistered sensor
+    grid_edge_per_day: int = 4               # per district: incidents reported on both sides of a grid edge
+    person_pairs_per_day: int = 2            # per district: a resident's alarm next to an open E0499 case
+    # reports of one problem stay in its sub-district (its case book, docs/cases.md §1.1); False only to measure
+    # how often they would not (pipeline.simulate.edges): the truth of such a run is not the worker's
+    keep_in_subdistrict: bool = True
 
     def checked(self) -> SimConfig:
         """This config with `start` resolved, or ConfigError naming the bad option."""
@@ -59,6 +66,8 @@ class SimConfig:
             raise ConfigError(f"--malformed-share: must be in [0, 0.5), got {self.malformed_share}")
         if not 0 <= self.address_only_share <= 1 or not 0 <= self.unresolvable_share <= 1:
             raise ConfigError("address shares must be in [0, 1]")
+        if not 0 <= self.positioned_unregistered <= self.unregistered_sensors:
+            raise ConfigError("positioned_unregistered: must be in [0, unregistered_sensors]")
         if not self.districts or any(d not in DISTRICTS.values() for d in self.districts):
             raise ConfigError(f"--district: unknown district code in {self.districts}")
         start = self.start

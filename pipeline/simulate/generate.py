@@ -27,9 +27,11 @@ from pipeline.simulate.model import Incident, Report
 from pipeline.simulate.people import CallerBook
 from pipeline.simulate.plan import Planner
 from pipeline.simulate.sensorsim import SensorNetwork
-from pipeline.simulate.truth import Truth
+from pipeline.simulate.spec import SILENT_AFTER, silent_after
+from pipeline.simulate.truth import Truth, iso
 from pipeline.simulate.world import World
 from pipeline.taxonomy import default_taxonomy
+from rules.durations import format_duration
 
 LOGICAL = Topics()     # NDJSON files name topics without a prefix; producing adds the configured one
 
@@ -73,8 +75,15 @@ class Simulation:
         for _, _, m in events[k:]:
             yield m
 
+    @property
+    def silent(self) -> timedelta | None:
+        """The `silent` every registered sensor needs in the registry when its readings are too sparse for the
+        types' default (docs/cases.md §6.3; the bench's month: a reading a day), else None."""
+        silent = silent_after(self.network.interval)
+        return silent if silent > SILENT_AFTER else None
+
     def registry_csv(self) -> str:
-        return self.network.registry_csv()
+        return self.network.registry_csv(self.silent)
 
     def write_registry(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -84,10 +93,10 @@ class Simulation:
         return orjson.dumps(self.truth.to_json(), option=orjson.OPT_INDENT_2)
 
 
-def simulate(config: SimConfig, world: World | None = None) -> Simulation:
-    """Generate the configured period (see SimConfig); `world` may be passed in to reuse a loaded grid."""
+def plan(config: SimConfig, world: World) -> tuple[Planner, SensorNetwork, random.Random, CallerBook]:
+    """The planned period (incidents, hot spots, broken sensors, overrides), before any message is made; the
+    random generator and the callers go on to make the malformed messages."""
     cfg = config.checked()
-    world = world or World()
     taxonomy = default_taxonomy()
     check_codes(taxonomy)
     rng = random.Random(cfg.seed)
@@ -95,12 +104,21 @@ def simulate(config: SimConfig, world: World | None = None) -> Simulation:
     ticks = int((cfg.end - cfg.begin).total_seconds() // interval_s)
     network = SensorNetwork.build([world.districts[d] for d in cfg.districts], cfg.sensors,
                                   cfg.unregistered_sensors, load_types(taxonomy=taxonomy), cfg.begin, interval_s,
-                                  ticks, cfg.seed, rng)
+                                  ticks, cfg.seed, rng, positioned=cfg.positioned_unregistered)
     # decode as the worker does, without its wall-clock check (a realtime run plans times still to come)
     decoder = Decoder(taxonomy, TimeWindow(), now=lambda: datetime(9999, 1, 1, tzinfo=SHANGHAI))
     callers = CallerBook(rng, _forbidden_text(world))
     planner = Planner(cfg, world, network, rng, decoder, callers)
     planner.plan()
+    return planner, network, rng, callers
+
+
+def simulate(config: SimConfig, world: World | None = None) -> Simulation:
+    """Generate the configured period (see SimConfig); `world` may be passed in to reuse a loaded grid."""
+    cfg = config.checked()
+    world = world or World()
+    planner, network, rng, callers = plan(cfg, world)
+    interval_s = network.interval_s
 
     events: list[tuple[datetime, int, SimMessage]] = []
 
@@ -133,26 +151,31 @@ def simulate(config: SimConfig, world: World | None = None) -> Simulation:
     clock_end = max([r.at for i in planner.incidents for r in i.reports]
                     + [a.at for i in planner.incidents for a in i.actions if a.at < cfg.end] + [cfg.begin])
     unregistered = [s for s in network.sensors if not s.registered]
+    sim_silent = silent_after(network.interval)
     sensors_info = {
         "registered": sum(1 for s in network.sensors if s.registered),
         "unregistered": [s.sensor_id for s in unregistered],
+        "positioned": [s.sensor_id for s in unregistered if s.positioned],
         "flapping": [network.sensors[i].sensor_id for i, o in network.overrides.items() if o.why == "flapping"],
-        "broken": {network.sensors[i].sensor_id: o.why.split(":", 1)[1] for i, o in network.overrides.items()
-                   if o.why.startswith("broken:")},
-        "alarms": [{"sensor_id": i.sensor_id, "at": i.first.at.isoformat(), "case_id": i.case_id, "kind": i.kind}
+        "broken": {b.sensor_id: b.mode for b in planner.broken},
+        "faults": [{"sensor_id": b.sensor_id, "sensor_type": b.sensor_type, "mode": b.mode,
+                    "since": iso(b.since), "case_id": b.case_id or None,
+                    "fault": None if b.fault is None else {"kind": b.fault.kind, "at": iso(b.fault.at),
+                                                           "certain": b.fault.certain}}
+                   for b in planner.broken],
+        "alarms": [{"sensor_id": i.sensor_id, "at": iso(i.first.at), "case_id": i.case_id, "kind": i.kind}
                    for i in planner.incidents if i.first.source == "iot"],
         "interval_s": interval_s,
+        "silent": format_duration(sim_silent),
     }
-    unknown_readings = sum(1 for s in unregistered for t in range(ticks)
-                           if network.overrides.get(s.index) is None) if unregistered else 0
     truth = Truth(
         start=cfg.begin, end=cfg.end, seed=cfg.seed, districts=cfg.districts, grid_version=world.grid_version,
-        ruleset_version=world.rules.version, incidents=planner.incidents, hotspots=planner.hotspots,
-        unlocated=planner.unlocated, callers=list(used),
+        ruleset_version=world.rules.version, incidents=planner.incidents, broken=planner.broken,
+        hotspots=planner.hotspots, unlocated=planner.unlocated, callers=list(used),
         messages={getattr(LOGICAL, t): n + bad.get(t, 0) for t, n in sorted(good.items())},
         malformed={getattr(LOGICAL, t): n for t, n in sorted(bad.items())}, malformed_kinds=dict(sorted(kinds.items())),
-        readings=good["raw_iot"], unknown_sensor_readings=unknown_readings, sensors=sensors_info,
-        dropped=planner.dropped, clock_end=clock_end,
+        readings=good["raw_iot"], unknown_sensor_readings=sum(network.readings_of(s) for s in unregistered),
+        sensors=sensors_info, dropped=planner.dropped, clock_end=clock_end,
     )
     return Simulation(cfg, network, events, truth)
 
@@ -166,7 +189,9 @@ def _add_malformed(cfg: SimConfig, rng: random.Random, planner: Planner, network
     bad: dict[str, int] = {}
     kinds: Counter[str] = Counter()
     span = (cfg.end - cfg.begin).total_seconds()
-    registered = [s for s in network.sensors if s.registered]
+    # a broken sensor's episode must not depend on whether a broken message counts as a reading
+    broken = {b.sensor_id for b in planner.broken}
+    registered = [s for s in network.sensors if s.registered and s.sensor_id not in broken]
     type_names = sorted({s.sensor_type for s in network.sensors})
     case_ids = [i.case_id for i in planner.incidents] or ["C310109009001-000000000000"]
     for topic in ("raw_hotline", "raw_patrol", "raw_iot", "case_updates"):

@@ -73,5 +73,5 @@ class CallerBook:
 
 def staff_id(team: str, rng: random.Random) -> str:
     """A field officer's staff number (never a person's name on the wire)."""
-    prefix = {"enforcement": "ZF", "handling": "CZ", "supervision": "JD"}.get(team, "GZ")
+    prefix = {"enforcement": "ZF", "handling": "CZ", "supervision": "JD", "patrol": "XC"}.get(team, "GZ")
     return f"{prefix}{rng.randrange(1, 400):04d}"

@@ -1,16 +1,24 @@
-"""Planning the simulated days: which problems happen where and when, who reports them, how teams respond.
+"""Planning the simulated days by docs/cases.md: which problems happen where and when, who reports them, how the
+teams respond, and which sensors break.
 
-Incidents are planned in the time order of their first report. Each is placed (a spot in a cell), routed
-with the project's own rules exactly as the worker will route it (the same first event, the same recurrence
-history), and given a feedback timeline. Two incidents of one category are never placed where the worker's
-correlation (pipeline.cases.CorrelationPolicy: radius, window, reopen window, per book) could merge them, so
-each incident is exactly one case, except the chronic hot spots, whose repeats are new cases on purpose
-(each comes after the correlation window of the last, while that case is still open).
+Incidents are placed in the time order of their first report, each one real problem and so exactly one case by
+the specification (`pipeline.simulate.spec`, never the worker's own matching):
+
+- its reports scatter around it, across management-grid edges, within its sub-district (the case book, §1.1);
+- no other incident of its category starts within reach of it from `first - window` until its case is closed:
+  an open case absorbs every such report (§2 rule 5); after the closing, a new incident there is a new case, a
+  *return* (§5). Chronic spots return on purpose, each return after the last one's case was closed;
+- a person's alarm (§2 rule 3) joins nothing and nothing joins it, so it may happen anywhere; some are planned
+  next to an open case of their category on purpose.
+
+Routing waits until every incident with an earlier first report is placed (`Pending`), so the recurrence history
+it counts (§5.1) holds exactly the problem cases opened before, as the worker's does; until then its zone is taken
+to last for ever. The course of each case (rounds and feedback) is in `pipeline.simulate.lifecycle`.
 """
 
 from __future__ import annotations
 
-import math
+import heapq
 import random
 from bisect import bisect_left
 from dataclasses import dataclass, replace
@@ -18,12 +26,13 @@ from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
-from pipeline.cases import CorrelationPolicy, case_id_for
+import orjson
+
 from pipeline.decode import Decoder
 from pipeline.model import Event
+from pipeline.simulate import lifecycle
 from pipeline.simulate.catalog import (
     CHANNELS,
-    FEEDBACK_NOTES,
     HOTLINE_MIX,
     HOTSPOT_CATEGORIES,
     HOURLY_CURVE,
@@ -34,15 +43,37 @@ from pipeline.simulate.catalog import (
     description_for,
 )
 from pipeline.simulate.config import SHANGHAI, SimConfig
-from pipeline.simulate.model import Action, Hotspot, Incident, Report, Round
+from pipeline.simulate.lifecycle import MARGIN, Course, Merge
+from pipeline.simulate.model import Broken, Hotspot, Incident, Report
+from pipeline.simulate.overrides import (
+    broken_values,
+    fault_of,
+    fault_ticks,
+    flapping_values,
+    incident_values,
+    quiet_values,
+)
 from pipeline.simulate.people import CallerBook, staff_id
 from pipeline.simulate.sensorsim import VISIBLE_TYPES, Override, SensorNetwork, SimSensor, alarms_of
+from pipeline.simulate.spec import (
+    NEVER_STUCK,
+    FaultKind,
+    Route,
+    after_reject,
+    alarm_event_id,
+    case_id,
+    family,
+    fault_event_id,
+)
 from pipeline.simulate.world import District, Spot, World, metres, offset
+from rules.engine import Ruleset
 from rules.recurrence import RecurrenceHistory
 
-MARGIN = timedelta(minutes=15)        # kept between a boundary of the correlation rules and any planned time
 FAR_FUTURE = datetime(9999, 1, 1, tzinfo=SHANGHAI)
 HOTSPOT_TIMES = (7 * 60 + 20, 12 * 60 + 20, 17 * 60 + 20, 22 * 60 + 20)   # local minutes; 5 h apart
+HOTSPOT_SCATTER_M = 45.0
+PERSON_NEAR_M = 250.0                 # a resident's alarm this close to an open E0499 case (E04 radius 300 m)
+E0499 = "E0499"
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,83 +87,96 @@ class Seed:
     extra: Any = None
 
 
-@dataclass(frozen=True, slots=True)
-class Block:
-    """A zone where another incident of `category` in book `key` would be merged by the worker."""
+@dataclass(slots=True)
+class Zone:
+    """Where and while a case absorbs reports of `category` (§2): from `start` (its first report less the
+    window and a margin) to `end` (its closing plus a margin; for ever while it is not known)."""
 
-    key: str
+    book: str
     category: str
     lon: float
     lat: float
+    first: datetime
     start: datetime
     end: datetime
     owner: str
 
 
-class Exclusion:
-    """Placed incidents' correlation zones, to keep new incidents out of them.
+class Zones:
+    """The placed cases' zones, to keep new incidents out of them.
 
-    Incidents are planned in time order, so most zones end long before the incidents still to come start:
-    `retire` moves those out of the lists `free` scans. They are still consulted by a question about an earlier
-    time (the flapping sensors, planned last, at any time of the period), so the answers do not depend on when
-    or whether `retire` was called; only the work does (without it, a month's scans grow with the square of
-    the days).
+    A new incident first reported at `t` may not start inside a zone (`start <= t <= end`): its reports would
+    join that case. Nor may it start before a placed incident nearby (`first > t`): that one's reports would join
+    it while it is open (planning is in time order, but a sensor's alarm comes a few readings after its seed).
+    Reach: both incidents' reports scatter up to a third of the radius around their case points.
     """
 
-    def __init__(self, policy: CorrelationPolicy) -> None:
-        self.policy = policy
-        self.blocks: dict[tuple[str, str], list[Block]] = {}
-        self.retired: dict[tuple[str, str], list[Block]] = {}
-        self.horizon: datetime | None = None     # every retired block ends before this
+    def __init__(self) -> None:
+        self.zones: dict[tuple[str, str], list[Zone]] = {}
 
-    def reach(self, category: str) -> float:
-        # both incidents' reports scatter up to a third of the radius around their case points
-        radius, _ = self.policy.for_category(category)
-        return radius * 5 / 3 + 20.0
+    @staticmethod
+    def reach(category: str) -> float:
+        return family(category).radius_m * 5 / 3 + 20.0
 
-    def free(self, key: str, category: str, lon: float, lat: float, start: datetime, end: datetime,
-             owner: str = "") -> bool:
+    def free(self, book: str, category: str, lon: float, lat: float, at: datetime, owner: str = "") -> bool:
         reach = self.reach(category)
-        blocks = self.blocks.get((key, category), ())
-        if self.horizon is not None and start < self.horizon:
-            blocks = [*blocks, *self.retired.get((key, category), ())]
-        for b in blocks:
-            if b.owner and b.owner == owner:
+        # a latitude difference alone is a lower bound of the distance: most zones are ruled out without metres()
+        dlat = reach / 111_190.0
+        for z in self.zones.get((book, category), ()):
+            if owner and z.owner == owner:
                 continue
-            if b.start <= end and start <= b.end and metres(lon, lat, b.lon, b.lat) < reach:
+            if (z.start <= at <= z.end or z.first > at) and abs(lat - z.lat) < dlat \
+                    and metres(lon, lat, z.lon, z.lat) < reach:
                 return False
         return True
 
-    def add(self, block: Block) -> None:
-        self.blocks.setdefault((block.key, block.category), []).append(block)
+    def add(self, zone: Zone) -> None:
+        self.zones.setdefault((zone.book, zone.category), []).append(zone)
 
     def retire(self, before: datetime) -> None:
-        """Set aside the zones that end before `before` (a time no later than any question still to come)."""
-        if self.horizon is not None and before <= self.horizon:
-            return
-        for book, blocks in self.blocks.items():
-            if any(b.end < before for b in blocks):
-                self.retired.setdefault(book, []).extend(b for b in blocks if b.end < before)
-                blocks[:] = [b for b in blocks if b.end >= before]
-        self.horizon = before
+        """Forget the zones that ended before `before`: no incident still to come starts earlier."""
+        for zones in self.zones.values():
+            if any(z.end < before for z in zones):
+                zones[:] = [z for z in zones if z.end >= before]
+
+
+@dataclass(slots=True)
+class Pending:
+    """A placed incident waiting to be routed (once every incident reported before it is placed)."""
+
+    incident: Incident
+    event: Event
+    zone: Zone | None
+    open_until: datetime | None
+    fast: bool
+
+
+class Saturated:
+    """A recurrence history that has seen everything: with `None` (nothing), it brackets what any history
+    could make the rules decide."""
+
+    def count(self, cell: str, category_pattern: str, window: timedelta, at: datetime) -> int:
+        return 1_000_000
 
 
 class Planner:
-    """Turns a config into incidents, hot spots, sensor overrides and the unlocated tickets."""
+    """Turns a config into incidents, hot spots, sensor overrides, broken sensors and the unlocated tickets."""
 
     def __init__(self, config: SimConfig, world: World, network: SensorNetwork, rng: random.Random,
                  decoder: Decoder, callers: CallerBook) -> None:
         self.config = config
         self.world = world
+        self.rules: Ruleset = world.rules
         self.net = network
         self.rng = rng
         self.decoder = decoder
         self.callers = callers
-        self.policy = CorrelationPolicy()
-        self.exclusion = Exclusion(self.policy)
+        self.zones = Zones()
         self.history = RecurrenceHistory()
+        self.pending: list[tuple[datetime, int, Pending]] = []
         self.incidents: list[Incident] = []
         self.hotspots: list[Hotspot] = []
+        self.broken: list[Broken] = []
         self.unlocated: list[Report] = []
         self.dropped = 0                 # incidents that found no free place (a very dense configuration)
         self.used_sensors: set[int] = set()
@@ -142,6 +186,7 @@ class Planner:
         self.channels = Weighted(CHANNELS)
         self._ids: dict[str, int] = {}
         self._pools: dict[tuple[str, bool], list[SimSensor]] = {}
+        self._broken_plan: list[tuple[SimSensor, FaultKind, int]] = []
         self.end = config.end
 
     # -- ids and times -----------------------------------------------------------------------------------
@@ -149,9 +194,6 @@ class Planner:
     def _next(self, prefix: str) -> int:
         self._ids[prefix] = self._ids.get(prefix, 0) + 1
         return self._ids[prefix]
-
-    def _local(self, at: datetime) -> str:
-        return _local_iso(at)
 
     def _ticket_id(self, at: datetime) -> str:
         return f"{_local_day(at)}{self._next('ticket'):06d}"
@@ -163,15 +205,18 @@ class Planner:
 
     # -- seeds -------------------------------------------------------------------------------------------
 
-    def seeds(self) -> list[Seed]:
-        cfg = self.config
-        out: list[Seed] = []
-        begin, end = cfg.begin, cfg.end
-        day = begin.astimezone(SHANGHAI).replace(hour=0, minute=0, second=0, microsecond=0)
-        days: list[datetime] = []
-        while day < end:
-            days.append(day)
+    def days(self) -> list[datetime]:
+        day = self.config.begin.astimezone(SHANGHAI).replace(hour=0, minute=0, second=0, microsecond=0)
+        out: list[datetime] = []
+        while day < self.end:
+            out.append(day)
             day = (day + timedelta(days=1, hours=3)).replace(hour=0)
+        return out
+
+    def seeds(self) -> list[Seed]:
+        cfg, rng = self.config, self.rng
+        out: list[Seed] = []
+        days = self.days()
         for code in cfg.districts:
             district = self.world.districts[code]
             per_day = cfg.hotline_per_day.get(code, 0)
@@ -182,17 +227,29 @@ class Planner:
                 for _ in range(cfg.multi_source_per_day):
                     out.append(Seed(self.curve_time(d0), 0, code, "multi"))
                 for _ in range(round(cfg.sensor_incidents_per_1000 * n_sensors / 1000)):
-                    out.append(Seed(d0 + timedelta(seconds=self.rng.randrange(86400)), 0, code, "sensor"))
+                    out.append(Seed(d0 + timedelta(seconds=rng.randrange(86400)), 0, code, "sensor"))
+                for _ in range(cfg.grid_edge_per_day):
+                    out.append(Seed(self.curve_time(d0), 0, code, "edge"))
+                for _ in range(cfg.person_pairs_per_day):
+                    out.append(Seed(d0 + timedelta(seconds=rng.randrange(86400)), 0, code, "person"))
                 out += self._patrol_seeds(district, d0)
             for k in range(cfg.hotspots):
-                spot = self._hotspot(district, k)
-                if spot is None:
+                hot = self._hotspot(district, k)
+                if hot is None:
                     continue
                 for d0 in days:
                     for minute in HOTSPOT_TIMES:
-                        at = d0 + timedelta(minutes=minute + self.rng.randrange(-10, 11))
-                        out.append(Seed(at, 0, code, "hotspot", spot))
-        out = [s for s in out if begin <= s.at < end]
+                        at = d0 + timedelta(minutes=minute + rng.randrange(-10, 11))
+                        if cfg.begin <= at < self.end:
+                            hot.times.append(at)
+                            out.append(Seed(at, 0, code, "hotspot", hot))
+            span = max(1, int((self.end - cfg.begin).total_seconds()))
+            for sensor in self._positioned(code)[:cfg.unregistered_alarms]:
+                self._use(sensor)
+                out.append(Seed(cfg.begin + timedelta(seconds=rng.randrange(span)), 0, code, "unregistered", sensor))
+            out += self._flapping_seeds(code)
+            self._reserve_broken(code)
+        out = [s for s in out if cfg.begin <= s.at < self.end]
         out.sort(key=lambda s: (s.at, s.district, s.kind))
         return [replace(s, seq=i) for i, s in enumerate(out)]
 
@@ -222,46 +279,95 @@ class Planner:
                                         (team, members, route, pos)))
         return out
 
-    def _hotspot(self, district: District, k: int) -> Spot | None:
+    def _hotspot(self, district: District, k: int) -> Hotspot | None:
+        """A chronic spot, its surroundings kept free of other incidents of its category for the period."""
         category = HOTSPOT_CATEGORIES[k % len(HOTSPOT_CATEGORIES)]
+        begin = self.config.begin - timedelta(days=1)
         for _ in range(50):
             spot = district.random_spot(self.rng, street=True)
-            if self.exclusion.free(spot.key, category, spot.lon, spot.lat, self.config.begin, FAR_FUTURE):
+            if self.zones.free(spot.book, category, spot.lon, spot.lat, begin):
                 hid = f"H{district.code}-{k + 1:02d}"
-                self.exclusion.add(Block(spot.key, category, spot.lon, spot.lat, self.config.begin - timedelta(days=1),
-                                         FAR_FUTURE, hid))
-                self.hotspots.append(Hotspot(hid, district.code, category, spot))
-                return spot
+                self.zones.add(Zone(spot.book, category, spot.lon, spot.lat, begin, begin, FAR_FUTURE, hid))
+                hot = Hotspot(hid, district.code, category, spot)
+                self.hotspots.append(hot)
+                return hot
         return None
+
+    def _positioned(self, code: str) -> list[SimSensor]:
+        return [s for s in self.net.sensors if s.positioned and s.spot.cell.startswith(code)
+                and s.index not in self.used_sensors]
+
+    def _flapping_seeds(self, code: str) -> list[Seed]:
+        """Sensors that flap around their alarm level: a seed at the alarm their readings raise (if any)."""
+        out: list[Seed] = []
+        # binary sensors (a cover open or not, a button pressed or not) cannot flap around a level
+        pool = [s for s in self._spare(code) if not (s.threshold.alarm == 1 and s.threshold.clear == 0)]
+        for sensor in pool[:self.config.flapping_sensors]:
+            self._use(sensor)
+            override = flapping_values(self.net, sensor, self.rng)
+            alarms = alarms_of(override.values, sensor.threshold, sensor.sensor_type)
+            if not alarms:
+                self.net.overrides[sensor.index] = override
+                continue
+            at = self.net.reading_time(sensor, override.first + alarms[0][0])
+            out.append(Seed(at, 0, code, "flapping", (sensor, override, alarms[0][1])))
+        return out
+
+    def _reserve_broken(self, code: str) -> None:
+        """Sensors that break (stuck, silent, error codes), kept away from every incident."""
+        pool = self._spare(code)
+        modes: tuple[FaultKind, ...] = ("stuck", "silent", "error")
+        for k, sensor in enumerate(pool[:self.config.broken_sensors]):
+            self._use(sensor)
+            mode = modes[k % 3]
+            if mode == "stuck" and sensor.sensor_type in NEVER_STUCK:
+                mode = "error"
+            need, ticks = fault_ticks(self.net, mode), self.net.ticks
+            # the fault well inside the period when it is long enough
+            lo, hi = (4, ticks - need - 4) if ticks > need + 8 else (1, max(2, ticks))
+            start = self.rng.randrange(lo, hi)
+            self._broken_plan.append((sensor, mode, start))
+
+    def _spare(self, code: str) -> list[SimSensor]:
+        pool = [s for s in self.net.sensors if s.registered and s.spot.cell.startswith(code)
+                and s.index not in self.used_sensors]
+        self.rng.shuffle(pool)
+        return pool
 
     # -- planning ----------------------------------------------------------------------------------------
 
     def plan(self) -> None:
-        policy = self.policy
-        longest = timedelta(hours=max(policy.default_window_h, *(h for _, h in policy.families.values())))
-        hour: datetime | None = None
+        last_retire: datetime | None = None
         for seed in self.seeds():
-            if hour is None or seed.at >= hour + timedelta(hours=6):
-                # no incident from here on asks about a time before its first report's window
-                hour = seed.at
-                self.exclusion.retire(seed.at - longest - MARGIN)
+            self._route_before(seed.at)
+            if last_retire is None or seed.at >= last_retire + timedelta(hours=6):
+                last_retire = seed.at
+                self.zones.retire(seed.at - MARGIN)
             district = self.world.districts[seed.district]
             if seed.kind == "hotline":
                 self._hotline(district, seed)
             elif seed.kind == "patrol":
                 self._patrol(district, seed)
-            elif seed.kind == "sensor":
-                self._sensor(district, seed, multi=False)
-            elif seed.kind == "multi":
-                self._sensor(district, seed, multi=True)
+            elif seed.kind in ("sensor", "multi"):
+                self._sensor(district, seed, multi=seed.kind == "multi")
             elif seed.kind == "hotspot":
-                self._hotspot_occurrence(district, seed)
-        self._flapping_and_broken()
+                self._hotspot_return(district, seed)
+            elif seed.kind == "edge":
+                self._grid_edge(district, seed)
+            elif seed.kind == "person":
+                self._person_pair(district, seed)
+            elif seed.kind == "unregistered":
+                self._sensor_incident(district, seed.extra, seed.at, "unregistered")
+            elif seed.kind == "flapping":
+                self._flapping(district, seed)
+        self._route_before(FAR_FUTURE)
+        self._break_sensors()
+        self.incidents.sort(key=lambda i: (i.first.at, i.incident_id))
 
     def _hotline(self, district: District, seed: Seed) -> None:
         rng = self.rng
         category = self.hotline_mix.draw(rng)
-        radius, window = self.policy.for_category(category)
+        fam = family(category)
         address_only = rng.random() < self.config.address_only_share
         if address_only and rng.random() < self.config.unresolvable_share and district.unresolvable:
             self.unlocated.append(self._ticket(seed.at, category, None, rng.choice(district.unresolvable)))
@@ -276,19 +382,19 @@ class Planner:
             if not self._may_place(spot, category, seed.at):
                 continue
             mark = self.callers.mark()
-            first = self._ticket(seed.at, category, spot if text is None else None, text)
+            first = self._ticket(seed.at, category, spot if text is None else None, text, located=spot)
             reports = [first]
             t = seed.at
             if rng.random() < 0.12:            # neighbours call about the same problem
                 for _ in range(rng.randint(1, 3)):
-                    t = t + timedelta(minutes=rng.randint(5, min(120, int(window.total_seconds() // 120))))
-                    near: Spot | None = spot if text is not None else self._near(spot, radius)
+                    t = t + timedelta(minutes=rng.randint(5, 120))
+                    near = spot if text is not None else self._near(spot, fam.radius_m)
                     if near is None:
                         break
-                    reports.append(self._ticket(t, category, near if text is None else None, text))
+                    reports.append(self._ticket(t, category, near if text is None else None, text, located=near))
             if rng.random() < 0.05 and not category.startswith("P"):
-                t = t + timedelta(minutes=rng.randint(30, min(180, int(window.total_seconds() // 120))))
-                confirm = self._near(spot, radius)
+                t = t + timedelta(minutes=rng.randint(30, 180))
+                confirm = self._near(spot, fam.radius_m)
                 if confirm is not None:
                     reports.append(self._patrol_report(t, category, confirm, *self._district_patrol(spot)))
             if self._place(district, "hotline", category, spot, reports):
@@ -300,7 +406,7 @@ class Planner:
         team, members, route, pos = seed.extra
         rng = self.rng
         category = self.patrol_mix.draw(rng)
-        radius, window = self.policy.for_category(category)
+        fam = family(category)
         for attempt in range(12):
             cell = route[min(len(route) - 1, pos + attempt)]
             spot = district.spot_in(cell, rng)
@@ -309,11 +415,33 @@ class Planner:
             mark = self.callers.mark()
             reports = [self._patrol_report(seed.at, category, spot, team, members)]
             if rng.random() < 0.08:            # a citizen calls later about what the patrol found
-                t = seed.at + timedelta(minutes=rng.randint(20, min(200, int(window.total_seconds() // 120))))
-                near = self._near(spot, radius)
+                t = seed.at + timedelta(minutes=rng.randint(20, 200))
+                near = self._near(spot, fam.radius_m)
                 if near is not None:
                     reports.append(self._ticket(t, category, near, None))
             if self._place(district, "patrol", category, spot, reports):
+                return
+            self.callers.forget(mark)
+        self.dropped += 1
+
+    def _grid_edge(self, district: District, seed: Seed) -> None:
+        """A problem on a grid edge: the first ticket on one side, the neighbours' on the other (one case: the
+        grids are in one sub-district)."""
+        rng = self.rng
+        category = self.hotline_mix.draw(rng)
+        fam = family(category)
+        for _ in range(25):
+            pair = district.edge_pair(rng, fam.radius_m / 3)
+            if pair is None or not self._may_place(pair[0], category, seed.at):
+                continue
+            here, there = pair
+            mark = self.callers.mark()
+            reports = [self._ticket(seed.at, category, here, None)]
+            t = seed.at
+            for _ in range(rng.randint(1, 2)):
+                t = t + timedelta(minutes=rng.randint(5, 90))
+                reports.append(self._ticket(t, category, there, None))
+            if self._place(district, "edge", category, here, reports):
                 return
             self.callers.forget(mark)
         self.dropped += 1
@@ -326,38 +454,140 @@ class Planner:
             if not candidates:
                 break
             sensor = rng.choice(candidates)
-            override = self._incident_values(sensor, seed.at)
-            if override is None:
-                continue
-            alarms = alarms_of(override.values, sensor.threshold)
+            if self._sensor_incident(district, sensor, seed.at, "multi" if multi else "sensor", multi=multi,
+                                     count_drop=False) is not None:
+                return
+        self.dropped += 1
+
+    def _sensor_incident(self, district: District, sensor: SimSensor, at: datetime, kind: str, multi: bool = False,
+                         open_until: datetime | None = None, near_case: str | None = None,
+                         count_drop: bool = True, override: Override | None = None) -> Incident | None:
+        """`sensor` crosses its threshold from its first reading at or after `at` (or as `override` says), and
+        with `multi` people see it too; None when there is no room for it."""
+        override = override or incident_values(self.net, sensor, at, self.rng)
+        placed = None
+        if override is not None:
+            alarms = alarms_of(override.values, sensor.threshold, sensor.sensor_type)
             assert len(alarms) == 1, f"incident profile of {sensor.sensor_id} raises {len(alarms)} alarms"
             pos, value = alarms[0]
-            at = self.net.reading_time(sensor, override.first + pos)
-            if at >= self.config.end or not self._may_place(sensor.spot, sensor.category, at):
+            alarm_at = self.net.reading_time(sensor, override.first + pos)
+            if alarm_at < self.end and (sensor.scope == "person"
+                                        or self._may_place(sensor.spot, sensor.category, alarm_at)):
+                mark = self.callers.mark()
+                reports = [self._alarm(sensor, alarm_at)]
+                if multi:
+                    reports += self._onlookers(sensor, alarm_at)
+                placed = self._place(district, kind, sensor.category, sensor.spot, reports, sensor=sensor,
+                                     alarm_value=value, open_until=open_until, near_case=near_case)
+                if placed is None:
+                    self.callers.forget(mark)
+        if placed is not None:
+            self._use(sensor)
+            assert override is not None
+            self.net.overrides[sensor.index] = override
+        elif count_drop:
+            self.dropped += 1
+        return placed
+
+    def _onlookers(self, sensor: SimSensor, at: datetime) -> list[Report]:
+        """Citizens who call about what a sensor saw, and a patrol that confirms it."""
+        rng = self.rng
+        radius = family(sensor.category).radius_m
+        out: list[Report] = []
+        t = at
+        for _ in range(rng.randint(1, 3)):
+            t = t + timedelta(minutes=rng.randint(10, 35))
+            near = self._near(sensor.spot, radius)
+            if near is not None:
+                out.append(self._ticket(t, sensor.category, near, None, with_coordinates=True))
+        near = self._near(sensor.spot, radius)
+        if near is not None:
+            t = t + timedelta(minutes=rng.randint(25, 80))
+            out.append(self._patrol_report(t, sensor.category, near, *self._district_patrol(near)))
+        return out
+
+    def _person_pair(self, district: District, seed: Seed) -> None:
+        """A resident's emergency button next to an open case of its category (E0499: a smoke alarm, another
+        resident's call): a person's alarm joins nothing (§2 rule 3), so it is a case of its own."""
+        rng, net = self.rng, self.net
+        buttons = [s for s in self._pool(district.code, False) if s.sensor_type == "elderly_button"]
+        others = [s for s in self._pool(district.code, False) if s.category == E0499]
+        for _ in range(25):
+            if not buttons:
+                break
+            button = rng.choice(buttons)
+            near = [s for s in others if s is not button
+                    and metres(s.spot.lon, s.spot.lat, button.spot.lon, button.spot.lat) < PERSON_NEAR_M]
+            if not near:
                 continue
-            mark = self.callers.mark()
-            first = Report("iot", at, f"iot:{sensor.sensor_id}:alarm1", sensor.sensor_id, sensor.spot.lon,
-                           sensor.spot.lat, None)
-            reports = [first]
-            if multi:
-                radius, _ = self.policy.for_category(sensor.category)
-                t = at
-                for _ in range(rng.randint(1, 3)):
-                    t = t + timedelta(minutes=rng.randint(10, 35))
-                    near = self._near(sensor.spot, radius)
-                    if near is not None:
-                        reports.append(self._ticket(t, sensor.category, near, None, with_coordinates=True))
-                near = self._near(sensor.spot, radius)
-                if near is not None:
-                    t = t + timedelta(minutes=rng.randint(25, 80))
-                    reports.append(self._patrol_report(t, sensor.category, near, *self._district_patrol(near)))
-            if self._place(district, "multi" if multi else "sensor", sensor.category, sensor.spot, reports,
-                           sensor=sensor, alarm_value=value):
-                self._use(sensor)
-                self.net.overrides[sensor.index] = override
+            other = min(near, key=lambda s: (s.sensor_type != "smoke", s.index))   # a smoke alarm when there is one
+            first = incident_values(net, other, seed.at, rng)
+            if first is None:
+                continue
+            pos, _ = alarms_of(first.values, other.threshold, other.sensor_type)[0]
+            alarm_at = net.reading_time(other, first.first + pos)
+            pressed = incident_values(net, button, alarm_at + timedelta(minutes=rng.randint(5, 40)), rng)
+            if pressed is None:
+                continue
+            press_at = net.reading_time(button, pressed.first)
+            if press_at >= self.end:
+                continue
+            case = self._sensor_incident(district, other, seed.at, "person-near", open_until=press_at,
+                                         count_drop=False, override=first)
+            if case is not None:
+                self._sensor_incident(district, button, press_at, "person", near_case=case.case_id,
+                                      override=pressed)
                 return
-            self.callers.forget(mark)
         self.dropped += 1
+
+    def _hotspot_return(self, district: District, seed: Seed) -> None:
+        """The chronic spot's problem is back (a new case: its last one was closed): someone reports it in the
+        spot's cell, sometimes a second caller too."""
+        hot: Hotspot = seed.extra
+        rng = self.rng
+        mark = self.callers.mark()
+        here = self._near(hot.spot, HOTSPOT_SCATTER_M, same_cell=True) or hot.spot
+        if rng.random() < 0.5:
+            first = self._ticket(seed.at, hot.category, here, None, with_coordinates=True)
+        else:
+            first = self._patrol_report(seed.at, hot.category, here, *self._district_patrol(hot.spot))
+        reports = [first]
+        if rng.random() < 0.4:
+            t = seed.at + timedelta(minutes=rng.randint(5, 25))
+            second = self._near(hot.spot, HOTSPOT_SCATTER_M)
+            if second is not None:
+                reports.append(self._ticket(t, hot.category, second, None, with_coordinates=True))
+        incident = self._place(district, "hotspot", hot.category, here, reports, hotspot=hot.hotspot_id, fast=True)
+        if incident is None:
+            self.callers.forget(mark)
+            self.dropped += 1
+            return
+        hot.incidents.append(incident.incident_id)
+
+    def _flapping(self, district: District, seed: Seed) -> None:
+        """A flapping sensor's one alarm; when there is no room for it, the sensor never reaches the debounce
+        count instead."""
+        sensor, override, value = seed.extra
+        report = self._alarm(sensor, seed.at)
+        if self._place(district, "flapping", sensor.category, sensor.spot, [report], sensor=sensor,
+                       alarm_value=value) is not None:
+            self.net.overrides[sensor.index] = override
+        else:
+            self.net.overrides[sensor.index] = quiet_values(self.net, sensor, override.first, self.rng)
+
+    def _break_sensors(self) -> None:
+        """The reserved sensors break; each raises one device fault (§6.3), if the period lasts long enough."""
+        for sensor, mode, start in self._broken_plan:
+            self.net.overrides[sensor.index] = broken_values(self.net, sensor, mode, start, self.rng)
+            fault = fault_of(self.net, sensor, mode, start)
+            since = self.net.reading_time(sensor, start)
+            event_id = fault_event_id(sensor.sensor_id, 1)
+            self.broken.append(Broken(sensor.sensor_id, sensor.sensor_type, mode, since,
+                                      sensor.spot, sensor.category, fault,
+                                      case_id(sensor.spot.cell, event_id) if fault else "",
+                                      event_id if fault else ""))
+
+    # -- sensors -----------------------------------------------------------------------------------------
 
     def _pool(self, code: str, multi: bool) -> list[SimSensor]:
         """The registered sensors of district `code` not yet used (only visible types for `multi`), in registry
@@ -377,125 +607,33 @@ class Planner:
             if i < len(pool) and pool[i] is sensor:
                 del pool[i]
 
-    def _incident_values(self, sensor: SimSensor, at: datetime) -> Override | None:
-        """Readings of a real incident from the first tick at or after `at`: beyond the alarm level for a
-        while (at least the debounce count), then back to normal."""
-        rng, th = self.rng, sensor.threshold
-        first = self.net.tick_at_or_after(sensor, at)
-        n_beyond = th.debounce + rng.randint(1, 6)
-        if first + n_beyond + 2 > self.net.ticks:
-            return None
-        values: list[float | None] = []
-        for _ in range(n_beyond):
-            if th.direction == "above":
-                v = 1.0 if th.alarm == 1 and th.clear == 0 else th.alarm * rng.uniform(1.1, 1.9)
-            else:
-                v = th.alarm * rng.uniform(0.2, 0.8)
-            values.append(self.net.rounded(sensor, v))
-        values.append(self.net.rounded(sensor, _normal(sensor, rng)))
-        return Override(first, values, why="incident")
-
-    def _hotspot_occurrence(self, district: District, seed: Seed) -> None:
-        spot: Spot = seed.extra
-        hot = next(h for h in self.hotspots if h.spot is spot)
-        rng = self.rng
-        mark = self.callers.mark()
-        near = self._near(spot, 45.0) or spot
-        if rng.random() < 0.5:
-            first = self._ticket(seed.at, hot.category, near, None, with_coordinates=True)
-        else:
-            first = self._patrol_report(seed.at, hot.category, near, *self._district_patrol(spot))
-        reports = [first]
-        if rng.random() < 0.4:
-            t = seed.at + timedelta(minutes=rng.randint(5, 25))
-            second = self._near(spot, 45.0)
-            if second is not None:
-                reports.append(self._ticket(t, hot.category, second, None, with_coordinates=True))
-        incident = self._place(district, "hotspot", hot.category, near, reports, hotspot=hot.hotspot_id)
-        if incident is None:
-            self.callers.forget(mark)
-            self.dropped += 1
-            return
-        hot.incidents.append(incident.incident_id)
-
-    def _flapping_and_broken(self) -> None:
-        """Sensors that flap around their alarm level, and broken ones (stuck, silent, sending error codes)."""
-        rng, cfg = self.rng, self.config
-        for code in cfg.districts:
-            district = self.world.districts[code]
-            pool = [s for s in self.net.sensors if s.registered and s.spot.cell.startswith(code)
-                    and s.index not in self.used_sensors and not (s.threshold.alarm == 1 and s.threshold.clear == 0)]
-            rng.shuffle(pool)
-            for sensor in pool[:cfg.flapping_sensors]:
-                self._flapping(district, sensor)
-            for k, sensor in enumerate(pool[cfg.flapping_sensors:cfg.flapping_sensors + cfg.broken_sensors]):
-                start = rng.randrange(max(1, self.net.ticks))
-                self._use(sensor)
-                mode = ("stuck", "silent", "error")[k % 3]
-                if mode == "error" and sensor.threshold.direction != "above":
-                    mode = "stuck"
-                value: float | None = {"stuck": self.net.rounded(sensor, _normal(sensor, rng)), "silent": None,
-                                       "error": -1.0}[mode]
-                self.net.overrides[sensor.index] = Override(start, [], tail=(value,), why=f"broken:{mode}")
-
-    def _flapping(self, district: District, sensor: SimSensor) -> None:
-        """An hour or two of readings around the alarm level: hysteresis and debounce make at most one alarm."""
-        rng, th = self.rng, sensor.threshold
-        n = rng.randint(6, 10)
-        first = rng.randrange(max(1, self.net.ticks - n - 1))
-        lo, hi = sorted((th.clear, th.alarm))
-        values: list[float | None] = []
-        for _ in range(n):
-            beyond = rng.random() < 0.6
-            if th.direction == "above":
-                v = th.alarm * rng.uniform(1.0, 1.15) if beyond else lo + (hi - lo) * rng.uniform(0.3, 0.9)
-            else:
-                v = th.alarm * rng.uniform(0.85, 1.0) if beyond else lo + (hi - lo) * rng.uniform(0.1, 0.7)
-            values.append(self.net.rounded(sensor, v))
-        values.append(self.net.rounded(sensor, _normal(sensor, rng)))
-        override = Override(first, values, why="flapping")
-        alarms = alarms_of(values, th)
-        self._use(sensor)
-        if not alarms:
-            self.net.overrides[sensor.index] = override
-            return
-        pos, value = alarms[0]
-        at = self.net.reading_time(sensor, first + pos)
-        first_report = Report("iot", at, f"iot:{sensor.sensor_id}:alarm1", sensor.sensor_id, sensor.spot.lon,
-                              sensor.spot.lat, None)
-        if at < self.config.end and self._place(district, "flapping", sensor.category, sensor.spot,
-                                                [first_report], sensor=sensor, alarm_value=value):
-            self.net.overrides[sensor.index] = override
-        else:
-            # no room for its alarm: it flaps without ever reaching the debounce count instead
-            self.net.overrides[sensor.index] = Override(first, [self.net.rounded(sensor, _normal(sensor, rng))],
-                                                        why="flapping")
-
     # -- reports -----------------------------------------------------------------------------------------
 
     def _may_place(self, spot: Spot, category: str, first_at: datetime) -> bool:
-        """False when an incident first reported at `first_at` cannot be placed at `spot`: the zone `_place`
-        checks always includes this one, so an attempt that fails here is skipped before its reports are made
-        (most attempts of a month's busy categories; drawing their reports was most of the planning time)."""
-        _, window = self.policy.for_category(category)
-        return self.exclusion.free(spot.key, category, spot.lon, spot.lat, first_at - window - MARGIN,
-                                   first_at + window + MARGIN)
+        """False when an incident first reported at `first_at` cannot start at `spot` (checked again by `_place`
+        with the same answer; asked first so that an attempt that fails is skipped before its reports are made)."""
+        return self.zones.free(spot.book, category, spot.lon, spot.lat, first_at)
 
-    def _near(self, spot: Spot, radius: float) -> Spot | None:
-        """A point within a third of `radius` of `spot`, in the same management grid (so the same case book)."""
+    def _near(self, spot: Spot, radius: float, same_cell: bool = False) -> Spot | None:
+        """A point within a third of `radius` of `spot`: in its sub-district (its case book; across grid edges
+        as it falls), or anywhere located when the config does not keep reports in one (`edges`)."""
+        keep = self.config.keep_in_subdistrict
         for _ in range(10):
             lon, lat = offset(spot.lon, spot.lat, radius / 3, self.rng)
             other = self.world.locate(lon, lat)
-            if other is not None and other.key == spot.key:
-                return other
+            if other is None or (keep and other.subdistrict != spot.subdistrict):
+                continue
+            if same_cell and other.cell != spot.cell:
+                continue
+            return other
         return None
 
     def _district_patrol(self, spot: Spot) -> tuple[str, list[str]]:
         return f"patrol-{spot.subdistrict}-1", [f"XC{self.rng.randrange(1, 900):04d}"]
 
     def _ticket(self, at: datetime, category: str, spot: Spot | None, address: str | None,
-                with_coordinates: bool = False) -> Report:
-        """A 12345 ticket: with coordinates (`spot`) or with only an address (`address`)."""
+                with_coordinates: bool = False, located: Spot | None = None) -> Report:
+        """A 12345 ticket: with coordinates (`spot`) or with only an address (`address`, placed at `located`)."""
         rng = self.rng
         ticket = self._ticket_id(at)
         caller = self.callers.caller()
@@ -507,149 +645,124 @@ class Planner:
             text = f"我是{caller.name}，" + text
         request_type = self.request_types.draw(rng)
         channel = "app" if with_coordinates and rng.random() < 0.5 else self.channels.draw(rng)
-        msg: dict[str, Any] = {"service_request_id": ticket, "requested_datetime": self._local(at),
+        msg: dict[str, Any] = {"service_request_id": ticket, "requested_datetime": _local_iso(at),
                                "service_code": category, "description": text, "request_type": request_type,
                                "channel": channel, "caller": {"name": caller.name, "phone": caller.phone}}
         if spot is not None:
             msg["lat"], msg["long"] = spot.lat, spot.lon
         else:
             msg["address_string"] = address
-        lon, lat = (spot.lon, spot.lat) if spot is not None else (None, None)
-        return Report("hotline", at, f"hotline:{ticket}", ticket, lon, lat, msg, caller)
+        where_spot = spot or located
+        lon, lat = (where_spot.lon, where_spot.lat) if where_spot is not None else (None, None)
+        return Report("hotline", at, f"hotline:{ticket}", ticket, lon, lat, msg, caller, spot=where_spot)
 
     def _patrol_report(self, at: datetime, category: str, spot: Spot, team: str, members: list[str]) -> Report:
         rng = self.rng
         rid = f"XC{at.astimezone(SHANGHAI):%Y%m%d}-{spot.subdistrict}-{self._next('patrol'):05d}"
-        msg = {"report_id": rid, "observed_at": self._local(at), "team": team, "inspector": rng.choice(members),
+        msg = {"report_id": rid, "observed_at": _local_iso(at), "team": team, "inspector": rng.choice(members),
                "category": category, "lat": spot.lat, "lon": spot.lon, "note": rng.choice(PATROL_NOTES),
                "photo_url": f"https://oss.example.cn/patrol/{at.astimezone(SHANGHAI):%Y/%m/%d}/{rid}.jpg"}
-        return Report("patrol", at, f"patrol:{rid}", rid, spot.lon, spot.lat, msg)
+        return Report("patrol", at, f"patrol:{rid}", rid, spot.lon, spot.lat, msg, spot=spot)
+
+    def _alarm(self, sensor: SimSensor, at: datetime) -> Report:
+        """The reading that raises `sensor`'s (first) alarm, as a report."""
+        return Report("iot", at, alarm_event_id(sensor.sensor_id, 1), sensor.sensor_id, sensor.spot.lon,
+                      sensor.spot.lat, None, spot=sensor.spot, sensor_id=sensor.sensor_id, scope=sensor.scope)
 
     # -- placing, routing and feedback -------------------------------------------------------------------
 
-    def _first_event(self, district: District, spot: Spot, report: Report, category: str,
-                     sensor: SimSensor | None, alarm_value: float | None) -> Event:
-        """The event the worker will open the case with, decoded and located as the worker does."""
+    def _event(self, report: Report, category: str, sensor: SimSensor | None = None,
+               alarm_value: float | None = None) -> Event:
+        """The event the worker makes of a report, decoded and located as the worker does."""
+        assert report.spot is not None
         if report.source == "iot":
             assert sensor is not None and alarm_value is not None
             th = sensor.threshold
             event = Event(event_id=report.event_id, source="iot", category=category, occurred_at=report.at,
                           lon=sensor.spot.lon, lat=sensor.spot.lat, sensor_id=sensor.sensor_id,
-                          sensor_type=sensor.sensor_type, value=alarm_value,
+                          sensor_type=sensor.sensor_type, value=alarm_value, scope=sensor.scope,
                           description=f"{sensor.sensor_type} {alarm_value:g} beyond {th.alarm:g} "
                                       f"for {th.debounce} reading(s)")
         else:
-            import orjson
-
             assert report.message is not None
             raw = orjson.dumps(report.message)
             event = self.decoder.hotline(raw) if report.source == "hotline" else self.decoder.patrol(raw)
-            event = replace(event, lon=spot.lon, lat=spot.lat)
-        return replace(event, location=spot.location)
+            event = replace(event, lon=report.spot.lon, lat=report.spot.lat)
+        return replace(event, location=report.spot.location)
 
     def _place(self, district: District, kind: str, category: str, spot: Spot, reports: list[Report],
-               sensor: SimSensor | None = None, alarm_value: float | None = None,
-               hotspot: str | None = None) -> Incident | None:
-        """Route and schedule an incident if its place is free; None (nothing recorded) when it is not."""
-        end = self.end
-        reports = [r for r in reports if r.at < end]
-        _, window = self.policy.for_category(category)
-        first_at, last_at = reports[0].at, reports[-1].at
-        for r in reports:
-            if r.lon is not None and r.lat is not None and r is not reports[0]:
-                located = self.world.locate(r.lon, r.lat)
-                if located is None or located.key != spot.key:
-                    return None
-        if not self.exclusion.free(spot.key, category, spot.lon, spot.lat, first_at - window - MARGIN,
-                                   last_at + window + MARGIN, owner=hotspot or ""):
+               sensor: SimSensor | None = None, alarm_value: float | None = None, hotspot: str | None = None,
+               open_until: datetime | None = None, near_case: str | None = None,
+               fast: bool = False) -> Incident | None:
+        """Record an incident if its place is free (a person's alarm always is); None (nothing recorded) if not.
+        Its routing and feedback follow once every earlier incident is placed (`_route_before`)."""
+        reports = [r for r in reports if r.at < self.end]
+        if not reports:
             return None
-        event = self._first_event(district, spot, reports[0], category, sensor, alarm_value)
-        decision = self.world.rules.dispatch(event, self.history)
+        if self.config.keep_in_subdistrict and any(r.spot is None or r.spot.subdistrict != spot.subdistrict
+                                                   for r in reports):
+            return None
+        first_at = reports[0].at
+        person = reports[0].scope == "person"
+        if not person and not self.zones.free(spot.book, category, spot.lon, spot.lat, first_at, hotspot or ""):
+            return None
+        event = self._event(reports[0], category, sensor, alarm_value)
         incident = Incident(incident_id=f"I{self._next('incident'):06d}", district=district.code,
                             category=category, kind=kind, spot=spot, reports=reports, hotspot=hotspot,
                             sensor_id=sensor.sensor_id if sensor else None,
-                            case_id=case_id_for(spot.key, reports[0].event_id))
-        incident.rounds.append(Round(decision.team, decision.rule_id, first_at, first_at + decision.sla))
-        self._feedback(incident, event, last_at, hotspot is not None)
-        end = self._influence_end(incident, window)
-        if not self.exclusion.free(spot.key, category, spot.lon, spot.lat, first_at - window - MARGIN, end,
-                                   owner=hotspot or ""):
-            return None
-        # recorded before the reroute/reopen dispatches: those count this case too, as the worker's do
-        self.history.record(spot.cell, category, first_at)
-        self._reroute_teams(incident, event)
-        self.exclusion.add(Block(spot.key, category, spot.lon, spot.lat, first_at - window - MARGIN, end,
-                                 hotspot or incident.incident_id))
+                            case_id=case_id(spot.cell, reports[0].event_id), near_case=near_case)
+        zone = None
+        if not person:
+            zone = Zone(spot.book, category, spot.lon, spot.lat, first_at,
+                        first_at - family(category).window - MARGIN, FAR_FUTURE, incident.incident_id)
+            self.zones.add(zone)
+        heapq.heappush(self.pending, (first_at, self._next("pending"), Pending(incident, event, zone, open_until,
+                                                                               fast)))
         self.incidents.append(incident)
         return incident
 
-    def _influence_end(self, incident: Incident, window: timedelta) -> datetime:
-        """Until when a new report nearby would join (or reopen) this incident's case: the worker reopens a
-        handled case for `reopen_days` after it ended, at its closing (the verify) or else its resolve."""
-        ended = [a.at for a in incident.actions if a.action in ("resolve", "verify")]
-        if ended:
-            return max(ended) + timedelta(days=self.policy.reopen_days) + MARGIN
-        return incident.reports[-1].at + window + MARGIN
+    def _route_before(self, at: datetime) -> None:
+        """Route the placed incidents first reported before `at` (every incident still to come is later)."""
+        while self.pending and self.pending[0][0] < at:
+            self._route(heapq.heappop(self.pending)[2])
 
-    def _feedback(self, incident: Incident, event: Event, last_report: datetime, chronic: bool) -> None:
-        """The teams' accept / reject / resolve / verify / reopen, with realistic delays (timing only; the
-        teams of later rounds are filled in by `_reroute_teams` once the case is in the history)."""
-        rng = self.rng
-        first = incident.rounds[0]
-        team = first.team
-        t = first.dispatched_at
-        acts: list[Action] = []
-        urgent = (first.due_at - first.dispatched_at) <= timedelta(hours=2)
+    def _route(self, p: Pending) -> None:
+        """The first dispatch by the rules with the recurrence history (§5.1), then the case's course."""
+        inc, rng = p.incident, self.rng
+        route = _route(self.rules.decide(p.event, self.history))
+        # recorded before any later dispatch of this case: the worker records a case when it opens it
+        self.history.record(inc.spot.cell, inc.category, inc.first.at)
+        merges = [self._merge(inc, i, r, p.event) for i, r in enumerate(inc.reports) if i > 0]
+        reject_to = self._reject_route(p.event, route.team) if not p.fast and rng.random() < 0.05 else None
+        course = Course(inc.first.at, route, merges, reject_to, rework=not p.fast and rng.random() < 0.08,
+                        last_report=inc.reports[-1].at, open_until=p.open_until, fast=p.fast)
+        life = lifecycle.run(course, rng, staff_id)
+        if life.dropped:
+            inc.reports = [r for i, r in enumerate(inc.reports) if i not in life.dropped]
+        inc.rounds, inc.actions, inc.closed_at = life.rounds, life.actions, life.closed_at
+        if p.zone is not None:
+            p.zone.end = FAR_FUTURE if life.closed_at is None else life.closed_at + MARGIN
 
-        def accept_delay() -> timedelta:
-            return timedelta(minutes=rng.randint(3, 20) if urgent else rng.randint(10, 120))
+    def _merge(self, inc: Incident, index: int, report: Report, first: Event) -> Merge:
+        """What the rules say about a later report joining the case (§2.1: without the history, which re-routes
+        never consult), as it is and as if it came from the case's first source."""
+        event = self._event(report, inc.category)
+        as_case = replace(event, source=first.source)
+        return Merge(report.at, index, _route(self.rules.decide(event, None)),
+                     _route(self.rules.decide(as_case, None)))
 
-        if chronic:
-            t = t + accept_delay()
-            acts.append(Action(t, "accept", team, staff_id(team, rng), rng.choice(FEEDBACK_NOTES["accept"])))
-            incident.actions = acts
-            return
-        if rng.random() < 0.05:
-            t = t + accept_delay()
-            acts.append(Action(t, "reject", team, staff_id(team, rng), rng.choice(FEEDBACK_NOTES["reject"])))
-        for attempt in range(2):
-            t = t + accept_delay()
-            acts.append(Action(t, "accept", "?", "", rng.choice(FEEDBACK_NOTES["accept"])))
-            sla = first.due_at - first.dispatched_at
-            factor = math.exp(rng.gauss(math.log(0.45), 0.7))
-            t = max(t + sla * factor, t + timedelta(minutes=5), last_report + MARGIN)
-            t = t.replace(microsecond=0)
-            acts.append(Action(t, "resolve", "?", "", rng.choice(FEEDBACK_NOTES["resolve"])))
-            t = t + timedelta(minutes=rng.randint(30, 600))
-            if attempt == 0 and rng.random() < 0.08:
-                acts.append(Action(t, "reopen", "supervision", staff_id("supervision", rng),
-                                   rng.choice(FEEDBACK_NOTES["reopen"])))
-                continue
-            acts.append(Action(t, "verify", "supervision", staff_id("supervision", rng),
-                               rng.choice(FEEDBACK_NOTES["verify"])))
-            break
-        incident.actions = acts
+    def _reject_route(self, event: Event, rejecting: str) -> Route | None:
+        """Where the case goes when its first team rejects it (§4.3), or None when that depends on how much
+        history the rules are given (the specification does not say): then no rejection is planned."""
+        low, high = self.rules.decide(event, None), self.rules.decide(event, Saturated())
+        if _route(low) != _route(high):
+            return None
+        r = _route(low)
+        return Route(after_reject(r.team, rejecting), r.priority, r.sla, r.rule_id)
 
-    def _reroute_teams(self, incident: Incident, event: Event) -> None:
-        """Fill in the team of each action after a reject or reopen, as the worker will dispatch it."""
-        team = incident.rounds[0].team
-        acts: list[Action] = []
-        for a in incident.actions:
-            if a.action in ("reject", "reopen"):
-                d = self.world.rules.dispatch(event, self.history)
-                new = d.team
-                if a.action == "reject" and new == a.team:
-                    new = "supervision" if a.team != "supervision" else "handling"
-                acts.append(a)
-                incident.rounds.append(Round(new, d.rule_id, a.at, a.at + d.sla))
-                team = new
-                continue
-            if a.team == "?":
-                a = Action(a.at, a.action, team, staff_id(team, self.rng), a.note)
-            if a.action == "resolve":
-                incident.rounds[-1].resolved_at = a.at
-            acts.append(a)
-        incident.actions = acts
+
+def _route(decision: Any) -> Route:
+    return Route(decision.team, decision.priority, decision.sla, decision.rule_id)
 
 
 # A planning attempt formats its first report's time once per retry: the same few times, again and again.
@@ -663,9 +776,4 @@ def _local_day(at: datetime) -> str:
     return f"{at.astimezone(SHANGHAI):%Y%m%d}"
 
 
-def _normal(sensor: SimSensor, rng: random.Random) -> float:
-    """A reading on the normal side of the clear level."""
-    from pipeline.simulate.sensorsim import PROFILES
-
-    p = PROFILES[sensor.sensor_type]
-    return rng.uniform(p.low, p.high)
+__all__ = ["FAR_FUTURE", "Override", "Planner", "Seed", "Zone", "Zones"]

@@ -22,8 +22,8 @@ from grid import AREAS_FILE, CELLS_FILE
 from grid.gazetteer import Gazetteer
 from grid.gridfile import CellRecord, GridFile, read_grid_file
 from grid.index import GridIndex
-from pipeline.cases import partition_key
 from pipeline.model import GridKind, Location
+from pipeline.simulate.spec import book_of, grid_of
 from rules.engine import DEFAULT_RULES, Ruleset, load_ruleset
 
 EARTH_M = 6_371_008.8
@@ -35,6 +35,12 @@ def metres(lon1: float, lat1: float, lon2: float, lat2: float) -> float:
     dp, dl = p2 - p1, math.radians(lon2 - lon1)
     a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
     return 2 * EARTH_M * math.asin(min(1.0, math.sqrt(a)))
+
+
+def shift(lon: float, lat: float, east_m: float, north_m: float) -> tuple[float, float]:
+    """The point `east_m` metres east and `north_m` metres north of (lon, lat)."""
+    return (round(lon + east_m / (111_195.0 * math.cos(math.radians(lat))), 7),
+            round(lat + north_m / 111_195.0, 7))
 
 
 def offset(lon: float, lat: float, max_m: float, rng: random.Random) -> tuple[float, float]:
@@ -58,9 +64,14 @@ class Spot:
     location: Location
 
     @property
-    def key(self) -> str:
-        """The case book the worker files it in (`pipeline.cases.partition_key`)."""
-        return partition_key(self.location)
+    def book(self) -> str:
+        """The case book it is merged in: its sub-district (docs/cases.md §1.1)."""
+        return book_of(self.cell)
+
+    @property
+    def grid(self) -> str:
+        """Its management grid (the first 12 digits of the cell code; case ids carry it)."""
+        return grid_of(self.cell)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +121,41 @@ class District:
 
     def random_spot(self, rng: random.Random, street: bool = False) -> Spot:
         return self.spot_in(rng.choice(self.street_cells if street else self.cells), rng)
+
+    @cached_property
+    def grid_edges(self) -> list[tuple[CellRecord, CellRecord]]:
+        """Side-by-side cells of one sub-district in two management grids (each covering its whole square, so
+        the side they share is a straight line): where one problem's reports fall on both sides of a grid edge
+        and still meet in one case book (docs/cases.md §1.1)."""
+        whole = self.world.whole.cells
+        by_square = {(c.col, c.row): c for c in self.cells if whole.get((c.col, c.row)) is c}
+        out: list[tuple[CellRecord, CellRecord]] = []
+        for (col, row), c in by_square.items():
+            for n in (by_square.get((col + 1, row)), by_square.get((col, row + 1))):
+                if n is not None and n.subdistrict == c.subdistrict and n.grid != c.grid:
+                    out.append((c, n))
+        return out
+
+    def edge_pair(self, rng: random.Random, within_m: float) -> tuple[Spot, Spot] | None:
+        """Two points on either side of a grid edge, each at most `within_m` / 3 from it and from the other
+        along it (so at most 0.75 × `within_m` apart), or None when this draw missed (or there is no edge)."""
+        if not self.grid_edges:
+            return None
+        c, n = rng.choice(self.grid_edges)
+        x0, y0, x1, y1 = c.geometry.bounds
+        third = within_m / 3
+        a, b = rng.uniform(0.5, third), rng.uniform(0.5, third)
+        along = rng.uniform(-third, third)
+        if n.col != c.col:       # n is east of c: the shared side is the meridian x1
+            lat = rng.uniform(y0 + (y1 - y0) * 0.3, y1 - (y1 - y0) * 0.3)
+            first, second = shift(x1, lat, -a, 0.0), shift(x1, lat, b, along)
+        else:                    # n is north of c: the shared side is the parallel y1
+            lon = rng.uniform(x0 + (x1 - x0) * 0.3, x1 - (x1 - x0) * 0.3)
+            first, second = shift(lon, y1, 0.0, -a), shift(lon, y1, along, b)
+        s1, s2 = self.world.locate(*first), self.world.locate(*second)
+        if s1 is None or s2 is None or s1.cell != c.code or s2.cell != n.code:
+            return None
+        return s1, s2
 
     @cached_property
     def addresses(self) -> list[Address]:

@@ -1,5 +1,7 @@
 """A simulated district day through the real stack, checked against the simulator's ground truth *through the
-reports*: how many incidents, who found each first, which hot spots recur, and where each case ended up."""
+reports*: how many cases (problems and device faults), who found each first, which hot spots recur, and where
+each case ended up. The truth (format 2) follows docs/cases.md; a device fault it is not `certain` of (a silence
+near the end of the day) may be raised or not."""
 
 from __future__ import annotations
 
@@ -40,8 +42,9 @@ def test_simulated_day_matches_its_truth(tmp_path: Path) -> None:
     sim.write_registry(registry)
     env = {"CITYOPS_SENSORS": str(registry)}
     ch = ClickHouse(s)
-    incidents = truth["incidents"]
-    expected_reports = sum(len(i["reports"]) for i in incidents)
+    cases = [c for c in truth["cases"] if c["certain"]]
+    maybe = [c for c in truth["cases"] if not c["certain"]]
+    expected_reports = sum(len(c["reports"]) for c in cases)
     try:
         with running_worker(s, tmp_path / "cases.log", env, stage="cases"), \
                 running_worker(s, tmp_path / "ingest.log", env, stage="ingest"):
@@ -62,20 +65,21 @@ def test_simulated_day_matches_its_truth(tmp_path: Path) -> None:
             seen = [-1]
             wait_for(lambda: _settled(transitions, seen), timeout_s=120, every_s=5)
 
-        # every incident is exactly one case: the same reports, merged across sources
+        # every case of the truth is exactly one case: the same reports, merged across sources and grids
         members: dict[str, set[str]] = {}
         for r in ch.query_dicts("SELECT event_id, case_id FROM events FINAL"):
             members.setdefault(r["case_id"], set()).add(r["event_id"])
         got_cases = {frozenset(v): k for k, v in members.items()}
-        want_cases = {frozenset(r["event_id"] for r in i["reports"]): i for i in incidents}
-        assert set(got_cases) == set(want_cases)
+        want_cases = {frozenset(r["event_id"] for r in c["reports"]): c for c in cases}
+        may_be = {frozenset(r["event_id"] for r in c["reports"]) for c in maybe}
+        assert set(want_cases) <= set(got_cases) and set(got_cases) - set(want_cases) <= may_be
         stored = {r["case_id"]: r for r in ch.query_dicts(
             "SELECT case_id, discovered_by, cell, status, reopened, reports, team FROM cases FINAL")}
-        assert len(stored) == len(incidents)
-        for reports, i in want_cases.items():
+        assert len(cases) <= len(stored) <= len(cases) + len(maybe)
+        for reports, c in want_cases.items():
             case = stored[got_cases[reports]]
             assert (case["discovered_by"], case["cell"], case["reports"]) == (
-                i["discovered_by"], i["cell"], len(i["reports"]))
+                c["discovered_by"], c["cell"], len(c["reports"]))
         # The simulator addresses its team feedback to the case id the *first* report opens. At full speed the
         # topics are consumed independently, so a later report may be processed first and open the case under
         # its own id; feedback for the other id then waits, parked. Likewise a recurrence rule counts the cell's
@@ -84,28 +88,28 @@ def test_simulated_day_matches_its_truth(tmp_path: Path) -> None:
         dead = json_messages(s, s.topics.deadletter)     # every partition, to its end
         refused = " ".join(d["reason"] for d in dead if d["reason"].startswith("refused:"))
         same = []
-        for i in incidents:
-            case = stored.get(i["case_id"])
-            first_team = i["teams"][0] if i.get("teams") else i["team"]
-            if case is not None and _first_team(ch, i["case_id"]) == first_team:
-                same.append(i)
+        for c in cases:
+            case = stored.get(c["case_id"])
+            if case is not None and _first_team(ch, c["case_id"]) == c["rounds"][0]["team"]:
+                same.append(c)
             elif case is not None:
-                assert i["case_id"] in refused or not i["feedback"], i
-        assert len(same) > len(incidents) // 2
-        wrong = [(i["case_id"], i["status"], stored[i["case_id"]]["status"], i["reopened"],
-                  stored[i["case_id"]]["reopened"]) for i in same
-                 if (stored[i["case_id"]]["status"], stored[i["case_id"]]["reopened"]) != (i["status"], i["reopened"])]
+                assert c["case_id"] in refused or not c["feedback"], c
+        assert len(same) > len(cases) // 2
+        wrong = [(c["case_id"], c["status"], stored[c["case_id"]]["status"], c["reworked"],
+                  stored[c["case_id"]]["reopened"]) for c in same
+                 if (stored[c["case_id"]]["status"], stored[c["case_id"]]["reopened"]) != (c["status"], c["reworked"])]
         if wrong:
             steps = ch.query_dicts("SELECT seq, status, team, actor, reason FROM case_transitions FINAL "
                                    "WHERE case_id = %(c)s ORDER BY seq", {"c": wrong[0][0]})
-            i = next(x for x in incidents if x["case_id"] == wrong[0][0])
-            assert not wrong, (wrong[:5], steps, i, [r for r in refused.split("refused:") if wrong[0][0] in r])
+            c = next(x for x in cases if x["case_id"] == wrong[0][0])
+            assert not wrong, (wrong[:5], steps, c, [r for r in refused.split("refused:") if wrong[0][0] in r])
 
-        # the discovery report counts what the truth says, by first source
+        # the discovery report counts the problems (never device faults, §1), by first source
         (row,) = discovery(ch, Filters(), period="all")
-        want = Counter(i["discovered_by"] for i in incidents)
+        problems = [c for c in cases if c["kind"] == "problem"]
+        want = Counter(c["discovered_by"] for c in problems)
         assert (row.total, row.citizen, row.patrol, row.sensor) == (
-            len(incidents), want["citizen"], want["patrol"], want["sensor"])
+            len(problems), want["citizen"], want["patrol"], want["sensor"])
 
         # the hot-spot ranking finds each chronic spot with its number of cases
         spots = {(h.cell, h.category): h.cases for h in hot_spots(ch, Filters(), min_cases=2, limit=500)}

@@ -1,10 +1,17 @@
 """The truth against the worker's own processing chain, run in process (no Kafka): the same decoder, grid,
-gazetteer, sensor registry, correlation and rules must make exactly the cases the truth says."""
+gazetteer, sensor registry, correlation and rules must make exactly the cases the truth says.
+
+The truth follows docs/cases.md (issue #16); the worker's case books follow it once the lead's rewrite lands.
+Until then the comparison fails where the old books differ (per-grid books, reopening instead of returns, a
+patrol's verification refused, no device faults): it is marked as an expected failure, not strict.
+"""
 
 from __future__ import annotations
 
 from collections import Counter
 from itertools import groupby
+
+import pytest
 
 from pipeline.cases import CaseBook, CorrelationPolicy
 from pipeline.decode import default_decoder
@@ -46,21 +53,27 @@ def _run(sim, messages, world, tmp_path):  # type: ignore[no-untyped-def]
     return cases, dead, unlocated
 
 
+@pytest.mark.xfail(reason="the worker's case books follow docs/cases.md once issue #16's rewrite lands",
+                   strict=False)
 def test_the_pipeline_makes_exactly_the_cases_of_the_truth(sim, messages, world, tmp_path):
-    """Case ids, first sources, cells, teams, statuses, reopen counts and hot-spot cases all agree."""
+    """Case ids, kinds, first sources, cells, teams, statuses, rework counts, returns and hot-spot cases all
+    agree; a device fault the truth is not certain of may be there or not."""
     cases, dead, unlocated = _run(sim, messages, world, tmp_path)
     truth = sim.truth.to_json()
-    expected = {i["case_id"]: i for i in truth["incidents"]}
-    assert set(cases) == set(expected)
+    expected = {c["case_id"]: c for c in truth["cases"]}
+    certain = {cid for cid, c in expected.items() if c["certain"]}
+    assert certain <= set(cases) <= set(expected)
     for cid, got in cases.items():
         want = expected[cid]
+        assert got.get("kind", "problem") == want["kind"], cid
         assert got["discovered_by"] == want["discovered_by"], cid
         assert got["cell"] == want["cell"] and got["category"] == want["category"], cid
-        assert got["team"] == want["team"], (cid, got["team"], want["team"], want["kind"])
+        assert got["team"] == want["team"], (cid, got["team"], want["team"], want["plan"])
         assert got["status"] == want["status"], (cid, got["status"], want["status"])
-        assert got["reopened"] == want["reopened"], cid
+        assert got["reopened"] == want["reworked"], cid
         assert got["reports"] == len(want["reports"]), cid
         assert (got["closed_at"] is None) == (want["closed_at"] is None), cid
+        assert (got.get("recurrence_of") or None) == want["recurrence_of"], cid
     for h in truth["hotspots"]:
         assert sum(1 for c in cases.values() if c["cell"] == h["cell"] and c["category"] == h["category"]) \
             == h["cases"]
