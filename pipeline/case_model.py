@@ -10,7 +10,7 @@ import hashlib
 import math
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 from pipeline.model import Event, Location, record
 from pipeline.records import CaseRow, RoundRow
@@ -78,42 +78,6 @@ class CorrelationPolicy:
     def for_category(self, category: str) -> tuple[float, timedelta]:
         radius, hours = self.families.get(category[:3], (self.default_radius_m, self.default_window_h))
         return radius, timedelta(hours=hours)
-
-
-class TimeLimits(Protocol):
-    """The ruleset's `time_limits` (docs/cases.md §3.2)."""
-
-    @property
-    def dispatch(self) -> timedelta: ...
-
-    def accept(self, priority: int) -> timedelta: ...
-
-    def verify(self, priority: int) -> timedelta: ...
-
-
-@dataclass(frozen=True)
-class DefaultTimeLimits:
-    """The shipped limits, for a router that has none."""
-
-    dispatch: timedelta = timedelta(minutes=30)
-    accepts: tuple[tuple[int, timedelta], ...] = (
-        (1, timedelta(minutes=15)), (2, timedelta(hours=1)), (3, timedelta(hours=2)), (4, timedelta(hours=4)))
-    verifies: tuple[tuple[int, timedelta], ...] = (
-        (1, timedelta(hours=2)), (2, timedelta(hours=8)), (3, timedelta(hours=24)), (4, timedelta(hours=48)))
-
-    def accept(self, priority: int) -> timedelta:
-        return _by_priority(self.accepts, priority)
-
-    def verify(self, priority: int) -> timedelta:
-        return _by_priority(self.verifies, priority)
-
-
-def _by_priority(table: tuple[tuple[int, timedelta], ...], priority: int) -> timedelta:
-    chosen = table[0][1]
-    for p, limit in table:
-        if p <= priority:
-            chosen = limit
-    return chosen
 
 
 # -- the case -----------------------------------------------------------------------------------------------

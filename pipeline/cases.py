@@ -35,9 +35,7 @@ from pipeline.case_model import (
     Assignment,
     Case,
     CorrelationPolicy,
-    DefaultTimeLimits,
     Round,
-    TimeLimits,
     assignment_id,
     book_key,
     case_book_key,
@@ -51,6 +49,7 @@ from pipeline.case_model import (
 from pipeline.decode import CaseUpdate
 from pipeline.model import DISCOVERED_BY, Event
 from pipeline.records import CaseRow, EventRow, RoundRow, TransitionRow
+from rules.limits import DEFAULT_TIME_LIMITS, TimeLimits
 from rules.recurrence import RecurrenceHistory
 
 __all__ = [
@@ -58,7 +57,6 @@ __all__ = [
     "Round", "Router", "book_key", "case_book_key", "case_id_for", "distance_m", "partition_key",
 ]
 
-DEFAULT_LIMITS: TimeLimits = DefaultTimeLimits()
 COMMAND = "command"        # the district command centre (指挥中心): where what nobody else may take escalates
 
 
@@ -76,7 +74,8 @@ class DispatchLike(Protocol):
 
 class Router(Protocol):
     """What the book needs from the rules engine (rules.engine.Ruleset satisfies it): the decision without a due
-    time, which the book computes; `time_limits` when the ruleset has them (else the shipped defaults)."""
+    time, which the book computes. The ruleset's `time_limits` are read when it has them (rules.limits: else the
+    shipped defaults)."""
 
     def decide(self, event: Event, recurrence: Any) -> DispatchLike: ...
 
@@ -118,7 +117,7 @@ def _bucket(category: str, lon: float | None, lat: float | None) -> tuple[str, i
 
 def _limits(router: Router) -> TimeLimits:
     limits: TimeLimits | None = getattr(router, "time_limits", None)
-    return DEFAULT_LIMITS if limits is None else limits
+    return DEFAULT_TIME_LIMITS if limits is None else limits
 
 
 class _Without:
