@@ -107,7 +107,8 @@ def run(args: argparse.Namespace) -> int:
             return 1
         report = produce_simulation(settings, sim, args.speed, Progress(len(sim), "feed"))
         print(f"fed {report.total:,} messages in {report.seconds:.1f} s; waiting for the worker...", flush=True)
-        expected = sum(len(i.reports) for i in sim.truth.incidents)
+        # every report of a problem, and the fault report of each device fault the period surely raises
+        expected = sum(len(c["reports"]) for c in sim.truth.cases if c["kind"] == "problem" or c["certain"])
         stored = _wait_caught_up(settings, expected, worker, args.wait)
         if worker.poll() is not None:
             print(f"the worker stopped; see {run_dir / 'worker-cases.log'}", file=sys.stderr)

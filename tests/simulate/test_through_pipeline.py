@@ -53,8 +53,6 @@ def _run(sim, messages, world, tmp_path):  # type: ignore[no-untyped-def]
     return cases, dead, unlocated
 
 
-@pytest.mark.xfail(reason="the worker's case books follow docs/cases.md once issue #16's rewrite lands",
-                   strict=False)
 def test_the_pipeline_makes_exactly_the_cases_of_the_truth(sim, messages, world, tmp_path):
     """Case ids, kinds, first sources, cells, teams, statuses, rework counts, returns and hot-spot cases all
     agree; a device fault the truth is not certain of may be there or not."""
