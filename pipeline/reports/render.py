@@ -118,7 +118,11 @@ def plot_bars(path: Path, labels: list[str], values: list[float], title: str, xl
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(10, max(3.0, 0.35 * len(labels) + 1)))
-    ax.barh(list(reversed(labels)), list(reversed(values)))
+    # bars at numeric positions, labels as tick text: matplotlib's own string axis tries to read each label
+    # as a number or a date, and a hot spot's "310109011001002 P0101" overflows its date parser
+    positions = list(range(len(labels)))
+    ax.barh(positions, list(reversed(values)))
+    ax.set_yticks(positions, list(reversed(labels)))
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     fig.tight_layout()
