@@ -156,6 +156,7 @@ def test_buffer_flushes_by_size_or_age_and_commits_only_after_storing() -> None:
     ok = FakeClickHouse()
     n = buf.flush(sink_with(ok), committed.append)
     assert n == 2 * len(small_batch())
+    assert [t for t, _, _ in ok.blocks] == ["events", "case_transitions", "case_rounds", "cases"]  # rounds too
     assert committed == [{("raw", 0): 7, ("raw", 1): 9}]
     assert len(buf) == 0 and not buf.due()
     small = SinkBuffer(max_rows=5)
