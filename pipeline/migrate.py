@@ -18,6 +18,11 @@ The same files serve one server (the default) and a cluster. Placeholders in the
 - `${distributed:NAME:KEY}` as a whole statement: in cluster mode a Distributed table `db.NAME` over
   `db.NAME_local` sharded by KEY; nothing on a single server.
 
+`ALTER TABLE T [ON CLUSTER C] ADD COLUMN IF NOT EXISTS name ...` (one column per statement) is idempotent on
+every server: ClickHouse 18.16 has no `IF NOT EXISTS` there, so `migrate` looks the column up in
+`system.columns` and sends the statement without those words only when the column is missing (on a cluster:
+as this node sees the table).
+
 Only the database name from Settings is put into SQL text, and only after checking it is a plain identifier.
 """
 
@@ -40,6 +45,8 @@ _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 _PLACEHOLDER = re.compile(r"\$\{([a-z_]+)(?::([^}]*))?\}")
 _ENGINE = re.compile(r"^\s*(\w*MergeTree)\s*(?:\((.*)\))?\s*$", re.S)
+_ADD_COLUMN = re.compile(r"^\s*ALTER\s+TABLE\s+(?P<table>\w+\.\w+)(?:\s+ON\s+CLUSTER\s+\w+)?\s+ADD\s+COLUMN\s+"
+                         r"(?P<ine>IF\s+NOT\s+EXISTS\s+)(?P<column>\w+)\s", re.I)
 
 
 class MigrationError(Exception):
@@ -204,6 +211,21 @@ def _bootstrap(db: ClickHouse, target: Target) -> None:
     db.execute(render(_BOOTSTRAP, target, "schema_migrations"))
 
 
+def _execute(db: ClickHouse, sql: str, where: str) -> None:
+    """Run one statement; an `ADD COLUMN IF NOT EXISTS` only when the column is missing (see module doc)."""
+    m = _ADD_COLUMN.match(sql)
+    if m is None:
+        db.execute(sql)
+        return
+    if len(re.findall(r"\bADD\s+COLUMN\b", sql, re.I)) > 1:
+        raise MigrationError(f"{where}: one column per ALTER TABLE ... ADD COLUMN IF NOT EXISTS statement")
+    database, table = m.group("table").split(".")
+    found = db.execute("SELECT count() FROM system.columns WHERE database = %(d)s AND table = %(t)s "
+                       "AND name = %(c)s", {"d": database, "t": table, "c": m.group("column")})
+    if not found[0][0]:
+        db.execute(sql[:m.start("ine")] + sql[m.end("ine"):])
+
+
 def applied_versions(db: ClickHouse, target: Target) -> dict[str, tuple[str, str, datetime]]:
     """version -> (name, checksum, applied_at) of what the target's log records."""
     rows = db.execute("SELECT version, argMax(name, applied_at), argMax(checksum, applied_at), "
@@ -231,7 +253,9 @@ def migrate(settings: Settings, cluster: str | None = None,
                 continue
             for i, sql in enumerate(rendered_statements(migration, target), 1):
                 try:
-                    db.execute(sql)
+                    _execute(db, sql, f"{migration.path.name} statement {i}")
+                except MigrationError:
+                    raise
                 except Exception as err:
                     raise MigrationError(f"{migration.path.name} statement {i} failed: {err}\n{sql}") from err
             db.execute(f"INSERT INTO {target.stored('schema_migrations')} "

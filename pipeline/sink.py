@@ -63,6 +63,7 @@ from pipeline.records import (
     CaseRow,
     Columns,
     EventRow,
+    RoundRow,
     SensorReadingRow,
     SinkBatch,
     TransitionRow,
@@ -76,7 +77,7 @@ def quiet_driver_logs() -> None:
     """For command-line tools: the driver logs each failed connect with a traceback; our errors say it."""
     logging.getLogger("clickhouse_driver").setLevel(logging.CRITICAL)
 
-Row = TypeVar("Row", CaseRow, EventRow, TransitionRow, SensorReadingRow)
+Row = TypeVar("Row", CaseRow, EventRow, TransitionRow, SensorReadingRow, RoundRow)
 
 
 class SinkStopped(Exception):
@@ -597,10 +598,25 @@ _CASES = TableSpec(
     "cases",
     ("case_id", "category", "discovered_by", "cell", "subdistrict", "grid_kind", "team", "status", "priority",
      "created_at", "due_at", "closed_at", "reports", "sources", "reopened", "rule_id", "ruleset_version",
-     "grid_version", "revision"),
+     "grid_version", "revision", "kind", "sensor_id", "recurrence_of", "previous_closed_at", "first_dispatched_at",
+     "case_due_at", "resolved_at", "verify_due_at", "rejected", "escalations"),
     key=attrgetter("case_id"),
-    convert={"created_at": _epoch, "due_at": _epoch_or_none, "closed_at": _epoch_or_none, "sources": list},
+    convert={"created_at": _epoch, "due_at": _epoch_or_none, "closed_at": _epoch_or_none, "sources": list,
+             "previous_closed_at": _epoch_or_none, "first_dispatched_at": _epoch_or_none,
+             "case_due_at": _epoch_or_none, "resolved_at": _epoch_or_none, "verify_due_at": _epoch_or_none},
     key_columns=("case_id",),
+)
+_ROUNDS = TableSpec(
+    "case_rounds",
+    ("case_id", "round", "team", "kind", "rule_id", "priority", "dispatched_at", "due_at", "accept_due_at",
+     "accepted_at", "resolved_at", "ended_at", "outcome", "escalated_at", "verify_due_at", "verified_at",
+     "verified_by", "verify_escalated_at", "category", "case_kind", "cell", "subdistrict", "revision"),
+    key=attrgetter("case_id", "round"),
+    convert={"dispatched_at": _epoch, "due_at": _epoch, "accept_due_at": _epoch, "accepted_at": _epoch_or_none,
+             "resolved_at": _epoch_or_none, "ended_at": _epoch_or_none, "escalated_at": _epoch_or_none,
+             "verify_due_at": _epoch_or_none, "verified_at": _epoch_or_none,
+             "verify_escalated_at": _epoch_or_none},
+    key_columns=("case_id", "round"),
 )
 _EVENTS = TableSpec(
     "events",
@@ -703,12 +719,14 @@ def _table_columns(spec: TableSpec, rows: Sequence[Any], built: Columns | None =
 
 def batch_columns(batch: SinkBatch) -> list[tuple[TableSpec, list[list[Any]]]]:
     """The batch per table as columns (rows converted, column builders joined), de-duplicated by stable key,
-    in the order they are written. Cases go last (see `batch_blocks`); their highest revision wins."""
+    in the order they are written. Rounds and cases go last (see `batch_blocks`); their highest revision wins."""
+    rounds = dedup(batch.rounds, _ROUNDS.key, attrgetter("revision"))
     cases = dedup(batch.cases, _CASES.key, attrgetter("revision"))
     return [
         (_EVENTS, _table_columns(_EVENTS, batch.events, batch.event_columns)),
         (_TRANSITIONS, _table_columns(_TRANSITIONS, batch.transitions)),
         (_READINGS, _table_columns(_READINGS, batch.readings, batch.reading_columns)),
+        (_ROUNDS, to_columns(_ROUNDS, rounds)),
         (_CASES, to_columns(_CASES, cases)),
     ]
 
@@ -716,12 +734,14 @@ def batch_columns(batch: SinkBatch) -> list[tuple[TableSpec, list[list[Any]]]]:
 def batch_blocks(batch: SinkBatch) -> list[tuple[TableSpec, list[Any]]]:
     """The batch's rows per table, de-duplicated by stable key, in the order they are written.
 
-    Cases go last: a report that sees a case's latest state will then also see its events and transitions.
+    Rounds, then cases go last: a report that sees a case's latest state will then also see its events,
+    transitions and dispatch rounds (the service-level figures join a case's state to its rounds).
     """
     return [
         (_EVENTS, dedup(batch.events, _EVENTS.key)),
         (_TRANSITIONS, dedup(batch.transitions, _TRANSITIONS.key)),
         (_READINGS, dedup(batch.readings, _READINGS.key)),
+        (_ROUNDS, dedup(batch.rounds, _ROUNDS.key, attrgetter("revision"))),
         (_CASES, dedup(batch.cases, _CASES.key, attrgetter("revision"))),
     ]
 
@@ -876,6 +896,7 @@ class SinkBuffer:
         self._batch.events.extend(batch.events)
         self._batch.transitions.extend(batch.transitions)
         self._batch.readings.extend(batch.readings)
+        self._batch.rounds.extend(batch.rounds)
         self._batch.event_columns.extend(batch.event_columns)
         self._batch.reading_columns.extend(batch.reading_columns)
         for tp, offset in (offsets or {}).items():

@@ -1,8 +1,9 @@
 """The analysts' reports over the ClickHouse tables: plain functions returning dataclasses.
 
 Each takes a `Queryable` (pipeline.sink.ClickHouse, or any object with `query_dicts`) and `Filters`; the
-command line is pipeline.reports.cli (`cityops report ...`). All read the de-duplicated view of the data:
-the latest state of each case (FINAL) or distinct-id aggregates, never raw row counts.
+command line is pipeline.reports.cli (`cityops report ...`). All read the views of migration 0004 (`v_cases`,
+`v_rounds`, `v_discovery_daily`: the latest state, FINAL), the views the dashboards read, so a figure has one
+definition (docs/cases.md §8).
 """
 
 from pipeline.reports.discovery import DiscoveryChange, DiscoveryRow, discovery, discovery_change
@@ -16,9 +17,19 @@ from pipeline.reports.recurrence import (
     recurrence,
     recurrence_change,
 )
-from pipeline.reports.sla import Durations, SlaRow, sla
+from pipeline.reports.sla import (
+    ClosingSla,
+    DispatchSla,
+    Durations,
+    SlaReport,
+    TeamSla,
+    VerificationSla,
+    sla,
+)
 
 __all__ = [
+    "ClosingSla",
+    "DispatchSla",
     "DiscoveryChange",
     "DiscoveryRow",
     "Durations",
@@ -29,7 +40,9 @@ __all__ = [
     "RecurrenceChange",
     "RecurrenceRow",
     "ReportError",
-    "SlaRow",
+    "SlaReport",
+    "TeamSla",
+    "VerificationSla",
     "WorkloadRow",
     "discovery",
     "discovery_change",

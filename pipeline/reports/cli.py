@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from pipeline.config import Settings
 from pipeline.reports import (
@@ -26,8 +27,9 @@ from pipeline.reports import (
     sla,
     workload,
 )
-from pipeline.reports.query import DIMENSIONS, PERIODS, Queryable
+from pipeline.reports.query import DIMENSIONS, KINDS, PERIODS, Queryable
 from pipeline.reports.render import Table, plot_bars, plot_trend, render
+from pipeline.reports.sla import Durations, SlaReport
 
 SHANGHAI = timedelta(hours=8)
 
@@ -49,6 +51,15 @@ def parse_day(text: str) -> date:
     raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD) or a span like 30d or 8w")
 
 
+def parse_instant(text: str) -> datetime:
+    """An ISO 8601 time (`2024-05-01T08:00:00+08:00`; UTC when it has no offset)."""
+    try:
+        at = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 time, e.g. 2024-05-01T08:00:00+08:00") from None
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
+
+
 def parse_range(text: str) -> tuple[date, date]:
     """`SINCE..UNTIL` (until exclusive)."""
     since, sep, until = text.partition("..")
@@ -63,7 +74,8 @@ def parse_range(text: str) -> tuple[date, date]:
 
 
 def filters_of(args: argparse.Namespace) -> Filters:
-    return Filters(args.since, args.until, args.subdistrict, args.grid, args.cell, args.category, args.team)
+    return Filters(args.since, args.until, args.subdistrict, args.grid, args.cell, args.category, args.team,
+                   getattr(args, "kind", None))
 
 
 def _connect() -> Queryable:
@@ -217,47 +229,92 @@ def run_recurrence(db: Queryable, args: argparse.Namespace) -> tuple[Table, str]
     return rows, f"Recurrence within {args.within_days} days, by {args.period}"
 
 
+def _hours(d: Durations, prefix: str) -> dict[str, float | None]:
+    return {f"{prefix}_median_h": d.median_h, f"{prefix}_p90_h": d.p90_h}
+
+
+# The columns of each line of `report sla`; every row carries all of them (None where they do not apply), so
+# CSV and JSON have one header. The table format prints each line as its own section.
+SLA_COLUMNS: dict[str, tuple[str, ...]] = {
+    "team": ("rounds", "rounds_due", "resolved", "resolved_on_time", "resolved_on_time_of_due",
+             "resolved_on_time_rate", "accepted", "accepted_on_time", "accepted_on_time_rate", "reworked",
+             "rejected", "superseded", "overdue_open", "accept_median_h", "accept_p90_h", "resolve_median_h",
+             "resolve_p90_h"),
+    "dispatch": ("cases", "dispatched", "dispatched_on_time", "dispatched_on_time_rate"),
+    "verification": ("verified", "verified_on_time", "verified_on_time_rate", "awaiting_verification",
+                     "verification_overdue"),
+    "closing": ("cases", "closed", "closed_on_time", "closed_on_time_rate", "due", "closed_of_due",
+                "closed_on_time_of_due", "close_rate", "closed_on_time_of_due_rate", "close_median_h",
+                "close_p90_h"),
+}
+
+
+def sla_rows(report: SlaReport) -> Table:
+    """The report as rows: `line` (team | dispatch | verification | closing), `team` (the team, `command` for
+    the centre's dispatch, the verifier, nothing for closing), then every figure (see SLA_COLUMNS)."""
+    names = list(dict.fromkeys(c for cols in SLA_COLUMNS.values() for c in cols))
+    lines: list[tuple[str, str | None, dict[str, Any]]] = []
+    for t in report.teams:
+        lines.append(("team", t.team, {
+            "rounds": t.rounds, "rounds_due": t.rounds_due, "resolved": t.resolved,
+            "resolved_on_time": t.resolved_on_time, "resolved_on_time_of_due": t.resolved_on_time_of_due,
+            "resolved_on_time_rate": t.resolved_on_time_rate, "accepted": t.accepted,
+            "accepted_on_time": t.accepted_on_time, "accepted_on_time_rate": t.accepted_on_time_rate,
+            "reworked": t.reworked, "rejected": t.rejected, "superseded": t.superseded,
+            "overdue_open": t.overdue_open, **_hours(t.to_accept, "accept"), **_hours(t.to_resolve, "resolve"),
+        }))
+    if report.dispatch is not None:
+        d = report.dispatch
+        lines.append(("dispatch", "command", {
+            "cases": d.cases, "dispatched": d.dispatched, "dispatched_on_time": d.dispatched_on_time,
+            "dispatched_on_time_rate": d.dispatched_on_time_rate,
+        }))
+    for v in report.verification:
+        lines.append(("verification", v.verifier, {
+            "verified": v.verified, "verified_on_time": v.verified_on_time,
+            "verified_on_time_rate": v.verified_on_time_rate, "awaiting_verification": v.awaiting_verification,
+            "verification_overdue": v.verification_overdue,
+        }))
+    if report.closing is not None:
+        c = report.closing
+        lines.append(("closing", None, {
+            "cases": c.cases, "closed": c.closed, "closed_on_time": c.closed_on_time,
+            "closed_on_time_rate": c.closed_on_time_rate, "due": c.due, "closed_of_due": c.closed_of_due,
+            "closed_on_time_of_due": c.closed_on_time_of_due, "close_rate": c.close_rate,
+            "closed_on_time_of_due_rate": c.closed_on_time_of_due_rate, **_hours(c.to_close, "close"),
+        }))
+    return [{"line": line, "team": team, **{n: values.get(n) for n in names}} for line, team, values in lines]
+
+
 def run_sla(db: Queryable, args: argparse.Namespace) -> tuple[Table, str]:
-    got = sla(db, filters_of(args), args.dispatch_within, args.as_of)
-    rows: Table = [
-        {
-            "team": r.team,
-            "cases": r.cases,
-            "dispatch_on_time_rate": r.dispatch_on_time_rate,
-            "closed": r.closed,
-            "close_on_time_rate": r.close_on_time_rate,
-            "overdue_open": r.overdue_open,
-            "accept_median_h": r.to_accept.median_h,
-            "accept_p90_h": r.to_accept.p90_h,
-            "resolve_median_h": r.to_resolve.median_h,
-            "resolve_p90_h": r.to_resolve.p90_h,
-            "close_median_h": r.to_close.median_h,
-            "close_p90_h": r.to_close.p90_h,
-        }
-        for r in got
-    ]
+    report = sla(db, filters_of(args), args.dispatch_within, args.as_of)
     if args.plot:
         plot_bars(
             args.plot,
-            [r.team for r in got],
-            [100 * (r.close_on_time_rate or 0) for r in got],
-            "Closed on time",
-            "% of closed cases with a due time",
+            [t.team for t in report.teams],
+            [100 * (t.resolved_on_time_rate or 0) for t in report.teams],
+            "Rounds resolved on time",
+            "% of rounds due (resolved by their due time)",
         )
-    return rows, f"Service levels (dispatch on time = within {args.dispatch_within} min)"
+    return sla_rows(report), (
+        f"Service levels (dispatch on time = within {args.dispatch_within} min; "
+        f"rounds credited to their own team)"
+    )
 
 
 def run_workload(db: Queryable, args: argparse.Namespace) -> tuple[Table, str]:
     got = workload(db, filters_of(args), args.as_of)
     rows: Table = [
-        {"team": r.team, "open": r.open, "overdue": r.overdue, "created": r.created, "closed": r.closed}
+        {"team": r.team, "open": r.open, "overdue": r.overdue, "awaiting_verification": r.awaiting_verification,
+         "verification_overdue": r.verification_overdue, "created": r.created, "closed": r.closed}
         for r in got
     ]
     if args.plot:
         plot_bars(
             args.plot, [r.team for r in got], [float(r.open) for r in got], "Open cases per team", "cases"
         )
-    return rows, "Team workload (open and overdue now; created and closed in the range)"
+    return rows, ("Team workload (open = dispatched or accepted, overdue and awaiting verification now; "
+                  "created and closed in the range)")
 
 
 def run_health(db: Queryable, args: argparse.Namespace) -> tuple[Table, str]:
@@ -288,11 +345,51 @@ def run_health(db: Queryable, args: argparse.Namespace) -> tuple[Table, str]:
 
 
 REPORTS: dict[str, tuple[Callable[[Queryable, argparse.Namespace], tuple[Table, str]], str]] = {
-    "discovery": (run_discovery, "discovery rate (patrol + sensor share) by period and place; --compare"),
-    "recurrence": (run_recurrence, "recurrent cases by period; --hot-spots ranking; --compare"),
-    "sla": (run_sla, "on-time dispatch and closure, time to accept/resolve/close, overdue by team"),
-    "workload": (run_workload, "open, overdue, created and closed cases per team"),
+    "discovery": (run_discovery, "discovery rate (patrol + sensor share of problem cases) by period and place"),
+    "recurrence": (run_recurrence, "returns of problems (same category and cell) by period; --hot-spots"),
+    "sla": (run_sla, "on time and who is credited: rounds per team, dispatch, verification, closing"),
+    "workload": (run_workload, "open, overdue, awaiting verification, created and closed cases per team"),
     "health": (run_health, "per management grid: open, overdue, recurrence, discovery, one score"),
+}
+
+# What `--help` says each report counts, with the denominator of every rate (docs/cases.md §5, §8).
+DESCRIPTIONS: dict[str, str] = {
+    "discovery": """\
+Problem cases (device faults are not problems) created in the range, by the day, place and first source of
+their latest state (the view v_discovery_daily, which the dashboard reads too).
+  rate = (patrol + sensor) / cases""",
+    "recurrence": """\
+A problem case is recurrent when an earlier problem case of the same category in the same cell was closed
+before it was created and at most --within-days days before; counted per return, whatever the linkage.
+  rate = recurrent / located problem cases created in the range
+--hot-spots ranks cell x category by problem cases in the range (returns included), then recurrent cases.""",
+    "sla": """\
+Over the cases created in the range and their dispatch rounds, judged at --as-of (default now).
+team lines, one per team, each round credited to its own team:
+  rounds; rounds_due: due_at passed, not rejected or superseded; resolved (incl. reworked),
+  resolved_on_time (<= due_at), resolved_on_time_of_due;
+  resolved_on_time_rate = resolved_on_time_of_due / rounds_due;
+  accepted, accepted_on_time (<= accept_due_at); accepted_on_time_rate = accepted_on_time / accepted;
+  reworked, rejected, superseded; overdue_open: open rounds past due_at;
+  hours from the round's dispatch to acceptance / resolution (median, p90)
+dispatch line (command centre): dispatched, dispatched_on_time (first dispatch <= first report +
+  --dispatch-within); dispatched_on_time_rate = dispatched_on_time / dispatched
+verification lines, one per verifier (supervision; patrol for supervision's own fixes): verified,
+  verified_on_time (<= verify_due_at); verified_on_time_rate = verified_on_time / verified;
+  awaiting_verification; verification_overdue: resolved, not verified, verify_due_at passed
+closing line (the cases): closed, closed_on_time (final resolution <= case_due_at and verified <=
+  verify_due_at); closed_on_time_rate = closed_on_time / closed; due: case_due_at passed;
+  close_rate = closed_of_due / due; closed_on_time_of_due_rate = closed_on_time_of_due / due
+--team keeps that team's lines (team, verification); dispatch and closing are nobody's team.""",
+    "workload": """\
+Per team (the case's current team), at --as-of (default now): open (dispatched or accepted; a resolved
+case is not open), overdue (open, the round's due_at passed), awaiting_verification (resolved),
+verification_overdue (resolved, verify_due_at passed); created and closed: cases created / closed in the
+range. Device faults count unless --kind problem.""",
+    "health": """\
+Per management grid, over the problem cases created in the range: open and overdue as in workload,
+recurrence_rate = recurrent / cases, discovery_rate = (patrol + sensor) / cases, and
+score = 100 x (0.4 x (1 - overdue/open) + 0.3 x (1 - recurrence_rate) + 0.3 x discovery_rate).""",
 }
 
 
@@ -339,8 +436,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     report = sub.add_parser("report", help="analysts' reports from ClickHouse")
     rsub = report.add_subparsers(dest="report", required=True, metavar="REPORT")
     for name, (_, text) in REPORTS.items():
-        p = rsub.add_parser(name, help=text, description=text)
+        p = rsub.add_parser(name, help=text, description=f"{text}.\n\n{DESCRIPTIONS[name]}",
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
         _add_common(p)
+        if name in ("sla", "workload"):
+            p.add_argument("--kind", choices=KINDS, default=None,
+                           help="problem cases or device faults only (default: both)")
         if name in ("discovery", "recurrence"):
             p.add_argument("--period", choices=tuple(PERIODS), default="month")
             p.add_argument(
@@ -374,5 +475,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                 type=int,
                 default=30,
                 metavar="MIN",
-                help="dispatch counts as on time within this many minutes of creation",
+                help="the centre's dispatch limit: a first dispatch within this many minutes of the first "
+                "report is on time (default 30, the shipped time_limits.dispatch)",
+            )
+        if name in ("sla", "workload", "health"):
+            p.add_argument(
+                "--as-of",
+                type=parse_instant,
+                default=None,
+                metavar="TIME",
+                help="judge due and overdue at this time (ISO 8601, UTC unless it has an offset; default now)",
             )

@@ -1,24 +1,27 @@
-"""Discovery rate (问题主动发现率): the share of cases first found by patrols or sensors, not by citizens.
+"""Discovery rate (问题主动发现率): the share of problem cases first found by patrols or sensors, not by citizens.
 
-Read from the latest state of each case (`cases FINAL`), filtered after the deduplication: a case's first
-source, time and place can change when a report older than the one that opened it is processed later (the
-topics are consumed independently), so only the latest revision may be counted. The `cases_daily` aggregate
-(migration 0002) keeps the first-seen attributes for dashboards.
+Counted over **problem cases** (docs/cases.md §1: device faults are the maintainers' work, never discovered
+problems), by the day (Asia/Shanghai), place and first source of each case's **latest state**: a case's first
+report, and with it its day, cell and `discovered_by`, changes when a report older than the one that opened
+it is processed later (the topics are consumed independently). The report sums the view `v_discovery_daily`
+(migration 0004), which the dashboard reads too, so both give the same numbers.
+
+    rate = (patrol + sensor) / total      over the problem cases created in the period (and group)
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date
 
 from pipeline.reports.query import (
     NO_FILTERS,
-    TZ,
     Filters,
     Queryable,
     as_date,
     dimension_expr,
     period_expr,
+    problems,
     relative_change,
     share,
 )
@@ -28,7 +31,7 @@ _DIMENSIONS = ("none", "subdistrict", "grid", "cell", "category")
 
 @dataclass(frozen=True)
 class DiscoveryRow:
-    """Cases of one period (and group) by first source; `rate` = (patrol + sensor) / total."""
+    """Problem cases of one period (and group) by first source; `rate` = (patrol + sensor) / total."""
 
     period: str  # first day of the period, ISO
     key: str  # the group (sub-district, grid, cell or category); "" when not grouped
@@ -53,18 +56,16 @@ class DiscoveryRow:
 def discovery(
     db: Queryable, filters: Filters = NO_FILTERS, period: str = "month", by: str = "none"
 ) -> list[DiscoveryRow]:
-    """Discovery counts per period (day | week | month | all) and group, ordered by period then group."""
+    """Discovery counts of problem cases per period (day | week | month | all) and group, ordered by period
+    then group. The team and kind filters do not apply (a case is discovered before any team has it)."""
     per = period_expr(period, "day")
     key = dimension_expr(by, _DIMENSIONS)
-    cond, params = filters.where("day")
+    # v_discovery_daily holds problem cases only; it has no team or kind column
+    cond, params = replace(problems(filters), kind=None, team=None).where("day")
     sql = f"""
         SELECT toString({per}) AS period, {key} AS key,
-               count() AS total,
-               countIf(discovered_by = 'citizen') AS citizen,
-               countIf(discovered_by = 'patrol') AS patrol,
-               countIf(discovered_by = 'sensor') AS sensor
-        FROM (SELECT toDate(created_at, '{TZ}') AS day, subdistrict, cell, category, discovered_by
-              FROM cases FINAL)
+               sum(total) AS n_total, sum(citizen) AS n_citizen, sum(patrol) AS n_patrol, sum(sensor) AS n_sensor
+        FROM v_discovery_daily
         WHERE {cond}
         GROUP BY period, key
         ORDER BY period, key"""
@@ -72,10 +73,10 @@ def discovery(
         DiscoveryRow(
             as_date(r["period"]),
             str(r["key"]),
-            int(r["total"]),
-            int(r["citizen"]),
-            int(r["patrol"]),
-            int(r["sensor"]),
+            int(r["n_total"]),
+            int(r["n_citizen"]),
+            int(r["n_patrol"]),
+            int(r["n_sensor"]),
         )
         for r in db.query_dicts(sql, params)
     ]

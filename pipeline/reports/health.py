@@ -1,9 +1,24 @@
-"""Team workload and the grid "health portrait" (网格健康画像).
+"""Team workload and the grid "health portrait" (网格健康画像), by the definitions of docs/cases.md §3 and §8.
 
-**Workload** per team: cases open now, of them overdue; cases created and closed in the range.
+**Workload** per team (the case's current team: the team of its open, or resolved, round), judged at `as_of`:
 
-**Health** per management grid (first 12 digits of the cell code), over the cases created in the range:
-open and overdue cases, the recurrence rate and the discovery rate, and one score from 0 (worst) to 100:
+- `open`: cases dispatched or accepted (a resolved case is not open: it awaits verification);
+- `overdue`: open cases whose current round's `due_at` is before as-of;
+- `awaiting_verification`: cases the team resolved, not verified yet;
+- `verification_overdue`: of those, `verify_due_at` before as-of (the verifier is late, not the team);
+- `created` / `closed`: cases created / closed in the date range (Asia/Shanghai days).
+
+Open, overdue and awaiting cover every case matching the place, category, kind and team filters, whatever its
+date. Device faults count (they are the handling team's work too); `--kind problem` leaves them out.
+
+**Health** per management grid (first 12 digits of the cell code), over the **problem cases** created in the
+range (device faults are the maintainers' work, not the grid's problems, §1): `cases`; `open` and `overdue`
+by the workload definitions; `recurrent` (returns, see pipeline.reports.recurrence) and `proactive` (first
+found by a patrol or a sensor), with
+
+    recurrence_rate = recurrent / cases      discovery_rate = proactive / cases
+
+and one score from 0 (worst) to 100:
 
     score = 100 × (0.4 × (1 − overdue/open) + 0.3 × (1 − recurrence rate) + 0.3 × discovery rate)
 
@@ -17,7 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from pipeline.reports.query import NO_FILTERS, TZ, Filters, Queryable, cases_latest, epoch, share
+from pipeline.reports.query import NO_FILTERS, Filters, Queryable, cases_latest, epoch, problems, share
 from pipeline.reports.recurrence import recurrent_cases_sql
 
 WEIGHTS = {"on_time": 0.4, "recurrence": 0.3, "discovery": 0.3}
@@ -25,11 +40,13 @@ WEIGHTS = {"on_time": 0.4, "recurrence": 0.3, "discovery": 0.3}
 
 @dataclass(frozen=True)
 class WorkloadRow:
-    """One team's load: open now (of the cases in the filter), overdue, created and closed in the range."""
+    """One team's load (see the module docstring)."""
 
     team: str
     open: int
     overdue: int
+    awaiting_verification: int
+    verification_overdue: int
     created: int
     closed: int
 
@@ -37,42 +54,46 @@ class WorkloadRow:
 def workload(
     db: Queryable, filters: Filters = NO_FILTERS, as_of: datetime | None = None
 ) -> list[WorkloadRow]:
-    """One row per team. `open`/`overdue` cover all cases matching the place filters, whatever their date;
-    `created`/`closed` count those created / closed in the date range."""
-    place_cond_cases, params = cases_latest(
-        Filters(
-            subdistrict=filters.subdistrict,
-            grid=filters.grid,
-            cell=filters.cell,
-            category=filters.category,
-            team=filters.team,
-        ),
-        "case_id, team, status, created_at, due_at, closed_at",
+    """One row per team, ordered by team. `open`, `overdue` and the verification counts cover all cases
+    matching the place, category, kind and team filters, whatever their date; `created`/`closed` count those
+    created / closed in the date range."""
+    undated = Filters(
+        subdistrict=filters.subdistrict, grid=filters.grid, cell=filters.cell, category=filters.category,
+        team=filters.team, kind=filters.kind,
+    )
+    cases, params = cases_latest(
+        undated,
+        "team, status, day, closed_at, due_at, verify_due_at, is_open, is_closed, awaiting_verification",
         dated=False,
     )
-    created_cond, p1 = filters.where(f"toDate(created_at, '{TZ}')", prefix="w_")
-    closed_cond, p2 = filters.where(f"toDate(assumeNotNull(closed_at), '{TZ}')", prefix="x_")
+    dates = Filters(since=filters.since, until=filters.until)
+    created_cond, p1 = dates.where("day", prefix="w_")
+    closed_cond, p2 = dates.where("toDate(assumeNotNull(closed_at), 'Asia/Shanghai')", prefix="x_")
     params.update(p1)
     params.update(p2)
     params["as_of"] = epoch(as_of or datetime.now(UTC))
     sql = f"""
-        SELECT team,
-               countIf(status != 'closed') AS open,
-               countIf(status != 'closed' AND ifNull(toUInt32(due_at) < %(as_of)s, 0)) AS overdue,
-               countIf({created_cond}) AS created,
-               countIf(status = 'closed' AND closed_at IS NOT NULL AND {closed_cond}) AS closed
-        FROM ({place_cond_cases})
-        GROUP BY team
-        ORDER BY team"""
+        SELECT team AS team_name,
+               countIf(is_open) AS n_open,
+               countIf(is_open AND ifNull(toUInt32(due_at) < %(as_of)s, 0)) AS n_overdue,
+               countIf(awaiting_verification) AS n_awaiting,
+               countIf(awaiting_verification AND ifNull(toUInt32(verify_due_at) < %(as_of)s, 0)) AS n_verify_late,
+               countIf({created_cond}) AS n_created,
+               countIf(is_closed AND closed_at IS NOT NULL AND {closed_cond}) AS n_closed
+        FROM ({cases})
+        WHERE status != 'new'
+        GROUP BY team_name
+        ORDER BY team_name"""
     return [
-        WorkloadRow(str(r["team"]), int(r["open"]), int(r["overdue"]), int(r["created"]), int(r["closed"]))
+        WorkloadRow(str(r["team_name"]), int(r["n_open"]), int(r["n_overdue"]), int(r["n_awaiting"]),
+                    int(r["n_verify_late"]), int(r["n_created"]), int(r["n_closed"]))
         for r in db.query_dicts(sql, params)
     ]
 
 
 @dataclass(frozen=True)
 class GridHealth:
-    """A management grid's portrait over the cases created in the range."""
+    """A management grid's portrait over the problem cases created in the range."""
 
     grid: str
     subdistrict: str
@@ -106,15 +127,15 @@ class GridHealth:
 def health(
     db: Queryable, filters: Filters = NO_FILTERS, within_days: int = 30, as_of: datetime | None = None
 ) -> list[GridHealth]:
-    """One row per management grid with cases in the range, worst score first."""
+    """One row per management grid with located problem cases in the range, worst score first."""
     rec_sql, params = recurrent_cases_sql(filters, within_days, by="grid")
-    cases, p2 = cases_latest(filters, "case_id, team, status, discovered_by, due_at", prefix="h_")
+    cases, p2 = cases_latest(problems(filters), "case_id, discovered_by, due_at, is_open", prefix="h_")
     params.update(p2)
     params["as_of"] = epoch(as_of or datetime.now(UTC))
     sql = f"""
         SELECT r_key AS grid, any(r_subdistrict) AS subdistrict, count() AS cases,
-               countIf(status != 'closed') AS open,
-               countIf(status != 'closed' AND ifNull(toUInt32(due_at) < %(as_of)s, 0)) AS overdue,
+               countIf(is_open) AS open,
+               countIf(is_open AND ifNull(toUInt32(due_at) < %(as_of)s, 0)) AS overdue,
                sum(recurrent) AS n_recurrent,
                countIf(discovered_by IN ('patrol', 'sensor')) AS proactive
         FROM ({rec_sql}) AS rec

@@ -3,21 +3,29 @@
 Reports never put user text into SQL. Filters become `%(name)s` parameters escaped by the driver; the only
 variable SQL text comes from the fixed tables below (`PERIODS`, `DIMENSIONS`), chosen by key.
 
+Reports read the views of migration 0004 (`v_cases`, `v_rounds`, `v_discovery_daily`), the ones the Grafana
+dashboard reads: what "open", "overdue", "on time" and "discovered" mean is written once, in those views
+(docs/cases.md §8: "reports and dashboards read the same definitions"). A view reads the latest state with
+`FINAL` (argMax would skip a NULL `closed_at` on 18.16 and return a stale close); filters apply to that latest
+state, since a case's day, place and first source change when an earlier report is processed late (§1).
+Only "as of" comparisons are made here, with the view's columns and an `as_of` parameter, because the views'
+own `is_overdue` & co. compare with `now()`.
+
 Dialect: every query runs on ClickHouse 18.16 and on current releases (tests prove both). So: no window
-functions, no CTEs over subqueries, explicit `ALL`/`ANY` join strictness with `USING`, and the latest state
-of a case is read with `FINAL` (argMax would skip a NULL `closed_at` on 18.16 and return a stale close).
+functions, no CTEs over subqueries, explicit `ALL`/`ANY` join strictness with `USING`.
 Days are Asia/Shanghai calendar days, the calendar the district reports in.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from typing import Any, Literal, Protocol
 
 TZ = "Asia/Shanghai"
 
 Period = Literal["day", "week", "month", "all"]
+KINDS = ("problem", "device_fault")
 Dimension = Literal["none", "subdistrict", "grid", "cell", "category", "team"]
 
 # A Date expression -> the period it belongs to (weeks start on Monday, as in China).
@@ -56,7 +64,8 @@ class Filters:
     """Which cases a report covers. Dates are Asia/Shanghai days: `since` inclusive, `until` exclusive.
 
     `grid` is a management-grid code (12 digits) or any prefix of cell codes; `category` is a code or a
-    prefix of codes (`E05` = all street-order events).
+    prefix of codes (`E05` = all street-order events); `kind` is `problem` or `device_fault` (None: both;
+    discovery, recurrence and health count problems whatever it says, docs/cases.md §1).
     """
 
     since: date | None = None
@@ -66,10 +75,13 @@ class Filters:
     cell: str | None = None
     category: str | None = None
     team: str | None = None
+    kind: str | None = None
 
     def __post_init__(self) -> None:
         if self.since and self.until and self.since >= self.until:
             raise ReportError(f"empty date range: since {self.since} is not before until {self.until}")
+        if self.kind is not None and self.kind not in KINDS:
+            raise ReportError(f"unknown kind {self.kind!r}; choose one of {', '.join(KINDS)}")
 
     def where(
         self, day: str, *, dated: bool = True, team: bool = False, prefix: str = "f_"
@@ -77,7 +89,8 @@ class Filters:
         """A WHERE condition ("1" when nothing is filtered) and its parameters.
 
         `day` is the SQL Date expression of a row's day; `dated=False` ignores the date range (e.g. for the
-        earlier cases a recurrence is measured against); `team` applies the team filter (cases only).
+        earlier cases a recurrence is measured against); `team` applies the team filter; the kind filter
+        applies when `kind` is set (rows with a `kind` column).
         """
         parts: list[str] = []
         params: dict[str, Any] = {}
@@ -102,6 +115,9 @@ class Filters:
         if team and self.team:
             parts.append(f"team = %({prefix}team)s")
             params[f"{prefix}team"] = self.team
+        if self.kind:
+            parts.append(f"kind = %({prefix}kind)s")
+            params[f"{prefix}kind"] = self.kind
         return (" AND ".join(parts) or "1"), params
 
 
@@ -120,20 +136,20 @@ def dimension_expr(dimension: str, allowed: tuple[str, ...] = tuple(DIMENSIONS))
 
 
 def cases_latest(
-    filters: Filters, columns: str, *, dated: bool = True, prefix: str = "f_"
+    filters: Filters, columns: str, *, dated: bool = True, team: bool = True, prefix: str = "f_"
 ) -> tuple[str, dict[str, Any]]:
-    """A subquery over the latest state of each case (FINAL), with the filters applied.
+    """A subquery over the latest state of each case (`v_cases`), with the filters applied to that state.
 
-    Inside the FINAL read the filters touch only columns fixed when a case is created (day, place,
-    category), so they cannot select a stale revision. The team can change on re-dispatch, so it is
-    filtered outside, on the latest state; `columns` must then include `team`.
+    `dated=False` ignores the date range; `team=False` ignores the team filter (figures credited to someone
+    else than the case's current team).
     """
-    cond, params = filters.where(f"toDate(created_at, '{TZ}')", dated=dated, prefix=prefix)
-    inner = f"SELECT {columns} FROM cases FINAL WHERE {cond}"
-    if filters.team:
-        params[f"{prefix}team"] = filters.team
-        return f"SELECT * FROM ({inner}) WHERE team = %({prefix}team)s", params
-    return inner, params
+    cond, params = filters.where("day", dated=dated, team=team, prefix=prefix)
+    return f"SELECT {columns} FROM v_cases WHERE {cond}", params
+
+
+def problems(filters: Filters) -> Filters:
+    """The same filters over problem cases only (discovery, recurrence, evaluation: docs/cases.md §1)."""
+    return replace(filters, kind="problem")
 
 
 def as_date(value: Any) -> str:

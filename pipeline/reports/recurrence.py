@@ -1,12 +1,19 @@
-"""Recurrence (城市管理顽疾): the same kind of problem coming back in the same place.
+"""Recurrence (城市管理顽疾, docs/cases.md §5): the same kind of problem coming back in the same place.
 
-A case is **recurrent** when an earlier case of the same category in the same cell had been closed before
-it was created, at most `within_days` days before (closed_at < created_at <= closed_at + N days). Cases
-without a cell are left out: they have no place to recur in. The earlier case may lie before the report's
-date range (only the recurrent case has to be in it) but must match the place and category filters.
+Counted over **problem cases** (device faults are not problems, §1) from their latest state (`v_cases`), per
+return, whatever the linkage: a problem case is **recurrent** when an earlier problem case of the same
+category in the same cell had been closed before it was created, at most `within_days` days before
+(closed_at < created_at <= closed_at + N days). The `recurrence_of` link the worker records is not consulted:
+a vendor back every day for 30 days, each day's case closed before the next report, is 30 cases and 29
+returns. Rework is not a return (it is the same case), nor is a problem never fixed (one open case).
 
-**Hot spots** (for a 削峰 "peak-shaving" campaign) are cell × category pairs with at least `min_cases` cases
-in the date range, ranked by cases, then recurrences.
+    rate = recurrent / cases              over the located problem cases created in the period (and group)
+
+Cases without a cell are left out: they have no place to recur in. The earlier case may lie before the
+report's date range (only the recurrent case has to be in it) but must match the place and category filters.
+
+**Hot spots** (for a 削峰 "peak-shaving" campaign) are cell × category pairs with at least `min_cases` problem
+cases in the date range (returns included), ranked by cases, then recurrent cases.
 """
 
 from __future__ import annotations
@@ -17,7 +24,6 @@ from typing import Any
 
 from pipeline.reports.query import (
     NO_FILTERS,
-    TZ,
     Filters,
     Queryable,
     ReportError,
@@ -25,6 +31,7 @@ from pipeline.reports.query import (
     cases_latest,
     dimension_expr,
     period_expr,
+    problems,
     relative_change,
     share,
 )
@@ -33,20 +40,21 @@ _DIMENSIONS = ("none", "subdistrict", "grid", "cell", "category", "team")
 
 
 def recurrent_cases_sql(filters: Filters, within_days: int, by: str = "none") -> tuple[str, dict[str, Any]]:
-    """One row per located case in the filter: case_id, r_day, r_key, r_cell, r_category, r_subdistrict,
-    r_created (epoch s) and `recurrent` (0/1). Shared with the health portrait. (Output names differ from
-    the input columns: current ClickHouse resolves an alias named like a column inside aggregates.)"""
+    """One row per located problem case in the filter: case_id, r_day, r_key, r_cell, r_category,
+    r_subdistrict, r_created (epoch s) and `recurrent` (0/1). Shared with the health portrait. (Output names
+    differ from the input columns: current ClickHouse resolves an alias named like a column inside
+    aggregates.)"""
     if within_days < 1:
         raise ReportError(f"within_days must be at least 1, got {within_days}")
     key = dimension_expr(by, _DIMENSIONS)
     current, params = cases_latest(
-        filters,
-        f"case_id, cell, category, subdistrict, team, toUInt32(created_at) AS created, "
-        f"toDate(created_at, '{TZ}') AS day, {key} AS key",
+        problems(filters),
+        f"case_id, cell, category, subdistrict, team, toUInt32(created_at) AS created, day, {key} AS key",
         prefix="c_",
     )
     place = Filters(
-        subdistrict=filters.subdistrict, grid=filters.grid, cell=filters.cell, category=filters.category
+        subdistrict=filters.subdistrict, grid=filters.grid, cell=filters.cell, category=filters.category,
+        kind="problem",
     )
     earlier, p_params = cases_latest(
         place, "cell, category, case_id AS p_case, closed_at", dated=False, prefix="p_"
@@ -69,7 +77,8 @@ def recurrent_cases_sql(filters: Filters, within_days: int, by: str = "none") ->
 
 @dataclass(frozen=True)
 class RecurrenceRow:
-    """Located cases of one period (and group), and how many of them were recurrences."""
+    """Located problem cases of one period (and group), and how many of them were returns (`rate` =
+    recurrent / cases)."""
 
     period: str
     key: str
@@ -88,7 +97,7 @@ def recurrence(
     period: str = "month",
     by: str = "none",
 ) -> list[RecurrenceRow]:
-    """Recurrent cases per period (day | week | month | all) and group."""
+    """Recurrent problem cases per period (day | week | month | all) and group."""
     per = period_expr(period, "r_day")
     inner, params = recurrent_cases_sql(filters, within_days, by)
     sql = f"""
@@ -119,7 +128,8 @@ class HotSpot:
 def hot_spots(
     db: Queryable, filters: Filters = NO_FILTERS, min_cases: int = 3, within_days: int = 30, limit: int = 50
 ) -> list[HotSpot]:
-    """Cell × category pairs with at least `min_cases` cases in the range, most cases first."""
+    """Cell × category pairs with at least `min_cases` problem cases in the range (returns included), most
+    cases first, then most recurrent cases."""
     if min_cases < 1 or limit < 1:
         raise ReportError("min_cases and limit must be at least 1")
     inner, params = recurrent_cases_sql(filters, within_days)

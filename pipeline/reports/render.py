@@ -1,7 +1,9 @@
 """Report output: an aligned text table, CSV or JSON, and charts (PNG) for `--plot`.
 
 Rows are plain dicts of str / int / float / None, in column order. Rates are fractions in data (CSV, JSON)
-and percentages in the table, the way an analyst reads them.
+and percentages in the table, the way an analyst reads them. Rows with a `line` column (`report sla`: team,
+dispatch, verification and closing lines, each with its own figures) are printed as one table per line, with
+the columns that line has; CSV and JSON keep every column on every row (None where it does not apply).
 """
 
 from __future__ import annotations
@@ -46,6 +48,18 @@ def as_text(rows: Table, title: str = "") -> str:
     return "\n".join(out) + "\n"
 
 
+def as_sections(rows: Table, title: str = "", key: str = "line") -> str:
+    """One table per value of `key` (in order of appearance), each with the columns its rows fill."""
+    groups: dict[Any, Table] = {}
+    for r in rows:
+        groups.setdefault(r.get(key), []).append(r)
+    out = [title] if title else []
+    for value, group in groups.items():
+        columns = [c for c in group[0] if c != key and any(r.get(c) is not None for r in group)]
+        out.append(as_text([{c: r.get(c) for c in columns} for r in group], f"[{value}]").rstrip("\n"))
+    return "\n".join(out) + "\n"
+
+
 def as_csv(rows: Table) -> str:
     buf = io.StringIO()
     if rows:
@@ -65,6 +79,8 @@ def render(rows: Table, fmt: str, title: str = "") -> str:
         return as_csv(rows)
     if fmt == "json":
         return as_json(rows)
+    if rows and "line" in rows[0]:
+        return as_sections(rows, title)
     return as_text(rows, title)
 
 
@@ -102,7 +118,11 @@ def plot_bars(path: Path, labels: list[str], values: list[float], title: str, xl
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(10, max(3.0, 0.35 * len(labels) + 1)))
-    ax.barh(list(reversed(labels)), list(reversed(values)))
+    # bars at numeric positions, labels as tick text: matplotlib's own string axis tries to read each label
+    # as a number or a date, and a hot spot's "310109011001002 P0101" overflows its date parser
+    positions = list(range(len(labels)))
+    ax.barh(positions, list(reversed(values)))
+    ax.set_yticks(positions, list(reversed(labels)))
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     fig.tight_layout()

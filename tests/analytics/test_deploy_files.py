@@ -33,25 +33,32 @@ def expand_macros(sql: str, database: str) -> str:
 
 
 def test_dashboard_queries_run_on_current_clickhouse(chdb_db: ChdbDatabase) -> None:
-    """Every panel's SQL runs on a migrated database holding some cases, and returns rows."""
+    """Every panel's SQL runs on a migrated database holding some cases, and returns rows. Panels read only
+    the views the reports read (docs/cases.md §8: one definition of each figure)."""
     for batch in generate(seed=5, n_cases=40, start=datetime(2024, 5, 1), days=5).batches:
         chdb_db.store(batch)
     for title, sql in panel_queries():
         assert "$" not in expand_macros(sql, chdb_db.database), title
-        chdb_db.query_dicts(expand_macros(sql, chdb_db.database))
+        tables = set(re.findall(r"\bcityops\.(\w+)", sql))
+        assert tables and all(t.startswith("v_") for t in tables), (title, tables)
+        assert chdb_db.query_dicts(expand_macros(sql, chdb_db.database)), title
 
 
 @pytest.mark.clickhouse
 def test_dashboard_queries_run_on_the_server(isolated_settings: Settings) -> None:
-    """The same queries on the real server (18.16 here)."""
+    """The same queries on the real server (18.16 here), with the same rows."""
     from pipeline.migrate import migrate
-    from pipeline.sink import ClickHouse
+    from pipeline.sink import ClickHouse, ClickHouseSink
 
     migrate(isolated_settings)
+    sink = ClickHouseSink(isolated_settings)
+    for batch in generate(seed=5, n_cases=40, start=datetime(2024, 5, 1), days=5).batches:
+        sink.write(batch)
+    sink.close()
     db = ClickHouse(isolated_settings)
     try:
-        for _, sql in panel_queries():
-            db.query_dicts(expand_macros(sql, isolated_settings.clickhouse_database))
+        for title, sql in panel_queries():
+            assert db.query_dicts(expand_macros(sql, isolated_settings.clickhouse_database)), title
     finally:
         db.close()
 

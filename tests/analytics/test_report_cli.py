@@ -53,7 +53,9 @@ def test_every_report_renders_in_every_format_and_plots(
     rows = list(csv.DictReader(io.StringIO(run(db, [*argv, "--format", "csv"], capsys))))
     assert data and len(rows) == len(data)
     assert list(rows[0]) == list(data[0])
-    assert len(table.strip().splitlines()) == len(data) + 3  # title, header, rule, one line per row
+    # title, header, rule, one line per row; `sla`: one section (its name, header, rule) per line kind
+    sections = len({r["line"] for r in data}) if "line" in data[0] else 0
+    assert len(table.strip().splitlines()) == len(data) + 3 + 3 * sections - 2 * bool(sections)
     png = tmp_path / "chart.png"
     run(db, [*argv, "--plot", str(png)], capsys)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pipeline.config import Settings
-from pipeline.records import CaseRow, EventRow, SensorReadingRow, SinkBatch, TransitionRow
+from pipeline.records import CaseRow, EventRow, RoundRow, SensorReadingRow, SinkBatch, TransitionRow
 from pipeline.sink import (
     Backoff,
     ClickHouseSink,
@@ -156,6 +156,7 @@ def test_buffer_flushes_by_size_or_age_and_commits_only_after_storing() -> None:
     ok = FakeClickHouse()
     n = buf.flush(sink_with(ok), committed.append)
     assert n == 2 * len(small_batch())
+    assert [t for t, _, _ in ok.blocks] == ["events", "case_transitions", "case_rounds", "cases"]  # rounds too
     assert committed == [{("raw", 0): 7, ("raw", 1): 9}]
     assert len(buf) == 0 and not buf.due()
     small = SinkBuffer(max_rows=5)
@@ -172,6 +173,6 @@ def test_backoff_grows_exponentially_and_is_capped() -> None:
 
 def test_row_fields_match_the_table_columns() -> None:
     """Every field of each row type is a column (a field added in records.py must be added to the schema)."""
-    row_types = [EventRow, TransitionRow, SensorReadingRow, CaseRow]
+    row_types = [EventRow, TransitionRow, SensorReadingRow, RoundRow, CaseRow]
     for (spec, _), row_type in zip(batch_blocks(SinkBatch()), row_types, strict=True):
         assert set(spec.columns) == set(row_type.__dataclass_fields__), spec.table

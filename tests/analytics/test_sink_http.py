@@ -26,7 +26,7 @@ from pipeline.sink import (
 )
 from tests.analytics.history import generate
 
-TABLES = ("events", "case_transitions", "sensor_readings", "cases")
+TABLES = ("events", "case_transitions", "sensor_readings", "case_rounds", "cases")
 
 
 def reference_strings(values: list[str]) -> bytes:
@@ -147,9 +147,11 @@ def edge_batch() -> SinkBatch:
         b.cases += part.cases
         b.events += part.events
         b.transitions += part.transitions
+        b.rounds += part.rounds
     # one copy of each key (the history replays a batch), so that the edits below are the stored rows
     b.events = list({e.event_id: e for e in b.events}.values())
     b.cases = list({c.case_id: c for c in sorted(b.cases, key=lambda c: c.revision)}.values())
+    b.rounds = list({(r.case_id, r.round): r for r in sorted(b.rounds, key=lambda r: r.revision)}.values())
     ev = b.events
     ev[0] = replace(ev[0], description="tab\tnl\nbs\\ quote' \" 中文 émoji 🚧 " + "长" * 300, lon=None, lat=None)
     ev[1] = replace(ev[1], value=float("nan"), received_at=datetime(2024, 3, 2, 8, tzinfo=timezone(timedelta(hours=8))))
@@ -157,6 +159,12 @@ def edge_batch() -> SinkBatch:
     cs = b.cases
     cs[0] = replace(cs[0], sources=("hotline", "patrol", "iot"), closed_at=None, due_at=None)
     cs[1] = replace(cs[1], sources=(), created_at=datetime(2024, 3, 3, 23, 59, 59, 999999))
+    cs[2] = replace(cs[2], kind="device_fault", sensor_id="传感器-7", recurrence_of="case-x",
+                    previous_closed_at=datetime(2024, 3, 1, 8, tzinfo=timezone(timedelta(hours=8))), rejected=65535,
+                    escalations=3)
+    rs = b.rounds
+    rs[0] = replace(rs[0], round=65535, priority=-1, verified_by="patrol",
+                    accepted_at=datetime(2024, 3, 2, 8, tzinfo=timezone(timedelta(hours=8))))
     from pipeline.sink_bench import make_readings
 
     b.readings = make_readings(500)
@@ -170,7 +178,7 @@ def stored(db: Any, table: str) -> str:
 
 @pytest.mark.clickhouse
 def test_http_and_native_paths_store_identical_rows(settings: Settings, tmp_path: Path) -> None:
-    """The same batches written over HTTP and with the driver leave the same rows in all four tables of the
+    """The same batches written over HTTP and with the driver leave the same rows in all five tables of the
     18.16 server."""
     import uuid
 
