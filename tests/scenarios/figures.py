@@ -1,9 +1,9 @@
 """The report figures a scenario names (`expect.reports`), read from the real report SQL over its stored rows.
 
 Sections and their figures (tests/scenarios/catalogue.py): discovery, discovery_by_day (the Grafana view),
-recurrence, hot_spots, sla (per team), dispatch, verification (all verifiers together), closing, workload (per
-team), hot spots of at least 2 cases. The range is [`since`, `as_of`) in Asia/Shanghai days: `until` is the day after `as_of` unless `as_of`
-is a midnight.
+recurrence, hot_spots (cell x category with at least 2 cases), sla (per team), dispatch, verification (all
+verifiers together), closing, workload (per team). The range is [`since`, `as_of`) in Asia/Shanghai days:
+`until` is the day after `as_of` unless `as_of` is a midnight.
 """
 
 from __future__ import annotations
