@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import base64
 import logging
+import os
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -29,7 +31,24 @@ from pipeline.decode import CaseUpdate, Decoder, InvalidEvent, Reading
 from pipeline.model import Event, Location, Source, record
 from pipeline.privacy import mask_text, redact_bytes, redact_raw
 from pipeline.records import ReadingColumns, SensorReadingRow
-from pipeline.sensors import ALARM, LATE, SensorRegistry, SensorState, alarm_event, apply_reading, minute_start
+from pipeline.sensors import (
+    ALARM,
+    APPLIED,
+    FAULT,
+    LATE,
+    LIVE_S,
+    REALARM,
+    RESUMED,
+    Sensor,
+    SensorRegistry,
+    SensorState,
+    SilentWatch,
+    alarm_event,
+    apply_reading,
+    fall_silent,
+    fault_event,
+    minute_start,
+)
 
 log = logging.getLogger("cityops.flow")
 
@@ -177,19 +196,28 @@ def decode_located(raw: bytes) -> Event | CaseUpdate:
 
 # -- stage 1: ingest -----------------------------------------------------------------------------------
 
+def _silent_clock() -> str:
+    return "wall" if os.environ.get("CITYOPS_SLA_CLOCK", "stream") == "wall" else "stream"
+
+
 @dataclass
 class Ingest:
     decoder: Decoder
     grid: Locator
     gazetteer: Geocoder
     sensors: SensorRegistry
+    # what judges silent sensors: each partition's newest reading time ("stream": deterministic, replays and
+    # simulations), or the wall clock while the partition is live ("wall": CITYOPS_SLA_CLOCK=wall)
+    silent_clock: str = field(default_factory=_silent_clock)
+    _watches: dict[int, SilentWatch] = field(default_factory=dict, repr=False)
+    _guests: dict[str, Sensor] = field(default_factory=dict, repr=False)
 
     def reports(self, source: Source, messages: Sequence[Message]) -> IngestResult:
         """Hotline tickets or patrol reports: decode, geocode addresses, locate, key by grid."""
         out = IngestResult()
         decode = self.decoder.for_source(source)
         events: list[Event] = []
-        origins: list[Message] = []
+        origins: list[Message | None] = []
         for msg in messages:
             try:
                 events.append(decode(msg.value))
@@ -201,27 +229,39 @@ class Ingest:
 
     def readings(self, messages: Sequence[Message], states: dict[str, SensorState],
                  columns: ReadingColumns | None = None) -> IngestResult:
-        """Sensor readings: update each sensor's state (the caller persists `states`), aggregate per minute,
-        and pass on a problem only when a threshold is crossed.
+        """Sensor readings of one partition: update each sensor's state (the caller persists `states`),
+        aggregate per minute, and pass on an alarm when a threshold is crossed (or stays crossed for
+        `realarm`) and a device-fault report when a sensor is broken (pipeline.sensors.apply_reading).
+
+        A sensor missing from the registry whose message has a position and a known type alarms with its type's
+        defaults there; one without is aggregated only. Each time the partition's clock (its newest reading
+        time) crosses a silent-check boundary, the partition's registered sensors are checked for silence
+        (pipeline.sensors.SilentWatch) at that point of the input, so a replay raises the same faults.
 
         The sensor-minute rows go to `out.readings`, or, given `columns`, straight into those column builders
         (the worker's fast path); `out.touched` names the sensors whose state changed either way."""
         out = IngestResult()
         problems: list[Event] = []
-        origins: list[Message] = []
+        origins: list[Message | None] = []
         touched: dict[str, str] = {}        # sensor id -> its type, for the sensors this batch changed
+        unregistered: set[str] = set()      # the batch's sensors missing from the registry
+        faulted: set[str] = set()           # sensors the silent watch changed
         if columns is None:
             rows = out.readings
 
             def emit(sid: str, stype: str, state: SensorState, cell: str) -> None:
-                rows.append(_reading_row(sid, stype, state, cell))
+                rows.append(_reading_row(sid, stype, state, cell, sid not in unregistered))
         else:
             append = columns.append
 
             def emit(sid: str, stype: str, state: SensorState, cell: str) -> None:
-                minute_max = state.minute_max
                 append(sid, stype, int(state.minute), state.minute_readings, state.last_value,
-                       minute_max, cell)
+                       state.minute_max, cell, sid not in unregistered)
+        watch = self._watch(states)
+        now = watch.now
+        if self.silent_clock == "wall":
+            self._check_silent(watch, self._judged(watch), problems, origins, faulted)
+        check_at = watch.next_check
         decoder, sensor_of, state_of = self.decoder, self.sensors.sensors.get, states.get
         fast, bounds = decoder.reading_fields, decoder.reading_bounds()
         late = 0
@@ -238,33 +278,115 @@ class Ingest:
             sensor = sensor_of(sid)
             if sensor is None:
                 out.unknown_sensors.add(sid)
+                unregistered.add(sid)
+                if lon is not None and lat is not None:
+                    sensor = self._guest(sid, stype, lon, lat)
             elif sensor.sensor_type != stype:
                 out.deadletters.append(_dead(msg, f"sensor_type: {stype!r} does not match the "
                                                   f"registry's {sensor.sensor_type!r} for sensor {sid}"))
                 continue
+            if ts > now:
+                now = ts
+                if now >= check_at:     # at this point of the input, whatever the batches: deterministic
+                    self._check_silent(watch, now, problems, origins, faulted)
+                    check_at = watch.next_check
             state = state_of(sid)
             if state is None:
                 state = states[sid] = SensorState()
+                if sensor is not None and sensor.registered:
+                    watch.add(sid, ts + sensor.silent_s)
             prev_minute = state.minute
             if prev_minute and ts >= prev_minute + 60 and sid in touched:
                 emit(sid, touched[sid], state, "")
             done = apply_reading(state, ts, value, sensor)
+            if done == APPLIED:
+                touched[sid] = stype
+                continue
             if done == LATE:
                 late += 1
                 continue
             touched[sid] = stype
-            if done == ALARM:
-                assert sensor is not None
-                problems.append(alarm_event(Reading(sid, stype, value, at, lon, lat), sensor, state))
+            assert sensor is not None
+            if done & FAULT:
+                problems.append(fault_event(sensor, state))
                 origins.append(msg)
+            if done & ALARM:
+                problems.append(alarm_event(Reading(sid, stype, value, at, lon, lat), sensor, state,
+                                            again=bool(done & REALARM)))
+                origins.append(msg)
+            if done & RESUMED:
+                watch.resume(sid, state)
+        watch.now, watch.known = now, len(states)
         out.accepted += len(messages) - len(out.deadletters)
         out.late_readings += late
         self._locate_into(problems, origins, out, count_accepted=False)
-        cells = {e.sensor_id: (e.location.cell or "") for e in problems if e.location}
+        cells = {e.sensor_id: (e.location.cell or "") for e in problems if e.location and e.sensor_id}
+        placed = [sid for sid in unregistered if sid in touched and sid not in cells and sid in self._guests]
+        if placed:
+            cells.update(self._cells_of([self._guests[sid] for sid in placed]))
         for sid, stype in touched.items():
             emit(sid, stype, states[sid], cells.get(sid, ""))
-        out.touched = set(touched)
+        out.touched = set(touched) | faulted
         return out
+
+    def silent_sweep(self, states: dict[str, SensorState]) -> IngestResult:
+        """With the wall clock: report the sensors of a partition that fell silent while no reading came (the
+        worker calls this every few seconds); nothing with the stream clock, which only readings move."""
+        out = IngestResult()
+        if self.silent_clock != "wall":
+            return out
+        problems: list[Event] = []
+        origins: list[Message | None] = []
+        watch = self._watch(states)
+        self._check_silent(watch, self._judged(watch), problems, origins, out.touched)
+        self._locate_into(problems, origins, out, count_accepted=False)
+        return out
+
+    def forget_watches(self) -> None:
+        """Drop the silent watches (the worker's partitions moved: the next batch of each rebuilds its own)."""
+        self._watches.clear()
+
+    def _watch(self, states: dict[str, SensorState]) -> SilentWatch:
+        watch = self._watches.get(id(states))
+        if watch is None or not watch.fits(states, self.sensors):
+            watch = self._watches[id(states)] = SilentWatch(states, self.sensors)
+        return watch
+
+    def _judged(self, watch: SilentWatch) -> float:
+        """The wall clock's "now" for a partition: the wall clock while the partition is live (its newest reading
+        is at most `LIVE_S` old), else its own clock. A partition catching up on a backlog, or one whose
+        readings all stopped (an upstream outage, not thousands of broken devices), reports no silence by the
+        wall clock: its readings' times judge it as they come."""
+        wall = time.time()
+        return wall if wall - watch.now <= LIVE_S else watch.now
+
+    def _check_silent(self, watch: SilentWatch, now: float, problems: list[Event],
+                      origins: list[Message | None], changed: set[str]) -> None:
+        if now < watch.next_check:
+            return
+        sensors = self.sensors.sensors
+        for at, sid in watch.scan(now):
+            state = watch.states[sid]
+            fall_silent(state, at)
+            problems.append(fault_event(sensors[sid], state))
+            origins.append(None)
+            changed.add(sid)
+
+    def _guest(self, sid: str, stype: str, lon: float, lat: float) -> Sensor | None:
+        """An unregistered sensor placed by its message, with its type's defaults (None: unknown type)."""
+        guest = self._guests.get(sid)
+        if guest is not None and guest.sensor_type == stype and guest.lon == lon and guest.lat == lat:
+            return guest
+        kind = self.sensors.types.get(stype)
+        if kind is None:
+            return None
+        guest = self._guests[sid] = Sensor.of_type(sid, kind, lon, lat, registered=False)
+        return guest
+
+    def _cells_of(self, sensors: list[Sensor]) -> dict[str, str]:
+        """The grid cell of each sensor's place ("" outside the grid)."""
+        result = self.grid.locate_batch(np.array([s.lon for s in sensors]), np.array([s.lat for s in sensors]))
+        return {s.sensor_id: (result.cell[i] or "") for i, s in enumerate(sensors)}
 
     def updates(self, messages: Sequence[Message]) -> IngestResult:
         """Case updates: validate and key by the case's grid so they meet the case."""
@@ -284,8 +406,11 @@ class Ingest:
             out.accepted += 1
         return out
 
-    def _locate_into(self, events: list[Event], origins: list[Message], out: IngestResult,
+    def _locate_into(self, events: list[Event], origins: Sequence[Message | None], out: IngestResult,
                      count_accepted: bool = True) -> None:
+        """Locate `events` in one grid lookup; each located one goes to `out.located` (and replaces its entry in
+        `events`), each without a place to `out.unlocated`. One the grid refuses is a dead letter of its input
+        message; a silent fault has none (it is logged: a registry position outside the grid)."""
         lons = np.full(len(events), np.nan)
         lats = np.full(len(events), np.nan)
         unresolved: set[int] = set()
@@ -312,12 +437,16 @@ class Ingest:
             assert result is not None
             error = result.error[i]
             if error:
-                out.deadletters.append(_dead(origins[i], f"location: {error}"))
+                origin = origins[i]
+                if origin is not None:
+                    out.deadletters.append(_dead(origin, f"location: {error}"))
+                else:
+                    log.warning("%s not located: %s", e.event_id, error)
                 continue
             cell = result.cell[i]
             loc = Location(cell=cell, subdistrict=result.subdistrict[i], grid_kind=result.grid_kind[i],
                            grid_version=grid.version, snapped=bool(result.snapped[i]))
-            located = replace(e, location=loc)
+            located = events[i] = replace(e, location=loc)
             out.located.append((book_key(loc), encode_located(located)))
             out.located_at.append(e.occurred_at.timestamp())
             if count_accepted:
@@ -329,10 +458,10 @@ def _dead(msg: Message, reason: str) -> DeadLetter:
                       raw=msg.value, at=datetime.now(UTC))
 
 
-def _reading_row(sid: str, stype: str, state: SensorState, cell: str) -> SensorReadingRow:
+def _reading_row(sid: str, stype: str, state: SensorState, cell: str, registered: bool = True) -> SensorReadingRow:
     return SensorReadingRow(sensor_id=sid, sensor_type=stype, minute=minute_start(state),
                             readings=state.minute_readings, last_value=state.last_value,
-                            max_value=state.minute_max, cell=cell)
+                            max_value=state.minute_max, cell=cell, registered=registered)
 
 
 # -- stage 2: cases --------------------------------------------------------------------------------------

@@ -4,18 +4,24 @@ sensor-minute rows out (see pipeline.batch_service for batches, checkpoints and 
 Partitions ahead in event time wait while the others catch up on a backlog (pipeline.align;
 `CITYOPS_ALIGN_SKEW` seconds, default 60, `off` to read them as they come).
 
-State: each sensor's alarm state and current-minute aggregate, per raw.iot partition, in the compacted changelog
-`<app id>-ingest-sensor-state`. A replayed reading is not newer than its sensor's state and is skipped
-(pipeline.sensors.observe), so a replay after a checkpoint wrote the state changes nothing.
+State: each sensor's alarm and fault state and current-minute aggregate, per raw.iot partition, in the compacted
+changelog `<app id>-ingest-sensor-state`. A replayed reading is not newer than its sensor's state and is skipped
+(pipeline.sensors.apply_reading), so a replay after a checkpoint wrote the state changes nothing.
+
+Silent sensors are found by each raw.iot partition's clock as its readings come (pipeline.flow.Ingest.readings);
+with the wall clock (`CITYOPS_SLA_CLOCK=wall`) also every `CITYOPS_SLA_CHECK_INTERVAL` seconds while no reading
+comes (`_check_silent_sensors`).
 """
 
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 import orjson
 from aiokafka import TopicPartition
+from mode import Service
 
 from pipeline.align import TIME_FIELDS, Aligner, time_reader
 from pipeline.batch_service import EXIT_DEADLETTER_LIMIT, BatchService, ChangelogTable, json_bytes
@@ -76,6 +82,34 @@ class IngestService(BatchService):
         # one incident come from several partitions and topics, and a case is found most reliably in time order.
         for _, _, key, value in sorted(located):
             await self.send(t.located, value, key.encode())
+
+    def partitions_lost(self, partitions: set[TopicPartition]) -> None:
+        self.c.ingest.forget_watches()
+
+    @Service.timer(float(os.environ.get("CITYOPS_SLA_CHECK_INTERVAL", "10")))
+    async def _check_silent_sensors(self) -> None:
+        """With the wall clock, report sensors that fell silent on partitions where no reading came since the
+        last batch. With the stream clock (the default) only readings move a partition's clock: a timer would
+        judge by the time of the check, which a replay does not repeat."""
+        if self.c.ingest.silent_clock != "wall":
+            return
+        t = self.settings.topics
+        async with self.lock:
+            results = [(tp.partition, self.c.ingest.silent_sweep(self.sensor_states.partition(tp.partition)))
+                       for tp in self.owned if tp.topic == t.raw_iot]
+            sent = False
+            for partition, res in results:
+                if not res.touched:
+                    continue
+                self.sensor_states.changed(partition, res.touched)
+                await self._publish(res)
+                for key, value in res.located:
+                    await self.send(t.located, value, key.encode())
+                sent = True
+            if sent:
+                if self.pending.since is None:
+                    self.pending.since = time.monotonic()
+                await self.tick()
 
     async def _publish(self, res: IngestResult) -> None:
         t = self.settings.topics

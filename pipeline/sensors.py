@@ -1,9 +1,16 @@
-"""IoT sensors: the registry (where a sensor is, what its thresholds are) and the alarm state of each sensor.
+"""IoT sensors: the sensor types and the registry (where a sensor is, what its thresholds are), the alarm and
+fault state of each sensor, and the silent-sensor watch of an ingest partition (docs/cases.md §6).
 
-A reading is not a problem; crossing a threshold is. `SensorState.observe` applies one reading with hysteresis
-(separate alarm and clear levels) and debounce (N consecutive readings beyond the alarm level), so a flapping
-sensor opens one problem, not ten. Readings older than the sensor's latest are late (or replayed): they are
-counted, never re-applied, which makes a replay of the topic change nothing.
+A reading is not a problem; crossing a threshold is. `apply_reading` applies one reading with hysteresis
+(separate alarm and clear levels) and debounce (N consecutive valid readings beyond the alarm level), so a
+flapping sensor opens one problem, not ten; a sensor that stays beyond its alarm level alarms again every
+`realarm`. A reading outside the type's `valid` range is an error reading: aggregated, never counted toward an
+alarm or a clear. Broken devices raise device-fault reports (`error`, `stuck`, `silent`), one per episode.
+Readings older than the sensor's latest are late (or replayed): they are counted, never re-applied, which makes
+a replay of the topic change nothing.
+
+Ids are stable, so a replay after a crash raises the same events: the n-th alarm of a sensor (re-alarms
+included) is `iot:<sensor>:alarm<n>`, its n-th fault report `iot:<sensor>:fault<n>`.
 """
 
 from __future__ import annotations
@@ -12,20 +19,30 @@ import csv
 import logging
 import math
 from dataclasses import dataclass, field, fields, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from heapq import heapify, heappop, heappush
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import yaml
+from yaml.constructor import SafeConstructor
 
 from pipeline.decode import Reading
-from pipeline.model import Event
+from pipeline.model import SENSOR_SCOPES, DeviceFault, Event, SensorScope
 from pipeline.taxonomy import Taxonomy, default_taxonomy
+from rules.durations import format_duration, parse_duration
 
 DATA = Path(__file__).resolve().parent / "data"
 DEFAULT_TYPES = DATA / "sensor_types.yaml"
 log = logging.getLogger("cityops.sensors")
 Direction = Literal["above", "below"]
+
+DEFAULT_SILENT_S = 3600.0          # a type's `silent` when its entry leaves it out (4 x a 15-minute interval)
+DEFAULT_REALARM_S = 6 * 3600.0     # a type's `realarm` when its entry leaves it out
+DEFAULT_ERROR_AFTER = 3            # the file's `error_after` when it leaves it out
+STUCK_READINGS = 4                 # a stuck run is at least this many identical readings (and `stuck` long)
+SILENT_CHECK_S = 600.0             # the silent watch looks at its sensors every 10 minutes of its clock
+LIVE_S = 300.0                     # wall clock: a partition whose newest reading is older is not live (below)
 
 
 class RegistryError(ValueError):
@@ -34,6 +51,14 @@ class RegistryError(ValueError):
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
         super().__init__("\n".join(problems))
+
+
+class _Bad(ValueError):
+    """One bad field: `key` names it (so the file's error can point at it)."""
+
+    def __init__(self, key: str, message: str) -> None:
+        self.key = key
+        super().__init__(f"{key}: {message}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,20 +77,49 @@ class Threshold:
 
 @dataclass(frozen=True, slots=True)
 class SensorType:
+    """A type's defaults (pipeline/data/sensor_types.yaml). Durations are seconds; `stuck_s` None: never stuck."""
+
     name: str
     unit: str
     category: str
     threshold: Threshold
+    scope: SensorScope = "area"
+    valid: tuple[float, float] = (-math.inf, math.inf)
+    stuck_s: float | None = None
+    silent_s: float = DEFAULT_SILENT_S
+    realarm_s: float = DEFAULT_REALARM_S
+    error_after: int = DEFAULT_ERROR_AFTER
 
 
 @dataclass(frozen=True, slots=True)
 class Sensor:
+    """One sensor as the alarm and fault rules need it, flat for the readings hot path: its type's settings
+    with the registry's overrides. `stuck_s` is infinite for a type never judged stuck. `registered` is False
+    for an unregistered device placed by its own message (it alarms with its type's defaults)."""
+
     sensor_id: str
     sensor_type: str
     category: str
     lon: float
     lat: float
     threshold: Threshold
+    scope: SensorScope = "area"
+    valid_min: float = -math.inf
+    valid_max: float = math.inf
+    stuck_s: float = math.inf
+    silent_s: float = DEFAULT_SILENT_S
+    realarm_s: float = DEFAULT_REALARM_S
+    error_after: int = DEFAULT_ERROR_AFTER
+    registered: bool = True
+
+    @classmethod
+    def of_type(cls, sensor_id: str, t: SensorType, lon: float, lat: float, *, category: str | None = None,
+                threshold: Threshold | None = None, silent_s: float | None = None,
+                registered: bool = True) -> Sensor:
+        """A sensor of type `t` at (lon, lat), with any of its category, threshold and silent period overridden."""
+        return cls(sensor_id, t.name, category or t.category, lon, lat, threshold or t.threshold, t.scope,
+                   t.valid[0], t.valid[1], math.inf if t.stuck_s is None else t.stuck_s,
+                   t.silent_s if silent_s is None else silent_s, t.realarm_s, t.error_after, registered)
 
 
 @dataclass(frozen=True)
@@ -81,52 +135,146 @@ class SensorRegistry:
         return self.sensors.get(sensor_id)
 
 
-_TYPE_KEYS = {"unit", "direction", "alarm", "clear", "debounce", "category"}
+# -- the type file -----------------------------------------------------------------------------------------
+
+_TOP_KEYS = {"version", "kind", "name", "error_after", "types"}
+_TYPE_KEYS = {"unit", "direction", "alarm", "clear", "debounce", "category", "scope", "valid", "stuck", "silent",
+              "realarm"}
+_REQUIRED = ("direction", "alarm", "clear", "debounce", "category", "scope", "valid", "stuck")
 
 
 def load_types(path: Path = DEFAULT_TYPES, taxonomy: Taxonomy | None = None) -> dict[str, SensorType]:
+    """Read and validate a sensor-type file; every problem is reported as `file:line:column: key: message`
+    (unknown keys, missing keys, bad values and ranges), and any problem rejects the whole file."""
     tax = taxonomy or default_taxonomy()
-    problems: list[str] = []
     text = path.read_text(encoding="utf-8")
     try:
-        root = yaml.compose(text)
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as err:
         raise RegistryError([f"{path}:1:1: (top): not valid YAML: {err}"]) from None
     if not isinstance(root, yaml.MappingNode):
         raise RegistryError([f"{path}:1:1: (top): must be a mapping with version, kind, name, types"])
-    top = {k.value: v for k, v in root.value}
-    if "types" not in top or not isinstance(top["types"], yaml.MappingNode):
-        raise RegistryError([f"{path}:1:1: types: required mapping of sensor type -> thresholds"])
+    top = {k.value: (k, v) for k, v in root.value}
+    problems = [f"{_where(path, k)}: {k.value}: unknown key (expected one of {', '.join(sorted(_TOP_KEYS))})"
+                for k, _ in top.values() if k.value not in _TOP_KEYS]
+    error_after = DEFAULT_ERROR_AFTER
+    if "error_after" in top:
+        node = top["error_after"][1]
+        value = _value(node)
+        if type(value) is not int or value < 1:
+            problems.append(f"{_where(path, node)}: error_after: must be a whole number of at least 1")
+        else:
+            error_after = value
+    if "types" not in top or not isinstance(top["types"][1], yaml.MappingNode):
+        raise RegistryError(problems + [f"{path}:1:1: types: required mapping of sensor type -> thresholds"])
     out: dict[str, SensorType] = {}
-    for key_node, node in top["types"].value:
+    for key_node, node in top["types"][1].value:
         name = key_node.value
-        where = f"{path}:{node.start_mark.line + 1}:{node.start_mark.column + 1}: types.{name}"
         if not isinstance(node, yaml.MappingNode):
-            problems.append(f"{where}: must be a mapping")
+            problems.append(f"{_where(path, node)}: types.{name}: must be a mapping")
             continue
-        fields = {k.value: v.value for k, v in node.value}
-        unknown = set(fields) - _TYPE_KEYS
-        if unknown:
-            problems.append(f"{where}: unknown keys {', '.join(sorted(unknown))}")
+        nodes = {k.value: v for k, v in node.value}
+        bad = [f"{_where(path, nodes[k])}: types.{name}.{k}: unknown key" for k in nodes if k not in _TYPE_KEYS]
+        bad += [f"{_where(path, node)}: types.{name}: missing key {k}" for k in _REQUIRED if k not in nodes]
+        if bad:
+            problems += bad
+            continue
         try:
-            cat = str(fields["category"])
-            if cat not in tax:
-                raise ValueError(f"category: unknown code {cat!r}")
-            out[name] = SensorType(name=name, unit=str(fields.get("unit", "")), category=cat,
-                                   threshold=_threshold(fields))
-        except (KeyError, ValueError) as err:
-            problems.append(f"{where}: {_why(err)}")
+            out[name] = _sensor_type(name, {k: _value(v) for k, v in nodes.items()}, error_after, tax)
+        except _Bad as err:
+            problems.append(f"{_where(path, nodes.get(err.key, node))}: types.{name}.{err}")
     if problems:
         raise RegistryError(problems)
     return out
 
 
+def _where(path: Path, node: yaml.Node) -> str:
+    return f"{path}:{node.start_mark.line + 1}:{node.start_mark.column + 1}"
+
+
+def _value(node: yaml.Node) -> Any:
+    return SafeConstructor().construct_object(node, deep=True)
+
+
+def _sensor_type(name: str, f: dict[str, Any], error_after: int, tax: Taxonomy) -> SensorType:
+    category = f["category"]
+    if not isinstance(category, str) or category not in tax:
+        raise _Bad("category", f"unknown category code {category!r}")
+    scope = f["scope"]
+    if scope not in SENSOR_SCOPES:
+        raise _Bad("scope", f"must be one of {', '.join(SENSOR_SCOPES)}, not {scope!r}")
+    valid = f["valid"]
+    if (not isinstance(valid, list) or len(valid) != 2 or not all(_is_number(v) for v in valid)
+            or not valid[0] < valid[1]):
+        raise _Bad("valid", f"must be [min, max], two numbers with min below max, not {valid!r}")
+    lo, hi = float(valid[0]), float(valid[1])
+    threshold = _threshold(f)
+    _check_in_range(threshold, lo, hi)
+    stuck = f["stuck"]
+    return SensorType(name=name, unit=str(f.get("unit") or ""), category=category, threshold=threshold,
+                      scope=cast(SensorScope, scope), valid=(lo, hi),
+                      stuck_s=None if stuck is None else _seconds("stuck", stuck),
+                      silent_s=_seconds("silent", f.get("silent", "1h")),
+                      realarm_s=_seconds("realarm", f.get("realarm", "6h")), error_after=error_after)
+
+
+def _is_number(v: Any) -> bool:
+    return type(v) in (int, float) and math.isfinite(v)
+
+
+def _seconds(key: str, text: Any) -> float:
+    if not isinstance(text, str):
+        raise _Bad(key, f"write a duration with its unit (30m, 6h, 2d), not {text!r}")
+    try:
+        return parse_duration(text).total_seconds()
+    except ValueError as err:
+        raise _Bad(key, str(err)) from None
+
+
+def _check_in_range(t: Threshold, lo: float, hi: float) -> None:
+    """An alarm or clear level outside the valid range could never be reached by a valid reading."""
+    for key, level in (("alarm", t.alarm), ("clear", t.clear)):
+        if not lo <= level <= hi:
+            raise _Bad(key, f"{level:g} is outside the valid range [{lo:g}, {hi:g}]")
+
+
+def _threshold_fields(t: Threshold) -> dict[str, Any]:
+    return {"direction": t.direction, "alarm": t.alarm, "clear": t.clear, "debounce": t.debounce}
+
+
+def _threshold(f: dict[str, Any]) -> Threshold:
+    direction = str(f["direction"])
+    if direction not in ("above", "below"):
+        raise _Bad("direction", f"must be above or below, not {direction!r}")
+    levels: dict[str, float] = {}
+    for key in ("alarm", "clear"):
+        try:
+            levels[key] = float(f[key])
+        except (TypeError, ValueError):
+            raise _Bad(key, f"must be a number, not {f[key]!r}") from None
+        if not math.isfinite(levels[key]) or isinstance(f[key], bool):
+            raise _Bad(key, f"must be a number, not {f[key]!r}")
+    try:
+        debounce = int(f["debounce"])
+    except (TypeError, ValueError):
+        raise _Bad("debounce", f"must be a whole number, not {f['debounce']!r}") from None
+    if debounce < 1:
+        raise _Bad("debounce", "must be at least 1")
+    alarm, clear = levels["alarm"], levels["clear"]
+    if (direction == "above" and clear >= alarm) or (direction == "below" and clear <= alarm):
+        raise _Bad("clear", f"{clear} must be on the normal side of alarm {alarm} (hysteresis)")
+    return Threshold(direction=direction, alarm=alarm, clear=clear, debounce=debounce)  # type: ignore[arg-type]
+
+
+# -- the registry ------------------------------------------------------------------------------------------
+
 def load_registry(path: Path, types: dict[str, SensorType] | None = None,
                   taxonomy: Taxonomy | None = None) -> SensorRegistry:
-    """Read a registry CSV: sensor_id,sensor_type,lon,lat[,category,direction,alarm,clear,debounce].
+    """Read a registry CSV: sensor_id,sensor_type,lon,lat[,category,direction,alarm,clear,debounce,silent].
 
-    Empty override columns take the type's defaults. Every bad row is reported (`file:line:column: key: ...`);
-    one bad row rejects the file, so a running worker keeps its previous registry.
+    Empty override columns take the type's defaults (`silent` is a duration: `26h` for a sensor that reports
+    once a day). Every bad row is reported (`file:line:column: key: ...`); one bad row rejects the file, so a
+    running worker keeps its previous registry.
     """
     tax = taxonomy or default_taxonomy()
     types = types if types is not None else load_types(taxonomy=tax)
@@ -170,51 +318,47 @@ def load_registry(path: Path, types: dict[str, SensorType] | None = None,
                 problems.append(f"{at('category')}: unknown category code {category!r}")
                 continue
             overrides = {k: rec[k] for k in ("direction", "alarm", "clear", "debounce") if (rec.get(k) or "").strip()}
+            silent = (rec.get("silent") or "").strip()
             try:
                 th = _threshold({**_threshold_fields(base.threshold), **overrides}) if overrides else base.threshold
-            except (KeyError, ValueError) as err:
-                problems.append(f"{at(next(iter(overrides)))}: {_why(err)}")
+                _check_in_range(th, *base.valid)
+                silent_s = _seconds("silent", silent) if silent else None
+            except _Bad as err:
+                problems.append(f"{path}:{n}:{col.get(err.key, 0) + 1}: {err}")
                 continue
-            sensors[sid] = Sensor(sid, stype, category, lon, lat, th)
+            sensors[sid] = Sensor.of_type(sid, base, lon, lat, category=category, threshold=th, silent_s=silent_s)
     if problems:
         raise RegistryError(problems)
     return SensorRegistry(types=types, sensors=sensors, source=str(path))
 
 
-def _threshold_fields(t: Threshold) -> dict[str, Any]:
-    return {"direction": t.direction, "alarm": t.alarm, "clear": t.clear, "debounce": t.debounce}
-
-
-def _threshold(f: dict[str, Any]) -> Threshold:
-    direction = str(f["direction"])
-    if direction not in ("above", "below"):
-        raise ValueError(f"direction: must be above or below, not {direction!r}")
-    alarm, clear, debounce = float(f["alarm"]), float(f["clear"]), int(f["debounce"])
-    if debounce < 1:
-        raise ValueError("debounce: must be at least 1")
-    if (direction == "above" and clear >= alarm) or (direction == "below" and clear <= alarm):
-        raise ValueError(f"clear: {clear} must be on the normal side of alarm {alarm} (hysteresis)")
-    return Threshold(direction=direction, alarm=alarm, clear=clear, debounce=debounce)  # type: ignore[arg-type]
-
-
-def _why(err: Exception) -> str:
-    return f"missing key {err.args[0]}" if isinstance(err, KeyError) else str(err)
-
+# -- one sensor's state ------------------------------------------------------------------------------------
 
 @dataclass(slots=True)
 class SensorState:
-    """One sensor's alarm state and the current minute's reading aggregate (the ingest stage's state)."""
+    """One sensor's alarm and fault state and the current minute's reading aggregate (the ingest stage's state,
+    stored in its changelog)."""
 
     alarm: bool = False
-    streak: int = 0
-    last_at: float = 0.0
+    streak: int = 0               # consecutive valid readings beyond the alarm level, while not in alarm
+    last_at: float = 0.0          # the newest reading applied (POSIX seconds) and its value (error or not)
     last_value: float = 0.0
-    alarms: int = 0
+    alarms: int = 0               # alarms raised, re-alarms included (the n of `iot:<sensor>:alarm<n>`)
     minute: float = 0.0
     minute_readings: int = 0
     minute_max: float = -math.inf
     late: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    alarm_at: float = 0.0         # when the latest alarm or re-alarm was raised
+    errors: int = 0               # consecutive error readings (outside the type's valid range)
+    same_value: float = 0.0       # the current run of identical valid readings: its value, first time, length
+    same_since: float = 0.0
+    same_count: int = 0
+    fault: str = ""               # the open fault episode: "error", "stuck", "silent"; "" when none
+    faults: int = 0               # fault reports raised (the n of `iot:<sensor>:fault<n>`)
+    fault_kind: str = ""          # the latest fault report: its kind, time and the value it reports
+    fault_at: float = 0.0
+    fault_value: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         d = {name: getattr(self, name) for name in _STATE_FIELDS}
@@ -223,32 +367,52 @@ class SensorState:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SensorState:
-        d = dict(d)
-        d["minute_max"] = -math.inf if d.get("minute_max") is None else d["minute_max"]
-        return cls(**d)
+        """A state from `to_dict`, or from an older version's (fields it lacks take their defaults; an alarm
+        restored without its time counts from the sensor's last reading, so it re-alarms `realarm` later)."""
+        known = {k: v for k, v in d.items() if k in _STATE_NAMES}
+        known["minute_max"] = -math.inf if known.get("minute_max") is None else known["minute_max"]
+        if known.get("alarm") and "alarm_at" not in known:
+            known["alarm_at"] = known.get("last_at", 0.0)
+        return cls(**known)
 
 
 _STATE_FIELDS = tuple(f.name for f in fields(SensorState))
+_STATE_NAMES = frozenset(_STATE_FIELDS)
 
 
 @dataclass(frozen=True, slots=True)
 class Observation:
-    """What one reading did: `problem` is the event to open/merge a case with, when the alarm went off."""
+    """What one reading did: `problem` is the alarm it raised, `fault` the device-fault report it raised."""
 
     applied: bool             # False when late or replayed (older than the sensor's latest reading)
     problem: Event | None = None
     cleared: bool = False
+    fault: Event | None = None
 
 
-# What `apply_reading` did with a reading.
-LATE, APPLIED, ALARM, CLEARED = 0, 1, 2, 3
-_LATE, _APPLIED, _CLEARED = Observation(applied=False), Observation(applied=True), Observation(True, cleared=True)
+# What `apply_reading` did with a reading: LATE (0), or APPLIED with any of the flags ALARM (the alarm went off:
+# see `alarm_event`; with REALARM when it went off again), CLEARED, FAULT (a fault report: see `fault_event`) and
+# RESUMED (a fault episode ended). The readings hot path tests `done == APPLIED` first: nothing else to do.
+LATE, APPLIED, ALARM, CLEARED, FAULT, RESUMED, REALARM = 0, 1, 2, 4, 8, 16, 32
+_LATE = Observation(applied=False)
 
 
 def apply_reading(state: SensorState, ts: float, value: float, sensor: Sensor | None) -> int:
-    """Apply one reading (its time as a POSIX timestamp) to its sensor's state: LATE, APPLIED, ALARM (the alarm
-    went off: see `alarm_event`) or CLEARED. Unknown sensors (`sensor` None) are aggregated, never alarm."""
-    if ts <= state.last_at:
+    """Apply one reading (its time as a POSIX timestamp) to its sensor's state; returns LATE or APPLIED with
+    flags (see above). A sensor that cannot be placed (`sensor` None) is aggregated and nothing else.
+
+    The rules (docs/cases.md §6), in order: any reading ends a silent episode, and a reading that comes
+    `silent` or more after the previous one reports the silence (time: previous + silent) unless a fault
+    episode is open. A reading outside `valid` is an error reading: the `error_after`-th in a row raises an
+    `error` fault; it counts toward nothing else. A valid reading ends an `error` episode; the same value as the
+    run before it extends the run (at least `STUCK_READINGS` readings and `stuck` long: a `stuck` fault), another
+    value starts a new run and ends a `stuck` episode. A reading raises at most one fault report, and only while
+    no episode is open. Then the alarm: `debounce` consecutive valid readings beyond the alarm level raise it,
+    a valid reading back at the clear level clears it, and a reading beyond the alarm level at least `realarm`
+    after the latest alarm raises it again.
+    """
+    last_at = state.last_at
+    if ts <= last_at:
         state.late += 1
         return LATE
     minute = math.floor(ts / 60) * 60
@@ -257,49 +421,207 @@ def apply_reading(state: SensorState, ts: float, value: float, sensor: Sensor | 
     state.minute_readings += 1
     if value > state.minute_max:
         state.minute_max = value
+    previous = state.last_value
     state.last_at, state.last_value = ts, value
     if sensor is None:
         return APPLIED
+    done = APPLIED
+    fault = state.fault
+    if fault:
+        if fault == "silent":
+            state.fault = fault = ""
+            done = APPLIED | RESUMED
+    elif last_at and ts - last_at >= sensor.silent_s:
+        # the silence was not reported by the partition's watch before this reading came: report it now, with
+        # the same time and id the watch would have given it (a replay in other batches raises the same event)
+        _report(state, "silent", last_at + sensor.silent_s, previous)
+        done = APPLIED | FAULT
+    if not sensor.valid_min <= value <= sensor.valid_max:
+        errors = state.errors = state.errors + 1
+        if errors >= sensor.error_after and not fault and not done & FAULT:
+            _report(state, "error", ts, value)
+            state.fault = "error"
+            done |= FAULT
+        return done
+    if state.errors:
+        state.errors = 0
+    if fault == "error":
+        state.fault = fault = ""
+        done |= RESUMED
+    if value == state.same_value and state.same_count:
+        state.same_count += 1
+        if (state.same_count >= STUCK_READINGS and ts - state.same_since >= sensor.stuck_s and not fault
+                and not done & FAULT):
+            _report(state, "stuck", ts, value)
+            state.fault = "stuck"
+            done |= FAULT
+    else:
+        if fault == "stuck":
+            state.fault = ""
+            done |= RESUMED
+        state.same_value, state.same_since, state.same_count = value, ts, 1
     th = sensor.threshold
+    above = th.direction == "above"
+    beyond = value >= th.alarm if above else value <= th.alarm
     if not state.alarm:
-        if value >= th.alarm if th.direction == "above" else value <= th.alarm:
+        if beyond:
             state.streak += 1
             if state.streak >= th.debounce:
-                state.alarm, state.streak = True, 0
+                state.alarm, state.streak, state.alarm_at = True, 0, ts
                 state.alarms += 1
-                return ALARM
-        else:
+                return done | ALARM
+        elif state.streak:
             state.streak = 0
-        return APPLIED
-    if value <= th.clear if th.direction == "above" else value >= th.clear:
+        return done
+    if value <= th.clear if above else value >= th.clear:
         state.alarm, state.streak = False, 0
-        return CLEARED
-    return APPLIED
+        return done | CLEARED
+    if beyond and ts - state.alarm_at >= sensor.realarm_s:
+        state.alarm_at = ts
+        state.alarms += 1
+        return done | ALARM | REALARM
+    return done
 
 
-def alarm_event(reading: Reading, sensor: Sensor, state: SensorState) -> Event:
-    """The problem a reading that set off its sensor's alarm raises (after `apply_reading` returned ALARM)."""
+def _report(state: SensorState, kind: DeviceFault, at: float, value: float) -> None:
+    state.faults += 1
+    state.fault_kind, state.fault_at, state.fault_value = kind, at, value
+
+
+def fall_silent(state: SensorState, at: float) -> None:
+    """Open a silent episode found by the partition's watch (`at`: last reading + silent); see `fault_event`."""
+    _report(state, "silent", at, state.last_value)
+    state.fault = "silent"
+
+
+def alarm_event(reading: Reading, sensor: Sensor, state: SensorState, again: bool = False) -> Event:
+    """The problem a reading that set off its sensor's alarm raises (after `apply_reading` returned ALARM): at
+    the sensor's place, with its type's scope. `again`: a re-alarm (REALARM) of an alarm that stayed on."""
     th = sensor.threshold
+    why = (f"{sensor.sensor_type} {reading.value:g} still beyond {th.alarm:g} "
+           f"{format_duration(_td(sensor.realarm_s))} after the previous alarm" if again else
+           f"{sensor.sensor_type} {reading.value:g} beyond {th.alarm:g} for {th.debounce} reading(s)")
     return replace(reading.event(sensor.category, f"iot:{sensor.sensor_id}:alarm{state.alarms}"),
-                   lon=sensor.lon, lat=sensor.lat,
-                   description=f"{sensor.sensor_type} {reading.value:g} beyond {th.alarm:g} "
-                               f"for {th.debounce} reading(s)")
+                   lon=sensor.lon, lat=sensor.lat, scope=sensor.scope, description=why)
+
+
+def fault_event(sensor: Sensor, state: SensorState) -> Event:
+    """The device-fault report of the fault `apply_reading` (FAULT) or `fall_silent` just raised: source iot,
+    the sensor's category, place and scope, `fault` set, id `iot:<sensor>:fault<n>`, time of the fault (the
+    `error_after`-th error reading, the reading that made the run stuck, or last reading + silent)."""
+    kind = cast(DeviceFault, state.fault_kind)
+    value = state.fault_value
+    if kind == "error":
+        why = (f"{sensor.sensor_type} sent {state.errors} readings outside [{sensor.valid_min:g}, "
+               f"{sensor.valid_max:g}] in a row (last {value:g})")
+    elif kind == "stuck":
+        why = (f"{sensor.sensor_type} read {value:g} {state.same_count} times in a row for "
+               f"{format_duration(_td(state.fault_at - state.same_since))}")
+    else:
+        why = f"{sensor.sensor_type} sent no reading for {format_duration(_td(sensor.silent_s))} (last {value:g})"
+    return Event(event_id=f"iot:{sensor.sensor_id}:fault{state.faults}", source="iot", category=sensor.category,
+                 occurred_at=datetime.fromtimestamp(state.fault_at, UTC), lon=sensor.lon, lat=sensor.lat,
+                 description=why, sensor_id=sensor.sensor_id, sensor_type=sensor.sensor_type, value=value,
+                 scope=sensor.scope, fault=kind)
+
+
+def _td(seconds: float) -> timedelta:
+    return timedelta(seconds=round(seconds))
 
 
 def observe(state: SensorState, reading: Reading | Event, sensor: Sensor | None) -> Observation:
-    """Apply one reading to its sensor's state. Unknown sensors are aggregated but never raise problems."""
+    """Apply one reading to its sensor's state (`apply_reading`) and build the events it raised."""
     if isinstance(reading, Event):
         reading = Reading(reading.sensor_id or "", reading.sensor_type or "", reading.value or 0.0,
                           reading.occurred_at, reading.lon, reading.lat)
     done = apply_reading(state, reading.at.timestamp(), reading.value, sensor)
-    if done == ALARM:
-        assert sensor is not None
-        return Observation(applied=True, problem=alarm_event(reading, sensor, state))
-    return _APPLIED if done == APPLIED else _LATE if done == LATE else _CLEARED
+    if done == LATE:
+        return _LATE
+    problem = (alarm_event(reading, sensor, state, again=bool(done & REALARM))
+               if sensor is not None and done & ALARM else None)
+    fault = fault_event(sensor, state) if sensor is not None and done & FAULT else None
+    return Observation(applied=True, problem=problem, cleared=bool(done & CLEARED), fault=fault)
 
 
 def minute_start(state: SensorState) -> datetime:
     return datetime.fromtimestamp(state.minute, UTC)
+
+
+# -- silent sensors ----------------------------------------------------------------------------------------
+
+def next_check(now: float) -> float:
+    """The first silent-check boundary after `now` (boundaries every `SILENT_CHECK_S` of the clock)."""
+    return (math.floor(now / SILENT_CHECK_S) + 1) * SILENT_CHECK_S
+
+
+class SilentWatch:
+    """Which registered sensors of one ingest partition have fallen silent, by that partition's clock.
+
+    The clock is the newest reading time applied on the partition; it is the largest `last_at` of the
+    partition's states, so a watch rebuilt after a restart or rebalance (from the restored states) has the clock
+    the partition had at its last checkpoint and checks at the same boundaries as before. The check itself is
+    `scan(now)`: every registered sensor without an open fault episode whose `last_at + silent_s <= now`, a pure
+    function of the states, so a replay raises the same silent faults with the same times and ids whatever
+    batches the input comes in.
+
+    It is cheap for 61,000 sensors because it does not look at them all: each sensor waits in a heap under a
+    time no later than its real due time (its `last_at + silent_s` when it was pushed; readings only move the
+    due time later), and a check pops only the entries that are due, pushing back those whose sensor reported
+    since. A sensor leaves the heap when a fault episode opens and comes back when it ends (`resume`). The
+    readings hot path only compares each reading's time with the clock.
+    """
+
+    __slots__ = ("states", "registry", "now", "next_check", "due", "watched", "known")
+
+    def __init__(self, states: dict[str, SensorState], registry: SensorRegistry) -> None:
+        self.states = states
+        self.registry = registry
+        sensors = registry.sensors
+        self.now = max((s.last_at for s in states.values()), default=0.0)
+        self.next_check = next_check(self.now)
+        self.due: list[tuple[float, str]] = [
+            (st.last_at + sensor.silent_s, sid) for sid, st in states.items()
+            if not st.fault and st.last_at and (sensor := sensors.get(sid)) is not None]
+        heapify(self.due)
+        self.watched = {sid for _, sid in self.due}
+        self.known = len(states)      # states it has accounted for; another count means a restore: rebuild
+
+    def fits(self, states: dict[str, SensorState], registry: SensorRegistry) -> bool:
+        """Whether this watch still describes `states` under `registry` (else build a new one)."""
+        return self.states is states and self.registry is registry and self.known == len(states)
+
+    def add(self, sensor_id: str, due_at: float) -> None:
+        """Watch a registered sensor that is not watched: silent from `due_at` unless it reports before."""
+        if sensor_id not in self.watched:
+            self.watched.add(sensor_id)
+            heappush(self.due, (due_at, sensor_id))
+
+    def resume(self, sensor_id: str, state: SensorState) -> None:
+        """A fault episode of this sensor ended: watch it again (when registered)."""
+        sensor = self.registry.sensors.get(sensor_id)
+        if sensor is not None:
+            self.add(sensor_id, state.last_at + sensor.silent_s)
+
+    def scan(self, now: float) -> list[tuple[float, str]]:
+        """(fault time, sensor id) of every watched sensor silent at `now`, by time then id; they leave the
+        watch (the caller opens their silent episodes: `fall_silent`). Moves the next check past `now`."""
+        due, states, sensors = self.due, self.states, self.registry.sensors
+        found: list[tuple[float, str]] = []
+        while due and due[0][0] <= now:
+            _, sid = heappop(due)
+            state, sensor = states.get(sid), sensors.get(sid)
+            if state is None or sensor is None or state.fault:
+                self.watched.discard(sid)
+                continue
+            at = state.last_at + sensor.silent_s
+            if at > now:
+                heappush(due, (at, sid))
+                continue
+            self.watched.discard(sid)
+            found.append((at, sid))
+        self.next_check = max(self.next_check, next_check(now))
+        found.sort()
+        return found
 
 
 class RegistryHolder:

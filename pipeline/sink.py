@@ -633,7 +633,9 @@ _TRANSITIONS = TableSpec(
     key=attrgetter("case_id", "seq"), convert={"at": _epoch}, key_columns=("case_id", "seq"),
 )
 _READINGS = TableSpec(
-    "sensor_readings", ("sensor_id", "sensor_type", "minute", "readings", "last_value", "max_value", "cell"),
+    "sensor_readings",
+    ("sensor_id", "sensor_type", "minute", "readings", "last_value", "max_value", "cell", "registered"),
+    # registered stays a bool, like events' snapped/merged (the UInt8 writer packs True/False as 1/0)
     key=attrgetter("sensor_id", "minute"), convert={"minute": _epoch}, key_columns=("sensor_id", "minute"),
 )
 
