@@ -12,7 +12,7 @@ File format (every key not listed here is an error naming the file and the key):
     defect: "..."                              # a quoted defect (or a list of them), or: normal
     clock: stream                              # stream (default) | wall
     day: 2026-03-02                            # the Asia/Shanghai date of "HH:MM"; "D2 HH:MM" is the next day
-    sensors: {ID: {type: TYPE, place: PLACE}}  # the registry (thresholds: the type's defaults)
+    sensors: {ID: {type: TYPE, place: PLACE, silent: 3d}}  # the registry (the type's defaults; `silent` optional)
     places:  {NAME: {lon: .., lat: .., note: ..} | {from: NAME, east: M, north: M, note: ..}}
     steps:   [{at: T, reading|ticket|patrol|update: {...}} | {wall: T}]
     expect:  {cases, assignments, rounds, refused, dead_letters, reports}
@@ -98,6 +98,7 @@ class Sensor:
     sensor_id: str
     sensor_type: str
     place: Place
+    silent: str | None = None           # the registry's `silent` override (a duration such as "3d"), if any
 
 
 @dataclass(frozen=True, slots=True)
@@ -388,11 +389,12 @@ def _sensors(p: _Parser, raw: Any, places: Mapping[str, Place]) -> dict[str, Sen
     out: dict[str, Sensor] = {}
     for sid, entry in raw.items():
         where = f"sensors.{sid}"
-        e = p.mapping(entry, where, ["type", "place"])
+        e = p.mapping(entry, where, ["type", "place"], ["silent"])
         place = places.get(e["place"])
         if place is None:
             raise p.fail(f"{where}.place", f"unknown place {e['place']!r}")
-        out[str(sid)] = Sensor(str(sid), p.text(e["type"], f"{where}.type"), place)
+        silent = p.text(e["silent"], f"{where}.silent") if "silent" in e else None
+        out[str(sid)] = Sensor(str(sid), p.text(e["type"], f"{where}.type"), place, silent)
     return out
 
 

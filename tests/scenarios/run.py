@@ -95,9 +95,10 @@ def _registry(s: Scenario, tmp: Path) -> SensorRegistry:
     path = tmp / "registry.csv"
     with path.open("w", newline="", encoding="utf-8") as fh:
         out = csv.writer(fh)
-        out.writerow(["sensor_id", "sensor_type", "lon", "lat"])
+        out.writerow(["sensor_id", "sensor_type", "lon", "lat", "silent"])
         for sensor in s.sensors.values():
-            out.writerow([sensor.sensor_id, sensor.sensor_type, sensor.place.lon, sensor.place.lat])
+            out.writerow([sensor.sensor_id, sensor.sensor_type, sensor.place.lon, sensor.place.lat,
+                          sensor.silent or ""])
     return load_registry(path, load_types())
 
 
