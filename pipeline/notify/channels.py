@@ -1,12 +1,21 @@
 """Sending one rendered message over one channel, and what the answer means: delivered, retry, or give up.
 
-| kind | request | delivered when | retried when |
-| --- | --- | --- | --- |
-| `webhook` | POST JSON (`idempotency_key`, the assignment's ids, `subject`, `text`, every template field), bearer `token` | HTTP 2xx | no answer, timeout, HTTP 408/425/429/5xx |
-| `wecom` | 企业微信群机器人: POST `{"msgtype": "markdown", "markdown": {"content"}}` (or `text`) to the robot URL (its `key` is the credential) | HTTP 200 and `errcode` 0 | as above, and `errcode` -1 (busy) or 45009 (over the robot's 20 a minute) |
-| `dingtalk` | 钉钉群机器人: POST `{"msgtype": "markdown", "markdown": {"title", "text"}}` (or `text`); with a `secret` the URL gets `timestamp` (ms) and `sign` = URL-encoded base64 of HMAC-SHA256(secret, "timestamp\\nsecret"), made anew for every attempt (DingTalk refuses a timestamp an hour old) | HTTP 200 and `errcode` 0 | as above, and `errcode` -1 or 130101 (sent too fast) |
-| `sms` | POST JSON `{"idempotency_key", "to": [...], "text"}` to the gateway, bearer `token`; text cut to `max_chars` | HTTP 2xx | as webhook |
-| `email` | SMTP (smtplib in a thread) with STARTTLS or TLS and login as the `smtp` block says; `Message-ID: <delivery id@cityops>` | the server accepted it for every recipient | no connection, timeout, a 4xx reply |
+- `webhook`: POST JSON (`idempotency_key`, the assignment's ids, `subject`, `text`, every template field) with
+  the bearer `token`; delivered on HTTP 2xx.
+- `wecom` (企业微信群机器人): POST `{"msgtype": "markdown", "markdown": {"content"}}` (or `text`) to the robot URL,
+  whose `key` is the credential; delivered on HTTP 200 with `errcode` 0; retried also on `errcode` -1 (busy) and
+  45009 (over the robot's 20 messages a minute).
+- `dingtalk` (钉钉群机器人): POST `{"msgtype": "markdown", "markdown": {"title", "text"}}` (or `text`); with a
+  `secret` the URL gets `timestamp` (ms) and `sign`, the URL-encoded base64 of HMAC-SHA256(secret,
+  "timestamp\nsecret"), made anew for every attempt (DingTalk refuses a timestamp an hour old); delivered on
+  `errcode` 0; retried also on -1 and 130101 (sent too fast).
+- `sms`: POST JSON `{"idempotency_key", "to": [...], "text"}` to the gateway with the bearer `token`; the text is
+  cut to `max_chars`; delivered on HTTP 2xx.
+- `email`: SMTP (smtplib, in a thread) with STARTTLS or TLS and login as the `smtp` block says, `Message-ID:
+  <delivery id@cityops>`; delivered when the server accepts it for every recipient; retried on a 4xx reply.
+
+HTTP channels are retried when there is no answer, on a timeout and on HTTP 408, 425, 429 and 5xx; SMTP when
+there is no connection or a timeout.
 
 Every HTTP request carries the header `Idempotency-Key: <delivery id>`, the same on every attempt. Anything
 else (HTTP 4xx, a robot's other error codes such as DingTalk's 310000 for a bad signature, SMTP 5xx) will not
@@ -158,7 +167,8 @@ def send_email_blocking(smtp: SmtpServer, channel: Channel, message: Message, d:
     except smtplib.SMTPResponseException as err:
         return Outcome.failed(f"SMTP {err.smtp_code}: {err.smtp_error!r}", retry=400 <= err.smtp_code < 500)
     except (smtplib.SMTPException, OSError, ssl.SSLError) as err:
-        return Outcome.failed(f"SMTP {type(err).__name__}: {err}", retry=not isinstance(err, ssl.SSLCertVerificationError))
+        retry = not isinstance(err, ssl.SSLCertVerificationError)      # a wrong certificate stays wrong
+        return Outcome.failed(f"SMTP {type(err).__name__}: {err}", retry=retry)
     if refused:
         return Outcome.failed(f"SMTP refused {len(refused)} of {len(channel.to)} recipients",
                               retry=all(400 <= code < 500 for code, _ in refused.values()))

@@ -2,12 +2,17 @@
 
 Which kinds notify which targets, and why:
 
-| kind | targets | why |
-| --- | --- | --- |
-| `dispatch` | the assignment's `notify` (the rule's list plus its team's defaults, rules/spec.py) | the rules say who must hear about a new case besides the team |
-| `reroute` | the assignment's `notify` (the new decision's list) | a more urgent report re-routed the case (a smoke alarm joining a case makes it the fire liaison's business), or a team rejected it: whoever the rules name must know who now holds it |
-| `rework` | the rule's list (from the ruleset, by `rule_id`), **priority 1 only** | rework is the centre's own quality loop, but an emergency "resolved" that failed its check (a gas leak still leaking) is news to the gas company |
-| `escalation` | the rule's list and the escalation team's `notify` (the ruleset's `teams.<team>.notify`; for the district command centre, `command_notify` of the targets file) | an overdue emergency is everyone's business; the escalation team's outside contacts hear it as well |
+- `dispatch`: the assignment's `notify` (the rule's list plus its team's defaults, rules/spec.py): the rules say
+  who must hear about a new case besides the team.
+- `reroute`: the assignment's `notify` (the new decision's list): a more urgent report re-routed the case (a smoke
+  alarm joining a case makes it the fire liaison's business), or a team rejected it; whoever the rules name must
+  know who holds it now.
+- `rework`: the rule's list (from the running ruleset, by `rule_id`), **priority 1 only**: rework is the centre's
+  own quality loop, but an emergency "resolved" that failed its check (a gas leak still leaking) is news to the
+  gas company.
+- `escalation`: the rule's list and the escalation team's `notify` (the ruleset's `teams.<team>.notify`; for the
+  district command centre, `command_notify` of the targets file): an overdue emergency is everyone's business,
+  and the escalation team's outside contacts hear it as well.
 
 A target the assignment names but the targets file lacks (the rules changed before the targets file did) yields
 no delivery but a `Missing` entry, which the notifier dead-letters at once with the reason.

@@ -473,7 +473,7 @@ class _Parser:
             return None
         assert name is not None and url is not None and secret is not None and to is not None
         assert fmt is not None and max_chars is not None
-        return Channel(name, kind, url, secret, to, fmt, max_chars, template, subject)
+        return Channel(name, kind, url, secret, to, fmt, max_chars, template, subject)  # type: ignore[arg-type]
 
     def _url(self, node: Node, key: str) -> str | None:
         text = self.r.text(node, key)
