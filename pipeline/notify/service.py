@@ -73,6 +73,8 @@ log = logging.getLogger("cityops.notify")
 
 HANDOVER_WAIT_S = 15.0          # a rebalance or stop waits this long for requests on the wire
 MAX_IN_FLIGHT = 20_000          # unfinished deliveries before the notifier stops reading (backpressure)
+CHANNEL_CONCURRENCY = 16        # requests on the wire at once per channel: a receiver is not flooded, and few
+                                # requests are ever on the wire when a notifier dies
 PRUNE_EVERY_S = 60.0
 RELOAD_EVERY_S = 2.0
 
@@ -138,6 +140,7 @@ class Notifier:
         self._session: aiohttp.ClientSession | None = None
         self.sender: Sender | None = None
         self._lock = asyncio.Lock()
+        self._slots: dict[tuple[str, str], asyncio.Semaphore] = {}
         self._last_reload = 0.0
         self._last_prune = time.monotonic()
 
@@ -316,12 +319,14 @@ class Notifier:
             await self._give_up(entry, f"{entry.target}/{entry.channel} is no longer in the targets file")
             return
         assert self.sender is not None
-        started = time.time()
-        self.on_wire.add(entry.delivery_id)
-        try:
-            outcome = await self.sender.send(channel, Message(**entry.message), entry.delivery(), spec.smtp)
-        finally:
-            self.on_wire.discard(entry.delivery_id)
+        slot = self._slots.setdefault((entry.target, entry.channel), asyncio.Semaphore(CHANNEL_CONCURRENCY))
+        async with slot:
+            started = time.time()
+            self.on_wire.add(entry.delivery_id)
+            try:
+                outcome = await self.sender.send(channel, Message(**entry.message), entry.delivery(), spec.smtp)
+            finally:
+                self.on_wire.discard(entry.delivery_id)
         ended = time.time()
         attempt = Attempt(entry.attempt, started, "delivered", "", round((ended - started) * 1000),
                           max(0, round((ended - entry.assigned_at) * 1000)))

@@ -500,11 +500,12 @@ class _Parser:
         if values is None:
             return None
         out: list[str] = []
-        for item, value in values:
+        for i, (item, value) in enumerate(values):
+            where = f"{key}[{i}]" if len(values) > 1 or item is not node else key
             if kind == "email" and not _EMAIL.match(value):
-                self.r.problem(item, key, f"not an e-mail address: {value!r}")
+                self.r.problem(item, where, f"not an e-mail address: {value!r}")
             elif kind == "sms" and not _PHONE.match(re.sub(r"[\s-]", "", value)):
-                self.r.problem(item, key, "not a phone number (+<country><number> or an 11-digit mobile)")
+                self.r.problem(item, where, "not a phone number (+<country><number> or an 11-digit mobile)")
             else:
                 out.append(re.sub(r"[\s-]", "", value) if kind == "sms" else value)
         return tuple(out) if len(out) == len(values) else None
