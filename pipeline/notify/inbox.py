@@ -45,7 +45,7 @@ class Received:
 @dataclass
 class Inbox:
     """Receivers' state (module docstring). `dingtalk_secrets`: access token -> signing secret; `tokens`:
-    bearer tokens the webhook and SMS routes accept (empty: any)."""
+    bearer tokens the SMS gateway accepts (empty: any)."""
 
     dingtalk_secrets: dict[str, str] = field(default_factory=dict)
     tokens: set[str] = field(default_factory=set)
@@ -81,7 +81,8 @@ class Inbox:
 
     def _plain(self, kind: str) -> Any:
         async def handle(request: web.Request) -> web.Response:
-            if self.tokens and request.headers.get("Authorization", "").removeprefix("Bearer ") not in self.tokens:
+            bearer = request.headers.get("Authorization", "").removeprefix("Bearer ")
+            if kind == "sms" and self.tokens and bearer not in self.tokens:
                 self.refused.append(f"{kind}: bad token")
                 return web.json_response({"ok": False, "error": "bad token"}, status=401)
             body = await _json(request)
@@ -118,12 +119,13 @@ class Inbox:
     # -- SMTP (aiosmtpd's handler interface) -------------------------------------------------------------
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802 (aiosmtpd's name)
-        from email import message_from_bytes
+        from email import message_from_bytes, policy
+        from email.message import EmailMessage
 
-        msg = message_from_bytes(envelope.content)
-        key = str(msg.get("Message-ID", "")).strip("<>").split("@")[0]
-        payload = msg.get_payload(decode=True)
-        text = payload.decode(msg.get_content_charset() or "utf-8", "replace") if isinstance(payload, bytes) else ""
+        msg = message_from_bytes(envelope.content, policy=policy.default)
+        key = str(msg.get("Message-ID", "")).strip().strip("<>").split("@")[0]
+        body = msg.get_body(("plain",)) if isinstance(msg, EmailMessage) else None
+        text = str(body.get_content()) if body is not None else ""
         self.keep(Received("email", ",".join(envelope.rcpt_tos), key, time.time(),
                            {"from": envelope.mail_from, "to": list(envelope.rcpt_tos),
                             "subject": str(msg.get("Subject", "")), "text": text}))
