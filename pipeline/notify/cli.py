@@ -16,6 +16,8 @@ from pipeline.config import Settings
 def _run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.loglevel.upper() if args.loglevel != "warn" else "WARNING",
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("kafka", "aiokafka"):         # their INFO lines (connections, metadata) drown the deliveries
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
     if args.action == "check":
         return _check(args)
     if args.action == "inbox":

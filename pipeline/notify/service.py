@@ -203,7 +203,7 @@ class Notifier:
         spec = self.targets.current
         rules = self.rules.current.spec if self.rules is not None else None
         table = self.entries.setdefault(tp.partition, {})
-        new: list[tuple[Entry, bool]] = []
+        new: list[tuple[Entry, bool, bool]] = []      # (entry, rate slot taken, channel slot held)
         dead: list[Entry] = []
         for rec in batch:
             a = _assignment(rec.value)
@@ -224,7 +224,16 @@ class Notifier:
                 assert channel is not None
                 entry.message = _as_dict(self.renderer.render(a, target, channel, spec))
                 table[d.delivery_id] = entry
-                new.append((entry, self._first_slot(entry, target, spec, now)))
+                reserved = self._first_slot(entry, target, spec, now)
+                held = False
+                if entry.state == "sending":
+                    slot = self._slot(entry)
+                    if slot.locked():        # the channel's connections are busy: it waits, not on the wire
+                        entry.state, entry.attempt = "pending", 0
+                    else:
+                        await slot.acquire()     # free: returns at once
+                        held = True
+                new.append((entry, reserved, held))
             for m in missing:
                 mid = delivery_id(m.assignment_id, m.target, "-")
                 if mid in table:
@@ -241,9 +250,15 @@ class Notifier:
             await self._dead_letter(entry, f"no target {entry.target!r} in the targets file")
             entry.finish("dead", now)
             self.rows.add(rows_of(entry))
-        await self._write([e for e, _ in new] + dead)
-        for entry, reserved in new:
-            self._start(entry, reserved)
+        try:
+            await self._write([e for e, _, _ in new] + dead)
+        except BaseException:
+            for entry, _, held in new:
+                if held:
+                    self._slot(entry).release()
+            raise
+        for entry, reserved, held in new:
+            self._start(entry, reserved, held)
 
     async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
         """Commit what `accept` recorded (outside the lock: a commit may wait for a rebalance, whose callbacks
@@ -271,8 +286,12 @@ class Notifier:
 
     # -- step 3-4: one delivery ------------------------------------------------------------------------------
 
-    def _start(self, entry: Entry, reserved: bool) -> None:
-        task = asyncio.ensure_future(self._deliver(entry, reserved))
+    def _slot(self, entry: Entry) -> asyncio.Semaphore:
+        """The channel's connections: a delivery holds one from its `sending` record to the end of the attempt."""
+        return self._slots.setdefault((entry.target, entry.channel), asyncio.Semaphore(CHANNEL_CONCURRENCY))
+
+    def _start(self, entry: Entry, reserved: bool, held: bool = False) -> None:
+        task = asyncio.ensure_future(self._deliver(entry, reserved, held))
         self.tasks[entry.delivery_id] = task
         key = entry.delivery_id
         task.add_done_callback(lambda t: self._done(key, t))
@@ -283,8 +302,12 @@ class Notifier:
         if not task.cancelled() and task.exception() is not None:
             log.error("notify: delivery %s failed unexpectedly", key, exc_info=task.exception())
 
-    async def _deliver(self, entry: Entry, reserved: bool) -> None:
-        """Attempt `entry` until it is delivered or dead (retries wait; quiet hours and rate limit hold)."""
+    async def _deliver(self, entry: Entry, reserved: bool, held: bool) -> None:
+        """Attempt `entry` until it is delivered or dead (retries wait; quiet hours and rate limit hold).
+        `held`: the channel slot is already taken for the first attempt (its `sending` record is written)."""
+        if held:
+            await self._attempt(entry, held=True)
+            reserved = True
         while not entry.final:
             if entry.state == "pending":
                 await _sleep_until(entry.not_before)
@@ -306,27 +329,39 @@ class Notifier:
                     if wait > 0:
                         entry.not_before = now + wait
                         continue
+                slot = self._slot(entry)
+                await slot.acquire()
                 entry.state, entry.attempt = "sending", entry.attempt + 1
-                await self._write([entry])
-            await self._attempt(entry)
+                try:
+                    await self._write([entry])
+                except BaseException:
+                    slot.release()
+                    raise
+                await self._attempt(entry, held=True)
             reserved = True          # a retry does not queue for the rate limit again
 
-    async def _attempt(self, entry: Entry) -> None:
-        spec = self.targets.current
-        target = spec.targets.get(entry.target)
-        channel = _channel(target, entry.channel) if target is not None else None
-        if channel is None or entry.message is None:
+    async def _attempt(self, entry: Entry, held: bool) -> None:
+        """One attempt of a `sending` entry, then its outcome recorded; releases the channel slot it holds."""
+        try:
+            spec = self.targets.current
+            target = spec.targets.get(entry.target)
+            channel = _channel(target, entry.channel) if target is not None else None
+            if channel is None or entry.message is None:
+                outcome = None
+            else:
+                assert self.sender is not None
+                started = time.time()
+                self.on_wire.add(entry.delivery_id)
+                try:
+                    outcome = await self.sender.send(channel, Message(**entry.message), entry.delivery(), spec.smtp)
+                finally:
+                    self.on_wire.discard(entry.delivery_id)
+        finally:
+            if held:
+                self._slot(entry).release()
+        if outcome is None:
             await self._give_up(entry, f"{entry.target}/{entry.channel} is no longer in the targets file")
             return
-        assert self.sender is not None
-        slot = self._slots.setdefault((entry.target, entry.channel), asyncio.Semaphore(CHANNEL_CONCURRENCY))
-        async with slot:
-            started = time.time()
-            self.on_wire.add(entry.delivery_id)
-            try:
-                outcome = await self.sender.send(channel, Message(**entry.message), entry.delivery(), spec.smtp)
-            finally:
-                self.on_wire.discard(entry.delivery_id)
         ended = time.time()
         attempt = Attempt(entry.attempt, started, "delivered", "", round((ended - started) * 1000),
                           max(0, round((ended - entry.assigned_at) * 1000)))
@@ -442,15 +477,17 @@ class Notifier:
     async def _restore(self, partition: int) -> dict[str, Entry]:
         """The records of one partition of the ledger, read from its beginning to its end now."""
         consumer = AIOKafkaConsumer(client_id=f"{group_of(self.settings)}-restore", enable_auto_commit=False,
-                                    **self.settings.aiokafka_options())
+                                    auto_offset_reset="earliest", **self.settings.aiokafka_options())
         await consumer.start()
         out: dict[str, Entry] = {}
         try:
             tp = TopicPartition(self.ledger, partition)
             consumer.assign([tp])
             end = (await consumer.end_offsets([tp]))[tp]
-            await consumer.seek_to_beginning(tp)
-            while end > 0 and await consumer.position(tp) < end:
+            # an explicit seek: with aiokafka 0.14, `position` right after `seek_to_beginning` on a new
+            # assignment answered the end offset, and the restore read nothing
+            consumer.seek(tp, (await consumer.beginning_offsets([tp]))[tp])
+            while await consumer.position(tp) < end:
                 for batch in (await consumer.getmany(tp, timeout_ms=500, max_records=20_000)).values():
                     for r in batch:
                         if r.offset >= end:

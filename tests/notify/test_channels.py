@@ -22,7 +22,8 @@ from pipeline.notify.targets import Channel, SmtpServer
 from pipeline.notify.templates import Message
 from tests.notify.support import DINGTALK_SECRET, DINGTALK_TOKEN, SMS_TOKEN, free_port
 
-MESSAGE = Message("【城运通知·派遣】P1 燃气管道破裂（北外滩街道）", "燃气管道破裂，北外滩街道，14:30 前", {"case_id": "C1"})
+MESSAGE = Message("【城运通知·派遣】P1 燃气管道破裂（北外滩街道）", "燃气管道破裂，北外滩街道，14:30 前",
+                  {"case_id": "C1"})
 DELIVERY = Delivery("N0123456789abcdef0123", "A1", "C1", "gas-company", "x", "webhook", 1)
 
 
