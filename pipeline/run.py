@@ -1,8 +1,8 @@
 """`cityops run` (behind `make run`): the whole system doing its job on a simulated district day.
 
 Creates the topics and schema, generates a day of Hongkou (pipeline.simulate), starts a worker, the notifier (with
-the local inbox its targets point at) and the web UI as child processes, feeds the day at high speed, waits until the worker has worked through it, and prints where
-to look. Ctrl-C (or SIGTERM) stops the children it started; `make run` then stops the stack it started.
+the local inbox its targets point at) and the web UI as child processes, feeds the day at high speed, waits until
+the worker has worked through it, and prints where to look. Ctrl-C (or SIGTERM) stops the children it started; `make run` then stops the stack it started.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import urllib.request
 from pathlib import Path
 
 from pipeline.config import ROOT, Settings
-
 
 # the signed DingTalk robots of deploy/notify/targets.yaml (access token=secret), so the local inbox verifies them
 LOCAL_DINGTALK_ROBOTS = ("district-command=SEClocal-district-command-signing-secret",
