@@ -2,7 +2,8 @@
 
 Creates the topics and schema, generates a day of Hongkou (pipeline.simulate), starts a worker, the notifier (with
 the local inbox its targets point at) and the web UI as child processes, feeds the day at high speed, waits until
-the worker has worked through it, and prints where to look. Ctrl-C (or SIGTERM) stops the children it started; `make run` then stops the stack it started.
+the worker has worked through it, and prints where to look. Ctrl-C (or SIGTERM) stops the children it started;
+`make run` then stops the stack it started.
 """
 
 from __future__ import annotations
