@@ -423,11 +423,13 @@ async def api_case(request: web.Request) -> web.Response:
         try:
             reports = await centre.run_blocking(centre.archive.reports, case_id)
             timeline = await centre.run_blocking(centre.archive.timeline, case_id)
-            notifications = await centre.run_blocking(centre.archive.notifications, case_id)
         except Exception as err:  # ClickHouse down or slow: the live part of the page still works
             history_error = f"history unavailable: {type(err).__name__}"
     else:
         history_error = "history unavailable: no ClickHouse configured"
+    if centre.archive is not None and history_error is None:
+        with contextlib.suppress(Exception):   # no notifications table yet: the rest of the page still works
+            notifications = await centre.run_blocking(centre.archive.notifications, case_id)
     return _json({"case": centre.board.summary(case) | {"state": case}, "reports": reports, "timeline": timeline,
                   "dispatches": centre.board.dispatches.get(case_id, []), "history_error": history_error,
                   "notifications": notifications,
