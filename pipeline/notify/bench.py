@@ -2,16 +2,16 @@
 notifications, from the assignment on Kafka to its arrival at the receiver, at the latency phase's load.
 
 A worker and a notifier (`cityops notify`, as `make run` starts them) run on the phase's own topics; every target
-the shipped rules name is a webhook on a local receiver (pipeline.notify.inbox) in this process. The day from
+the shipped rules name is a webhook on a local receiver (`cityops notify inbox`). The day from
 08:00 is sent at `--rate` events/s for `--latency-seconds` (the latency phase's paced part). A consumer thread
-notes when each priority-1 assignment appears on the assignments topic; the receiver notes when each of its
-notifications arrives (both by this process's clock). Latency = arrival at the receiver - arrival of the
-assignment on Kafka, over every priority-1 delivery (the webhook body names its assignment and priority).
+reads the Kafka timestamp of each priority-1 assignment (when the worker's producer sent it); the receiver, a
+process of its own, logs when each notification arrives (the same machine's clock). Latency = arrival at the
+receiver - the assignment's timestamp, over every priority-1 delivery (the webhook body names its assignment
+and priority); a delivery's first arrival counts.
 """
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import sys
 import threading
@@ -22,36 +22,53 @@ from typing import Any
 import orjson
 
 from pipeline.config import ROOT, Settings
-from pipeline.notify.inbox import Inbox, serve
 from pipeline.notify.targets import names_in_rules
 
 TARGET_P99_MS = 1000.0
 
 
 class _Receiver:
-    """The inbox on a free port, served from its own thread."""
+    """`cityops notify inbox` as a process of its own on a free port, logging every request with its arrival time
+    (its own process, so the bench's producer does not delay its answers or its clock readings)."""
 
-    def __init__(self) -> None:
+    def __init__(self, log: Path, out: Path) -> None:
         import socket
 
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = int(s.getsockname()[1])
-        self.inbox = Inbox()
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="bench-inbox", daemon=True)
-        self.thread.start()
-        self.runner, _ = asyncio.run_coroutine_threadsafe(serve(self.inbox, "127.0.0.1", self.port),
-                                                          self.loop).result(30)
+        self.log = log
+        with out.open("ab") as fh:
+            self.proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "notify", "inbox", "--port",
+                                          str(self.port), "--smtp-port", "0", "--log", str(log)], cwd=ROOT,
+                                         env=_environ(), stdout=fh, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not self._up():
+            time.sleep(0.2)
+
+    def _up(self) -> bool:
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/inbox", timeout=1):  # noqa: S310 (loopback)
+                return True
+        except OSError:
+            return False
+
+    def received(self) -> list[dict[str, Any]]:
+        if not self.log.exists():
+            return []
+        return [orjson.loads(line) for line in self.log.read_bytes().splitlines() if line.strip()]
 
     def close(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(30)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
+        from pipeline import bench
+
+        bench.stop(self.proc)
 
 
 class _AssignmentTimes:
-    """A consumer thread on the assignments topic: wall time each priority-1 assignment arrived."""
+    """A consumer thread on the assignments topic: when each priority-1 assignment was written (the record's
+    timestamp, set by the worker's producer as it sent it)."""
 
     def __init__(self, settings: Settings) -> None:
         from kafka import KafkaConsumer, TopicPartition
@@ -68,11 +85,10 @@ class _AssignmentTimes:
     def _run(self) -> None:
         while not self._stop.is_set():
             for batch in self.consumer.poll(timeout_ms=50).values():
-                now = time.time()
                 for m in batch:
                     a = orjson.loads(m.value)
                     if a.get("priority") == 1:
-                        self.arrived.setdefault(a["assignment_id"], now)
+                        self.arrived.setdefault(a["assignment_id"], m.timestamp / 1000)
 
     def close(self) -> None:
         self._stop.set()
@@ -98,9 +114,9 @@ def run_phase(base: Settings, inp: Any, tag: str, cfg: Any) -> dict[str, Any]:
 
     paced, _ = bench.latency_slice(inp, cfg)
     s = bench.isolated(base, tag)
-    receiver = _Receiver()
     log_dir = cfg.out_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
+    receiver = _Receiver(cfg.out_dir / f"{tag}-inbox.ndjson", log_dir / f"{tag}-inbox.log")
     targets = targets_file(cfg.out_dir / f"{tag}-targets.yaml", f"http://127.0.0.1:{receiver.port}", s.rules_path)
     env = {**s.to_env(), "CITYOPS_NOTIFY_TARGETS": str(targets), "CITYOPS_SENSORS": str(inp.registry)}
     result: dict[str, Any] = {"rate": cfg.rate, "paced_messages": len(paced)}
@@ -118,7 +134,7 @@ def run_phase(base: Settings, inp: Any, tag: str, cfg: Any) -> dict[str, Any]:
                 producer = KafkaProducer(acks="all", linger_ms=1, **s.kafka_client_options())
                 try:
                     result["paced_rate"] = bench.send_paced(producer, s.topics, paced, cfg.rate, {}, {})
-                    _settle(receiver.inbox, procs[0], notifier, cfg.timeout_s)
+                    _settle(receiver, procs[0], notifier, cfg.timeout_s)
                 finally:
                     producer.close()
                     clock.close()
@@ -126,22 +142,26 @@ def run_phase(base: Settings, inp: Any, tag: str, cfg: Any) -> dict[str, Any]:
                 bench.stop(notifier)
     finally:
         receiver.close()
-    lat = [(r.at - clock.arrived[r.body["assignment_id"]]) * 1000 for r in receiver.inbox.applied.values()
-           if r.body.get("priority") == 1 and r.body.get("assignment_id") in clock.arrived]
+    got = receiver.received()
+    first: dict[str, dict[str, Any]] = {}
+    for r in got:
+        first.setdefault(r["key"], r)
+    lat = [(r["at"] - clock.arrived[r["body"]["assignment_id"]]) * 1000 for r in first.values()
+           if r["body"].get("priority") == 1 and r["body"].get("assignment_id") in clock.arrived]
     result.update(bench.percentiles(lat))
-    result["deliveries"] = len(receiver.inbox.applied)
+    result["deliveries"] = len(first)
     result["p1_assignments"] = len(clock.arrived)
-    result["duplicates"] = len(receiver.inbox.received) - len(receiver.inbox.applied)
+    result["duplicates"] = len(got) - len(first)
     return result
 
 
-def _settle(inbox: Inbox, worker: subprocess.Popen[bytes], notifier: subprocess.Popen[bytes], timeout_s: float,
-            quiet_s: float = 5.0) -> None:
+def _settle(receiver: _Receiver, worker: subprocess.Popen[bytes], notifier: subprocess.Popen[bytes],
+            timeout_s: float, quiet_s: float = 5.0) -> None:
     """Wait until nothing new has arrived at the receiver for `quiet_s` (or a process died, or the timeout)."""
     deadline = time.monotonic() + timeout_s
     last, since = -1, time.monotonic()
     while time.monotonic() < deadline and worker.poll() is None and notifier.poll() is None:
-        n = len(inbox.received)
+        n = receiver.log.stat().st_size if receiver.log.exists() else 0
         if n != last:
             last, since = n, time.monotonic()
         elif time.monotonic() - since >= quiet_s:
