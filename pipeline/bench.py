@@ -20,6 +20,8 @@ its own ClickHouse database, dropped at the end; the run's topics are deleted wh
 5. latency: a fresh worker, a producer pacing the input at `--rate` events/s for `--latency-seconds`, then
    the rest as fast as it goes; a consumer on the assignments topic; produce-to-assignment time of each case's
    first dispatch (cases are opened by tickets, patrol reports and sensor alarms: readings make no assignment);
+   notify: the same paced input through a worker and a notifier (pipeline.notify.bench): assignment-to-delivery
+   time of each priority-1 notification at a local receiver;
 6. state (`--month-days`, default 30, 0 to skip): a worker fed a month of a whole district: reports and
    feedback of that many simulated days and one reading a day from each of `--month-sensors` sensors
    (default 61,000, Hongkou's installed base), so every sensor has state; its peak memory (VmHWM) with a
@@ -65,7 +67,7 @@ READINGS_PER_SENSOR_DAY = 96            # the simulator's default 15-minute read
 DAY_EVENTS = 200_000                    # the bench district's day: about 2,000 sensors and its reports
 STAGE_BATCH = 2000                      # the worker's default batch (CITYOPS_BATCH)
 SOURCE_OF = {"raw_hotline": "hotline", "raw_patrol": "patrol"}
-PHASES = frozenset({"stages", "sink", "throughput", "naive", "scaling", "latency", "month"})
+PHASES = frozenset({"stages", "sink", "throughput", "naive", "scaling", "latency", "notify", "month"})
 SINK_ROWS, SINK_BATCH = 200_000, 50_000       # the sink phase: pipeline.sink_bench at this size
 LIBRARIES = ("faust-streaming", "aiokafka", "kafka-python", "crc32c", "clickhouse-driver", "shapely", "numpy",
              "orjson", "PyYAML")
@@ -937,6 +939,13 @@ def render(result: dict[str, Any]) -> str:
             r = lat[name]
             lines.append(f"{label:<46}{r['n']:>8,}{_num(r['p50_ms']):>10}{_num(r['p99_ms']):>10}"
                          f"{_num(r['max_ms']):>10}")
+    nt = result.get("notify")
+    if nt:
+        lines.append("")
+        lines.append(f"{'assignment -> delivery (notifications, P1)':<46}{'sent':>8}{'p50 ms':>10}{'p99 ms':>10}"
+                     f"{'max ms':>10}")
+        lines.append(f"{'offered ' + format(nt.get('paced_rate', 0), ',.0f') + ' events/s':<46}{nt['n']:>8,}"
+                     f"{_num(nt['p50_ms']):>10}{_num(nt['p99_ms']):>10}{_num(nt['max_ms']):>10}")
     lines.append("")
     lines += [f"target: {t['what']}: {t['measured']} -> {'met' if t['met'] else 'NOT met'}" for t in result["targets"]]
     return "\n".join(lines)
@@ -969,6 +978,15 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
         out.append({"what": f"p99 produce-to-assignment < {TARGET_P99_MS:.0f} ms at {lat['rate']:,.0f} events/s",
                     "measured": f"{p99:,.0f} ms over {lat['paced']['n']} cases",
                     "met": p99 == p99 and p99 < TARGET_P99_MS})
+    nt = result.get("notify")
+    if nt:
+        from pipeline.notify.bench import TARGET_P99_MS as NOTIFY_P99_MS
+
+        p99 = nt["p99_ms"]
+        out.append({"what": f"p99 assignment-to-delivery of priority-1 notifications < {NOTIFY_P99_MS:.0f} ms at "
+                            f"{nt['rate']:,.0f} events/s",
+                    "measured": f"{p99:,.0f} ms over {nt['n']} deliveries (p50 {nt['p50_ms']:,.0f} ms)",
+                    "met": p99 == p99 and p99 < NOTIFY_P99_MS})
     month = result.get("month")
     if month:
         mem = max(month["peak_rss_mib"])
@@ -1061,6 +1079,12 @@ def _run_phases(cfg: BenchConfig, base: Settings, stamp: str, tag: str,
     if cfg.latency_seconds > 0 and "latency" in phases:
         log(f"  latency at {cfg.rate:,.0f} events/s for {cfg.latency_seconds:g} s, then at full speed...")
         result["latency"] = run_latency(base, inp, tag + "lt", cfg)
+        write_result(result, cfg.out_dir)    # a cut run keeps the phases it finished
+    if cfg.latency_seconds > 0 and "notify" in phases:
+        from pipeline.notify.bench import run_phase
+
+        log(f"  notification latency (worker + notifier) at {cfg.rate:,.0f} events/s for {cfg.latency_seconds:g} s...")
+        result["notify"] = run_phase(base, inp, tag + "nt", cfg)
         write_result(result, cfg.out_dir)    # a cut run keeps the phases it finished
     if cfg.month_days > 0 and "month" in phases:
         log(f"  a worker with {cfg.month_days:g} simulated days of state, {cfg.month_sensors:,} sensors...")

@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "rules.cli",            # cityops rules check|explain|test
     "pipeline.simulate.cli",  # cityops simulate|replay
     "pipeline.web.cli",     # cityops web [adduser]
+    "pipeline.notify.cli",  # cityops notify [check|inbox]
     "pipeline.run",         # cityops run (what `make run` does)
 )
 

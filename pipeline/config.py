@@ -73,6 +73,14 @@ class Settings:
     sla_clock: str = "stream"
     sla_check_interval: float = 10.0      # seconds between wall-clock escalation checks of quiet books
     max_ahead_s: float = 300.0            # report times further ahead of the wall clock are dead letters
+    # the notifier (pipeline/notify, README "Notifications")
+    rules_path: Path = ROOT / "rules" / "hongkou.yaml"
+    notify_targets: Path = ROOT / "deploy" / "notify" / "targets.yaml"
+    notify_attempts: int = 10             # attempts per delivery before it is dead-lettered
+    notify_backoff_s: float = 0.5         # the first retry's wait; doubled each time ...
+    notify_backoff_cap_s: float = 30.0    # ... up to this
+    notify_keep_days: float = 7.0         # finished deliveries are remembered (against replays) this long
+    notify_secrets: tuple[tuple[str, str], ...] = field(default=(), repr=False)   # CITYOPS_NOTIFY_SECRET_*
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -102,6 +110,13 @@ class Settings:
             sla_clock=_choice(e, "CITYOPS_SLA_CLOCK", "wall" if production else "stream", ("stream", "wall")),
             sla_check_interval=float(e.get("CITYOPS_SLA_CHECK_INTERVAL", "10")),
             max_ahead_s=float(e.get("CITYOPS_MAX_AHEAD", "300")),
+            rules_path=Path(e.get("CITYOPS_RULES") or str(ROOT / "rules" / "hongkou.yaml")),
+            notify_targets=Path(e.get("CITYOPS_NOTIFY_TARGETS") or str(ROOT / "deploy" / "notify" / "targets.yaml")),
+            notify_attempts=int(e.get("CITYOPS_NOTIFY_ATTEMPTS", "10")),
+            notify_backoff_s=float(e.get("CITYOPS_NOTIFY_BACKOFF", "0.5")),
+            notify_backoff_cap_s=float(e.get("CITYOPS_NOTIFY_BACKOFF_CAP", "30")),
+            notify_keep_days=float(e.get("CITYOPS_NOTIFY_KEEP_DAYS", "7")),
+            notify_secrets=tuple(sorted((k, v) for k, v in e.items() if k.startswith("CITYOPS_NOTIFY_SECRET_"))),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -122,6 +137,13 @@ class Settings:
             "CITYOPS_SLA_CLOCK": self.sla_clock,
             "CITYOPS_SLA_CHECK_INTERVAL": f"{self.sla_check_interval:g}",
             "CITYOPS_MAX_AHEAD": f"{self.max_ahead_s:g}",
+            "CITYOPS_RULES": str(self.rules_path),
+            "CITYOPS_NOTIFY_TARGETS": str(self.notify_targets),
+            "CITYOPS_NOTIFY_ATTEMPTS": str(self.notify_attempts),
+            "CITYOPS_NOTIFY_BACKOFF": f"{self.notify_backoff_s:g}",
+            "CITYOPS_NOTIFY_BACKOFF_CAP": f"{self.notify_backoff_cap_s:g}",
+            "CITYOPS_NOTIFY_KEEP_DAYS": f"{self.notify_keep_days:g}",
+            **dict(self.notify_secrets),
         }
         optional = {
             "CITYOPS_KAFKA_SASL_MECHANISM": self.kafka_sasl_mechanism,

@@ -1,8 +1,9 @@
 """`cityops run` (behind `make run`): the whole system doing its job on a simulated district day.
 
-Creates the topics and schema, generates a day of Hongkou (pipeline.simulate), starts a worker and the web UI as
-child processes, feeds the day at high speed, waits until the worker has worked through it, and prints where
-to look. Ctrl-C (or SIGTERM) stops the children it started; `make run` then stops the stack it started.
+Creates the topics and schema, generates a day of Hongkou (pipeline.simulate), starts a worker, the notifier (with
+the local inbox its targets point at) and the web UI as child processes, feeds the day at high speed, waits until
+the worker has worked through it, and prints where to look. Ctrl-C (or SIGTERM) stops the children it started;
+`make run` then stops the stack it started.
 """
 
 from __future__ import annotations
@@ -17,6 +18,10 @@ import urllib.request
 from pathlib import Path
 
 from pipeline.config import ROOT, Settings
+
+# the signed DingTalk robots of deploy/notify/targets.yaml (access token=secret), so the local inbox verifies them
+LOCAL_DINGTALK_ROBOTS = ("district-command=SEClocal-district-command-signing-secret",
+                         "subdistrict-office=SEClocal-subdistrict-office-signing-secret")
 
 
 def _start(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -99,6 +104,11 @@ def run(args: argparse.Namespace) -> int:
         worker = _start(["worker", "--stage", "cases"], run_dir / "worker-cases.log", env)
         procs.append(worker)
         procs.append(_start(["worker", "--stage", "ingest"], run_dir / "worker-ingest.log", env))
+        # the notifier delivers the rules' notify lists; the local targets point at the local inbox
+        procs.append(_start(["notify", "inbox", "--log", str(run_dir / "notify-inbox.ndjson"),
+                             *[f"--dingtalk={kv}" for kv in LOCAL_DINGTALK_ROBOTS]], run_dir / "notify-inbox.log",
+                            env))
+        procs.append(_start(["notify", "--loglevel", "info"], run_dir / "notify.log", env))
         web = _start(["web", "--host", args.host, "--port", str(args.port)], run_dir / "web.log", env)
         procs.append(web)
         base = f"http://{args.host}:{args.port}"
@@ -124,7 +134,9 @@ def run(args: argparse.Namespace) -> int:
             "  reports           : .venv/bin/cityops report discovery --period day   (also: recurrence, sla, "
             "workload, health)",
             f"  this run          : {stored:,} reports stored; truth of the simulated day in {run_dir / 'truth.json'}",
-            f"  logs              : {run_dir}/worker-ingest.log, worker-cases.log, web.log",
+            f"  notifications     : {run_dir / 'notify-inbox.ndjson'} (what the local inbox received; "
+            "targets in deploy/notify/targets.yaml)",
+            f"  logs              : {run_dir}/worker-ingest.log, worker-cases.log, notify.log, web.log",
             "Press Ctrl-C to stop.",
         ]), flush=True)
         if args.exit_after_feed:

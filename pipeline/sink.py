@@ -639,6 +639,14 @@ _READINGS = TableSpec(
     key=attrgetter("sensor_id", "minute"), convert={"minute": _epoch}, key_columns=("sensor_id", "minute"),
 )
 
+# The notifier's attempts (pipeline.notify.ledger.NotificationRow), stored with `ClickHouseSink.write_rows`.
+NOTIFICATIONS = TableSpec(
+    "notifications",
+    ("delivery_id", "attempt", "assignment_id", "case_id", "target", "channel", "channel_kind", "kind", "priority",
+     "status", "error", "sent_at", "latency_ms", "since_assignment_ms"),
+    key=attrgetter("delivery_id", "attempt"), convert={"sent_at": _epoch}, key_columns=("delivery_id", "attempt"),
+)
+
 
 def dedup(rows: Sequence[Row], key: Callable[[Row], Any],
           version: Callable[[Row], int] | None = None) -> list[Row]:
@@ -808,6 +816,15 @@ class ClickHouseSink:
             for spec, data in batch_columns(batch):
                 if data[0]:
                     self._insert(spec, data)
+            self.batches_written += 1
+
+    def write_rows(self, spec: TableSpec, rows: Sequence[Any]) -> None:
+        """Store `rows` of one table outside a SinkBatch (e.g. the notifier's `NOTIFICATIONS`), de-duplicated by
+        the spec's key; the same retries, refusals and `stop()` as `write`."""
+        if not rows:
+            return
+        with self._write_lock:
+            self._insert(spec, dedup_columns(spec, to_columns(spec, rows)))
             self.batches_written += 1
 
     def _insert(self, spec: TableSpec, data: list[list[Any]]) -> None:

@@ -97,6 +97,14 @@ def alerts(*, board: LiveBoard, lag: LagReport | None, config: ConfigWatch | Non
                          f"{config.grid_error} (the worker keeps the previous grid)"))
     if feed_error:
         out.append(Alert("feed", "critical", "实时数据中断 Live feed down", feed_error))
+    for case_id, failures in sorted(board.notify_failures.items()):
+        case = board.cases.get(case_id, {})
+        if case.get("status") == "closed":
+            continue
+        who = ", ".join(f"{f['target']} ({f['channel']})" for f in failures)
+        out.append(Alert(f"notify:{case_id}", "critical", "一级案件通知失败 P1 notification failed",
+                         f"case {case_id} ({case.get('category', '?')}): not delivered to {who}; "
+                         f"{failures[-1]['reason']} (call them)"))
     recent = board.deadletters_recent(300, now)
     if recent > policy.deadletters_per_5min:
         severity: Severity = "critical" if recent >= policy.deadletters_critical else "warning"

@@ -89,6 +89,7 @@ class Centre:
     production: bool = False
     refresh_s: float = 5.0
     lag: LagReport | None = None
+    notification_counts: dict[str, list[tuple[dict[str, str], float]]] | None = None   # from ClickHouse (upkeep)
     started_at: float = field(default_factory=time.time)
 
     async def run_blocking(self, fn: Callable[..., T], *args: Any, timeout: float = 10.0) -> T:
@@ -416,6 +417,7 @@ async def api_case(request: web.Request) -> web.Response:
         return _problem(404, f"no case {case_id} visible to you")
     reports: list[dict[str, Any]] = []
     timeline: list[dict[str, Any]] = []
+    notifications: list[dict[str, Any]] = []
     history_error = None
     if centre.archive is not None:
         try:
@@ -425,8 +427,13 @@ async def api_case(request: web.Request) -> web.Response:
             history_error = f"history unavailable: {type(err).__name__}"
     else:
         history_error = "history unavailable: no ClickHouse configured"
+    if centre.archive is not None and history_error is None:
+        with contextlib.suppress(Exception):   # no notifications table yet: the rest of the page still works
+            notifications = await centre.run_blocking(centre.archive.notifications, case_id)
     return _json({"case": centre.board.summary(case) | {"state": case}, "reports": reports, "timeline": timeline,
                   "dispatches": centre.board.dispatches.get(case_id, []), "history_error": history_error,
+                  "notifications": notifications,
+                  "notify_failed": centre.board.notify_failures.get(case_id, []),
                   "actions": auth.allowed_actions(user, case)})
 
 
@@ -564,7 +571,7 @@ async def healthz(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     centre = _centre(request)
     records = centre.feed.records if centre.feed is not None else 0
-    text = render(collect(centre.board, centre.lag, centre.counters, records))
+    text = render(collect(centre.board, centre.lag, centre.counters, records, centre.notification_counts))
     return web.Response(text=text, content_type="text/plain", charset="utf-8",
                         headers={"X-Prometheus-Format": "0.0.4"})
 
@@ -581,6 +588,9 @@ async def upkeep(centre: Centre) -> None:
                 await centre.run_blocking(centre.config.check, timeout=60)
             if centre.lag_probe is not None:
                 centre.lag = await centre.run_blocking(centre.lag_probe.measure, timeout=30)
+            if centre.archive is not None:
+                with contextlib.suppress(Exception):     # no table yet, or ClickHouse down: no counts this round
+                    centre.notification_counts = await centre.run_blocking(centre.archive.notification_counts)
             if (not pruned_unlocated and centre.archive is not None and centre.board.unlocated
                     and (centre.feed is None or centre.feed.caught_up.is_set())):
                 placed = await centre.run_blocking(centre.archive.known_events, list(centre.board.unlocated))

@@ -65,6 +65,39 @@ class CaseArchive:
                                     "reason": mask_text(str(r["reason"] or ""))}
         return [steps[k] for k in sorted(steps)]
 
+    def notifications(self, case_id: str) -> list[Json]:
+        """Each delivery of the case's notifications (pipeline/notify) in its latest state: target, channel,
+        status of the last attempt, when it ended and how long the delivery took from the assignment."""
+        rows = self.db.query_dicts(
+            "SELECT delivery_id, target, channel, kind, attempt, status, error, toUnixTimestamp(sent_at) AS sent, "
+            "latency_ms, since_assignment_ms FROM notifications WHERE case_id = %(case_id)s "
+            "ORDER BY delivery_id, attempt", {"case_id": case_id})
+        latest: dict[str, dict[str, Any]] = {}
+        for r in rows:              # ordered by attempt: the last row of a delivery is its latest attempt
+            latest[str(r["delivery_id"])] = r
+        out = [{"delivery_id": k, "target": r["target"], "channel": r["channel"], "kind": r["kind"],
+                "status": r["status"], "attempts": int(r["attempt"]),
+                "at": datetime.fromtimestamp(int(r["sent"]) + int(r["latency_ms"]) / 1000, UTC).isoformat()
+                .replace("+00:00", "Z"),
+                "latency_s": round(int(r["since_assignment_ms"]) / 1000, 2),
+                "error": mask_text(str(r["error"] or ""))[:300]} for k, r in latest.items()]
+        return sorted(out, key=lambda n: (n["at"], n["target"], n["channel"]))
+
+    def notification_counts(self) -> dict[str, list[tuple[dict[str, str], float]]]:
+        """For /metrics: deliveries by target, channel and latest status; attempts by status."""
+        deliveries = self.db.query_dicts(
+            "SELECT target, channel, status, count() AS n FROM (SELECT delivery_id, any(target) AS target, "
+            "any(channel) AS channel, argMax(status, attempt) AS status FROM notifications GROUP BY delivery_id) "
+            "GROUP BY target, channel, status")
+        attempts = self.db.query_dicts(
+            "SELECT status, uniqExact(delivery_id, attempt) AS n FROM notifications GROUP BY status")
+        return {
+            "cityops_notifications_total": [({"target": str(r["target"]), "channel": str(r["channel"]),
+                                              "status": str(r["status"])}, float(r["n"])) for r in deliveries],
+            "cityops_notification_attempts_total": [({"status": str(r["status"])}, float(r["n"]))
+                                                    for r in attempts],
+        }
+
     def case_of_event(self, event_id: str) -> str | None:
         """The case an event ended up in (None while the worker has not stored it)."""
         rows = self.db.query_dicts("SELECT case_id FROM events WHERE event_id = %(event_id)s LIMIT 1",

@@ -102,6 +102,8 @@ class LiveBoard:
         self.deadletters_total: Counter[str] = Counter()      # source topic -> count seen
         self.recent_deadletters: deque[tuple[float, str, str]] = deque(maxlen=500)  # (epoch, topic, reason)
         self.dispatch_latencies: deque[float] = deque(maxlen=2000)
+        # priority-1 cases whose notification was given up (the notifier's dead letters): case id -> failures
+        self.notify_failures: dict[str, list[Json]] = {}
         self.version = 0
         self._listeners: list[Callable[[int], None]] = []
 
@@ -151,6 +153,7 @@ class LiveBoard:
             topic = str(msg.get("source_topic", "?"))
             self.deadletters_total[topic] += 1
             self.recent_deadletters.append((ts, topic, mask_text(str(msg.get("reason", "")))[:300]))
+            self._notification_failed(msg)
             return 1
         return 0
 
@@ -180,6 +183,17 @@ class LiveBoard:
             self.dispatch_latencies.append(max(0.0, ts - created.timestamp()))
         return 1
 
+    def _notification_failed(self, msg: Json) -> None:
+        """A notifier dead letter (`kind: notification`) of a priority-1 case flags the case on the board."""
+        if msg.get("kind") != "notification" or msg.get("priority") != 1 or not isinstance(msg.get("case_id"), str):
+            return
+        failures = self.notify_failures.setdefault(str(msg["case_id"]), [])
+        if any(f["delivery_id"] == msg.get("delivery_id") for f in failures):
+            return
+        failures.append({"delivery_id": msg.get("delivery_id"), "target": str(msg.get("target", "")),
+                         "channel": str(msg.get("channel", "")), "at": msg.get("at"),
+                         "reason": mask_text(str(msg.get("reason", "")))[:300]})
+
     def _prune(self) -> None:
         """Forget cases closed longer ago than `keep_closed` (the worker keeps them; the live view need not)."""
         horizon = self.clock() - self.keep_closed
@@ -188,6 +202,7 @@ class LiveBoard:
         for cid in old:
             del self.cases[cid]
             self.dispatches.pop(cid, None)
+            self.notify_failures.pop(cid, None)
 
     # -- views ---------------------------------------------------------------------------------------------
 
@@ -263,6 +278,8 @@ class LiveBoard:
                                          "reports", "escalated", "rule_id", "reopened", "discovered_by")} | {
             "due": self.due_class(case, self.clock()),
             "subdistrict_name": self.subdistrict_names.get(str(case.get("subdistrict") or ""), ""),
+            "notify_failed": [f"{f['target']}/{f['channel']}" for f in self.notify_failures.get(
+                str(case.get("case_id")), ())],
         }
 
     def urgency_key(self, case: Json) -> tuple[int, int, int, float]:

@@ -30,6 +30,11 @@ METRICS: dict[str, tuple[Kind, str]] = {
     "cityops_unlocated_tickets": ("gauge", "Hotline tickets waiting to be placed on the map by hand."),
     "cityops_dispatch_latency_seconds": ("summary",
                                          "Report time to dispatch (assignment on Kafka), recent dispatches."),
+    "cityops_notifications_total": ("counter", "Notification deliveries (assignment x target x channel) by target, "
+                                               "channel and latest status (ClickHouse `notifications`)."),
+    "cityops_notification_attempts_total": ("counter", "Notification attempts by status (delivered, retry, failed, "
+                                                       "interrupted, missing)."),
+    "cityops_notifications_p1_failed": ("gauge", "Priority-1 cases on the board whose notification was given up."),
     "cityops_web_requests_total": ("counter", "Web requests by route group and HTTP status."),
     "cityops_web_messages_sent_total": ("counter", "Messages the web sent to Kafka, by topic kind."),
     "cityops_web_sse_clients": ("gauge", "Browsers connected to the live stream."),
@@ -89,8 +94,13 @@ def quantile(values: list[float], q: float) -> float:
     return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
 
 
-def collect(board: LiveBoard, lag: LagReport | None, web: WebCounters, feed_records: int) -> list[Sample]:
+def collect(board: LiveBoard, lag: LagReport | None, web: WebCounters, feed_records: int,
+            notifications: dict[str, list[tuple[dict[str, str], float]]] | None = None) -> list[Sample]:
+    """Every sample; `notifications` are the counts the web reads from ClickHouse (CaseArchive)."""
     out: list[Sample] = []
+    for name, samples in (notifications or {}).items():
+        out += [(name, labels, n) for labels, n in samples]
+    out.append(("cityops_notifications_p1_failed", {}, len(board.notify_failures)))
     if lag is not None and lag.error is None:
         for source, p in lag.sources.items():
             out += [("cityops_events_in_total", {"source": source}, p.produced),

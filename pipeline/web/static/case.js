@@ -28,6 +28,18 @@
     document.getElementById("dispatches").replaceChildren(...data.dispatches.map((a) => el("li", {class: "dispatch"},
       el("span", {class: "time"}, fmtTime(a.created_at)), el("span", {class: "kind"}, a.kind),
       el("span", {class: "team"}, TEAMS[a.team] || a.team), el("code", {}, a.rule_id), el("span", {class: "reason"}, a.reason))));
+    const NOTIFY = {delivered: "已送达 delivered", retry: "重试中 retrying", failed: "失败 failed",
+      interrupted: "中断重发 resent", missing: "无此对象 no such target"};
+    document.getElementById("notify-failed").textContent = (data.notify_failed || []).length
+      ? "一级案件通知失败 P1 notification failed: " + data.notify_failed.map((f) => f.target + " (" + f.channel + ")").join(", ")
+      : "";
+    document.getElementById("notifications").replaceChildren(...(data.notifications || []).map((n) => el("li",
+      {class: "step n-" + n.status},
+      el("strong", {}, n.target + (n.channel && n.channel !== "-" ? " / " + n.channel : "")),
+      el("span", {}, ": " + (NOTIFY[n.status] || n.status) + " " + fmtTime(n.at)
+        + (n.status === "delivered" ? ", " + n.latency_s + " s" : "")
+        + (n.attempts > 1 ? " (" + n.attempts + " 次 attempts)" : "")),
+      n.error ? el("span", {class: "reason"}, n.error) : null)));
     document.getElementById("history-error").textContent = data.history_error || "";
     document.querySelector("#reports tbody").replaceChildren(...data.reports.map((r) => el("tr", {},
       el("td", {}, fmtTime(r.received_at)), el("td", {}, SOURCES[r.source] || r.source), el("td", {}, r.category),
