@@ -11,8 +11,6 @@ from __future__ import annotations
 from collections import Counter
 from itertools import groupby
 
-import pytest
-
 from pipeline.cases import CaseBook, CorrelationPolicy
 from pipeline.decode import default_decoder
 from pipeline.flow import CaseStage, Ingest, Message
