@@ -231,7 +231,7 @@ def migrate(settings: Settings, cluster: str | None = None,
                 continue
             for i, sql in enumerate(rendered_statements(migration, target), 1):
                 try:
-                    db.execute(sql)
+                    _execute(db, sql)
                 except Exception as err:
                     raise MigrationError(f"{migration.path.name} statement {i} failed: {err}\n{sql}") from err
             db.execute(f"INSERT INTO {target.stored('schema_migrations')} "
@@ -242,6 +242,29 @@ def migrate(settings: Settings, cluster: str | None = None,
         return applied
     finally:
         db.close()
+
+
+_ADD_COLUMN = re.compile(r"^\s*ALTER\s+TABLE\s+(\w+)\.(\w+)\s+(?:ON\s+CLUSTER\s+\w+\s+)?"
+                         r"(ADD\s+COLUMN\s+IF\s+NOT\s+EXISTS)\s+(\w+)\s", re.I)
+_SYNTAX_ERROR = 62
+
+
+def _execute(db: ClickHouse, sql: str) -> None:
+    """Run one statement. ClickHouse before 19 (Debian's 18.16) does not know `ADD COLUMN IF NOT EXISTS`: when
+    it refuses that as a syntax error, the column is looked up in `system.columns` and added without the clause
+    only when missing, so the statement stays idempotent there too."""
+    try:
+        db.execute(sql)
+        return
+    except QueryError as err:
+        found = _ADD_COLUMN.match(sql)
+        if found is None or getattr(err.__cause__, "code", None) != _SYNTAX_ERROR:
+            raise
+    database, table, column = found.group(1), found.group(2), found.group(4)
+    exists = db.execute("SELECT count() FROM system.columns WHERE database = %(d)s AND table = %(t)s "
+                        "AND name = %(c)s", {"d": database, "t": table, "c": column})
+    if not exists[0][0]:
+        db.execute(sql[:found.start(3)] + "ADD COLUMN" + sql[found.end(3):])
 
 
 @dataclass(frozen=True)
