@@ -73,6 +73,8 @@ class Settings:
     sla_clock: str = "stream"
     sla_check_interval: float = 10.0      # seconds between wall-clock escalation checks of quiet books
     max_ahead_s: float = 300.0            # report times further ahead of the wall clock are dead letters
+    # Open311 `jurisdiction_id` this server answers for (its main website's host, as the spec suggests)
+    open311_jurisdiction: str = "hongkou.sh.cn"
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -102,6 +104,7 @@ class Settings:
             sla_clock=_choice(e, "CITYOPS_SLA_CLOCK", "wall" if production else "stream", ("stream", "wall")),
             sla_check_interval=float(e.get("CITYOPS_SLA_CHECK_INTERVAL", "10")),
             max_ahead_s=float(e.get("CITYOPS_MAX_AHEAD", "300")),
+            open311_jurisdiction=e.get("CITYOPS_OPEN311_JURISDICTION", "").strip() or "hongkou.sh.cn",
         )
 
     def to_env(self) -> dict[str, str]:
@@ -122,6 +125,7 @@ class Settings:
             "CITYOPS_SLA_CLOCK": self.sla_clock,
             "CITYOPS_SLA_CHECK_INTERVAL": f"{self.sla_check_interval:g}",
             "CITYOPS_MAX_AHEAD": f"{self.max_ahead_s:g}",
+            "CITYOPS_OPEN311_JURISDICTION": self.open311_jurisdiction,
         }
         optional = {
             "CITYOPS_KAFKA_SASL_MECHANISM": self.kafka_sasl_mechanism,

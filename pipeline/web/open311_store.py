@@ -1,0 +1,198 @@
+"""The Open311 requests as ClickHouse holds them: hotline tickets (`events`, source `hotline`), their cases'
+latest state (`cases`) and history (`case_transitions`).
+
+Every query runs on ClickHouse 18.16 and on current releases (tests/web/test_open311_store.py runs both): bound
+parameters only; the SQL text is put together from the fixed fragments below, chosen by key. Tables are
+ReplacingMergeTree and may hold a replayed row twice until a merge, so rows are grouped by their key here
+(`any` per ticket, `argMax(..., revision)` per case over non-Nullable values: on 18.16 argMax skips NULLs,
+which would bring back a stale value) instead of read with FINAL, which is slow on 18.16.
+
+A search reads the tickets of its window twice, narrowly: first which tickets, in order, make the page (event
+id and time; joined to their case's status only when the status is filtered), then everything about the page's
+tickets (at most 1,000, by primary key). Case histories are read for the page's cases only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from pipeline.web.open311_search import CLOSED_STATES, Overrides, Search
+
+HOTLINE = "hotline:"
+
+
+class Query(Protocol):
+    def query_dicts(self, sql: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]: ...
+
+
+@dataclass(frozen=True)
+class CaseFacts:
+    """A case's latest state as stored (`revision` 0: the case row is not stored yet)."""
+
+    status: str
+    team: str
+    revision: int
+    due_at: float | None
+    closed_at: float | None
+
+
+@dataclass(frozen=True)
+class StoredTicket:
+    """One hotline ticket as stored, with its case's latest stored state. Times are epoch seconds."""
+
+    ticket_id: str
+    case_id: str
+    requested: float
+    service_code: str
+    lon: float | None
+    lat: float | None
+    description: str
+    address: str
+    address_id: str
+    media_url: str
+    attributes: str
+    case: CaseFacts | None
+
+
+@dataclass(frozen=True)
+class Step:
+    """One transition of a case (`case_transitions`)."""
+
+    status: str
+    team: str
+    at: float
+    reason: str
+
+
+_CLOSED_SQL = "c_status IN (" + ", ".join(f"'{s}'" for s in CLOSED_STATES) + ")"
+# a newer live state (Overrides) decides instead of the stored one
+_CLOSED_LIVE_SQL = (
+    "if(transform(case_id, %(o_ids)s, CAST(%(o_revs)s AS Array(UInt64)), toUInt64(0)) > c_rev, "
+    "transform(case_id, %(o_ids)s, CAST(%(o_closed)s AS Array(UInt8)), toUInt8(0)) = 1, " + _CLOSED_SQL + ")"
+)
+_WINDOW_SQL = "source = 'hotline' AND received_at >= toDateTime(%(start)s) AND received_at <= toDateTime(%(end)s)"
+_CODES_SQL = " AND category IN %(codes)s"
+
+_KEYS_SQL = """
+SELECT event_id, requested FROM (
+    SELECT event_id, any(case_id) AS case_id, toUnixTimestamp(any(received_at)) AS requested
+    FROM events WHERE {where} GROUP BY event_id
+) AS ticket{join}
+ORDER BY requested DESC, event_id
+LIMIT %(skip)s, %(limit)s
+"""
+_STATUS_JOIN_SQL = """ ANY LEFT JOIN (
+    SELECT case_id, argMax(status, revision) AS c_status, max(revision) AS c_rev
+    FROM cases WHERE case_id IN (SELECT case_id FROM events WHERE {where}) GROUP BY case_id
+) AS latest USING case_id
+WHERE {status}"""
+
+_TICKETS_SQL = """
+SELECT event_id, case_id, requested, category, lon, lat, description, address, address_id, media_url, attributes,
+       c_status, c_team, c_rev, c_due, c_closed
+FROM (
+    SELECT event_id, any(case_id) AS case_id, toUnixTimestamp(any(received_at)) AS requested,
+           any(category) AS category, any(lon) AS lon, any(lat) AS lat, any(description) AS description,
+           any(address) AS address, any(address_id) AS address_id, any(media_url) AS media_url,
+           any(attributes) AS attributes
+    FROM events WHERE event_id IN %(ids)s GROUP BY event_id
+) AS ticket ANY LEFT JOIN (
+    SELECT case_id, argMax(status, revision) AS c_status, argMax(team, revision) AS c_team,
+           max(revision) AS c_rev,
+           argMax(ifNull(toUnixTimestamp(due_at), 0), revision) AS c_due,
+           argMax(ifNull(toUnixTimestamp(closed_at), 0), revision) AS c_closed
+    FROM cases WHERE case_id IN (SELECT case_id FROM events WHERE event_id IN %(ids)s) GROUP BY case_id
+) AS latest USING case_id
+"""
+_STEPS_SQL = ("SELECT case_id, seq, status, team, toUnixTimestamp(at) AS at, reason FROM case_transitions "
+              "WHERE case_id IN %(ids)s")
+_LAST_SQL = ("SELECT case_id, toUnixTimestamp(max(at)) AS at FROM case_transitions WHERE case_id IN %(ids)s "
+             "GROUP BY case_id")
+_STORED_SQL = "SELECT DISTINCT event_id FROM events WHERE event_id IN %(ids)s"
+_CHUNK = 1000
+
+
+class RequestStore:
+    """Read-only queries (blocking: call them from a thread)."""
+
+    def __init__(self, db: Query) -> None:
+        self.db = db
+
+    def search_keys(self, search: Search, overrides: Overrides, offset: int, limit: int) -> list[tuple[str, float]]:
+        """(ticket id, requested epoch) of the stored tickets the search finds, results `offset`.. `offset+limit`
+        in result order (newest first)."""
+        params: dict[str, Any] = {"start": int(search.start.timestamp()), "end": int(search.end.timestamp()),
+                                  "skip": offset, "limit": limit}
+        where = _WINDOW_SQL
+        if search.codes:
+            where += _CODES_SQL
+            params["codes"] = tuple(search.codes)
+        join = ""
+        if len(search.statuses) == 1:
+            closed = _CLOSED_SQL
+            if overrides.ids:
+                closed = _CLOSED_LIVE_SQL
+                params |= {"o_ids": list(overrides.ids), "o_revs": list(overrides.revisions),
+                           "o_closed": list(overrides.closed)}
+            status = closed if "closed" in search.statuses else f"NOT ({closed})"
+            join = _STATUS_JOIN_SQL.format(where=where, status=status)
+        rows = self.db.query_dicts(_KEYS_SQL.format(where=where, join=join), params)
+        return [(str(r["event_id"]).removeprefix(HOTLINE), float(r["requested"])) for r in rows]
+
+    def tickets(self, ticket_ids: Sequence[str]) -> dict[str, StoredTicket]:
+        """Everything stored about these tickets (ids as the hotline gave them), by id; absent ones left out."""
+        out: dict[str, StoredTicket] = {}
+        for chunk in _chunks([HOTLINE + t for t in ticket_ids]):
+            for r in self.db.query_dicts(_TICKETS_SQL, {"ids": tuple(chunk)}):
+                ticket = _ticket(r)
+                out[ticket.ticket_id] = ticket
+        return out
+
+    def history(self, case_ids: Sequence[str]) -> dict[str, list[Step]]:
+        """Each case's transitions in order (the `notes` of `extensions=true`)."""
+        steps: dict[str, dict[int, Step]] = {}
+        for chunk in _chunks(sorted(set(filter(None, case_ids)))):
+            for r in self.db.query_dicts(_STEPS_SQL, {"ids": tuple(chunk)}):
+                steps.setdefault(str(r["case_id"]), {})[int(r["seq"])] = Step(
+                    str(r["status"]), str(r["team"]), float(r["at"]), str(r["reason"] or ""))
+        return {case: [by_seq[k] for k in sorted(by_seq)] for case, by_seq in steps.items()}
+
+    def last_changes(self, case_ids: Sequence[str]) -> dict[str, float]:
+        """Each case's latest transition time (the requests' `updated_datetime`)."""
+        out: dict[str, float] = {}
+        for chunk in _chunks(sorted(set(filter(None, case_ids)))):
+            for r in self.db.query_dicts(_LAST_SQL, {"ids": tuple(chunk)}):
+                out[str(r["case_id"])] = float(r["at"])
+        return out
+
+    def stored(self, ticket_ids: Sequence[str]) -> set[str]:
+        """Which of these tickets the worker has stored (the token method; the unlocated queue's leftovers)."""
+        found: set[str] = set()
+        for chunk in _chunks([HOTLINE + t for t in ticket_ids]):
+            rows = self.db.query_dicts(_STORED_SQL, {"ids": tuple(chunk)})
+            found |= {str(r["event_id"]).removeprefix(HOTLINE) for r in rows}
+        return found
+
+
+def _chunks(items: list[str]) -> list[list[str]]:
+    return [items[i:i + _CHUNK] for i in range(0, len(items), _CHUNK)]
+
+
+def _opt_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _ticket(r: dict[str, Any]) -> StoredTicket:
+    revision = int(r["c_rev"] or 0)
+    case = None
+    if revision:
+        case = CaseFacts(status=str(r["c_status"]), team=str(r["c_team"]), revision=revision,
+                         due_at=float(r["c_due"]) or None, closed_at=float(r["c_closed"]) or None)
+    return StoredTicket(
+        ticket_id=str(r["event_id"]).removeprefix(HOTLINE), case_id=str(r["case_id"] or ""),
+        requested=float(r["requested"]), service_code=str(r["category"]), lon=_opt_float(r["lon"]),
+        lat=_opt_float(r["lat"]), description=str(r["description"] or ""), address=str(r["address"] or ""),
+        address_id=str(r["address_id"] or ""), media_url=str(r["media_url"] or ""),
+        attributes=str(r["attributes"] or ""), case=case)
