@@ -124,5 +124,9 @@ def chdb_database() -> Iterator[ChdbDatabase]:
         db.execute(f"DROP DATABASE IF EXISTS {db.database}")
 
 
+NOW = datetime.now(UTC).replace(microsecond=0)
+
+
 def hours_ago(n: float) -> datetime:
-    return datetime.now(UTC).replace(microsecond=0) - timedelta(hours=n)
+    """`n` hours before the tests started (one fixed instant, so times computed apart compare equal)."""
+    return NOW - timedelta(hours=n)
