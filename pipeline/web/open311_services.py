@@ -234,8 +234,8 @@ class _Parser:
                              required=("version", "kind", "services"))
         if top is None:
             return {}
-        if "version" in top and self.r.integer(top["version"].value, "version", 1, 1) is None:
-            return {}
+        if "version" in top:
+            self.r.integer(top["version"].value, "version", 1, 1)
         kind = self.r.text(top["kind"].value, "kind") if "kind" in top else None
         if kind is not None and kind != KIND:
             self.r.problem(top["kind"].value, "kind", f"must be {KIND!r}")
