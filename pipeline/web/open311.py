@@ -388,21 +388,17 @@ class Open311:
         """The answers for these tickets: their cases' newer state (stored or live) and history."""
         case_ids = [t.case_id for t in tickets if t.case_id]
         steps: dict[str, Any] = {}
-        last: dict[str, float] = {}
-        if self.store is not None and case_ids:
+        if self.store is not None and case_ids and extensions:
             try:
-                if extensions:
-                    steps = await self.c.run_blocking(self.store.history, case_ids)
-                    last = {case: s[-1].at for case, s in steps.items() if s}
-                else:
-                    last = await self.c.run_blocking(self.store.last_changes, case_ids)
+                steps = await self.c.run_blocking(self.store.history, case_ids)
             except Exception:  # the history is a detail: answer without it rather than not at all
-                steps, last = {}, {}
+                steps = {}
         out = []
         for t in tickets:
             stored = rows.get(t.ticket_id)
-            view = case_view(t.case_id, stored.case if stored else None, self.c.board.cases.get(t.case_id)) \
-                if t.case_id else None
-            out.append(answer(t, view, self.catalogue, last_change=last.get(t.case_id),
-                              steps=steps.get(t.case_id), extensions=extensions))
+            facts = stored.case if stored is not None else None
+            view = case_view(t.case_id, facts, self.c.board.cases.get(t.case_id)) if t.case_id else None
+            history = steps.get(t.case_id)
+            last = history[-1].at if history else facts.last_change if facts is not None else None
+            out.append(answer(t, view, self.catalogue, last_change=last, steps=history, extensions=extensions))
         return out

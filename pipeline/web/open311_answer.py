@@ -23,9 +23,9 @@ its case (dispatched, accepted, resolved, verified, closed, ...), with the step'
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, Literal
 
 import orjson
@@ -115,10 +115,10 @@ def case_view(case_id: str, stored: CaseFacts | None, live: Json | None) -> Case
 
 
 def w3(epoch: float | None) -> str | None:
-    """A time as the spec writes it (W3C, UTC `Z`)."""
+    """A time as the spec writes it (W3C, UTC `Z`, whole seconds)."""
     if epoch is None:
         return None
-    return datetime.fromtimestamp(epoch, UTC).isoformat().replace("+00:00", "Z")
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
 
 
 def status_notes(ticket: Ticket, case: CaseView | None) -> str:

@@ -9,7 +9,8 @@ which would bring back a stale value) instead of read with FINAL, which is slow 
 
 A search reads the tickets of its window twice, narrowly: first which tickets, in order, make the page (event
 id and time; joined to their case's status only when the status is filtered), then everything about the page's
-tickets (at most 1,000, by primary key). Case histories are read for the page's cases only.
+tickets (at most 1,000, by primary key) with their cases' state and latest change. Whole case histories
+(`extensions=true`) are read for the page's cases only.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class CaseFacts:
     revision: int
     due_at: float | None
     closed_at: float | None
+    last_change: float | None = None    # its latest transition
 
 
 @dataclass(frozen=True)
@@ -91,25 +93,28 @@ WHERE {status}"""
 
 _TICKETS_SQL = """
 SELECT event_id, case_id, requested, category, lon, lat, description, address, address_id, media_url, attributes,
-       c_status, c_team, c_rev, c_due, c_closed
+       c_status, c_team, c_rev, c_due, c_closed, c_last
 FROM (
-    SELECT event_id, any(case_id) AS case_id, toUnixTimestamp(any(received_at)) AS requested,
-           any(category) AS category, any(lon) AS lon, any(lat) AS lat, any(description) AS description,
-           any(address) AS address, any(address_id) AS address_id, any(media_url) AS media_url,
-           any(attributes) AS attributes
-    FROM events WHERE event_id IN %(ids)s GROUP BY event_id
-) AS ticket ANY LEFT JOIN (
-    SELECT case_id, argMax(status, revision) AS c_status, argMax(team, revision) AS c_team,
-           max(revision) AS c_rev,
-           argMax(ifNull(toUnixTimestamp(due_at), 0), revision) AS c_due,
-           argMax(ifNull(toUnixTimestamp(closed_at), 0), revision) AS c_closed
-    FROM cases WHERE case_id IN (SELECT case_id FROM events WHERE event_id IN %(ids)s) GROUP BY case_id
-) AS latest USING case_id
+    SELECT * FROM (
+        SELECT event_id, any(case_id) AS case_id, toUnixTimestamp(any(received_at)) AS requested,
+               any(category) AS category, any(lon) AS lon, any(lat) AS lat, any(description) AS description,
+               any(address) AS address, any(address_id) AS address_id, any(media_url) AS media_url,
+               any(attributes) AS attributes
+        FROM events WHERE event_id IN %(ids)s GROUP BY event_id
+    ) AS ticket ANY LEFT JOIN (
+        SELECT case_id, argMax(status, revision) AS c_status, argMax(team, revision) AS c_team,
+               max(revision) AS c_rev,
+               argMax(ifNull(toUnixTimestamp(due_at), 0), revision) AS c_due,
+               argMax(ifNull(toUnixTimestamp(closed_at), 0), revision) AS c_closed
+        FROM cases WHERE case_id IN (SELECT case_id FROM events WHERE event_id IN %(ids)s) GROUP BY case_id
+    ) AS latest USING case_id
+) AS known ANY LEFT JOIN (      -- one join per SELECT on 18.16
+    SELECT case_id, toUnixTimestamp(max(at)) AS c_last
+    FROM case_transitions WHERE case_id IN (SELECT case_id FROM events WHERE event_id IN %(ids)s) GROUP BY case_id
+) AS steps USING case_id
 """
 _STEPS_SQL = ("SELECT case_id, seq, status, team, toUnixTimestamp(at) AS at, reason FROM case_transitions "
               "WHERE case_id IN %(ids)s")
-_LAST_SQL = ("SELECT case_id, toUnixTimestamp(max(at)) AS at FROM case_transitions WHERE case_id IN %(ids)s "
-             "GROUP BY case_id")
 _STORED_SQL = "SELECT DISTINCT event_id FROM events WHERE event_id IN %(ids)s"
 _CHUNK = 1000
 
@@ -159,14 +164,6 @@ class RequestStore:
                     str(r["status"]), str(r["team"]), float(r["at"]), str(r["reason"] or ""))
         return {case: [by_seq[k] for k in sorted(by_seq)] for case, by_seq in steps.items()}
 
-    def last_changes(self, case_ids: Sequence[str]) -> dict[str, float]:
-        """Each case's latest transition time (the requests' `updated_datetime`)."""
-        out: dict[str, float] = {}
-        for chunk in _chunks(sorted(set(filter(None, case_ids)))):
-            for r in self.db.query_dicts(_LAST_SQL, {"ids": tuple(chunk)}):
-                out[str(r["case_id"])] = float(r["at"])
-        return out
-
     def stored(self, ticket_ids: Sequence[str]) -> set[str]:
         """Which of these tickets the worker has stored (the token method; the unlocated queue's leftovers)."""
         found: set[str] = set()
@@ -189,7 +186,8 @@ def _ticket(r: dict[str, Any]) -> StoredTicket:
     case = None
     if revision:
         case = CaseFacts(status=str(r["c_status"]), team=str(r["c_team"]), revision=revision,
-                         due_at=float(r["c_due"]) or None, closed_at=float(r["c_closed"]) or None)
+                         due_at=float(r["c_due"]) or None, closed_at=float(r["c_closed"]) or None,
+                         last_change=float(r["c_last"]) or None)
     return StoredTicket(
         ticket_id=str(r["event_id"]).removeprefix(HOTLINE), case_id=str(r["case_id"] or ""),
         requested=float(r["requested"]), service_code=str(r["category"]), lon=_opt_float(r["lon"]),
