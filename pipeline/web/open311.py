@@ -360,7 +360,7 @@ class Open311:
         page = merge_page([(sort_key(at, HOTLINE + tid), tid) for tid, at in keys], offset, len(keys) < limit,
                           [(sort_key(t.requested, HOTLINE + t.ticket_id), t) for t in extra],
                           search.skip, search.page_size)
-        rows = await self.c.run_blocking(store.tickets, [p for p in page if isinstance(p, str)])
+        rows = await self.c.run_blocking(store.tickets, [p for p in page if isinstance(p, str)], self.c.board.cases)
         tickets = [from_stored(rows[p]) if isinstance(p, str) else p for p in page
                    if not isinstance(p, str) or p in rows]
         return await self._answers(tickets, rows, search.extensions)
@@ -371,7 +371,7 @@ class Open311:
         rows: dict[str, StoredTicket] = {}
         if self.store is not None:
             try:
-                rows = await self.c.run_blocking(self.store.tickets, ids)
+                rows = await self.c.run_blocking(self.store.tickets, ids, self.c.board.cases)
             except Exception:  # ClickHouse down: answer from what is in memory
                 rows = {}
         tickets: list[Ticket] = []

@@ -108,7 +108,7 @@ def case_view(case_id: str, stored: CaseFacts | None, live: Json | None) -> Case
                         due_at=_epoch(live.get("due_at")), verify_due_at=_epoch(live.get("verify_due_at")),
                         resolved_at=_epoch(live.get("resolved_at")), closed_at=_epoch(live.get("closed_at")),
                         created_at=_epoch(live.get("created_at")))
-    if stored is not None:
+    if stored is not None and stored.revision:
         return CaseView(case_id=case_id, status=stored.status, team=stored.team, due_at=stored.due_at,
                         closed_at=stored.closed_at)
     return None
