@@ -103,6 +103,30 @@ def test_every_field_for_tickets_from_every_entry_path(db: ChdbDatabase) -> None
     run(c, body)
 
 
+def test_a_ticket_an_operator_placed_keeps_its_open311_fields(db: ChdbDatabase) -> None:
+    """An address the gazetteer cannot place waits in the unlocated queue with its media link, address id and
+    answers; placed by an operator (the same ticket id, re-sent with a point), it is stored with all of them."""
+    from pipeline.decode import default_decoder
+    from pipeline.web.outbox import placed_ticket
+
+    c = centre(archive=CaseArchive(db))
+    d = District(db.store)
+    d.tickets(ticket("LOST-1", hours_ago(6), code="E0501", address_string="找不到的弄堂7号", address_id="HK-X-7",
+                     media_url="https://img.example.cn/7.jpg", attributes={"STALLS": "5"}))
+    (waiting,) = d.unlocated
+    assert waiting["media_url"] == "https://img.example.cn/7.jpg" and waiting["address_id"] == "HK-X-7"
+    _, raw = placed_ticket(default_decoder(), waiting, 121.4838, 31.2605)
+    d.tickets(raw)
+
+    async def body(client: Client) -> None:
+        (r,) = await requests_of(client, "requests/LOST-1", extensions="true")
+        assert (r["media_url"], r["address_id"], r["address"]) == ("https://img.example.cn/7.jpg", "HK-X-7",
+                                                                   "找不到的弄堂7号")
+        assert r["attributes"][0]["value"] == "5" and r["requested_datetime"] == iso(hours_ago(6))
+        assert (r["lat"], r["long"]) == (31.2605, 121.4838)
+    run(c, body)
+
+
 def test_search_window_status_and_services(db: ChdbDatabase) -> None:
     """The last 90 days by default; `start_date`/`end_date` inclusive; `status` open (resolved included) or
     closed (verified and closed); `service_code` lists — the same results in both formats, newest first."""
