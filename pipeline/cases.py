@@ -263,6 +263,8 @@ class CaseBook:
             snapped=bool(loc and loc.snapped), merged=merged, grid_version=loc.grid_version if loc else "",
             grid_kind=(loc.grid_kind or "") if loc else "", request_type=event.request_type or "",
             sensor_type=event.sensor_type or "", value=event.value, description=event.description,
+            address=event.address or "", address_id=event.address_id or "", media_url=event.media_url or "",
+            attributes=event.attributes or "",
         ))
         self._changed(case, out)
         return out

@@ -81,6 +81,8 @@ class Settings:
     notify_backoff_cap_s: float = 30.0    # ... up to this
     notify_keep_days: float = 7.0         # finished deliveries are remembered (against replays) this long
     notify_secrets: tuple[tuple[str, str], ...] = field(default=(), repr=False)   # CITYOPS_NOTIFY_SECRET_*
+    # Open311 `jurisdiction_id` this server answers for (its main website's host, as the spec suggests)
+    open311_jurisdiction: str = "hongkou.sh.cn"
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -117,6 +119,7 @@ class Settings:
             notify_backoff_cap_s=float(e.get("CITYOPS_NOTIFY_BACKOFF_CAP", "30")),
             notify_keep_days=float(e.get("CITYOPS_NOTIFY_KEEP_DAYS", "7")),
             notify_secrets=tuple(sorted((k, v) for k, v in e.items() if k.startswith("CITYOPS_NOTIFY_SECRET_"))),
+            open311_jurisdiction=e.get("CITYOPS_OPEN311_JURISDICTION", "").strip() or "hongkou.sh.cn",
         )
 
     def to_env(self) -> dict[str, str]:
@@ -144,6 +147,7 @@ class Settings:
             "CITYOPS_NOTIFY_BACKOFF_CAP": f"{self.notify_backoff_cap_s:g}",
             "CITYOPS_NOTIFY_KEEP_DAYS": f"{self.notify_keep_days:g}",
             **dict(self.notify_secrets),
+            "CITYOPS_OPEN311_JURISDICTION": self.open311_jurisdiction,
         }
         optional = {
             "CITYOPS_KAFKA_SASL_MECHANISM": self.kafka_sasl_mechanism,

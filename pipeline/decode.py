@@ -8,10 +8,12 @@ logs: an invalid message raises `InvalidEvent`, which the worker turns into a de
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
+from urllib.parse import urlsplit
 
 import orjson
 
@@ -23,6 +25,11 @@ MAX_MESSAGE_BYTES = 64 * 1024
 MAX_DESCRIPTION = 4000
 MAX_ID = 128
 MAX_SHORT_TEXT = 200
+MAX_URL = 2000
+MAX_ATTRIBUTES = 50             # answers to a service's attributes (Open311 `attribute[CODE]`) per ticket
+MAX_ATTRIBUTE_VALUES = 50       # values of one multi-value answer
+MAX_ATTRIBUTE_TEXT = 1000
+ATTRIBUTE_CODE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 REQUEST_TYPES = frozenset({"consult", "help", "complaint", "report", "suggestion"})
 CHANNELS = frozenset({"phone", "app", "web", "wechat"})
 ACTIONS = frozenset({"accept", "resolve", "verify", "reject", "reopen"})
@@ -110,6 +117,9 @@ class Decoder:
         request_type = _opt_enum(obj, "request_type", REQUEST_TYPES)
         channel = _opt_enum(obj, "channel", CHANNELS)
         address = _opt_string(obj, "address_string", 500)
+        address_id = _opt_string(obj, "address_id", MAX_ID)
+        media_url = _opt_url(obj, "media_url")
+        attributes = _attributes(obj, names)
         has_lat, has_lon = obj.get("lat") is not None, obj.get("long") is not None
         if has_lat != has_lon:
             raise InvalidEvent("lat/long: both or neither must be given")
@@ -122,6 +132,9 @@ class Decoder:
             event_id=f"hotline:{ticket}", source="hotline", category=code, occurred_at=at, lon=lon, lat=lat,
             address=mask_text(address, names) if address else None, description=mask_text(description, names),
             request_type=request_type, channel=channel, caller_hash=phone_hash,
+            media_url=mask_text(media_url, names) if media_url else None,
+            address_id=mask_text(address_id, names) if address_id else None,
+            attributes=attributes,
         )
 
     def patrol(self, raw: bytes) -> Event:
@@ -304,6 +317,50 @@ def _opt_enum(obj: dict[str, Any], key: str, allowed: frozenset[str]) -> str | N
     if not isinstance(value, str) or value not in allowed:
         raise InvalidEvent(f"{key}: {str(value)[:40]!r} is not one of {', '.join(sorted(allowed))}")
     return value
+
+
+def _opt_url(obj: dict[str, Any], key: str) -> str | None:
+    """An optional http(s) URL with a host (a link to a photo or video), as given."""
+    value = _opt_string(obj, key, MAX_URL)
+    if value is None:
+        return None
+    try:
+        parts = urlsplit(value)
+        host = parts.hostname
+    except ValueError:          # e.g. an unclosed IPv6 bracket
+        host = None
+        parts = None
+    if (parts is None or parts.scheme.lower() not in ("http", "https") or not host
+            or any(c.isspace() or not c.isprintable() for c in value)):
+        raise InvalidEvent(f"{key}: must be an http or https URL with a host, got {value[:60]!r}")
+    return value
+
+
+def _attributes(obj: dict[str, Any], names: tuple[str, ...]) -> str | None:
+    """The answers to a service's attributes (`attributes`: {code: text or [texts]}) as canonical JSON text,
+    values masked like free text; None when there are none. Only their shape is checked here: whether a service
+    has such an attribute is the Open311 API's check (a hotline's call taker may not have asked)."""
+    value = obj.get("attributes")
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise InvalidEvent("attributes: must be an object of attribute code -> value or list of values")
+    if len(value) > MAX_ATTRIBUTES:
+        raise InvalidEvent(f"attributes: at most {MAX_ATTRIBUTES} answers, got {len(value)}")
+    out: dict[str, str | list[str]] = {}
+    for code, answer in value.items():
+        if not ATTRIBUTE_CODE.fullmatch(code):
+            raise InvalidEvent(f"attributes: {code[:40]!r} is not an attribute code (1-64 letters, digits, _ . -)")
+        many = isinstance(answer, list)
+        items = answer if many else [answer]
+        if len(items) > MAX_ATTRIBUTE_VALUES or not all(isinstance(v, str) for v in items):
+            raise InvalidEvent(f"attributes.{code}: must be text or a list of at most {MAX_ATTRIBUTE_VALUES} texts")
+        if any(len(v) > MAX_ATTRIBUTE_TEXT for v in items):
+            raise InvalidEvent(f"attributes.{code}: a value is longer than {MAX_ATTRIBUTE_TEXT} characters")
+        texts = [mask_text(v.strip(), names) for v in items if v.strip()]
+        if texts:
+            out[code] = texts if many else texts[0]
+    return orjson.dumps(out, option=orjson.OPT_SORT_KEYS).decode() if out else None
 
 
 def _number(obj: dict[str, Any], key: str) -> float:

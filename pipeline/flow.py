@@ -166,6 +166,7 @@ def encode_located(event: Event) -> bytes:
         "location": None if loc is None else [loc.cell, loc.subdistrict, loc.grid_kind, loc.grid_version,
                                               loc.snapped],
         "scope": event.scope, "fault": event.fault,
+        "media_url": event.media_url, "address_id": event.address_id, "attributes": event.attributes,
     })
 
 
@@ -191,6 +192,8 @@ def decode_located(raw: bytes) -> Event | CaseUpdate:
         location=None if loc is None else Location(cell=loc[0], subdistrict=loc[1], grid_kind=loc[2],
                                                    grid_version=loc[3], snapped=bool(loc[4])),
         scope=d.get("scope"), fault=d.get("fault"),
+        # absent in messages of a worker before the Open311 fields (a rolling upgrade)
+        media_url=d.get("media_url"), address_id=d.get("address_id"), attributes=d.get("attributes"),
     )
 
 

@@ -80,6 +80,12 @@ class Event:
     # object: a cover, a bin, a kitchen) or "area" (a phenomenon of the place); None for citizens and patrols
     scope: SensorScope | None = None
     fault: DeviceFault | None = None   # iot: set on a device-fault report (§6.3), never on a problem
+    # hotline (Open311 fields, README "Open311"): a link to the caller's photo or video (http/https), the id of
+    # the address in an address register, and the answers to the service's attributes as canonical JSON text
+    # (an object, keys sorted; None when there are none)
+    media_url: str | None = None
+    address_id: str | None = None
+    attributes: str | None = None
 
     @property
     def kind(self) -> CaseKind:

@@ -102,6 +102,12 @@ class EventRow:
     sensor_type: str = ""         # iot only
     value: float | None = None    # iot only: the reading
     description: str = ""         # free text with phone numbers and ID numbers masked by the worker
+    # hotline only (Open311, migration 0007): the ticket's address as given (masked), its address-register id,
+    # a link to its photo or video, and the answers to its service's attributes (JSON object text)
+    address: str = ""
+    address_id: str = ""
+    media_url: str = ""
+    attributes: str = ""
 
 
 @record
@@ -183,7 +189,7 @@ class EventColumns(Columns):
 
     COLUMNS = ("event_id", "source", "case_id", "category", "cell", "subdistrict", "received_at", "ingested_at",
                "lon", "lat", "snapped", "merged", "grid_version", "grid_kind", "request_type", "sensor_type",
-               "value", "description")
+               "value", "description", "address", "address_id", "media_url", "attributes")
     KEY = ("event_id",)
     __slots__ = COLUMNS
 
@@ -206,11 +212,16 @@ class EventColumns(Columns):
         self.sensor_type: list[str] = []
         self.value: list[float | None] = []
         self.description: list[str] = []
+        self.address: list[str] = []
+        self.address_id: list[str] = []
+        self.media_url: list[str] = []
+        self.attributes: list[str] = []
 
     def append(self, event_id: str, source: str, case_id: str, category: str, cell: str, subdistrict: str,
                received_at: int, ingested_at: int, lon: float | None, lat: float | None, snapped: bool,
                merged: bool, grid_version: str, grid_kind: str = "", request_type: str = "",
-               sensor_type: str = "", value: float | None = None, description: str = "") -> None:
+               sensor_type: str = "", value: float | None = None, description: str = "", address: str = "",
+               address_id: str = "", media_url: str = "", attributes: str = "") -> None:
         """One row; arguments as EventRow's fields (same order and defaults), times as epoch seconds."""
         self.event_id.append(event_id)
         self.source.append(source)
@@ -230,13 +241,18 @@ class EventColumns(Columns):
         self.sensor_type.append(sensor_type)
         self.value.append(value)
         self.description.append(description)
+        self.address.append(address)
+        self.address_id.append(address_id)
+        self.media_url.append(media_url)
+        self.attributes.append(attributes)
 
     def add(self, row: EventRow) -> None:
         """Append an EventRow (its datetimes converted)."""
         self.append(row.event_id, row.source, row.case_id, row.category, row.cell, row.subdistrict,
                     epoch_seconds(row.received_at), epoch_seconds(row.ingested_at), row.lon, row.lat,
                     row.snapped, row.merged, row.grid_version, row.grid_kind, row.request_type,
-                    row.sensor_type, row.value, row.description)
+                    row.sensor_type, row.value, row.description, row.address, row.address_id, row.media_url,
+                    row.attributes)
 
 
 class ReadingColumns(Columns):

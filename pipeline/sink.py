@@ -622,7 +622,7 @@ _EVENTS = TableSpec(
     "events",
     ("event_id", "source", "case_id", "category", "cell", "subdistrict", "grid_kind", "received_at",
      "ingested_at", "lon", "lat", "snapped", "merged", "grid_version", "request_type", "sensor_type", "value",
-     "description"),
+     "description", "address", "address_id", "media_url", "attributes"),
     key=attrgetter("event_id"),
     # snapped/merged stay bools: the UInt8 writer packs True/False as 1/0 without a per-row conversion.
     convert={"received_at": _epoch, "ingested_at": _epoch},

@@ -50,6 +50,8 @@ from pipeline.web.feed import BoardFeed, Item, LagProbe, LagReport, deliver_to_l
 from pipeline.web.live import LiveBoard
 from pipeline.web.metrics import WebCounters, collect, render
 from pipeline.web.open311 import Open311
+from pipeline.web.open311_doc import error as open311_error
+from pipeline.web.open311_doc import fmt_of
 from pipeline.web.outbox import Outbox, case_update, patrol_report, placed_ticket
 from pipeline.web.ratelimit import RateLimiter
 from pipeline.web.users import User, UsersHolder
@@ -91,6 +93,8 @@ class Centre:
     lag: LagReport | None = None
     notification_counts: dict[str, list[tuple[dict[str, str], float]]] | None = None   # from ClickHouse (upkeep)
     started_at: float = field(default_factory=time.time)
+    # called with every batch of live items after the board took it (the Open311 search keeps recent states)
+    observers: list[Callable[[list[Item]], None]] = field(default_factory=list)
 
     async def run_blocking(self, fn: Callable[..., T], *args: Any, timeout: float = 10.0) -> T:
         loop = asyncio.get_running_loop()
@@ -104,6 +108,8 @@ class Centre:
 
     def apply_items(self, items: list[Item]) -> None:
         self.board.apply_batch(items)
+        for observe in self.observers:
+            observe(items)
 
 
 CENTRE = web.AppKey("centre", Centre)
@@ -191,8 +197,15 @@ async def count_and_secure(request: web.Request, handler: Handler) -> web.Stream
         response = await handler(request)
     except web.HTTPException as exc:
         centre.counters.requests[(_route_group(request.path), exc.status)] += 1
-        if 400 <= exc.status < 500 and exc.content_type != "application/json" and \
-                (request.path.startswith("/api/") or request.path.startswith("/open311/")):
+        if 400 <= exc.status < 500 and request.path.startswith("/open311/"):
+            # aiohttp's own refusals (no such method or format, another HTTP method, a body over the size
+            # limit) as Open311 errors, in the format the path asks for
+            allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+            reason = f"{exc.reason}: {request.method} {request.path[:200]}"
+            response = open311_error(fmt_of(request), exc.status, reason, allow)
+            _secure_headers(response)
+            return response
+        if 400 <= exc.status < 500 and exc.content_type != "application/json" and request.path.startswith("/api/"):
             # aiohttp's own refusals (e.g. a body over the size limit) answer plain text: API clients get JSON
             reason = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason
             response = web.json_response({"error": reason}, status=exc.status, dumps=lambda o: orjson.dumps(o).decode())

@@ -14,7 +14,10 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+import orjson
+
 from pipeline.privacy import mask_text
+from pipeline.web.open311_services import default_catalogue
 
 Json = dict[str, Any]
 
@@ -27,6 +30,21 @@ def _iso(epoch: Any) -> str:
     return datetime.fromtimestamp(int(epoch), UTC).isoformat().replace("+00:00", "Z")
 
 
+def _answers(category: str, text: str) -> list[Json]:
+    """A ticket's attribute answers (JSON object text): code, the service's question, the answer (a list joined
+    with commas), masked."""
+    try:
+        given = orjson.loads(text) if text else {}
+    except orjson.JSONDecodeError:
+        return []
+    if not isinstance(given, dict):
+        return []
+    labels = default_catalogue()
+    return [{"code": str(k), "label": labels.label(category, str(k)),
+             "value": mask_text(",".join(map(str, v)) if isinstance(v, list) else str(v))}
+            for k, v in sorted(given.items())]
+
+
 class CaseArchive:
     """Read-only history queries (blocking: call them from a thread)."""
 
@@ -37,7 +55,7 @@ class CaseArchive:
         """The reports of a case, oldest first: source, category, where, whether merged as a duplicate."""
         rows = self.db.query_dicts(
             "SELECT event_id, source, category, cell, subdistrict, toUnixTimestamp(received_at) AS received, "
-            "merged, snapped, request_type, sensor_type, value, description "
+            "merged, snapped, request_type, sensor_type, value, description, address, media_url, attributes "
             "FROM events WHERE case_id = %(case_id)s ORDER BY received_at, event_id LIMIT %(limit)s",
             {"case_id": case_id, "limit": limit * 2})
         seen: set[str] = set()
@@ -50,7 +68,10 @@ class CaseArchive:
                         "cell": r["cell"], "subdistrict": r["subdistrict"], "received_at": _iso(r["received"]),
                         "merged": bool(r["merged"]), "snapped": bool(r["snapped"]),
                         "request_type": r["request_type"], "sensor_type": r["sensor_type"], "value": r["value"],
-                        "description": mask_text(str(r["description"] or ""))[:1000]})
+                        "description": mask_text(str(r["description"] or ""))[:1000],
+                        # a hotline ticket's Open311 extras (migration 0007): where, its photo, its answers
+                        "address": mask_text(str(r["address"] or "")), "media_url": r["media_url"] or None,
+                        "attributes": _answers(str(r["category"]), str(r["attributes"] or ""))})
         return out[:limit]
 
     def timeline(self, case_id: str) -> list[Json]:

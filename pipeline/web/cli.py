@@ -125,7 +125,14 @@ def _serve(args: argparse.Namespace) -> int:
     except (auth.SecretError, UsersError, RuntimeError) as err:   # RuntimeError: pii_key() in production
         print(f"cityops web: refusing to start: {err}", file=sys.stderr)
         return 2
-    app = build_app(centre)  # type: ignore[arg-type]
+    from pipeline.web.open311_services import ServiceAttributesError
+
+    try:
+        app = build_app(centre)  # type: ignore[arg-type]
+    except ServiceAttributesError as err:     # pipeline/data/service_attributes.yaml: every problem, one a line
+        print(f"cityops web: refusing to start: the Open311 service attributes file is wrong:\n{err}",
+              file=sys.stderr)
+        return 2
     print(f"cityops web: http://{args.host}:{args.port}/  (ops centre /ops, team feed /feed, "
           f"Open311 /open311/v2/services.json, /healthz, /metrics)", flush=True)
     web.run_app(app, host=args.host, port=args.port, print=None, access_log=None)

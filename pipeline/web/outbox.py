@@ -105,9 +105,11 @@ def placed_ticket(decoder: Decoder, unlocated: dict[str, Any], lon: float, lat: 
                            "requested_datetime": occurred.isoformat().replace("+00:00", "Z"),
                            "service_code": unlocated["category"], "lat": lat, "long": lon}
     for src, dst in (("description", "description"), ("request_type", "request_type"), ("channel", "channel"),
-                     ("address", "address_string")):
+                     ("address", "address_string"), ("address_id", "address_id"), ("media_url", "media_url")):
         if unlocated.get(src):
             msg[dst] = unlocated[src]
+    if unlocated.get("attributes"):         # the Open311 answers, kept as JSON text on the way
+        msg["attributes"] = orjson.loads(unlocated["attributes"])
     raw = orjson.dumps(msg)
     decoder.hotline(raw)
     return ticket, raw

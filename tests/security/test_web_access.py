@@ -24,11 +24,13 @@ Client = TestClient[Any, Any]
 PUBLIC = {
     ("GET", "/"), ("GET", "/signin"), ("POST", "/signin"), ("POST", "/signout"), ("POST", "/api/token"),
     ("GET", "/healthz"), ("GET", "/metrics"),
-    # Open311 GeoReport v2: service lists and request status are public by the standard; POST needs an api_key
-    ("GET", "/open311/v2/services.json"), ("GET", "/open311/v2/services/{code}.json"),
-    ("GET", "/open311/v2/requests.json"), ("GET", "/open311/v2/requests/{id}.json"),
+    # Open311 GeoReport v2 (both formats): services, requests, tokens and discovery are public by the standard;
+    # POST needs an api_key
+    *{("GET", f"/open311/v2/{path}.{fmt}") for fmt in ("json", "xml")
+      for path in ("services", "services/{code}", "requests", "requests/{id}", "tokens/{token}")},
+    ("GET", "/open311/discovery.json"), ("GET", "/open311/discovery.xml"),
 }
-PARAMS = {"case_id": "C-hand", "cell": "310109003001001", "code": "E0501", "id": "T1"}
+PARAMS = {"case_id": "C-hand", "cell": "310109003001001", "code": "E0501", "id": "T1", "token": "T1"}
 
 
 def board() -> LiveBoard:

@@ -43,7 +43,12 @@
     document.getElementById("history-error").textContent = data.history_error || "";
     document.querySelector("#reports tbody").replaceChildren(...data.reports.map((r) => el("tr", {},
       el("td", {}, fmtTime(r.received_at)), el("td", {}, SOURCES[r.source] || r.source), el("td", {}, r.category),
-      el("td", {}, r.cell), el("td", {}, r.merged ? "合并 merged" : "首报 first"), el("td", {}, r.description))));
+      el("td", {}, r.cell), el("td", {}, r.merged ? "合并 merged" : "首报 first"), el("td", {}, r.description,
+        r.address ? el("div", {class: "address"}, "地址 " + r.address) : null,
+        (r.attributes || []).map((a) => el("div", {class: "attribute", title: a.code}, a.label + ": ", el("strong", {}, a.value))),
+        // only http(s) links are stored (the decoder checks); checked again before making one
+        /^https?:\/\//i.test(r.media_url || "") ? el("div", {class: "media"}, el("a", {href: r.media_url,
+          rel: "noopener noreferrer nofollow", target: "_blank"}, "照片/视频 media")) : null))));
     document.getElementById("timeline").replaceChildren(...data.timeline.map((t) => el("li", {class: "step s-" + t.status},
       el("span", {class: "time"}, fmtTime(t.at)), el("strong", {}, STATUS[t.status] || t.status),
       el("span", {class: "team"}, TEAMS[t.team] || t.team), el("span", {class: "actor"}, t.actor),
