@@ -21,13 +21,14 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from operator import attrgetter
 from typing import Any, Literal, Protocol
 
 import numpy as np
 import orjson
 
 from pipeline.cases import CaseBook, CorrelationPolicy, Outcome, Router, book_key, case_book_key
-from pipeline.decode import CaseUpdate, Decoder, InvalidEvent, Reading
+from pipeline.decode import CaseUpdate, Decoder, InvalidEvent, Reading, ReadingFields
 from pipeline.model import Event, Location, Source, record
 from pipeline.privacy import mask_text, redact_bytes, redact_raw
 from pipeline.records import ReadingColumns, SensorReadingRow
@@ -199,6 +200,9 @@ def decode_located(raw: bytes) -> Event | CaseUpdate:
 
 # -- stage 1: ingest -----------------------------------------------------------------------------------
 
+_LAST_AT = attrgetter("last_at")
+
+
 def _silent_clock() -> str:
     return "wall" if os.environ.get("CITYOPS_SLA_CLOCK", "stream") == "wall" else "stream"
 
@@ -246,24 +250,56 @@ class Ingest:
         out = IngestResult()
         problems: list[Event] = []
         origins: list[Message | None] = []
-        touched: dict[str, str] = {}        # sensor id -> its type, for the sensors this batch changed
-        unregistered: set[str] = set()      # the batch's sensors missing from the registry
+        touched: dict[str, str] = {}        # sensor id -> its type, for the registered sensors this batch changed
+        strangers: dict[str, str] = {}      # the same for sensors missing from the registry
         faulted: set[str] = set()           # sensors the silent watch changed
         if columns is None:
             rows = out.readings
 
-            def emit(sid: str, stype: str, state: SensorState, cell: str) -> None:
-                rows.append(_reading_row(sid, stype, state, cell, sid not in unregistered))
+            def emit(sid: str, stype: str, state: SensorState, cell: str, registered: bool = True) -> None:
+                rows.append(_reading_row(sid, stype, state, cell, registered))
         else:
             append = columns.append
 
-            def emit(sid: str, stype: str, state: SensorState, cell: str) -> None:
+            def emit(sid: str, stype: str, state: SensorState, cell: str, registered: bool = True) -> None:
                 append(sid, stype, int(state.minute), state.minute_readings, state.last_value,
-                       state.minute_max, cell, sid not in unregistered)
+                       state.minute_max, cell, registered)
+
+        def events(msg: Message, done: int, sensor: Sensor, state: SensorState, fields: ReadingFields) -> None:
+            """The alarm and fault events of a reading that raised any."""
+            if done & FAULT:
+                problems.append(fault_event(sensor, state))
+                origins.append(msg)
+            if done & ALARM:
+                sid, stype, value, _, at, lon, lat = fields
+                problems.append(alarm_event(Reading(sid, stype, value, at, lon, lat), sensor, state,
+                                            again=bool(done & REALARM)))
+                origins.append(msg)
+
+        def stranger(msg: Message, fields: ReadingFields) -> bool:
+            """A reading of a sensor missing from the registry (rare: kept off the registered sensors' path);
+            True when it is late. Placed by its message and of a known type, it is judged like a registered
+            sensor with its type's defaults, except for silence (nobody said it should report)."""
+            sid, stype, value, ts, _, lon, lat = fields
+            out.unknown_sensors.add(sid)
+            sensor = self._guest(sid, stype, lon, lat) if lon is not None and lat is not None else None
+            state = state_of(sid)
+            if state is None:
+                state = states[sid] = SensorState()
+            if state.minute and ts >= state.minute + 60 and sid in strangers:
+                emit(sid, strangers[sid], state, "", False)
+            done = apply_reading(state, ts, value, sensor)
+            if done == LATE:
+                return True
+            strangers[sid] = stype
+            if done != APPLIED and sensor is not None:
+                events(msg, done, sensor, state, fields)
+            return False
+
         watch = self._watch(states)
-        now = watch.now
         if self.silent_clock == "wall":
             self._check_silent(watch, self._judged(watch), problems, origins, faulted)
+        # the next boundary, after the partition's clock: a reading at or after it is the newest, and moves the clock
         check_at = watch.next_check
         decoder, sensor_of, state_of = self.decoder, self.sensors.sensors.get, states.get
         fast, bounds = decoder.reading_fields, decoder.reading_bounds()
@@ -280,24 +316,22 @@ class Ingest:
             sid, stype, value, ts, at, lon, lat = fields
             sensor = sensor_of(sid)
             if sensor is None:
-                out.unknown_sensors.add(sid)
-                unregistered.add(sid)
-                if lon is not None and lat is not None:
-                    sensor = self._guest(sid, stype, lon, lat)
-            elif sensor.sensor_type != stype:
+                if ts >= check_at:
+                    self._check_silent(watch, ts, problems, origins, faulted)
+                    check_at = watch.next_check
+                late += stranger(msg, fields)
+                continue
+            if sensor.sensor_type != stype:
                 out.deadletters.append(_dead(msg, f"sensor_type: {stype!r} does not match the "
                                                   f"registry's {sensor.sensor_type!r} for sensor {sid}"))
                 continue
-            if ts > now:
-                now = ts
-                if now >= check_at:     # at this point of the input, whatever the batches: deterministic
-                    self._check_silent(watch, now, problems, origins, faulted)
-                    check_at = watch.next_check
+            if ts >= check_at:      # the clock crosses a boundary here, whatever the batches: deterministic
+                self._check_silent(watch, ts, problems, origins, faulted)
+                check_at = watch.next_check
             state = state_of(sid)
             if state is None:
                 state = states[sid] = SensorState()
-                if sensor is not None and sensor.registered:
-                    watch.add(sid, ts + sensor.silent_s)
+                watch.add(ts + sensor.silent_s)
             prev_minute = state.minute
             if prev_minute and ts >= prev_minute + 60 and sid in touched:
                 emit(sid, touched[sid], state, "")
@@ -309,27 +343,24 @@ class Ingest:
                 late += 1
                 continue
             touched[sid] = stype
-            assert sensor is not None
-            if done & FAULT:
-                problems.append(fault_event(sensor, state))
-                origins.append(msg)
-            if done & ALARM:
-                problems.append(alarm_event(Reading(sid, stype, value, at, lon, lat), sensor, state,
-                                            again=bool(done & REALARM)))
-                origins.append(msg)
+            events(msg, done, sensor, state, fields)
             if done & RESUMED:
-                watch.resume(sid, state)
-        watch.now, watch.known = now, len(states)
+                watch.add(ts + sensor.silent_s)
+        if touched or strangers:    # the partition's clock: its newest reading, one of this batch's sensors'
+            watch.now = max(watch.now, *map(_LAST_AT, map(states.__getitem__, [*touched, *strangers])))
+        watch.known = len(states)
         out.accepted += len(messages) - len(out.deadletters)
         out.late_readings += late
         self._locate_into(problems, origins, out, count_accepted=False)
         cells = {e.sensor_id: (e.location.cell or "") for e in problems if e.location and e.sensor_id}
-        placed = [sid for sid in unregistered if sid in touched and sid not in cells and sid in self._guests]
+        placed = [self._guests[sid] for sid in strangers if sid not in cells and sid in self._guests]
         if placed:
-            cells.update(self._cells_of([self._guests[sid] for sid in placed]))
+            cells.update(self._cells_of(placed))
         for sid, stype in touched.items():
             emit(sid, stype, states[sid], cells.get(sid, ""))
-        out.touched = set(touched) | faulted
+        for sid, stype in strangers.items():
+            emit(sid, stype, states[sid], cells.get(sid, ""), False)
+        out.touched = set(touched) | set(strangers) | faulted
         return out
 
     def silent_sweep(self, states: dict[str, SensorState]) -> IngestResult:

@@ -20,7 +20,6 @@ import logging
 import math
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime, timedelta
-from heapq import heapify, heappop, heappush
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -351,9 +350,8 @@ class SensorState:
     extra: dict[str, Any] = field(default_factory=dict)
     alarm_at: float = 0.0         # when the latest alarm or re-alarm was raised
     errors: int = 0               # consecutive error readings (outside the type's valid range)
-    same_value: float = 0.0       # the current run of identical valid readings: its value, first time, length
-    same_since: float = 0.0
-    same_count: int = 0
+    repeats: int = 0              # readings equal to the reading before them, in a row (a run of repeats+1)
+    same_since: float = 0.0       # the time of the run's first reading (while repeats > 0)
     fault: str = ""               # the open fault episode: "error", "stuck", "silent"; "" when none
     faults: int = 0               # fault reports raised (the n of `iot:<sensor>:fault<n>`)
     fault_kind: str = ""          # the latest fault report: its kind, time and the value it reports
@@ -401,15 +399,16 @@ def apply_reading(state: SensorState, ts: float, value: float, sensor: Sensor | 
     """Apply one reading (its time as a POSIX timestamp) to its sensor's state; returns LATE or APPLIED with
     flags (see above). A sensor that cannot be placed (`sensor` None) is aggregated and nothing else.
 
-    The rules (docs/cases.md §6), in order: any reading ends a silent episode, and a reading that comes
-    `silent` or more after the previous one reports the silence (time: previous + silent) unless a fault
-    episode is open. A reading outside `valid` is an error reading: the `error_after`-th in a row raises an
-    `error` fault; it counts toward nothing else. A valid reading ends an `error` episode; the same value as the
-    run before it extends the run (at least `STUCK_READINGS` readings and `stuck` long: a `stuck` fault), another
-    value starts a new run and ends a `stuck` episode. A reading raises at most one fault report, and only while
-    no episode is open. Then the alarm: `debounce` consecutive valid readings beyond the alarm level raise it,
-    a valid reading back at the clear level clears it, and a reading beyond the alarm level at least `realarm`
-    after the latest alarm raises it again.
+    The rules (docs/cases.md §6), in order. Episodes (`_episodes`, only for a reading that is not ordinary):
+    any reading ends a silent episode, and a reading `silent` or more after the previous one reports that
+    silence (time: previous + silent) unless an episode is open; a reading outside `valid` is an error reading:
+    the `error_after`-th in a row raises an `error` fault, and it counts toward nothing else; a valid reading
+    ends an `error` episode, and a valid reading other than the stuck value ends a `stuck` one. Stuck: a valid
+    reading equal to the reading before it extends the run of identical readings (at least `STUCK_READINGS`
+    readings and `stuck` long: a `stuck` fault), another value starts a new run. A fault is raised only while no
+    episode is open, and at most one episode changes per reading. Alarm: `debounce` consecutive valid readings
+    beyond the alarm level raise it, a valid reading back at the clear level clears it, and a valid reading
+    beyond the alarm level at least `realarm` after the latest alarm raises it again.
     """
     last_at = state.last_at
     if ts <= last_at:
@@ -425,61 +424,79 @@ def apply_reading(state: SensorState, ts: float, value: float, sensor: Sensor | 
     state.last_at, state.last_value = ts, value
     if sensor is None:
         return APPLIED
-    done = APPLIED
-    fault = state.fault
-    if fault:
-        if fault == "silent":
-            state.fault = fault = ""
-            done = APPLIED | RESUMED
-    elif last_at and ts - last_at >= sensor.silent_s:
-        # the silence was not reported by the partition's watch before this reading came: report it now, with
-        # the same time and id the watch would have given it (a replay in other batches raises the same event)
-        _report(state, "silent", last_at + sensor.silent_s, previous)
-        done = APPLIED | FAULT
-    if not sensor.valid_min <= value <= sensor.valid_max:
-        errors = state.errors = state.errors + 1
-        if errors >= sensor.error_after and not fault and not done & FAULT:
-            _report(state, "error", ts, value)
-            state.fault = "error"
-            done |= FAULT
-        return done
-    if state.errors:
-        state.errors = 0
-    if fault == "error":
-        state.fault = fault = ""
-        done |= RESUMED
-    if value == state.same_value and state.same_count:
-        state.same_count += 1
-        if (state.same_count >= STUCK_READINGS and ts - state.same_since >= sensor.stuck_s and not fault
-                and not done & FAULT):
+    # an ordinary reading (no episode open, no error reading before it, in time, valid) costs these compares
+    if (state.fault or state.errors or ts - last_at >= sensor.silent_s
+            or not sensor.valid_min <= value <= sensor.valid_max):
+        done = _episodes(state, ts, value, sensor, last_at, previous)
+        if done & _ERROR_READING:
+            return done ^ _ERROR_READING
+    else:
+        done = APPLIED
+    if value == previous:       # one compare tracks the run of identical readings
+        repeats = state.repeats + 1
+        if repeats == 1:
+            state.same_since = last_at
+        state.repeats = repeats
+        if (repeats >= STUCK_READINGS - 1 and ts - state.same_since >= sensor.stuck_s and done == APPLIED
+                and not state.fault):
             _report(state, "stuck", ts, value)
             state.fault = "stuck"
             done |= FAULT
     else:
-        if fault == "stuck":
-            state.fault = ""
-            done |= RESUMED
-        state.same_value, state.same_since, state.same_count = value, ts, 1
+        state.repeats = 0
     th = sensor.threshold
-    above = th.direction == "above"
-    beyond = value >= th.alarm if above else value <= th.alarm
     if not state.alarm:
-        if beyond:
+        if value >= th.alarm if th.direction == "above" else value <= th.alarm:
             state.streak += 1
             if state.streak >= th.debounce:
                 state.alarm, state.streak, state.alarm_at = True, 0, ts
                 state.alarms += 1
                 return done | ALARM
-        elif state.streak:
+        else:
             state.streak = 0
         return done
-    if value <= th.clear if above else value >= th.clear:
+    if value <= th.clear if th.direction == "above" else value >= th.clear:
         state.alarm, state.streak = False, 0
         return done | CLEARED
-    if beyond and ts - state.alarm_at >= sensor.realarm_s:
+    if ts - state.alarm_at >= sensor.realarm_s and (value >= th.alarm if th.direction == "above"
+                                                     else value <= th.alarm):
         state.alarm_at = ts
         state.alarms += 1
         return done | ALARM | REALARM
+    return done
+
+
+_ERROR_READING = 64     # `_episodes`: an error reading, nothing more to apply
+
+
+def _episodes(state: SensorState, ts: float, value: float, sensor: Sensor, last_at: float,
+              previous: float) -> int:
+    """The fault-episode rules of `apply_reading` for a reading that is not ordinary: APPLIED with FAULT or
+    RESUMED when an episode changed, and `_ERROR_READING` for a reading outside the valid range."""
+    done = APPLIED
+    fault = state.fault
+    if not last_at:     # the first reading repeats nothing (its `previous` is no reading)
+        state.repeats = -1
+    if fault == "silent":
+        state.fault = fault = ""
+        done = APPLIED | RESUMED
+    elif not fault and last_at and ts - last_at >= sensor.silent_s:
+        # the partition's watch did not report this silence before the reading came (its clock had not crossed a
+        # check boundary since): report it now, as the watch would have (same time, same id), and it is over
+        _report(state, "silent", last_at + sensor.silent_s, previous)
+        done = APPLIED | FAULT
+    if not sensor.valid_min <= value <= sensor.valid_max:
+        state.errors += 1
+        if state.errors >= sensor.error_after and not fault and done == APPLIED:
+            _report(state, "error", ts, value)
+            state.fault = "error"
+            done |= FAULT
+        return done | _ERROR_READING
+    state.errors = 0
+    # a stuck episode ends on a value other than the one it reported (an error reading in between does not end it)
+    if done == APPLIED and (fault == "error" or fault == "stuck" and value != state.fault_value):
+        state.fault = ""
+        done |= RESUMED
     return done
 
 
@@ -515,7 +532,7 @@ def fault_event(sensor: Sensor, state: SensorState) -> Event:
         why = (f"{sensor.sensor_type} sent {state.errors} readings outside [{sensor.valid_min:g}, "
                f"{sensor.valid_max:g}] in a row (last {value:g})")
     elif kind == "stuck":
-        why = (f"{sensor.sensor_type} read {value:g} {state.same_count} times in a row for "
+        why = (f"{sensor.sensor_type} read {value:g} {state.repeats + 1} times in a row for "
                f"{format_duration(_td(state.fault_at - state.same_since))}")
     else:
         why = f"{sensor.sensor_type} sent no reading for {format_duration(_td(sensor.silent_s))} (last {value:g})"
@@ -557,69 +574,67 @@ def next_check(now: float) -> float:
 class SilentWatch:
     """Which registered sensors of one ingest partition have fallen silent, by that partition's clock.
 
-    The clock is the newest reading time applied on the partition; it is the largest `last_at` of the
-    partition's states, so a watch rebuilt after a restart or rebalance (from the restored states) has the clock
-    the partition had at its last checkpoint and checks at the same boundaries as before. The check itself is
-    `scan(now)`: every registered sensor without an open fault episode whose `last_at + silent_s <= now`, a pure
-    function of the states, so a replay raises the same silent faults with the same times and ids whatever
-    batches the input comes in.
+    The clock is the newest reading time applied on the partition, which is the largest `last_at` of its
+    states: a watch rebuilt after a restart or a rebalance (from the restored states) has the clock the partition
+    had at its last checkpoint. The partition is checked each time its clock crosses a boundary (every
+    `SILENT_CHECK_S` of it), at the reading that crosses it, before that reading is applied: the same points of
+    the input in every run, whatever the batches. A check (`scan`) finds every registered sensor without an open
+    fault episode whose `last_at + silent_s` is at or before the clock: a pure function of the states, so a
+    replay raises the same silent faults, at the same times, with the same ids.
 
-    It is cheap for 61,000 sensors because it does not look at them all: each sensor waits in a heap under a
-    time no later than its real due time (its `last_at + silent_s` when it was pushed; readings only move the
-    due time later), and a check pops only the entries that are due, pushing back those whose sensor reported
-    since. A sensor leaves the heap when a fault episode opens and comes back when it ends (`resume`). The
-    readings hot path only compares each reading's time with the clock.
+    It is cheap for 61,000 sensors: the hot path only compares each reading's time with the clock, and a check
+    that cannot find anything is skipped. `min_due` is a lower bound of the time the next watched sensor can fall
+    silent (readings only move a sensor's due time later; a new sensor or one whose fault episode ended lowers
+    it: `add`); a boundary before it needs no look at the sensors. A look computes the next bound, so with
+    sensors reporting every 15 minutes and a silent period of an hour about one boundary in five looks.
     """
 
-    __slots__ = ("states", "registry", "now", "next_check", "due", "watched", "known")
+    __slots__ = ("states", "registry", "now", "next_check", "min_due", "min_silent", "known")
 
     def __init__(self, states: dict[str, SensorState], registry: SensorRegistry) -> None:
         self.states = states
         self.registry = registry
-        sensors = registry.sensors
         self.now = max((s.last_at for s in states.values()), default=0.0)
         self.next_check = next_check(self.now)
-        self.due: list[tuple[float, str]] = [
-            (st.last_at + sensor.silent_s, sid) for sid, st in states.items()
-            if not st.fault and st.last_at and (sensor := sensors.get(sid)) is not None]
-        heapify(self.due)
-        self.watched = {sid for _, sid in self.due}
+        self.min_due = -math.inf      # not known yet: the first boundary looks
+        self.min_silent = min((s.silent_s for s in registry.sensors.values()), default=math.inf)
         self.known = len(states)      # states it has accounted for; another count means a restore: rebuild
 
     def fits(self, states: dict[str, SensorState], registry: SensorRegistry) -> bool:
         """Whether this watch still describes `states` under `registry` (else build a new one)."""
         return self.states is states and self.registry is registry and self.known == len(states)
 
-    def add(self, sensor_id: str, due_at: float) -> None:
-        """Watch a registered sensor that is not watched: silent from `due_at` unless it reports before."""
-        if sensor_id not in self.watched:
-            self.watched.add(sensor_id)
-            heappush(self.due, (due_at, sensor_id))
-
-    def resume(self, sensor_id: str, state: SensorState) -> None:
-        """A fault episode of this sensor ended: watch it again (when registered)."""
-        sensor = self.registry.sensors.get(sensor_id)
-        if sensor is not None:
-            self.add(sensor_id, state.last_at + sensor.silent_s)
+    def add(self, due_at: float) -> None:
+        """A registered sensor may fall silent from `due_at` (a new sensor, or one whose fault episode ended)."""
+        if due_at < self.min_due:
+            self.min_due = due_at
 
     def scan(self, now: float) -> list[tuple[float, str]]:
-        """(fault time, sensor id) of every watched sensor silent at `now`, by time then id; they leave the
-        watch (the caller opens their silent episodes: `fall_silent`). Moves the next check past `now`."""
-        due, states, sensors = self.due, self.states, self.registry.sensors
+        """(fault time, sensor id) of every watched sensor silent at `now`, by time then id (the caller opens
+        their silent episodes: `fall_silent`); moves the next check past `now`."""
+        self.next_check = next_check(now)
+        if now < self.min_due:
+            return []
+        sensors = self.registry.sensors
+        floor = now - self.min_silent        # a reading after this is too recent to be silent, whatever its type
+        oldest = math.inf                    # the oldest such reading
+        min_due = math.inf
         found: list[tuple[float, str]] = []
-        while due and due[0][0] <= now:
-            _, sid = heappop(due)
-            state, sensor = states.get(sid), sensors.get(sid)
-            if state is None or sensor is None or state.fault:
-                self.watched.discard(sid)
+        for sid, state in self.states.items():
+            last = state.last_at
+            if last > floor:
+                if last < oldest:
+                    oldest = last
                 continue
-            at = state.last_at + sensor.silent_s
-            if at > now:
-                heappush(due, (at, sid))
+            sensor = sensors.get(sid)
+            if sensor is None or state.fault or not last:
                 continue
-            self.watched.discard(sid)
-            found.append((at, sid))
-        self.next_check = max(self.next_check, next_check(now))
+            due = last + sensor.silent_s
+            if due <= now:
+                found.append((due, sid))
+            elif due < min_due:
+                min_due = due
+        self.min_due = min(min_due, oldest + self.min_silent)
         found.sort()
         return found
 
