@@ -34,7 +34,21 @@ from pipeline.config import Topics
 from pipeline.decode import ACTIONS, CHANNELS, REQUEST_TYPES, UPDATE_TEAMS, CaseUpdate, InvalidEvent, Reading
 from pipeline.model import Event, Location
 from pipeline.privacy import caller_hash, mask_text
-from pipeline.sensors import SensorRegistry, SensorState, observe
+from pipeline.sensors import (
+    ALARM,
+    FAULT,
+    LATE,
+    REALARM,
+    RESUMED,
+    Sensor,
+    SensorRegistry,
+    SensorState,
+    SilentWatch,
+    alarm_event,
+    apply_reading,
+    fall_silent,
+    fault_event,
+)
 from pipeline.taxonomy import Taxonomy
 
 EARLIEST = datetime(2015, 1, 1, tzinfo=UTC)
@@ -292,6 +306,7 @@ class NaivePipeline:
         self.states: dict[str, SensorState] = {}
         self.minute_types: dict[str, str] = {}
         self.problem_cells: dict[str, str] = {}      # sensor -> cell of its alarm in the current minute
+        self.watch: SilentWatch | None = None
         self.pending: dict[str, list[dict[str, Any]]] = {t: [] for t in _COLUMNS}
         self.counts = NaiveCounts()
 
@@ -346,19 +361,41 @@ class NaivePipeline:
 
     def _reading(self, reading: Reading) -> None:
         sid = reading.sensor_id
-        sensor = self.sensors.get(sid)
-        if sensor is not None and sensor.sensor_type != reading.sensor_type:
+        sensor: Sensor | None = self.sensors.get(sid)
+        if sensor is None:
+            kind = self.sensors.types.get(reading.sensor_type)
+            if kind is not None and reading.lon is not None and reading.lat is not None:
+                # an unregistered device placed by its message alarms with its type's defaults (docs/cases.md §6.1)
+                sensor = Sensor.of_type(sid, kind, reading.lon, reading.lat, registered=False)
+        elif sensor.sensor_type != reading.sensor_type:
             raise InvalidEvent("sensor_type does not match the registry")
+        ts = reading.at.timestamp()
+        if self.watch is None:
+            self.watch = SilentWatch(self.states, self.sensors)
+        if ts >= self.watch.next_check:
+            # the registered sensors that fell silent by the newest reading time (docs/cases.md §6.3)
+            for at, silent in self.watch.scan(ts):
+                fall_silent(self.states[silent], at)
+                self._report(fault_event(self.sensors.sensors[silent], self.states[silent]))
         state = self.states.get(sid)
         if state is None:
             state = self.states[sid] = SensorState()
+            if sensor is not None and sensor.registered:
+                self.watch.add(ts + sensor.silent_s)
         before = state.minute
-        if before and reading.at.timestamp() >= before + 60:
+        if before and ts >= before + 60:
             self._minute_row(sid, state)
-        obs = observe(state, reading, sensor)
+        done = apply_reading(state, ts, reading.value, sensor)
         self.minute_types[sid] = reading.sensor_type
-        if obs.problem is not None:
-            self._report(obs.problem)
+        self.watch.now = max(self.watch.now, state.last_at)
+        if done == LATE or sensor is None:
+            return
+        if done & FAULT:
+            self._report(fault_event(sensor, state))
+        if done & ALARM:
+            self._report(alarm_event(reading, sensor, state, again=bool(done & REALARM)))
+        if done & RESUMED and sensor.registered:
+            self.watch.add(ts + sensor.silent_s)
 
     def _minute_row(self, sid: str, state: SensorState) -> None:
         # like the worker: a minute row names the cell only when the sensor raised a problem in it

@@ -105,7 +105,9 @@ def test_naive_routes_every_case_like_the_worker(runs: dict[str, Any], tiny_sim:
     worker, naive = runs["worker"]["routes"], runs["naive"].counts.routes
     assert worker, "the input opened no case"
     assert naive == worker
-    assert set(naive) == {i.case_id for i in tiny_sim.truth.incidents}
+    cases = tiny_sim.truth.cases
+    sure = {c["case_id"] for c in cases if c["kind"] == "problem" or c["certain"]}
+    assert sure <= set(naive) <= {c["case_id"] for c in cases}     # a fault near the end may or may not be raised
 
 
 def test_naive_dead_letters_what_the_worker_dead_letters(runs: dict[str, Any], tiny_sim: Simulation) -> None:
