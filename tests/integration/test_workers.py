@@ -149,7 +149,7 @@ def test_flapping_sensor_opens_one_case_and_a_call_joins_it(pipeline: Pipeline) 
     assert readings() == len(values)
 
 
-def test_full_lifecycle_with_reject_reopen_and_escalation(pipeline: Pipeline) -> None:
+def test_full_lifecycle_with_reject_rework_and_escalation(pipeline: Pipeline) -> None:
     t = pipeline.settings.topics
     tid = uid("HL")
     pipeline.send(t.raw_hotline, hotline(tid, code="E0102", lon=SOUTH[0], lat=SOUTH[1]))
@@ -160,8 +160,8 @@ def test_full_lifecycle_with_reject_reopen_and_escalation(pipeline: Pipeline) ->
     rerouted = [a for a in pipeline.assignments(2, {cid}) if a["kind"] == "reroute"]
     assert len(rerouted) == 1 and "rejected by" in rerouted[0]["reason"]
     new_team = rerouted[0]["team"]
-    steps = [("accept", new_team, 20), ("resolve", new_team, 60), ("verify", "supervision", 90),
-             ("reopen", "supervision", 120)]
+    checker = "patrol" if new_team == "supervision" else "supervision"     # nobody checks their own work
+    steps = [("accept", new_team, 20), ("resolve", new_team, 60), ("verify", checker, 90), ("reopen", checker, 120)]
     for action, who, minutes in steps:
         pipeline.send(t.case_updates, update(cid, action, who, at=T0 + timedelta(minutes=minutes)), key=cid.encode())
     case = pipeline.wait_case(cid, reopened=1, status="dispatched")
@@ -172,7 +172,7 @@ def test_full_lifecycle_with_reject_reopen_and_escalation(pipeline: Pipeline) ->
                                          lon=SOUTH[0] + 0.0002, lat=SOUTH[1]))
     # assignments are keyed by team, so across partitions they arrive in any order: order them by time
     kinds = [a["kind"] for a in sorted(pipeline.assignments(4, {cid}), key=lambda a: a["created_at"])]
-    assert kinds == ["dispatch", "reroute", "reopen", "escalation"]
+    assert kinds == ["dispatch", "reroute", "rework", "escalation"]
 
     def stored() -> list[str]:
         return [r["status"] for r in pipeline.ch.query_dicts(
