@@ -46,7 +46,7 @@ bench: setup
 	$(STACK) run-with $(PY) -m pipeline.bench
 
 bench-grid: setup
-	$(PY) -m grid.bench
+	$(PY) -m pipeline.bench.grid
 
 clean: down
 	rm -rf var $(VENV)

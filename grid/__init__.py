@@ -6,7 +6,7 @@ Modules, in flow order:
 - `grid.validate`  `cityops grid validate`: what makes a grid file acceptable to a running worker;
 - `grid.index`     `GridIndex` (batch lookup) and `GridHolder` (hot swap of a validated grid file);
 - `grid.gazetteer` addresses without coordinates → points;
-- `grid.lattice`, `grid.gridfile` (file format), `grid.cli`, `grid.bench`.
+- `grid.lattice`, `grid.gridfile` (file format), `grid.cli`, `pipeline.bench.grid`.
 """
 
 from pathlib import Path

@@ -35,7 +35,7 @@ from grid import CELLS_FILE
 from grid.datum import FloatArray, LocalMetric
 from grid.gridfile import GridFile, read_grid_file
 from grid.lattice import Lattice
-from pipeline.model import GridKind, Location
+from pipeline.model.events import GridKind, Location
 
 SUB = 16                 # sub-squares per side of a clipped square
 _MARGIN_DEG = 1e-9       # ≈ 0.1 mm: the sub-square classification holds for points this far outside a sub-square
@@ -143,7 +143,7 @@ class LocateResult:
                            float(self.distance_m[i]), self.grid_version)
 
     def location(self, i: int) -> Location | None:
-        """`pipeline.model.Location` for point i (None when the point was bad: see `error[i]`)."""
+        """`pipeline.model.events.Location` for point i (None when the point was bad: see `error[i]`)."""
         return self.point(i).location()
 
 

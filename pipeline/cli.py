@@ -12,10 +12,10 @@ import sys
 from collections.abc import Sequence
 
 COMMAND_MODULES = (
-    "pipeline.topics",      # cityops topics create|list
-    "pipeline.migrate",     # cityops db migrate|status
+    "pipeline.runtime.topics",      # cityops topics create|list
+    "pipeline.sink.migrate",     # cityops db migrate|status
     "pipeline.reports.cli", # cityops report discovery|recurrence|sla|workload|health
-    "pipeline.worker",      # cityops worker
+    "pipeline.runtime.worker",      # cityops worker
     "grid.cli",             # cityops grid build|validate|locate|info|geocode
     "rules.cli",            # cityops rules check|explain|test
     "pipeline.simulate.cli",  # cityops simulate|replay

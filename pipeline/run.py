@@ -59,7 +59,7 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 60.0)
 def _wait_caught_up(settings: Settings, expected_events: int, worker: subprocess.Popen[bytes],
                     timeout_s: float) -> int:
     """Wait until ClickHouse holds `expected_events` located reports (or the count stops growing)."""
-    from pipeline.sink import ClickHouse
+    from pipeline.sink.sink import ClickHouse
 
     ch = ClickHouse(settings)
     deadline = time.monotonic() + timeout_s
@@ -77,11 +77,11 @@ def _wait_caught_up(settings: Settings, expected_events: int, worker: subprocess
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.migrate import migrate
+    from pipeline.runtime.topics import ensure_topics
     from pipeline.simulate.config import SimConfig
     from pipeline.simulate.generate import simulate
     from pipeline.simulate.produce import Progress, produce_simulation
-    from pipeline.topics import ensure_topics
+    from pipeline.sink.migrate import migrate
 
     settings = Settings.from_env()
     run_dir = settings.var_dir / "run"

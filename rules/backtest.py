@@ -4,7 +4,7 @@
                            [--format table|json|csv]
 
 The stored first report of every case opened in the window (ClickHouse `events` with `merged = 0`, joined
-with the case's latest state in `cases`) is rebuilt as a `pipeline.model.Event` and routed twice: by the
+with the case's latest state in `cases`) is rebuilt as a `pipeline.model.events.Event` and routed twice: by the
 current ruleset (the shipped one, or `--against`) and by the candidate. Recurrence conditions count earlier
 cases with one `RecurrenceHistory` fed in time order, as the worker does: each case is recorded after it is
 routed, and cases opened up to the longest recurrence window before `--since` are replayed first (not
@@ -30,7 +30,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
-from pipeline.model import SOURCES, Event, GridKind, Location, Source
+from pipeline.model.events import SOURCES, Event, GridKind, Location, Source
 from rules.conditions import Condition, Not, Recurrence
 from rules.durations import format_duration, parse_duration
 from rules.engine import DEFAULT_RULES, Dispatch, Ruleset, load_ruleset
@@ -63,7 +63,7 @@ ORDER BY at, event_id
 
 
 class Database(Protocol):
-    """What the backtest needs of `pipeline.sink.ClickHouse`."""
+    """What the backtest needs of `pipeline.sink.sink.ClickHouse`."""
 
     def query_dicts(self, sql: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]: ...
 
@@ -255,7 +255,7 @@ def render_csv(r: BacktestReport) -> str:
 
 def _run(args: argparse.Namespace) -> int:
     from pipeline.config import Settings
-    from pipeline.sink import ClickHouse, QueryError, quiet_driver_logs
+    from pipeline.sink.sink import ClickHouse, QueryError, quiet_driver_logs
 
     problems: list[str] = []
     rulesets: list[Ruleset] = []

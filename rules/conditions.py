@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from pipeline.model import Event
+from pipeline.model.events import Event
 from rules.durations import format_duration
 from rules.recurrence import RecurrenceCounter, RecurrenceHistory
 

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from pipeline.model import Event
-from pipeline.taxonomy import Taxonomy, default_taxonomy
+from pipeline.model.events import Event
+from pipeline.model.taxonomy import Taxonomy, default_taxonomy
 from rules.compiled import (
     ChooserFactory,
     CompiledRule,

@@ -1,6 +1,6 @@
 """Events written by hand, for `cityops rules explain EVENT.json` and the rule-test files.
 
-Two shapes are accepted: the `pipeline.model.Event` fields as JSON (`occurred_at`, and `location` as an object
+Two shapes are accepted: the `pipeline.model.events.Event` fields as JSON (`occurred_at`, and `location` as an object
 with `cell`, `subdistrict`, `grid_kind`, `grid_version`, `snapped`), or the short form of rule tests with `at`
 for `occurred_at` and `cell`, `subdistrict`, `grid_kind` at the top. Times need an offset (`+08:00` or `Z`).
 A device-fault report has `fault` (stuck, silent or error); a sensor's alarm may say its `scope` (person,
@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from pipeline.model import DEVICE_FAULTS, SENSOR_SCOPES, SOURCES, Event, Location
+from pipeline.model.events import DEVICE_FAULTS, SENSOR_SCOPES, SOURCES, Event, Location
 from rules.when import GRID_KINDS as GRID_KINDS_ALL
 
 _EVENT_KEYS = {

@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 
 import yaml
 
-from pipeline.model import DEVICE_FAULTS, Event
+from pipeline.model.events import DEVICE_FAULTS, Event
 from rules.durations import parse_duration
 from rules.engine import Dispatch
 from rules.limits import DEFAULT_TIME_LIMITS, PriorityLimits, TimeLimits
@@ -41,7 +41,7 @@ class NaiveRuleset:
         return [self.dispatch(ev, recurrence) for ev in events]
 
     def decide(self, ev: Event, rec: RecurrenceCounter | None = None) -> Dispatch:
-        """What a case book asks a router (pipeline.cases.Router): here simply the full dispatch."""
+        """What a case book asks a router (pipeline.stages.cases.Router): here simply the full dispatch."""
         return self.dispatch(ev, rec)
 
     def dispatch(self, ev: Event, rec: RecurrenceCounter | None = None) -> Dispatch:

@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 from yaml.nodes import Node
 
-from pipeline.model import Event
+from pipeline.model.events import Event
 from rules.durations import format_duration
 from rules.engine import Dispatch, Ruleset, load_ruleset
 from rules.errors import RulesError

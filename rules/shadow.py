@@ -8,7 +8,7 @@ and weekdays included, other conditions identical.
 
 from __future__ import annotations
 
-from pipeline.taxonomy import Taxonomy
+from pipeline.model.taxonomy import Taxonomy
 from rules.conditions import (
     All,
     AnyOf,

@@ -37,8 +37,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from yaml.nodes import Node, SequenceNode
 
-from pipeline.model import TEAMS, Event
-from pipeline.taxonomy import Taxonomy, default_taxonomy
+from pipeline.model.events import TEAMS, Event
+from pipeline.model.taxonomy import Taxonomy, default_taxonomy
 from rules.conditions import All, Condition, names_fault
 from rules.limits import DEFAULT_TIME_LIMITS, TimeLimits, parse_time_limits
 from rules.nodes import Entry, NodeReader, compose_file

@@ -37,8 +37,8 @@ from zoneinfo import ZoneInfo
 
 from yaml.nodes import Node
 
-from pipeline.model import DEVICE_FAULTS, DISCOVERED_BY, SOURCES
-from pipeline.taxonomy import Taxonomy
+from pipeline.model.events import DEVICE_FAULTS, DISCOVERED_BY, SOURCES
+from pipeline.model.taxonomy import Taxonomy
 from rules.conditions import (
     WEEKDAYS,
     All,

@@ -97,8 +97,8 @@ def prepared_settings(letter: str, var_dir: Path) -> Settings:
     from dataclasses import replace
 
     from pipeline.config import Topics
-    from pipeline.migrate import migrate
-    from pipeline.topics import ensure_topics
+    from pipeline.runtime.topics import ensure_topics
+    from pipeline.sink.migrate import migrate
 
     tag = letter + uuid.uuid4().hex[:10]
     s = replace(Settings.from_env(), clickhouse_database=f"cityops_{tag}", topic_prefix=tag,

@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 
 from pipeline.config import ROOT, Settings
-from pipeline.topics import _COMPACTED_SUFFIXES
+from pipeline.runtime.topics import _COMPACTED_SUFFIXES
 
 COMPOSE = ROOT / "deploy" / "docker-compose.yml"
 

@@ -12,9 +12,9 @@ import pytest
 from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 
-from pipeline import bench
+from pipeline.bench import e2e as bench
 from pipeline.config import Settings, Topics
-from pipeline.topics import delete_topics, ensure_topics, owned_by
+from pipeline.runtime.topics import delete_topics, ensure_topics, owned_by
 from tests.support import wait_for
 
 PRODUCTION = Topics().all() + ["cityops-ingest-sensor-state", "cityops-cases-state"]

@@ -61,7 +61,7 @@ class _Receiver:
         return [orjson.loads(line) for line in self.log.read_bytes().splitlines() if line.strip()]
 
     def close(self) -> None:
-        from pipeline import bench
+        from pipeline.bench import e2e as bench
 
         bench.stop(self.proc)
 
@@ -110,7 +110,7 @@ def targets_file(path: Path, base: str, rules: Path) -> Path:
 
 def run_phase(base: Settings, inp: Any, tag: str, cfg: Any) -> dict[str, Any]:
     """The phase (module docstring); returns p50/p99/max of priority-1 deliveries and the counts."""
-    from pipeline import bench
+    from pipeline.bench import e2e as bench
 
     paced, _ = bench.latency_slice(inp, cfg)
     s = bench.isolated(base, tag)

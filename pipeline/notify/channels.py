@@ -40,10 +40,10 @@ from urllib.parse import quote_plus
 import aiohttp
 import orjson
 
+from pipeline.model.privacy import mask_text
 from pipeline.notify.plan import Delivery
 from pipeline.notify.targets import Channel, SmtpServer
 from pipeline.notify.templates import Message
-from pipeline.privacy import mask_text
 
 RETRY_HTTP = frozenset({408, 425, 429, 500, 502, 503, 504})
 RETRY_ROBOT_CODES = {"wecom": frozenset({-1, 45009}), "dingtalk": frozenset({-1, 130101})}

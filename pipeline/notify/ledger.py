@@ -99,7 +99,7 @@ class Entry:
 
 @dataclass(frozen=True)
 class NotificationRow:
-    """A row of the ClickHouse table `notifications` (pipeline/migrations/0006_notifications.sql): one attempt."""
+    """A row of the ClickHouse table `notifications` (pipeline/sink/migrations/0006_notifications.sql): one attempt."""
 
     delivery_id: str
     attempt: int

@@ -53,7 +53,7 @@ class RowWriter:
         return rows
 
     def _run(self) -> None:
-        from pipeline.sink import NOTIFICATIONS, SinkStopped
+        from pipeline.sink.sink import NOTIFICATIONS, SinkStopped
 
         while not self._stop.is_set():
             self._wake.wait(self.interval_s)
@@ -84,7 +84,7 @@ class RowWriter:
         self.sink.stop()
 
     def _last(self, rows: list[NotificationRow]) -> None:
-        from pipeline.sink import NOTIFICATIONS
+        from pipeline.sink.sink import NOTIFICATIONS
 
         try:
             self.sink.write_rows(NOTIFICATIONS, rows)

@@ -61,13 +61,13 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 
 from pipeline.config import Settings
+from pipeline.model.privacy import mask_text
 from pipeline.notify.channels import Sender
 from pipeline.notify.ledger import Attempt, Entry, rows_of
 from pipeline.notify.plan import Delivery, delivery_id, plan
 from pipeline.notify.rows import RowWriter
 from pipeline.notify.targets import Channel, Target, TargetsHolder, TargetsSpec, names_in_rules
 from pipeline.notify.templates import Message, Renderer
-from pipeline.privacy import mask_text
 
 log = logging.getLogger("cityops.notify")
 
@@ -538,7 +538,7 @@ class Notifier:
         from kafka.admin import NewTopic
         from kafka.errors import TopicAlreadyExistsError
 
-        from pipeline.topics import ensure_topics, topic_partitions, wait_visible
+        from pipeline.runtime.topics import ensure_topics, topic_partitions, wait_visible
 
         ensure_topics(self.settings)
         admin = KafkaAdminClient(client_id=f"{group_of(self.settings)}-admin",
@@ -593,10 +593,10 @@ async def _sleep_until(at: float) -> None:
 def build(settings: Settings) -> Notifier:
     """A notifier on the real files: rules (CITYOPS_RULES), targets (CITYOPS_NOTIFY_TARGETS), the gazetteer,
     the taxonomy and the ClickHouse sink. A bad targets or rules file stops it here, loudly."""
+    from pipeline.model.privacy import pii_key
+    from pipeline.model.taxonomy import default_taxonomy
     from pipeline.notify.place import Places
-    from pipeline.privacy import pii_key
-    from pipeline.sink import ClickHouseSink
-    from pipeline.taxonomy import default_taxonomy
+    from pipeline.sink.sink import ClickHouseSink
     from rules.engine import RulesHolder
 
     pii_key()

@@ -14,7 +14,7 @@ Fields (targets.FIELDS) a template can use, as `$name`:
 | `lat`, `lon` | 5 decimals |
 | `due_at`, `created_at` | `11-05 14:30`, Asia/Shanghai (the file's time zone) |
 | `link` | the case page (`case_link` of the targets file) |
-| `reason` | why the team got it, phone and ID numbers masked (pipeline.privacy), at most 200 characters |
+| `reason` | why the team got it, phone and ID numbers masked (pipeline.model.privacy), at most 200 characters |
 | `target`, `target_label` | `gas-company`, 燃气公司抢修调度 |
 
 Personal data: an assignment carries none by contract; its one free text, `reason` (which quotes a team's
@@ -29,10 +29,10 @@ from string import Template
 from typing import Any
 from urllib.parse import quote
 
+from pipeline.model.privacy import mask_text
+from pipeline.model.taxonomy import Taxonomy
 from pipeline.notify.place import Places
 from pipeline.notify.targets import Channel, Target, TargetsSpec
-from pipeline.privacy import mask_text
-from pipeline.taxonomy import Taxonomy
 
 KIND_NAMES = {"dispatch": "派遣", "reroute": "改派", "rework": "返工", "escalation": "升级督办"}
 TEAM_NAMES = {"enforcement": "综合执法", "handling": "综合处置", "supervision": "综合监督", "command": "区城运指挥中心"}

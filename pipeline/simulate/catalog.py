@@ -11,7 +11,7 @@ import random
 from bisect import bisect_right
 from itertools import accumulate
 
-from pipeline.taxonomy import Taxonomy
+from pipeline.model.taxonomy import Taxonomy
 
 # Hotline tickets about urban management, by category (relative weights).
 HOTLINE_MIX: dict[str, float] = {

@@ -18,8 +18,7 @@ from pathlib import Path
 import orjson
 
 from pipeline.config import Topics
-from pipeline.decode import Decoder, TimeWindow
-from pipeline.sensors import load_types
+from pipeline.model.taxonomy import default_taxonomy
 from pipeline.simulate import malformed
 from pipeline.simulate.catalog import DESCRIPTIONS, FEEDBACK_NOTES, PATROL_NOTES, check_codes
 from pipeline.simulate.config import SHANGHAI, SimConfig
@@ -30,7 +29,8 @@ from pipeline.simulate.sensorsim import SensorNetwork
 from pipeline.simulate.spec import SILENT_AFTER, silent_after
 from pipeline.simulate.truth import Truth, iso
 from pipeline.simulate.world import World
-from pipeline.taxonomy import default_taxonomy
+from pipeline.stages.decode import Decoder, TimeWindow
+from pipeline.stages.sensors import load_types
 from rules.durations import format_duration
 
 LOGICAL = Topics()     # NDJSON files name topics without a prefix; producing adds the configured one

@@ -1,7 +1,7 @@
 """Malformed messages, the kind real upstream systems send: each one must end in the dead-letter topic.
 
 Every variant is built from a valid-looking message and broken in one way the worker's decoder refuses
-(pipeline.decode). Raw text that is not a JSON object never carries a caller's name: the dead-letter topic keeps
+(pipeline.stages.decode). Raw text that is not a JSON object never carries a caller's name: the dead-letter topic keeps
 such bytes nearly as they came, so a name there could not be masked.
 """
 

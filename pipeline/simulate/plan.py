@@ -28,8 +28,7 @@ from typing import Any
 
 import orjson
 
-from pipeline.decode import Decoder
-from pipeline.model import Event
+from pipeline.model.events import Event
 from pipeline.simulate import lifecycle
 from pipeline.simulate.catalog import (
     CHANNELS,
@@ -66,6 +65,7 @@ from pipeline.simulate.spec import (
     fault_event_id,
 )
 from pipeline.simulate.world import District, Spot, World, metres, offset
+from pipeline.stages.decode import Decoder
 from rules.engine import Ruleset
 from rules.recurrence import RecurrenceHistory
 

@@ -22,9 +22,9 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
-from pipeline.sensors import SensorType, Threshold
 from pipeline.simulate.spec import SCOPES, Scope, valid
 from pipeline.simulate.world import District, Spot
+from pipeline.stages.sensors import SensorType, Threshold
 from rules.durations import format_duration
 
 
@@ -206,7 +206,7 @@ class SensorNetwork:
     # -- the registry the worker loads ------------------------------------------------------------------
 
     def registry_csv(self, silent: timedelta | None = None) -> str:
-        """`sensor_id,sensor_type,lon,lat,category` of every registered sensor (pipeline.sensors format), and a
+        """`sensor_id,sensor_type,lon,lat,category` of every registered sensor (pipeline.stages.sensors format), and a
         `silent` column (a duration, `4d`) when the readings are too sparse for the types' default (§6.3)."""
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")

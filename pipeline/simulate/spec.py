@@ -1,9 +1,9 @@
 """docs/cases.md, restated for the simulator: the numbers and rules its plan and its truth follow.
 
 The simulator's truth is an independent check of the worker, so nothing here is imported from the worker's case
-books (`pipeline/cases.py`) or its sensor state (`pipeline/sensors.py`): the radii, windows, scopes, deadlines
-and device-fault numbers are written down again from the specification (the section is named at each). Only the
-data files and the dispatch rules (through the rules engine) are shared, as the worker loads them.
+books (`pipeline/stages/cases.py`) or its sensor state (`pipeline/stages/sensors.py`): the radii, windows, scopes,
+deadlines and device-fault numbers are written down again from the specification (the section is named at each).
+Only the data files and the dispatch rules (through the rules engine) are shared, as the worker loads them.
 
 Where the numbers will live once the work of issue #16 is merged (read them from there then, and keep this
 module as the cross-check): the sensor types' `scope`, `valid`, `stuck`, `silent`, `realarm` and `error_after`

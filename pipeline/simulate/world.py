@@ -22,7 +22,7 @@ from grid import AREAS_FILE, CELLS_FILE
 from grid.gazetteer import Gazetteer
 from grid.gridfile import CellRecord, GridFile, read_grid_file
 from grid.index import GridIndex
-from pipeline.model import GridKind, Location
+from pipeline.model.events import GridKind, Location
 from pipeline.simulate.spec import book_of, grid_of
 from rules.engine import DEFAULT_RULES, Ruleset, load_ruleset
 

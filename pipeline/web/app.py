@@ -41,8 +41,8 @@ import orjson
 from aiohttp import web
 
 from pipeline.config import Settings
-from pipeline.decode import MAX_DESCRIPTION, Decoder, InvalidEvent
-from pipeline.taxonomy import Taxonomy
+from pipeline.model.taxonomy import Taxonomy
+from pipeline.stages.decode import MAX_DESCRIPTION, Decoder, InvalidEvent
 from pipeline.web import auth
 from pipeline.web.alerts import AlertPolicy, ConfigWatch, alerts
 from pipeline.web.archive import CaseArchive

@@ -1,7 +1,7 @@
 """A case's history from ClickHouse: its reports (the `events` merged into it) and its timeline
 (`case_transitions`), plus the look-ups the Open311 status and the unlocated queue need.
 
-Queries go through `pipeline.sink.ClickHouse.query_dicts` with bound parameters only. Tables are
+Queries go through `pipeline.sink.sink.ClickHouse.query_dicts` with bound parameters only. Tables are
 ReplacingMergeTree, so a replayed row may still appear twice before a merge: rows are de-duplicated here by
 their key (event_id; (case_id, seq)) instead of `FINAL`, which is slow and behaves differently across the
 ClickHouse versions we support. Times are selected as epoch seconds (`toUnixTimestamp`) so the server's time zone
@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from pipeline.privacy import mask_text
+from pipeline.model.privacy import mask_text
 from pipeline.web.open311_services import default_catalogue
 
 Json = dict[str, Any]
@@ -138,6 +138,6 @@ class CaseArchive:
 
 def open_archive(settings: Any) -> CaseArchive:
     """The archive on the configured ClickHouse database (connects lazily, on the first query)."""
-    from pipeline.sink import ClickHouse
+    from pipeline.sink.sink import ClickHouse
 
     return CaseArchive(ClickHouse(settings, connect_timeout=3.0, send_receive_timeout=10.0))

@@ -66,12 +66,12 @@ def demo_users(directory: Path) -> tuple[Path, list[str]]:
 
 def build_centre(settings: Settings) -> object:
     """The real centre: Kafka outbox and feed, ClickHouse archive, the worker's rules and grid watched."""
-    from pipeline.privacy import pii_key
+    from pipeline.model.privacy import pii_key
 
     pii_key()   # a missing or weak key in production stops the server before it connects to anything
     from grid import AREAS_FILE, CELLS_FILE
-    from pipeline.decode import default_decoder
-    from pipeline.taxonomy import default_taxonomy
+    from pipeline.model.taxonomy import default_taxonomy
+    from pipeline.stages.decode import default_decoder
     from pipeline.web import auth
     from pipeline.web.alerts import ConfigWatch
     from pipeline.web.app import Centre

@@ -5,7 +5,7 @@ to Kafka itself, so every view is testable with plain dicts. Each change bumps `
 listeners (the SSE streams), which then recompute the views they show.
 
 Definitions used everywhere (pages, metrics, tests):
-- *open*: status `dispatched` or `accepted` (pipeline.cases.OPEN_STATES);
+- *open*: status `dispatched` or `accepted` (pipeline.stages.cases.OPEN_STATES);
 - *overdue*: open and `due_at` before now (wall clock);
 - *due soon*: open, not overdue, and `due_at` within `due_soon` of now;
 - *health* of a cell (0-100, 网格健康画像), from its known cases:
@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pipeline.cases import OPEN_STATES
-from pipeline.model import TEAMS
-from pipeline.privacy import mask_text
+from pipeline.model.events import TEAMS
+from pipeline.model.privacy import mask_text
+from pipeline.stages.cases import OPEN_STATES
 
 Json = dict[str, Any]
 HANDLED = frozenset({"resolved", "verified", "closed"})

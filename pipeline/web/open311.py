@@ -36,8 +36,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from pipeline.decode import MAX_MESSAGE_BYTES, InvalidEvent
-from pipeline.taxonomy import default_taxonomy
+from pipeline.model.taxonomy import default_taxonomy
+from pipeline.stages.decode import MAX_MESSAGE_BYTES, InvalidEvent
 from pipeline.web.open311_answer import Ticket, answer, case_view, from_stored, from_unlocated
 from pipeline.web.open311_doc import FORMATS, MIME_TYPES, Fmt, error, render
 from pipeline.web.open311_post import read_params, ticket_from_params

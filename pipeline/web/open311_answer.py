@@ -13,7 +13,7 @@ Every field the spec lists is present, null (JSON) or empty (XML) when unknown:
 - `requested_datetime`: when the citizen called (the ticket's own time; never null);
   `updated_datetime`: the case's last change (its closing for a closed one), else the request time;
   `expected_datetime`: the deadline of what the case waits for (handling; verification when resolved);
-- `description`, `address`, `address_id`: masked again on the way out (pipeline.privacy); `zipcode`: null
+- `description`, `address`, `address_id`: masked again on the way out (pipeline.model.privacy); `zipcode`: null
   (no postal-code register); `lat`/`long`: the ticket's point (the gazetteer's for an address-only ticket);
   `media_url`: the link the ticket came with.
 With `extensions`: `attributes` (the service attributes' answers), `extended_attributes` (`case_id`,
@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 import orjson
 
-from pipeline.privacy import mask_text
+from pipeline.model.privacy import mask_text
 from pipeline.web.live import parse_time
 from pipeline.web.open311_search import open311_status
 from pipeline.web.open311_services import Catalogue
@@ -88,7 +88,7 @@ def from_stored(t: StoredTicket) -> Ticket:
 
 
 def from_unlocated(ticket_id: str, msg: Json) -> Ticket:
-    """A ticket of the unlocated queue (a located-message dict: pipeline.flow.encode_located)."""
+    """A ticket of the unlocated queue (a located-message dict: pipeline.stages.flow.encode_located)."""
     return Ticket(ticket_id=ticket_id, requested=float(msg.get("occurred_at") or 0.0),
                   service_code=str(msg.get("category") or ""), stage="unlocated",
                   description=str(msg.get("description") or ""), address=str(msg.get("address") or ""),

@@ -2,7 +2,7 @@
 
 1. The simulator makes `--days` (30) days of Hongkou: every 12345 ticket (about 1,800 a day), patrol report and
    team update, and one reading a day per sensor (readings are no requests).
-2. The worker's chain (`pipeline.flow`: decoder, ingest with gazetteer and grid, case books, the shipped rules)
+2. The worker's chain (`pipeline.stages.flow`: decoder, ingest with gazetteer and grid, case books, the shipped rules)
    processes them in process, in worker-sized batches, and the sink stores the rows in a scratch ClickHouse
    database of the local stack (`cityops_o311bench<stamp>`, dropped at the end unless `--keep`). The live view
    gets every case's final state, as the web's feed would have delivered it.
@@ -53,14 +53,14 @@ def build_month(days: float, sensors: int, seed: int, settings: Settings) -> tup
     the counts stored."""
     import orjson
 
-    from pipeline.cases import CaseBook, CorrelationPolicy
-    from pipeline.decode import default_decoder
-    from pipeline.flow import CaseStage, Ingest, Message
-    from pipeline.records import SinkBatch
-    from pipeline.sensors import SensorState, load_registry, load_types
+    from pipeline.model.records import SinkBatch
     from pipeline.simulate import SimConfig, simulate
     from pipeline.simulate.world import World
-    from pipeline.sink import ClickHouseSink
+    from pipeline.sink.sink import ClickHouseSink
+    from pipeline.stages.cases import CaseBook, CorrelationPolicy
+    from pipeline.stages.decode import default_decoder
+    from pipeline.stages.flow import CaseStage, Ingest, Message
+    from pipeline.stages.sensors import SensorState, load_registry, load_types
 
     world = World()
     sim = simulate(SimConfig(days=days, sensors=sensors, reading_interval_min=1440.0, seed=seed), world)
@@ -120,8 +120,8 @@ async def measure(settings: Settings, case_states: dict[str, dict[str, Any]], un
     import orjson
     from aiohttp.test_utils import TestClient, TestServer
 
-    from pipeline.decode import default_decoder
-    from pipeline.taxonomy import default_taxonomy
+    from pipeline.model.taxonomy import default_taxonomy
+    from pipeline.stages.decode import default_decoder
     from pipeline.web import auth
     from pipeline.web.app import Centre, build_app
     from pipeline.web.archive import open_archive
@@ -173,8 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--keep", action="store_true", help="keep the scratch database")
     args = p.parse_args(argv)
-    from pipeline.migrate import migrate
-    from pipeline.sink import ClickHouse
+    from pipeline.sink.migrate import migrate
+    from pipeline.sink.sink import ClickHouse
 
     stamp = datetime.now(UTC).strftime("%m%d%H%M%S")
     settings = replace(Settings.from_env(), clickhouse_database=f"cityops_o311bench{stamp}")

@@ -28,8 +28,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
-from pipeline.decode import MAX_ID, InvalidEvent
-from pipeline.taxonomy import Taxonomy
+from pipeline.model.taxonomy import Taxonomy
+from pipeline.stages.decode import MAX_ID, InvalidEvent
 
 MAX_DAYS = 90
 MAX_PAGE_SIZE = 1000

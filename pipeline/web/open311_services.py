@@ -27,8 +27,8 @@ from typing import Any
 
 from yaml.nodes import Node
 
-from pipeline.decode import ATTRIBUTE_CODE, MAX_ATTRIBUTE_TEXT, InvalidEvent
-from pipeline.taxonomy import Taxonomy, default_taxonomy
+from pipeline.model.taxonomy import Taxonomy, default_taxonomy
+from pipeline.stages.decode import ATTRIBUTE_CODE, MAX_ATTRIBUTE_TEXT, InvalidEvent
 from rules.errors import RulesError
 from rules.nodes import NodeReader, compose_file
 

@@ -1,6 +1,6 @@
 """What the web writes to Kafka, and the validation each message passes first.
 
-Everything the web sends is first run through the worker's own decoder (`pipeline.decode.Decoder`), so a message
+Everything the web sends is first run through the worker's own decoder (`pipeline.stages.decode.Decoder`), so a message
 the web accepts is one the worker accepts, and an API's 400 reason is the worker's dead-letter reason.
 `Outbox` is the small interface the handlers use; `KafkaOutbox` sends with kafka-python and waits for the
 broker's acknowledgement (off the event loop), `MemoryOutbox` keeps messages for unit tests.
@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import orjson
 
 from pipeline.config import Settings
-from pipeline.decode import Decoder
+from pipeline.stages.decode import Decoder
 
 
 class Outbox(Protocol):

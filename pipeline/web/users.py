@@ -35,7 +35,7 @@ from typing import Any, Literal
 
 import yaml
 
-from pipeline.model import TEAMS
+from pipeline.model.events import TEAMS
 
 Role = Literal["operator", "member", "patrol", "analyst", "ingest"]
 ROLES: tuple[Role, ...] = ("operator", "member", "patrol", "analyst", "ingest")

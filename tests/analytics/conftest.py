@@ -44,8 +44,8 @@ def history() -> History:
 @pytest.fixture
 def server_db(isolated_settings: Settings) -> Iterator[Any]:
     """A fresh, migrated database on the real server (marked tests only)."""
-    from pipeline.migrate import migrate
-    from pipeline.sink import ClickHouse
+    from pipeline.sink.migrate import migrate
+    from pipeline.sink.sink import ClickHouse
 
     migrate(isolated_settings)
     db = ClickHouse(isolated_settings)

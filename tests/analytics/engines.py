@@ -1,7 +1,7 @@
 """The two ClickHouse engines the analytics tests run on, behind the reports' `Queryable` interface.
 
 - `ChdbDatabase`: current ClickHouse in-process (chdb), one database per test, for unit tests;
-- the real server (18.16 here) through `pipeline.sink.ClickHouse`, for `clickhouse`-marked tests.
+- the real server (18.16 here) through `pipeline.sink.sink.ClickHouse`, for `clickhouse`-marked tests.
 
 Rows are loaded with the sink's own row→column conversion, so both engines hold the same values.
 """
@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pipeline.migrate import _BOOTSTRAP, Target, load_migrations, render, rendered_statements
-from pipeline.records import SinkBatch
-from pipeline.sink import batch_columns, render_query
+from pipeline.model.records import SinkBatch
+from pipeline.sink.migrate import _BOOTSTRAP, Target, load_migrations, render, rendered_statements
+from pipeline.sink.sink import batch_columns, render_query
 
 
 class ChdbDatabase:

@@ -12,7 +12,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 
-from pipeline.records import CaseRow, EventRow, RoundRow, SinkBatch, TransitionRow
+from pipeline.model.records import CaseRow, EventRow, RoundRow, SinkBatch, TransitionRow
 
 SUBDISTRICTS = ("310109009", "310109010", "310109011")
 CATEGORIES = ("E0501", "E0102", "P0101", "P0301")

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from pipeline.records import CaseRow, RoundRow, SinkBatch, TransitionRow
+from pipeline.model.records import CaseRow, RoundRow, SinkBatch, TransitionRow
 
 T = datetime(2024, 5, 6, 2, 0)          # 10:00 in Shanghai, a Monday
 H = timedelta(hours=1)
@@ -104,7 +104,7 @@ def engine_fixture(request: pytest.FixtureRequest) -> Iterator[Engine]:
         db = request.getfixturevalue("chdb_db")
         yield Engine("chdb", db, db.store)
         return
-    from pipeline.sink import ClickHouseSink
+    from pipeline.sink.sink import ClickHouseSink
 
     db = request.getfixturevalue("server_db")
     sink = ClickHouseSink(request.getfixturevalue("isolated_settings"))

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import Settings
-from pipeline.records import CaseRow, EventRow, SinkBatch
+from pipeline.model.records import CaseRow, EventRow, SinkBatch
 from rules.backtest import longest_recurrence_window
 from rules.cli import main as rules_main
 from rules.engine import load_ruleset
@@ -120,8 +120,8 @@ def test_backtest_counts_match_an_independent_replay(isolated_settings: Settings
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """Team and rule changes over the window equal the counts of a plain-Python replay of both rulesets
     (first reports only, recurrence counted over earlier cases including those before the window)."""
-    from pipeline.migrate import migrate
-    from pipeline.sink import ClickHouseSink
+    from pipeline.sink.migrate import migrate
+    from pipeline.sink.sink import ClickHouseSink
 
     migrate(isolated_settings)
     monkeypatch.setenv("CITYOPS_CLICKHOUSE_DATABASE", isolated_settings.clickhouse_database)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.records import CaseRow, SinkBatch
+from pipeline.model.records import CaseRow, SinkBatch
 from pipeline.reports import Filters, discovery, health, hot_spots, recurrence
 from tests.analytics.lifecycle import CELL, ENGINES, Engine, H, case, engine_fixture
 

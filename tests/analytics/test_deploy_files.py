@@ -47,8 +47,8 @@ def test_dashboard_queries_run_on_current_clickhouse(chdb_db: ChdbDatabase) -> N
 @pytest.mark.clickhouse
 def test_dashboard_queries_run_on_the_server(isolated_settings: Settings) -> None:
     """The same queries on the real server (18.16 here), with the same rows."""
-    from pipeline.migrate import migrate
-    from pipeline.sink import ClickHouse, ClickHouseSink
+    from pipeline.sink.migrate import migrate
+    from pipeline.sink.sink import ClickHouse, ClickHouseSink
 
     migrate(isolated_settings)
     sink = ClickHouseSink(isolated_settings)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import Settings
-from pipeline.records import EventRow, SinkBatch
+from pipeline.model.records import EventRow, SinkBatch
 
 ROOT = Path(__file__).resolve().parents[2]
 CTL = ["bash", str(ROOT / "deploy/local/clickhouse.sh")]
@@ -45,8 +45,8 @@ def event_batch(start: int, n: int) -> SinkBatch:
 def test_stopping_the_server_mid_stream_loses_and_duplicates_nothing(isolated_settings: Settings) -> None:
     """Batches written while the server is stopped block and retry; after the restart every event is stored
     exactly once (distinct ids and FINAL both equal the number sent, although some batches were replayed)."""
-    from pipeline.migrate import migrate
-    from pipeline.sink import Backoff, ClickHouse, ClickHouseSink
+    from pipeline.sink.migrate import migrate
+    from pipeline.sink.sink import Backoff, ClickHouse, ClickHouseSink
 
     migrate(isolated_settings)
     sink = ClickHouseSink(isolated_settings, backoff=Backoff(initial_s=0.1, cap_s=1.0))

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from pipeline.config import Settings
-from pipeline.records import CaseRow
+from pipeline.model.records import CaseRow
 from pipeline.reports import (
     Filters,
     SlaReport,
@@ -235,7 +235,7 @@ def test_reports_match_plain_python_on_the_server(
     server_db: Any, isolated_settings: Settings, hist: History
 ) -> None:
     """The same checks on the real server (18.16 here), loaded through the sink."""
-    from pipeline.sink import ClickHouseSink
+    from pipeline.sink.sink import ClickHouseSink
 
     sink = ClickHouseSink(isolated_settings)
     try:

@@ -9,7 +9,7 @@ from datetime import timedelta
 
 import pytest
 
-from pipeline.records import SinkBatch
+from pipeline.model.records import SinkBatch
 from pipeline.reports import Filters, TeamSla, health, sla, workload
 from tests.analytics.lifecycle import CELL, ENGINES, Engine, H, M, T, case, engine_fixture, round_, steps
 

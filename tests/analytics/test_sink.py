@@ -13,8 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pipeline.config import Settings
-from pipeline.records import CaseRow, EventRow, RoundRow, SensorReadingRow, SinkBatch, TransitionRow
-from pipeline.sink import (
+from pipeline.model.records import CaseRow, EventRow, RoundRow, SensorReadingRow, SinkBatch, TransitionRow
+from pipeline.sink.sink import (
     Backoff,
     ClickHouseSink,
     SinkBuffer,

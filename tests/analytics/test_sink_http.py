@@ -13,8 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pipeline.config import Settings
-from pipeline.records import SinkBatch
-from pipeline.sink import (
+from pipeline.model.records import SinkBatch
+from pipeline.sink.sink import (
     _server_error,
     batch_blocks,
     encode_block,
@@ -165,7 +165,7 @@ def edge_batch() -> SinkBatch:
     rs = b.rounds
     rs[0] = replace(rs[0], round=65535, priority=-1, verified_by="patrol",
                     accepted_at=datetime(2024, 3, 2, 8, tzinfo=timezone(timedelta(hours=8))))
-    from pipeline.sink_bench import make_readings
+    from pipeline.bench.sink import make_readings
 
     b.readings = make_readings(500)
     return b
@@ -182,8 +182,8 @@ def test_http_and_native_paths_store_identical_rows(settings: Settings, tmp_path
     18.16 server."""
     import uuid
 
-    from pipeline.migrate import migrate
-    from pipeline.sink import ClickHouse, ClickHouseSink
+    from pipeline.sink.migrate import migrate
+    from pipeline.sink.sink import ClickHouse, ClickHouseSink
 
     batch = edge_batch()
     results: dict[str, dict[str, str]] = {}
@@ -213,8 +213,8 @@ def test_a_closed_http_port_falls_back_to_the_native_protocol(isolated_settings:
     """With an HTTP port nobody listens on, the sink switches to the native port and stores everything."""
     import socket
 
-    from pipeline.migrate import migrate
-    from pipeline.sink import Backoff, ClickHouse, ClickHouseSink
+    from pipeline.sink.migrate import migrate
+    from pipeline.sink.sink import Backoff, ClickHouse, ClickHouseSink
 
     with socket.socket() as probe:          # a port that was free a moment ago: nothing listens there
         probe.bind(("127.0.0.1", 0))
@@ -237,8 +237,8 @@ def test_a_closed_http_port_falls_back_to_the_native_protocol(isolated_settings:
 @pytest.mark.clickhouse
 def test_http_credentials_are_sent(isolated_settings: Settings) -> None:
     """A wrong password over HTTP is refused by the server (not retried forever); the right one stores."""
-    from pipeline.migrate import migrate
-    from pipeline.sink import ClickHouseSink, SinkRejected
+    from pipeline.sink.migrate import migrate
+    from pipeline.sink.sink import ClickHouseSink, SinkRejected
 
     migrate(isolated_settings)
     wrong = ClickHouseSink(replace(isolated_settings, clickhouse_password="not-the-password"), transport="http")

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.bench import (
+from pipeline.bench.e2e import (
     BenchConfig,
     BenchInput,
     day_config,
@@ -140,7 +140,7 @@ def test_a_tiny_run_finishes_and_worker_and_naive_route_alike(tiny_input: BenchI
     topics, dispatches every case to the same team by the same rule as the worker did."""
     from kafka import KafkaConsumer, TopicPartition
 
-    from pipeline.bench import run_naive, run_throughput
+    from pipeline.bench.e2e import run_naive, run_throughput
 
     cfg = BenchConfig(timeout_s=240, out_dir=tmp_path)
     tag = f"t{random.randrange(16**8):08x}"
@@ -186,7 +186,7 @@ def test_a_tiny_run_of_the_two_process_layout_stores_everything(tiny_input: Benc
                                                                 settings: Settings, tmp_path: Path) -> None:
     """The bench's `make run` layout (an ingest and a cases process, one worker) goes through the input too,
     and its figures count both processes."""
-    from pipeline.bench import run_throughput
+    from pipeline.bench.e2e import run_throughput
 
     cfg = BenchConfig(timeout_s=240, out_dir=tmp_path)
     small = BenchInput(tiny_input.simulation, tiny_input.messages, tiny_input.registry)

@@ -11,15 +11,15 @@ from typing import Any
 import orjson
 import pytest
 
-from pipeline.cases import CaseBook, CorrelationPolicy
+from pipeline.bench.naive import NaiveDecoder, NaiveLocator, NaivePipeline
 from pipeline.config import Topics
-from pipeline.decode import default_decoder
-from pipeline.flow import CaseStage, Ingest, Message
-from pipeline.naive import NaiveDecoder, NaiveLocator, NaivePipeline
-from pipeline.sensors import SensorState, load_registry, load_types
+from pipeline.model.taxonomy import default_taxonomy
 from pipeline.simulate import Simulation
 from pipeline.simulate.world import World
-from pipeline.taxonomy import default_taxonomy
+from pipeline.stages.cases import CaseBook, CorrelationPolicy
+from pipeline.stages.decode import default_decoder
+from pipeline.stages.flow import CaseStage, Ingest, Message
+from pipeline.stages.sensors import SensorState, load_registry, load_types
 from rules.engine import DEFAULT_RULES
 from rules.naive import NaiveRuleset
 

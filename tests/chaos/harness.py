@@ -156,7 +156,7 @@ class Isolated:
     def __exit__(self, *exc: object) -> None:
         self.pipeline.stop_all()
         try:
-            from pipeline.sink import ClickHouse
+            from pipeline.sink.sink import ClickHouse
 
             db = ClickHouse(self.pipeline.settings)
             db.execute(f"DROP DATABASE IF EXISTS {self.pipeline.settings.clickhouse_database}")
@@ -167,8 +167,8 @@ class Isolated:
 
 def isolated(tmp: Path, sim: Simulation, name: str, **env: str) -> Isolated:
     """A fresh pipeline for `sim`: topics created, schema migrated, the sensor registry written."""
-    from pipeline.migrate import migrate
-    from pipeline.topics import ensure_topics
+    from pipeline.runtime.topics import ensure_topics
+    from pipeline.sink.migrate import migrate
 
     tag = f"{name}{uuid.uuid4().hex[:8]}"
     base = Settings.from_env()
@@ -185,7 +185,7 @@ def isolated(tmp: Path, sim: Simulation, name: str, **env: str) -> Isolated:
 
 
 def _migrated(settings: Settings, migrate: Any) -> bool:
-    from pipeline.sink import QueryError
+    from pipeline.sink.sink import QueryError
 
     try:
         migrate(settings)
@@ -241,7 +241,7 @@ def lag(settings: Settings, groups: dict[str, list[str]]) -> int:
 
 def query(p: ChaosPipeline, sql: str, timeout_s: float = 180.0) -> list[tuple[Any, ...]]:
     """Run `sql`, waiting out a ClickHouse that is down (other tests of the suite restart the shared server)."""
-    from pipeline.sink import ClickHouse, QueryError
+    from pipeline.sink.sink import ClickHouse, QueryError
 
     deadline = time.monotonic() + timeout_s
     while True:
@@ -352,7 +352,7 @@ class Outputs:
 
     @classmethod
     def read(cls, p: ChaosPipeline) -> Outputs:
-        from pipeline.sink import ClickHouse
+        from pipeline.sink.sink import ClickHouse
 
         s = p.settings
         query(p, "SELECT 1")                      # wait for the server if it is down
@@ -439,8 +439,8 @@ def accounting_problems(p: ChaosPipeline, expected: Expected, out: Outputs) -> l
 
 def reference_states(p: ChaosPipeline) -> dict[str, dict[str, Any]]:
     """The state of every case after the located topic, in its own order, went through a fresh CaseStage."""
-    from pipeline.cases import CaseBook, CorrelationPolicy
-    from pipeline.flow import CaseStage
+    from pipeline.stages.cases import CaseBook, CorrelationPolicy
+    from pipeline.stages.flow import CaseStage
     from rules.engine import DEFAULT_RULES, RulesHolder
 
     stage = CaseStage(RulesHolder(Path(p.env.get("CITYOPS_RULES", str(DEFAULT_RULES)))).current,

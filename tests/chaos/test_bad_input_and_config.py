@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 
 from grid import CELLS_FILE
-from pipeline import fuzz
-from pipeline.sink import ClickHouse, QueryError
+from pipeline.sink.sink import ClickHouse, QueryError
 from rules.engine import DEFAULT_RULES
+from tests import fuzz
 from tests.chaos.harness import ChaosPipeline, isolated, json_messages, produce_stream, query, stream
 from tests.pipeline.factories import T0, hotline, raw, reading
 from tests.support import wait_for

@@ -1,4 +1,4 @@
-"""A worker that starts on a backlog reads its sources level in event time (pipeline.align).
+"""A worker that starts on a backlog reads its sources level in event time (pipeline.runtime.align).
 
 Without that, Kafka hands out about as many records of every partition per fetch: the patrol report and the
 case updates of a backlog are read long before the thousands of sensor readings of the same hours. The patrol
@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 from grid.index import GridHolder
-from pipeline.cases import case_id_for
 from pipeline.config import Settings
-from pipeline.model import TEAMS
-from pipeline.sink import ClickHouse
+from pipeline.model.events import TEAMS
+from pipeline.sink.sink import ClickHouse
+from pipeline.stages.cases import case_id_for
 from tests.pipeline.factories import T0, hotline, patrol, raw, reading, update
 from tests.support import consume, prepared_settings, produce, running_worker, wait_for
 

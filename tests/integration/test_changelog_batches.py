@@ -11,7 +11,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 
-from pipeline.batch_service import CHANGELOG_BATCH_BYTES, BatchService
+from pipeline.runtime.consumer import CHANGELOG_BATCH_BYTES, BatchService
 from tests.chaos.harness import read_topic
 from tests.support import prepared_settings
 

@@ -9,9 +9,9 @@ import orjson
 import pytest
 
 from pipeline.config import Settings
-from pipeline.migrate import migrate
-from pipeline.sink import ClickHouse
-from pipeline.topics import ensure_topics
+from pipeline.runtime.topics import ensure_topics
+from pipeline.sink.migrate import migrate
+from pipeline.sink.sink import ClickHouse
 from tests.pipeline.factories import hotline, raw
 from tests.support import consume, produce, running_worker, wait_for
 

@@ -14,15 +14,15 @@ from typing import Any
 import pytest
 
 from pipeline.config import Settings, Topics
-from pipeline.migrate import migrate
 from pipeline.reports.discovery import discovery
 from pipeline.reports.query import Filters
 from pipeline.reports.recurrence import hot_spots
+from pipeline.runtime.topics import ensure_topics
 from pipeline.simulate.config import SimConfig
 from pipeline.simulate.generate import simulate
 from pipeline.simulate.produce import produce_simulation
-from pipeline.sink import ClickHouse
-from pipeline.topics import ensure_topics
+from pipeline.sink.migrate import migrate
+from pipeline.sink.sink import ClickHouse
 from tests.chaos.harness import json_messages, lag
 from tests.support import running_worker, wait_for
 
@@ -46,7 +46,7 @@ def test_simulated_day_matches_its_truth(tmp_path: Path) -> None:
     maybe = [c for c in truth["cases"] if not c["certain"]]
     expected_reports = sum(len(c["reports"]) for c in cases)
     # the whole day is at the broker before the workers start: they catch up on a backlog of known size, which
-    # the aligner (pipeline.align) reads level in event time across the sources, so the stage sees each book's
+    # the aligner (pipeline.runtime.align) reads level in event time across the sources, so the stage sees each book's
     # reports and team feedback in the order they happened, as the truth does. (Produced at full speed into
     # running workers instead, a busy machine fetches a case's closing feedback before a report that came
     # earlier, both produced within milliseconds: a race of the test's own making, not of a live district.)

@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import ROOT
+from pipeline.model.taxonomy import default_taxonomy
 from pipeline.notify.place import Places
 from pipeline.notify.plan import plan, recipients
 from pipeline.notify.targets import TargetsSpec, names_in_rules, parse_targets
 from pipeline.notify.templates import Renderer
-from pipeline.taxonomy import default_taxonomy
 from rules.engine import load_ruleset
 from tests.notify.support import assignment, targets_yaml, write_targets
 

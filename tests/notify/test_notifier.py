@@ -20,10 +20,10 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 
 from pipeline.config import ROOT, Settings
-from pipeline.migrate import migrate
 from pipeline.notify.service import ledger_topic
-from pipeline.sink import ClickHouse
-from pipeline.topics import ensure_topics
+from pipeline.runtime.topics import ensure_topics
+from pipeline.sink.migrate import migrate
+from pipeline.sink.sink import ClickHouse
 from tests.notify.support import CHANNELS, InboxServer, assignment, expected_keys, targets_yaml, write_targets
 from tests.support import produce, stop_process, wait_for
 

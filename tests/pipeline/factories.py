@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from pipeline.model import Event
+from pipeline.model.events import Event
 
 T0 = datetime(2026, 11, 20, 1, 0, tzinfo=UTC)
 

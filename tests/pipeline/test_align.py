@@ -1,4 +1,4 @@
-"""pipeline.align: partitions ahead in event time wait while the others catch up, and nothing is lost."""
+"""pipeline.runtime.align: partitions ahead in event time wait while the others catch up, and nothing is lost."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import orjson
 import pytest
 from aiokafka import TopicPartition
 
-from pipeline.align import TIME_FIELDS, Aligner, time_reader
-from pipeline.flow import Message
+from pipeline.runtime.align import TIME_FIELDS, Aligner, time_reader
+from pipeline.stages.flow import Message
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 IOT, UPD = TopicPartition("iot", 0), TopicPartition("upd", 0)

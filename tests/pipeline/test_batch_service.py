@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipeline.batch_service import ChangelogTable, InstanceSlot
+from pipeline.runtime.consumer import ChangelogTable, InstanceSlot
 
 
 def table() -> ChangelogTable[dict[str, int]]:
@@ -52,7 +52,7 @@ def test_slots_are_the_lowest_free_and_freed_by_release(tmp_path: Path) -> None:
 
 def test_a_dead_process_frees_its_slot(tmp_path: Path) -> None:
     """The kernel releases a killed process's lock: the worker started after a crash gets the same id."""
-    code = ("import time; from pathlib import Path; from pipeline.batch_service import InstanceSlot; "
+    code = ("import time; from pathlib import Path; from pipeline.runtime.consumer import InstanceSlot; "
             f"s = InstanceSlot.take(Path({str(tmp_path)!r}), 'g'); print(s.number, flush=True); time.sleep(60)")
     holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
@@ -73,7 +73,7 @@ def test_values_kept_in_a_table_take_their_own_size() -> None:
 
     import orjson
 
-    from pipeline.batch_service import json_bytes
+    from pipeline.runtime.consumer import json_bytes
 
     case = {f"field{i}": "x" * 12 for i in range(60)}
     tracemalloc.start()
@@ -90,8 +90,8 @@ def test_a_checkpoint_is_due_at_once_when_the_input_is_drained() -> None:
     import time
     from types import SimpleNamespace
 
-    from pipeline.batch_service import BatchService
     from pipeline.config import Settings
+    from pipeline.runtime.consumer import BatchService
 
     svc = BatchService(SimpleNamespace(settings=Settings.from_env()), commit_interval_s=60.0, max_rows=10)
     assert not svc._due() and not svc._due(drained=True)          # nothing pending: never
@@ -110,7 +110,7 @@ def test_the_key_partitioner_agrees_with_the_default_and_the_java_client() -> No
 
     from aiokafka.partitioner import DefaultPartitioner
 
-    from pipeline.batch_service import KeyPartitioner
+    from pipeline.runtime.consumer import KeyPartitioner
 
     kp, default = KeyPartitioner(limit=50), DefaultPartitioner()
     rng = random.Random(7)
@@ -152,8 +152,8 @@ def _partition_records(key_deserializer: object) -> list[object]:
 def test_marked_consumers_get_lean_records_with_the_same_fields() -> None:
     from aiokafka.structs import ConsumerRecord
 
-    from pipeline.batch_service import LEAN, install_lean_records
-    from pipeline.flow import Message
+    from pipeline.runtime.consumer import LEAN, install_lean_records
+    from pipeline.stages.flow import Message
 
     assert install_lean_records(), "aiokafka's PartitionRecords._consumer_record is gone: see LeanRecords"
     assert install_lean_records()                                  # idempotent
@@ -176,9 +176,9 @@ def test_end_offsets_not_known_at_assignment_are_asked_again() -> None:
 
     from aiokafka import TopicPartition
 
-    from pipeline.align import Aligner, time_reader
-    from pipeline.batch_service import BatchService
     from pipeline.config import Settings
+    from pipeline.runtime.align import Aligner, time_reader
+    from pipeline.runtime.consumer import BatchService
 
     iot = TopicPartition("iot", 0)
 

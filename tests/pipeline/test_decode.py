@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.decode import Decoder, InvalidEvent, default_decoder
+from pipeline.stages.decode import Decoder, InvalidEvent, default_decoder
 from tests.pipeline.factories import T0, hotline, patrol, raw, reading, update
 
 NOW = T0 + timedelta(days=1)

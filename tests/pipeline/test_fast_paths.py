@@ -15,10 +15,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.decode import Decoder, InvalidEvent, default_decoder
-from pipeline.flow import DeadLetterLimit, DeadLetterLimitExceeded, Ingest, Message
-from pipeline.records import ReadingColumns
-from pipeline.sensors import SensorState, load_registry
+from pipeline.model.records import ReadingColumns
+from pipeline.stages.decode import Decoder, InvalidEvent, default_decoder
+from pipeline.stages.flow import DeadLetterLimit, DeadLetterLimitExceeded, Ingest, Message
+from pipeline.stages.sensors import SensorState, load_registry
 from tests.pipeline.factories import T0, raw, reading
 
 NOW = T0 + timedelta(days=1)

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.privacy import caller_hash, mask_phone, mask_text, redact_bytes, redact_raw
+from pipeline.model.privacy import caller_hash, mask_phone, mask_text, redact_bytes, redact_raw
 from tests.pipeline.factories import hotline, raw
 
 KEY = b"test-pii-key"
@@ -273,7 +273,7 @@ def test_a_dead_letters_reason_is_masked_too() -> None:
 
     import orjson
 
-    from pipeline.flow import DeadLetter
+    from pipeline.stages.flow import DeadLetter
 
     dead = DeadLetter("cityops.raw.hotline", 0, 7, "request_type: '回电13912345678' is not one of consult, help",
                       b'{"request_type": "x"}', datetime(2026, 3, 1, tzinfo=UTC))

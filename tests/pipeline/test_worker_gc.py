@@ -1,4 +1,4 @@
-"""The worker's garbage-collector settings (pipeline.worker.tune_gc): less frequent, never switched off."""
+"""The worker's garbage-collector settings (pipeline.runtime.worker.tune_gc): less frequent, never switched off."""
 
 import subprocess
 import sys
@@ -8,7 +8,7 @@ from tests.support import ROOT
 
 PROBE = textwrap.dedent("""
     import gc, weakref
-    from pipeline.worker import GC_THRESHOLDS, tune_gc
+    from pipeline.runtime.worker import GC_THRESHOLDS, tune_gc
 
     loaded = [[i] for i in range(1000)]          # stands for the grid, rules and registry loaded at start
     tune_gc()

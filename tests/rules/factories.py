@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pipeline.model import Event, Location
+from pipeline.model.events import Event, Location
 
 AT = datetime(2024, 5, 6, 2, 0, tzinfo=UTC)  # Monday 10:00 in Shanghai
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.model import Event
+from pipeline.model.events import Event
 from rules.compiled import compile_predicate
 from rules.engine import Ruleset, load_ruleset
 from rules.naive import NaiveRuleset

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.bench.rules import generate_events, month_of_history
 from rules.backtest import StoredCase, backtest
-from rules.bench import generate_events, month_of_history
 from rules.cli import main as cli_main
 from rules.engine import DEFAULT_RULES, RulesHolder, load_ruleset
 from rules.naive import NaiveRuleset

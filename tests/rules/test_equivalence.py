@@ -22,9 +22,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.model import Event, Location
-from pipeline.taxonomy import default_taxonomy
-from rules.bench import HONGKOU_SUBDISTRICTS, generate_events, month_of_history
+from pipeline.bench.rules import HONGKOU_SUBDISTRICTS, generate_events, month_of_history
+from pipeline.model.events import Event, Location
+from pipeline.model.taxonomy import default_taxonomy
 from rules.compiled import ChooserFactory, Decision, candidates
 from rules.engine import DEFAULT_RULES, Dispatch, Ruleset, load_ruleset
 from rules.naive import NaiveRuleset

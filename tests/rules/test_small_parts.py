@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rules.bench import run_rules_bench
+from pipeline.bench.rules import run_rules_bench
 from rules.durations import format_duration, parse_duration
 from rules.events import event_from_mapping
 

@@ -3,7 +3,7 @@ state, gazetteer, grid) and the real case books and rules, then what came out co
 expects. `check(run(scenario))` lists every difference; the report figures are checked separately
 (tests/scenarios/test_case_scenarios.py), on the real ClickHouse server and on chdb.
 
-The wiring is the worker's (pipeline.flow): one ingest partition for every source, each step's located output
+The wiring is the worker's (pipeline.stages.flow): one ingest partition for every source, each step's located output
 applied by `CaseStage.apply` at once, the wall clock (wall scenarios) read from the last `{wall: T}` step.
 """
 
@@ -20,12 +20,12 @@ from typing import Any
 
 import orjson
 
-from pipeline.cases import Case, CaseBook, CorrelationPolicy, Outcome
-from pipeline.decode import Decoder, TimeWindow
-from pipeline.flow import CaseStage, Ingest, IngestResult, Message
-from pipeline.records import SinkBatch
-from pipeline.sensors import SensorRegistry, SensorState, load_registry, load_types
-from pipeline.taxonomy import default_taxonomy
+from pipeline.model.records import SinkBatch
+from pipeline.model.taxonomy import default_taxonomy
+from pipeline.stages.cases import Case, CaseBook, CorrelationPolicy, Outcome
+from pipeline.stages.decode import Decoder, TimeWindow
+from pipeline.stages.flow import CaseStage, Ingest, IngestResult, Message
+from pipeline.stages.sensors import SensorRegistry, SensorState, load_registry, load_types
 from rules.engine import Ruleset, load_ruleset
 from tests.scenarios.catalogue import (
     Checked,

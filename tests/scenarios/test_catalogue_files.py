@@ -17,7 +17,7 @@ import yaml
 from grid.datum import haversine_m
 from grid.gazetteer import Gazetteer
 from grid.index import GridIndex
-from pipeline.taxonomy import default_taxonomy
+from pipeline.model.taxonomy import default_taxonomy
 from tests.scenarios.catalogue import (
     CASES_DIR,
     CatalogueError,

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
-from pipeline.privacy import mask_text
+from pipeline.model.privacy import mask_text
 
 SCENARIOS = Path(__file__).with_name("privacy.yaml")
 KEYS = {"text", "caller_name", "must_not_contain", "must_contain"}

@@ -16,12 +16,12 @@ from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from pipeline import fuzz
-from pipeline.decode import InvalidEvent
+from pipeline.stages.decode import InvalidEvent
 from pipeline.web.app import Centre, build_app
 from pipeline.web.archive import CaseArchive
 from pipeline.web.outbox import MemoryOutbox
 from pipeline.web.ratelimit import RateLimiter
+from tests import fuzz
 from tests.security.test_web_access import board
 from tests.web.helpers import API_KEY, PASSWORD, centre
 from tests.web.open311_data import District, chdb_database, hours_ago, ticket

@@ -1,6 +1,6 @@
 """Issue #10.5, in process: hostile messages of every input topic through the worker's own ingest stage.
 
-Hypothesis draws batches of hostile messages (pipeline.fuzz) — at least 10,000 per topic — and each batch goes
+Hypothesis draws batches of hostile messages (tests.fuzz) — at least 10,000 per topic — and each batch goes
 through `Ingest` exactly as the worker's agents call it. Every message must come out as exactly one dead letter
 with a non-empty reason; nothing is located, stored or raised. A second property throws arbitrary bytes and
 arbitrary JSON at the same stage: whatever comes in is accounted for exactly once, and nothing raises.
@@ -17,10 +17,10 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from pipeline import fuzz
-from pipeline.decode import default_decoder
-from pipeline.flow import Ingest, IngestResult, Message
-from pipeline.sensors import SensorState, load_registry, load_types
+from pipeline.stages.decode import default_decoder
+from pipeline.stages.flow import Ingest, IngestResult, Message
+from pipeline.stages.sensors import SensorState, load_registry, load_types
+from tests import fuzz
 
 PER_TOPIC = 10_000
 BATCH = 50

@@ -14,12 +14,12 @@ from pathlib import Path
 import orjson
 import pytest
 
-from pipeline import fuzz
 from pipeline.config import ROOT, Settings
-from pipeline.decode import default_decoder
-from pipeline.flow import DeadLetter, encode_located
-from pipeline.privacy import DEV_PII_KEY
+from pipeline.model.privacy import DEV_PII_KEY
+from pipeline.stages.decode import default_decoder
+from pipeline.stages.flow import DeadLetter, encode_located
 from pipeline.web import auth
+from tests import fuzz
 
 NAME, PHONE = fuzz.CALLER["name"], fuzz.CALLER["phone"]
 
@@ -142,7 +142,7 @@ def test_the_web_server_refuses_to_start_in_production_without_a_real_pii_key(ke
 def test_the_worker_refuses_to_start_in_production_without_a_real_pii_key(
         key: str | None, monkeypatch: pytest.MonkeyPatch) -> None:
     """The worker must refuse at start, not crash at the first ticket with a caller (or hash with the dev key)."""
-    from pipeline import worker
+    from pipeline.runtime import worker
 
     monkeypatch.setenv("CITYOPS_ENV", "production")
     monkeypatch.delenv("CITYOPS_PII_KEY", raising=False)
@@ -172,7 +172,7 @@ def test_credentials_and_tls_settings_reach_the_kafka_python_clients_and_survive
 
 
 def test_clickhouse_tls_and_credentials_reach_the_driver() -> None:
-    from pipeline.sink import ClickHouse
+    from pipeline.sink.sink import ClickHouse
 
     db = ClickHouse(Settings.from_env(SECURE_ENV))     # the driver connects lazily: nothing is reached
     conn = db._client.connection
@@ -236,9 +236,9 @@ def test_report_filters_with_injection_attempts_match_nothing_and_leak_nothing(i
     that matches nothing, no error, and the tables are all still there."""
     from datetime import datetime
 
-    from pipeline.migrate import migrate
     from pipeline.reports import Filters, discovery, health, recurrence, sla, workload
-    from pipeline.sink import ClickHouse, ClickHouseSink
+    from pipeline.sink.migrate import migrate
+    from pipeline.sink.sink import ClickHouse, ClickHouseSink
     from tests.analytics.history import generate
 
     migrate(isolated_settings)
@@ -270,7 +270,7 @@ def test_report_filters_with_injection_attempts_match_nothing_and_leak_nothing(i
 
 @pytest.mark.clickhouse
 def test_the_report_command_answers_an_injection_without_a_traceback(isolated_settings: Settings) -> None:
-    from pipeline.migrate import migrate
+    from pipeline.sink.migrate import migrate
 
     migrate(isolated_settings)
     env = {**os.environ, **isolated_settings.to_env()}

@@ -9,9 +9,9 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 
 from pipeline.config import Settings
+from pipeline.runtime.topics import ensure_topics
 from pipeline.simulate import simulate
 from pipeline.simulate.produce import produce_simulation
-from pipeline.topics import ensure_topics
 from tests.simulate.conftest import small_config
 
 

@@ -11,8 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.config import Settings, Topics
-from pipeline.model import Event
-from pipeline.sensors import Sensor, SensorState, Threshold, observe
+from pipeline.model.events import Event
 from pipeline.simulate.cli import config_from_args
 from pipeline.simulate.config import ConfigError
 from pipeline.simulate.generate import SimMessage
@@ -25,6 +24,7 @@ from pipeline.simulate.produce import (
     to_line,
 )
 from pipeline.simulate.sensorsim import alarms_of
+from pipeline.stages.sensors import Sensor, SensorState, Threshold, observe
 
 T0 = datetime(2026, 1, 5, 8, 0, tzinfo=UTC)
 

@@ -13,10 +13,10 @@ from itertools import groupby
 
 import orjson
 
-from pipeline.cases import CaseBook, CorrelationPolicy
-from pipeline.decode import default_decoder
-from pipeline.flow import CaseStage, Ingest, Message
-from pipeline.sensors import SensorState, load_registry, load_types
+from pipeline.stages.cases import CaseBook, CorrelationPolicy
+from pipeline.stages.decode import default_decoder
+from pipeline.stages.flow import CaseStage, Ingest, Message
+from pipeline.stages.sensors import SensorState, load_registry, load_types
 
 SOURCE = {"raw_hotline": "hotline", "raw_patrol": "patrol"}
 
@@ -86,7 +86,7 @@ def test_the_pipeline_makes_exactly_the_cases_of_the_truth(sim, messages, world,
 def test_readings_into_column_builders_equal_readings_as_rows(sim, messages, world, tmp_path):
     """The worker's fast path (sensor-minute rows appended straight to the sink's column builders) makes exactly
     the rows of the row path, batch by batch, and names the same changed sensors."""
-    from pipeline.records import ReadingColumns
+    from pipeline.model.records import ReadingColumns
 
     path = tmp_path / "sensors.csv"
     sim.write_registry(path)

@@ -13,8 +13,8 @@ import orjson
 from aiohttp.test_utils import TestClient, TestServer
 
 from pipeline.config import Settings
-from pipeline.decode import default_decoder
-from pipeline.taxonomy import default_taxonomy
+from pipeline.model.taxonomy import default_taxonomy
+from pipeline.stages.decode import default_decoder
 from pipeline.web import auth
 from pipeline.web.app import Centre, build_app
 from pipeline.web.live import LiveBoard

@@ -17,11 +17,11 @@ from typing import Any
 
 import orjson
 
-from pipeline.cases import CaseBook, CorrelationPolicy, Outcome
-from pipeline.decode import default_decoder
-from pipeline.flow import CaseStage, Ingest, Message
-from pipeline.records import SinkBatch
-from pipeline.sensors import SensorRegistry, load_types
+from pipeline.model.records import SinkBatch
+from pipeline.stages.cases import CaseBook, CorrelationPolicy, Outcome
+from pipeline.stages.decode import default_decoder
+from pipeline.stages.flow import CaseStage, Ingest, Message
+from pipeline.stages.sensors import SensorRegistry, load_types
 from rules.engine import Ruleset, load_ruleset
 from tests.analytics.conftest import chdb_session
 from tests.analytics.engines import ChdbDatabase

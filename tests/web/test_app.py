@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 from aiohttp.test_utils import TestClient
 
-from pipeline.decode import default_decoder
+from pipeline.stages.decode import default_decoder
 from pipeline.web.app import Centre
 from pipeline.web.live import LiveBoard
 from pipeline.web.outbox import MemoryOutbox

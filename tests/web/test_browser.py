@@ -43,8 +43,8 @@ def _free_port() -> int:
 @pytest.fixture
 def stack(isolated_settings: Settings, tmp_path: Path) -> Iterator[tuple[Settings, str]]:
     """Topics, schema, a worker and a web server of the test's own; yields (settings, base url)."""
-    from pipeline.migrate import migrate
-    from pipeline.topics import ensure_topics
+    from pipeline.runtime.topics import ensure_topics
+    from pipeline.sink.migrate import migrate
 
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} not found: install Debian's chromium (apt-get install chromium)")

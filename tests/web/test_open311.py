@@ -12,8 +12,8 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient
 
-from pipeline.decode import MAX_MESSAGE_BYTES, default_decoder
-from pipeline.taxonomy import default_taxonomy
+from pipeline.model.taxonomy import default_taxonomy
+from pipeline.stages.decode import MAX_MESSAGE_BYTES, default_decoder
 from pipeline.web.outbox import MemoryOutbox
 from pipeline.web.ratelimit import RateLimiter
 from tests.web.helpers import API_KEY, centre, run

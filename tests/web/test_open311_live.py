@@ -53,8 +53,8 @@ def call(url: str, data: bytes | None = None) -> tuple[int, bytes]:
 @pytest.fixture
 def stack(isolated_settings: Settings, tmp_path: Path) -> Iterator[tuple[Settings, str]]:
     """Topics, schema, a worker and a web server of the test's own; yields (settings, Open311 root URL)."""
-    from pipeline.migrate import migrate
-    from pipeline.topics import ensure_topics
+    from pipeline.runtime.topics import ensure_topics
+    from pipeline.sink.migrate import migrate
 
     s = isolated_settings
     ensure_topics(s)

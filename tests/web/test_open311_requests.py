@@ -106,7 +106,7 @@ def test_every_field_for_tickets_from_every_entry_path(db: ChdbDatabase) -> None
 def test_a_ticket_an_operator_placed_keeps_its_open311_fields(db: ChdbDatabase) -> None:
     """An address the gazetteer cannot place waits in the unlocated queue with its media link, address id and
     answers; placed by an operator (the same ticket id, re-sent with a point), it is stored with all of them."""
-    from pipeline.decode import default_decoder
+    from pipeline.stages.decode import default_decoder
     from pipeline.web.outbox import placed_ticket
 
     c = centre(archive=CaseArchive(db))
@@ -266,7 +266,7 @@ def test_search_refuses_what_the_spec_does_not_allow(query: str, reason: str, fm
 
 
 def test_a_date_is_a_shanghai_day_and_one_bound_makes_90_days() -> None:
-    from pipeline.taxonomy import default_taxonomy
+    from pipeline.model.taxonomy import default_taxonomy
     from pipeline.web.open311_search import parse_search
 
     now = datetime(2026, 6, 1, tzinfo=UTC)
@@ -297,8 +297,8 @@ def test_merging_memory_tickets_into_a_page_is_exact(stored: set[int], extra: se
 def test_the_search_on_clickhouse_18(isolated_settings: Settings) -> None:
     """The same searches on the real server (ClickHouse 18.16 here): window, status with a live override,
     services, pages, ids, history."""
-    from pipeline.migrate import migrate
-    from pipeline.sink import ClickHouse, ClickHouseSink
+    from pipeline.sink.migrate import migrate
+    from pipeline.sink.sink import ClickHouse, ClickHouseSink
 
     migrate(isolated_settings)
     sink = ClickHouseSink(isolated_settings)

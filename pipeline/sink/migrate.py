@@ -1,6 +1,6 @@
 """Versioned ClickHouse migrations: `cityops db migrate` and `cityops db status`.
 
-Migrations are the SQL files in pipeline/migrations/, named `NNNN_what.sql` and applied in version order.
+Migrations are the SQL files in pipeline/sink/migrations/, named `NNNN_what.sql` and applied in version order.
 Each file holds statements separated by a `;` at the end of a line. Applied versions are recorded in
 `<db>.schema_migrations` (version, name, checksum, applied_at); running `migrate` again applies only what is
 missing, so it is idempotent. Every statement is itself idempotent (`IF NOT EXISTS`), so a migration that
@@ -37,7 +37,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from pipeline.config import Settings
-from pipeline.sink import ClickHouse, QueryError, quiet_driver_logs
+from pipeline.sink.sink import ClickHouse, QueryError, quiet_driver_logs
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 

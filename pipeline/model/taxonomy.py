@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-TAXONOMY_CSV = Path(__file__).resolve().parent / "data" / "taxonomy.csv"
+TAXONOMY_CSV = Path(__file__).resolve().parents[1] / "data" / "taxonomy.csv"
 _KIND_PREFIX = {"部件": "P", "事件": "E"}
 
 

@@ -1,11 +1,12 @@
 """The processing chain as plain batch functions: decode -> validate -> locate -> correlate -> dispatch.
 
-Nothing here talks to Kafka or ClickHouse; the worker stages (pipeline.ingest_service, pipeline.cases_service)
+Nothing here talks to Kafka or ClickHouse; the worker stages (pipeline.runtime.ingest, pipeline.runtime.cases)
 call these on each batch and send or store what they return. Two stages:
 
 1. `Ingest` (per raw topic, partitioned by source id): decode and validate each message, keep sensor alarm
    state, locate in one batched grid lookup, and return the located reports keyed by their grid
-   (`pipeline.cases.book_key`: the sub-district), the dead letters, the unlocated tickets and the sensor aggregates.
+   (`pipeline.stages.cases.book_key`: the sub-district), the dead letters, the unlocated tickets and the sensor
+   aggregates.
 2. `CaseStage` (the internal located topic, partitioned by sub-district): merge reports into cases, dispatch,
    apply team updates, escalate what is overdue by the stage's clock (docs/cases.md §7); returns assignments,
    ClickHouse rows and refusals.
@@ -27,12 +28,12 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import orjson
 
-from pipeline.cases import CaseBook, CorrelationPolicy, Outcome, Router, book_key, case_book_key
-from pipeline.decode import CaseUpdate, Decoder, InvalidEvent, Reading, ReadingFields
-from pipeline.model import Event, Location, Source, record
-from pipeline.privacy import mask_text, redact_bytes, redact_raw
-from pipeline.records import ReadingColumns, SensorReadingRow
-from pipeline.sensors import (
+from pipeline.model.events import Event, Location, Source, record
+from pipeline.model.privacy import mask_text, redact_bytes, redact_raw
+from pipeline.model.records import ReadingColumns, SensorReadingRow
+from pipeline.stages.cases import CaseBook, CorrelationPolicy, Outcome, Router, book_key, case_book_key
+from pipeline.stages.decode import CaseUpdate, Decoder, InvalidEvent, Reading, ReadingFields
+from pipeline.stages.sensors import (
     ALARM,
     APPLIED,
     FAULT,
@@ -238,12 +239,12 @@ class Ingest:
                  columns: ReadingColumns | None = None) -> IngestResult:
         """Sensor readings of one partition: update each sensor's state (the caller persists `states`),
         aggregate per minute, and pass on an alarm when a threshold is crossed (or stays crossed for
-        `realarm`) and a device-fault report when a sensor is broken (pipeline.sensors.apply_reading).
+        `realarm`) and a device-fault report when a sensor is broken (pipeline.stages.sensors.apply_reading).
 
         A sensor missing from the registry whose message has a position and a known type alarms with its type's
         defaults there; one without is aggregated only. Each time the partition's clock (its newest reading
         time) crosses a silent-check boundary, the partition's registered sensors are checked for silence
-        (pipeline.sensors.SilentWatch) at that point of the input, so a replay raises the same faults.
+        (pipeline.stages.sensors.SilentWatch) at that point of the input, so a replay raises the same faults.
 
         The sensor-minute rows go to `out.readings`, or, given `columns`, straight into those column builders
         (the worker's fast path); `out.touched` names the sensors whose state changed either way."""

@@ -1,5 +1,6 @@
-"""The worker: the ingest stage (pipeline.ingest_service) and the cases stage (pipeline.cases_service), each a
-batch consumer (pipeline.batch_service) that feeds batches through pipeline.flow and sends or stores the results.
+"""The worker: the ingest stage (pipeline.runtime.ingest) and the cases stage (pipeline.runtime.cases), each a
+batch consumer (pipeline.runtime.consumer) that feeds batches through pipeline.stages.flow and sends or stores
+the results.
 
 Read top to bottom, this is the whole wiring:
 
@@ -14,7 +15,7 @@ Consumer groups: `<app id>-ingest` and `<app id>-cases` (Settings.consumer_group
 
 Delivery: a batch's outputs are stored in ClickHouse and acknowledged by the broker before the batch's state is
 written (sensor-state changelog, cases table) and its offsets can be committed. A crash replays from the last
-commit; stable ids make the replay change nothing (see pipeline.cases and pipeline.ingest_service).
+commit; stable ids make the replay change nothing (see pipeline.stages.cases and pipeline.runtime.ingest).
 """
 
 from __future__ import annotations
@@ -29,12 +30,12 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from pipeline.cases import CorrelationPolicy
 from pipeline.config import Settings
-from pipeline.decode import default_decoder
-from pipeline.flow import CaseStage, DeadLetterLimit, Ingest
-from pipeline.privacy import pii_key
-from pipeline.sensors import RegistryHolder
+from pipeline.model.privacy import pii_key
+from pipeline.stages.cases import CorrelationPolicy
+from pipeline.stages.decode import default_decoder
+from pipeline.stages.flow import CaseStage, DeadLetterLimit, Ingest
+from pipeline.stages.sensors import RegistryHolder
 
 log = logging.getLogger("cityops.worker")
 
@@ -79,7 +80,7 @@ class Components:
     settings: Settings
     ingest: Ingest
     cases: CaseStage
-    sink: Any                         # pipeline.sink.ClickHouseSink
+    sink: Any                         # pipeline.sink.sink.ClickHouseSink
     grid_holder: Any                  # grid.index.GridHolder
     rules_holder: Any                 # rules.engine.RulesHolder
     registry_holder: RegistryHolder
@@ -92,7 +93,7 @@ def load_components(settings: Settings) -> Components:
     pii_key()   # a missing or weak key in production stops the worker before it reads a single ticket
     from grid.gazetteer import Gazetteer
     from grid.index import GridHolder
-    from pipeline.sink import ClickHouseSink
+    from pipeline.sink.sink import ClickHouseSink
     from rules.engine import DEFAULT_RULES, RulesHolder
 
     grid_holder = GridHolder(Path(os.environ["CITYOPS_GRID"])) if os.environ.get("CITYOPS_GRID") else GridHolder()
@@ -112,8 +113,8 @@ STAGES = ("ingest", "cases")
 
 def stage_services(c: Components, stage: str = "all") -> list[Any]:
     """The services of `stage` ("all", "ingest" or "cases"), each with its own consumer group."""
-    from pipeline.cases_service import CasesService
-    from pipeline.ingest_service import IngestService
+    from pipeline.runtime.cases import CasesService
+    from pipeline.runtime.ingest import IngestService
 
     out: list[Any] = []
     if stage in ("all", "ingest"):

@@ -26,12 +26,12 @@ from typing import Any, Literal, cast
 import yaml
 from yaml.constructor import SafeConstructor
 
-from pipeline.decode import Reading
-from pipeline.model import SENSOR_SCOPES, DeviceFault, Event, SensorScope
-from pipeline.taxonomy import Taxonomy, default_taxonomy
+from pipeline.model.events import SENSOR_SCOPES, DeviceFault, Event, SensorScope
+from pipeline.model.taxonomy import Taxonomy, default_taxonomy
+from pipeline.stages.decode import Reading
 from rules.durations import format_duration, parse_duration
 
-DATA = Path(__file__).resolve().parent / "data"
+DATA = Path(__file__).resolve().parents[1] / "data"
 DEFAULT_TYPES = DATA / "sensor_types.yaml"
 log = logging.getLogger("cityops.sensors")
 Direction = Literal["above", "below"]

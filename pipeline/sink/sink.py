@@ -11,10 +11,10 @@ Three pieces:
   the block with no per-value text parsing; the driver's per-value Python loops (nullable, DateTime columns)
   are gone. Its port: CITYOPS_CLICKHOUSE_HTTP_PORT, else the server's default beside the native port
   (19000 -> 18123 local stack, 9000 -> 8123, 9440 -> 8443); `0` turns the HTTP path off.
-- `ClickHouseSink(settings)`: stores a `SinkBatch` (pipeline.records) with columnar inserts. A batch holds rows
+- `ClickHouseSink(settings)`: stores a `SinkBatch` (pipeline.model.records) with columnar inserts. A batch holds rows
   (EventRow, ...) and/or column builders (`EventColumns`, `ReadingColumns`: one list per column, filled row by
   row by a stage, times as epoch seconds); builders skip the row→column conversion, which costs about as
-  much as encoding and sending (`python -m pipeline.sink_bench` compares both forms). `write` returns
+  much as encoding and sending (`python -m pipeline.bench.sink` compares both forms). `write` returns
   only when every row is stored; while the server is down or slow it retries with capped exponential
   backoff, which blocks the calling worker (that blocking *is* the backpressure: the worker reads no more
   input and commits no offsets until the batch is stored). `stop()` makes a waiting `write` raise
@@ -28,7 +28,7 @@ warning once and stays on the native protocol: slower, never stuck.
 row count or age); see `SinkBuffer.flush` for the order "store, then commit".
 
 Replays are harmless: every table de-duplicates by its stable key (ReplacingMergeTree, see
-pipeline/migrations/0001_core_tables.sql), and a batch is de-duplicated by key before it is sent (rows and
+pipeline/sink/migrations/0001_core_tables.sql), and a batch is de-duplicated by key before it is sent (rows and
 builders of a table together: the last copy of a key wins, builders' rows counting after the rows), so a
 batch retried after a half-finished attempt, or replayed from Kafka, adds no logical row.
 """
@@ -59,7 +59,7 @@ from clickhouse_driver import Client
 from clickhouse_driver import errors as ch_errors
 
 from pipeline.config import Settings
-from pipeline.records import (
+from pipeline.model.records import (
     CaseRow,
     Columns,
     EventRow,

@@ -1,7 +1,7 @@
 """What a case is made of (docs/cases.md): the case, its dispatch rounds, the assignments it sends, the keys
 that place it, the merging policy, and how all of it is written to the changelog and read back.
 
-Plain data; `pipeline.cases.CaseBook` holds the behaviour.
+Plain data; `pipeline.stages.cases.CaseBook` holds the behaviour.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pipeline.model import Event, Location, record
-from pipeline.records import CaseRow, RoundRow
+from pipeline.model.events import Event, Location, record
+from pipeline.model.records import CaseRow, RoundRow
 
 OUTSIDE_KEY = "outside"
 OPEN_STATES = frozenset({"dispatched", "accepted"})     # the team still has to act (docs/cases.md §3)

@@ -35,7 +35,7 @@ SENSOR_REGISTRY_CSV = f"sensor_id,sensor_type,lon,lat\n{SENSOR_ID},{SENSOR_TYPE}
 CASE_ID = "C310109009001-0123456789ab"
 NASTY_TEXT = ("路口\u200b有人\u202e摆摊\u0000 🚧 ' OR 1=1 -- <script>alert(1)</script> %(x)s {0} \\u0000",)
 
-# field name -> limit of the decoder (pipeline.decode): a longer value must be refused
+# field name -> limit of the decoder (pipeline.stages.decode): a longer value must be refused
 _LIMITS: dict[Feed, dict[str, int]] = {
     "hotline": {"service_request_id": 128, "service_code": 16, "description": 4000, "address_string": 500,
                 "requested_datetime": 64},

@@ -1,14 +1,14 @@
 """The ingest stage: raw topics in (group `<app id>-ingest`), located reports, dead letters, unlocated tickets and
-sensor-minute rows out (see pipeline.batch_service for batches, checkpoints and recovery).
+sensor-minute rows out (see pipeline.runtime.consumer for batches, checkpoints and recovery).
 
-Partitions ahead in event time wait while the others catch up on a backlog (pipeline.align;
+Partitions ahead in event time wait while the others catch up on a backlog (pipeline.runtime.align;
 `CITYOPS_ALIGN_SKEW` seconds, default 60, `off` to read them as they come).
 
 State: each sensor's alarm and fault state and current-minute aggregate, per raw.iot partition, in the compacted
 changelog `<app id>-ingest-sensor-state`. A replayed reading is not newer than its sensor's state and is skipped
-(pipeline.sensors.apply_reading), so a replay after a checkpoint wrote the state changes nothing.
+(pipeline.stages.sensors.apply_reading), so a replay after a checkpoint wrote the state changes nothing.
 
-Silent sensors are found by each raw.iot partition's clock as its readings come (pipeline.flow.Ingest.readings);
+Silent sensors are found by each raw.iot partition's clock as its readings come (pipeline.stages.flow.Ingest.readings);
 with the wall clock (`CITYOPS_SLA_CLOCK=wall`) also every `CITYOPS_SLA_CHECK_INTERVAL` seconds while no reading
 comes (`_check_silent_sensors`).
 """
@@ -23,11 +23,11 @@ import orjson
 from aiokafka import TopicPartition
 from mode import Service
 
-from pipeline.align import TIME_FIELDS, Aligner, time_reader
-from pipeline.batch_service import EXIT_DEADLETTER_LIMIT, BatchService, ChangelogTable, json_bytes
-from pipeline.flow import DeadLetterLimitExceeded, IngestResult, Message
-from pipeline.model import Source
-from pipeline.sensors import SensorState
+from pipeline.model.events import Source
+from pipeline.runtime.align import TIME_FIELDS, Aligner, time_reader
+from pipeline.runtime.consumer import EXIT_DEADLETTER_LIMIT, BatchService, ChangelogTable, json_bytes
+from pipeline.stages.flow import DeadLetterLimitExceeded, IngestResult, Message
+from pipeline.stages.sensors import SensorState
 
 
 def _encode_state(state: SensorState) -> bytes:
@@ -56,14 +56,14 @@ class IngestService(BatchService):
                                    window=components.ingest.decoder.reading_bounds)
 
     async def process(self, records: dict[TopicPartition, list[Any]]) -> None:
-        from pipeline.worker import refresh
+        from pipeline.runtime.worker import refresh
 
         refresh(self.c)
         t = self.settings.topics
         ingest = self.c.ingest
         located: list[tuple[float, int, str, bytes]] = []
         for tp, batch in records.items():
-            # records are pipeline.flow.Message (batch_service.LEAN) or aiokafka ConsumerRecords, with those fields
+            # records are pipeline.stages.flow.Message (consumer.LEAN) or aiokafka ConsumerRecords, with those fields
             if any(r.value is None for r in batch):     # a tombstone on a raw topic: an empty, invalid message
                 batch = [Message(r.topic, r.partition, r.offset, r.value or b"", r.key) for r in batch]
             if tp.topic == t.raw_iot:

@@ -1,4 +1,4 @@
-"""`python -m grid.bench` (`make bench-grid`): batch lookup speed against a per-point STRtree loop.
+"""`python -m pipeline.bench.grid` (`make bench-grid`): batch lookup speed against a per-point STRtree loop.
 
 Points are uniform over the two shipped districts (drawn in each district's bounding box in proportion to
 its area and kept when inside the district, so the mix of whole and clipped cells is the real one). Batches

@@ -1,6 +1,6 @@
 """Sink throughput: rows/s stored into the local ClickHouse from one process, per transport and batch form.
 
-    python -m pipeline.sink_bench [--rows N] [--batch N] [--repeats N]
+    python -m pipeline.bench.sink [--rows N] [--batch N] [--repeats N]
 
 Timed: `ClickHouseSink.write` (de-duplication, conversion, encoding and insert) with batches of `batch_rows`
 rows, in the same process against the same server, for each combination of
@@ -31,9 +31,9 @@ from operator import attrgetter
 from typing import Any, Literal
 
 from pipeline.config import Settings
-from pipeline.migrate import migrate
-from pipeline.records import EventColumns, EventRow, SensorReadingRow, SinkBatch
-from pipeline.sink import _EVENTS, ClickHouse, ClickHouseSink, Transport, _epoch
+from pipeline.model.records import EventColumns, EventRow, SensorReadingRow, SinkBatch
+from pipeline.sink.migrate import migrate
+from pipeline.sink.sink import _EVENTS, ClickHouse, ClickHouseSink, Transport, _epoch
 
 TARGET_ROWS_PER_S = 200_000
 Form = Literal["rows", "columns"]
@@ -207,7 +207,7 @@ def run_sink_bench(settings: Settings, n_rows: int = 500_000, batch_rows: int = 
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(prog="python -m pipeline.sink_bench", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m pipeline.bench.sink", description=__doc__)
     p.add_argument("--rows", type=int, default=500_000)
     p.add_argument("--batch", type=int, default=50_000)
     p.add_argument("--repeats", type=int, default=3)

@@ -1,5 +1,5 @@
 """`make bench` (`python -m pipeline.bench`): end-to-end throughput and latency of the worker, against the naive
-baseline (pipeline.naive) in the same run (issue #9).
+baseline (pipeline.bench.naive) in the same run (issue #9).
 
     python -m pipeline.bench [--events 600000] [--rate 2000] [--latency-seconds 30] [--no-naive] [--workers 2]
 
@@ -11,7 +11,7 @@ its own ClickHouse database, dropped at the end; the run's topics are deleted wh
    sensor readings, then hotline tickets, feedback and patrol reports, 1 % malformed;
 2. stages, in process on the same input: decode, sensor state, locate, correlate + dispatch, dispatch alone and
    the ClickHouse sink, each next to its naive counterpart (CPU-time rates, median over batches);
-   (sink: `pipeline.sink_bench` at 200,000 rows in batches of 50,000, rows and column builders, both
+   (sink: `pipeline.bench.sink` at 200,000 rows in batches of 50,000, rows and column builders, both
    transports; its events rows/s over HTTP from column builders is the issue #6 target;)
 3. throughput: the input produced to the raw topics first, then one worker started; events/s from its first
    output to the last row stored in ClickHouse and the last message produced (assignments, case state), and
@@ -68,7 +68,7 @@ DAY_EVENTS = 200_000                    # the bench district's day: about 2,000 
 STAGE_BATCH = 2000                      # the worker's default batch (CITYOPS_BATCH)
 SOURCE_OF = {"raw_hotline": "hotline", "raw_patrol": "patrol"}
 PHASES = frozenset({"stages", "sink", "throughput", "naive", "scaling", "latency", "notify", "month"})
-SINK_ROWS, SINK_BATCH = 200_000, 50_000       # the sink phase: pipeline.sink_bench at this size
+SINK_ROWS, SINK_BATCH = 200_000, 50_000       # the sink phase: pipeline.bench.sink at this size
 LIBRARIES = ("faust-streaming", "aiokafka", "kafka-python", "crc32c", "clickhouse-driver", "shapely", "numpy",
              "orjson", "PyYAML")
 
@@ -145,8 +145,8 @@ def isolated(base: Settings, tag: str) -> Settings:
 def prepared(settings: Settings) -> Iterator[Settings]:
     """Topics and schema created for the phase; its ClickHouse database dropped afterwards (its topics are
     deleted with the whole run's, by `run_bench`: the naive phase reads the first phase's raw topics)."""
-    from pipeline.migrate import migrate
-    from pipeline.topics import ensure_topics
+    from pipeline.runtime.topics import ensure_topics
+    from pipeline.sink.migrate import migrate
 
     retrying(lambda: ensure_topics(settings))
     retrying(lambda: migrate(settings))
@@ -157,7 +157,7 @@ def prepared(settings: Settings) -> Iterator[Settings]:
 
 
 def drop_database(settings: Settings) -> None:
-    from pipeline.sink import ClickHouse
+    from pipeline.sink.sink import ClickHouse
 
     for attempt in range(10):
         try:
@@ -274,7 +274,7 @@ class Watcher:
                  every_s: float = 0.1, quiet_s: float = 3.0) -> None:
         from kafka import KafkaAdminClient, KafkaConsumer
 
-        from pipeline.sink import ClickHouse
+        from pipeline.sink.sink import ClickHouse
 
         opts = settings.kafka_client_options()
         self.consumer = KafkaConsumer(group_id=None, client_id="cityops-bench", **opts)
@@ -386,7 +386,7 @@ def distinct_counts(settings: Settings) -> dict[str, int]:
 
 
 def _distinct_counts(settings: Settings) -> dict[str, int]:
-    from pipeline.sink import ClickHouse
+    from pipeline.sink.sink import ClickHouse
 
     db = ClickHouse(settings)
     try:
@@ -456,11 +456,11 @@ class StageRun:
 def run_chain(inp: BenchInput, world: Any) -> tuple[StageRun, dict[str, float]]:
     """The worker's chain (Ingest, then CaseStage) over the input in worker-sized batches of one topic at a
     time, timed per stage (CPU); returns what it produced and the median rates."""
-    from pipeline.cases import CaseBook, CorrelationPolicy
-    from pipeline.decode import default_decoder
-    from pipeline.flow import CaseStage, Ingest, Message
-    from pipeline.records import ReadingColumns, SinkBatch
-    from pipeline.sensors import SensorState, load_registry, load_types
+    from pipeline.model.records import ReadingColumns, SinkBatch
+    from pipeline.stages.cases import CaseBook, CorrelationPolicy
+    from pipeline.stages.decode import default_decoder
+    from pipeline.stages.flow import CaseStage, Ingest, Message
+    from pipeline.stages.sensors import SensorState, load_registry, load_types
 
     ingest = Ingest(decoder=default_decoder(), grid=world.index, gazetteer=world.gazetteer,
                     sensors=load_registry(inp.registry, load_types()))
@@ -509,11 +509,11 @@ def run_chain(inp: BenchInput, world: Any) -> tuple[StageRun, dict[str, float]]:
 
 def time_stages(inp: BenchInput, world: Any, base: Settings, tag: str) -> tuple[list[StageRate], StageRun]:
     """Every stage of the worker's chain on the input, each next to the naive baseline's way of doing it."""
-    from pipeline.decode import InvalidEvent, default_decoder
-    from pipeline.flow import decode_located
-    from pipeline.naive import NaiveDecoder, NaiveLocator
-    from pipeline.sensors import SensorState, load_registry, load_types, observe
-    from pipeline.taxonomy import default_taxonomy
+    from pipeline.bench.naive import NaiveDecoder, NaiveLocator
+    from pipeline.model.taxonomy import default_taxonomy
+    from pipeline.stages.decode import InvalidEvent, default_decoder
+    from pipeline.stages.flow import decode_located
+    from pipeline.stages.sensors import SensorState, load_registry, load_types, observe
     from rules.engine import DEFAULT_RULES
     from rules.naive import NaiveRuleset
     from rules.recurrence import RecurrenceHistory
@@ -573,8 +573,8 @@ def time_stages(inp: BenchInput, world: Any, base: Settings, tag: str) -> tuple[
 
 def _naive_cases(located: Sequence[tuple[str, bytes]]) -> float:
     """Items/CPU-s of the same CaseBooks routed by the naive rules, one item at a time (batches of 1)."""
-    from pipeline.cases import CaseBook, CorrelationPolicy
-    from pipeline.flow import CaseStage
+    from pipeline.stages.cases import CaseBook, CorrelationPolicy
+    from pipeline.stages.flow import CaseStage
     from rules.engine import DEFAULT_RULES
     from rules.naive import NaiveRuleset
 
@@ -588,9 +588,9 @@ def sink_rate(base: Settings, tag: str, batches: Sequence[Any]) -> StageRate:
     """Rows/s (wall, median over writes) of `ClickHouseSink.write` on the run's own rows merged into writes of
     up to 10,000 rows (what the worker's agents hand it), and of row-dict INSERTs of 100 rows of the same
     tables (the naive way) on the first 3,000 of those rows, into a scratch database."""
-    from pipeline.naive import _COLUMNS, _row
-    from pipeline.records import SinkBatch
-    from pipeline.sink import ClickHouse, ClickHouseSink
+    from pipeline.bench.naive import _COLUMNS, _row
+    from pipeline.model.records import SinkBatch
+    from pipeline.sink.sink import ClickHouse, ClickHouseSink
 
     merged: list[SinkBatch] = []
     for b in batches:
@@ -684,10 +684,10 @@ def run_naive(base: Settings, raw: Topics, inp: BenchInput, world: Any, tag: str
     `routes`, when given, receives case id -> (team, rule id) of each first dispatch."""
     from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-    from pipeline.naive import NaiveDecoder, NaiveLocator, NaivePipeline, run_from_kafka
-    from pipeline.sensors import load_registry, load_types
-    from pipeline.sink import ClickHouse
-    from pipeline.taxonomy import default_taxonomy
+    from pipeline.bench.naive import NaiveDecoder, NaiveLocator, NaivePipeline, run_from_kafka
+    from pipeline.model.taxonomy import default_taxonomy
+    from pipeline.sink.sink import ClickHouse
+    from pipeline.stages.sensors import load_registry, load_types
     from rules.engine import DEFAULT_RULES
     from rules.naive import NaiveRuleset
 
@@ -883,7 +883,7 @@ def machine_facts(settings: Settings) -> dict[str, Any]:
     jars = sorted((settings.var_dir / "kafka" / "libs").glob("kafka_2.*-*.jar"))
     facts["kafka"] = next((j.stem.split("-", 1)[1] for j in jars if j.stem.count("-") == 1), "unknown")
     try:
-        from pipeline.sink import ClickHouse
+        from pipeline.sink.sink import ClickHouse
 
         db = ClickHouse(settings, database="default")
         facts["clickhouse"] = str(db.execute("SELECT version()")[0][0])
@@ -927,7 +927,7 @@ def render(result: dict[str, Any]) -> str:
         lines.append(f"{run['label']:<46}{_num(run['events_per_s']):>10}{run['seconds']:>9.1f}"
                      f"{(_num(ratio, '.1f') + 'x') if ratio else '-':>10}{mem:>14}  {done}")
     if naive:
-        lines.append(f"{'naive baseline (pipeline.naive)':<46}{_num(naive['events_per_s']):>10}"
+        lines.append(f"{'naive baseline (pipeline.bench.naive)':<46}{_num(naive['events_per_s']):>10}"
                      f"{naive['seconds']:>9.1f}{'1.0x':>10}{'(in bench)':>14}  "
                      f"{'yes' if naive['finished'] else 'NO (' + format(naive['messages'], ',') + ' done)'}")
     lat = result.get("latency")
@@ -965,7 +965,7 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
                         "measured": f"{ratio:.1f}x", "met": ratio >= TARGET_RATIO})
     sink = result.get("sink")
     if sink:
-        from pipeline.sink_bench import TARGET_ROWS_PER_S
+        from pipeline.bench.sink import TARGET_ROWS_PER_S
 
         rate = sink["events_columns_http"]
         out.append({"what": f"the sink stores >= {TARGET_ROWS_PER_S:,} rows/s from one process (events rows, "
@@ -1018,7 +1018,7 @@ def run_bench(cfg: BenchConfig, base: Settings | None = None, log: Callable[[str
 
 
 def delete_run_topics(base: Settings, tag: str, log: Callable[[str], None]) -> None:
-    from pipeline.topics import delete_topics
+    from pipeline.runtime.topics import delete_topics
 
     try:
         deleted = retrying(lambda: delete_topics(base, tag))
@@ -1049,9 +1049,9 @@ def _run_phases(cfg: BenchConfig, base: Settings, stamp: str, tag: str,
     result["stages"] = [{**asdict(s), "ratio": s.ratio} for s in stages]
     result["targets"] = []
     if "sink" in cfg.phases:
-        from pipeline.sink_bench import run_sink_bench
+        from pipeline.bench.sink import run_sink_bench
 
-        log(f"  the sink alone (pipeline.sink_bench, {SINK_ROWS:,} rows in batches of {SINK_BATCH:,})...")
+        log(f"  the sink alone (pipeline.bench.sink, {SINK_ROWS:,} rows in batches of {SINK_BATCH:,})...")
         result["sink"] = run_sink_bench(base, SINK_ROWS, SINK_BATCH, repeats=3)
     result["input"] = {"messages": len(inp.messages), "topics": inp.counts(), "expected": chain.expected,
                        "sim": {"days": inp.simulation.config.days, "sensors": inp.simulation.config.sensors,

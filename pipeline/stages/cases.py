@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from pipeline.case_model import (
+from pipeline.model.cases import (
     HANDLED_STATES,
     M_PER_DEG_LAT,
     OPEN_STATES,
@@ -46,9 +46,9 @@ from pipeline.case_model import (
     iso,
     partition_key,
 )
-from pipeline.decode import CaseUpdate
-from pipeline.model import DISCOVERED_BY, Event
-from pipeline.records import CaseRow, EventRow, RoundRow, TransitionRow
+from pipeline.model.events import DISCOVERED_BY, Event
+from pipeline.model.records import CaseRow, EventRow, RoundRow, TransitionRow
+from pipeline.stages.decode import CaseUpdate
 from rules.limits import DEFAULT_TIME_LIMITS, TimeLimits
 from rules.recurrence import RecurrenceHistory
 

@@ -12,7 +12,7 @@ from kafka.errors import TopicAlreadyExistsError, UnknownTopicOrPartitionError
 
 from pipeline.config import Settings
 
-# The stages create their own changelog topics (pipeline.batch_service). The case-state topic keeps the latest
+# The stages create their own changelog topics (pipeline.runtime.consumer). The case-state topic keeps the latest
 # state per case.
 _COMPACTED_SUFFIXES = ("case-state",)
 

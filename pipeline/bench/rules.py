@@ -1,6 +1,6 @@
 """Dispatch throughput: the compiled engine against the naive interpreter, on the shipped ruleset, same run.
 
-    python -m rules.bench [--events N] [--runs R]
+    python -m pipeline.bench.rules [--events N] [--runs R]
 
 Events are a realistic synthetic mix (hotline 45 %, patrol 35 %, IoT 20 %; every taxonomy category; 3 %
 unlocated; night and day; a month of earlier cases in a RecurrenceHistory). The compiled engine routes N events
@@ -21,8 +21,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from pipeline.model import SOURCES, Event, Location
-from pipeline.taxonomy import default_taxonomy
+from pipeline.model.events import SOURCES, Event, Location
+from pipeline.model.taxonomy import default_taxonomy
 from rules.engine import DEFAULT_RULES, Dispatch, Ruleset, load_ruleset
 from rules.naive import NaiveRuleset
 from rules.recurrence import RecurrenceHistory
@@ -261,7 +261,7 @@ def format_result(result: dict[str, float | int | str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m rules.bench", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m pipeline.bench.rules", description=__doc__.split("\n")[0])
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--rules", type=Path, default=DEFAULT_RULES)

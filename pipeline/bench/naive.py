@@ -29,12 +29,13 @@ import numpy as np
 import shapely
 
 from grid.index import DEFAULT_SNAP_TOLERANCE_M, GridIndex
-from pipeline.cases import CaseBook, CorrelationPolicy, Outcome, book_key, case_book_key
 from pipeline.config import Topics
-from pipeline.decode import ACTIONS, CHANNELS, REQUEST_TYPES, UPDATE_TEAMS, CaseUpdate, InvalidEvent, Reading
-from pipeline.model import Event, Location
-from pipeline.privacy import caller_hash, mask_text
-from pipeline.sensors import (
+from pipeline.model.events import Event, Location
+from pipeline.model.privacy import caller_hash, mask_text
+from pipeline.model.taxonomy import Taxonomy
+from pipeline.stages.cases import CaseBook, CorrelationPolicy, Outcome, book_key, case_book_key
+from pipeline.stages.decode import ACTIONS, CHANNELS, REQUEST_TYPES, UPDATE_TEAMS, CaseUpdate, InvalidEvent, Reading
+from pipeline.stages.sensors import (
     ALARM,
     FAULT,
     LATE,
@@ -49,13 +50,12 @@ from pipeline.sensors import (
     fall_silent,
     fault_event,
 )
-from pipeline.taxonomy import Taxonomy
 
 EARLIEST = datetime(2015, 1, 1, tzinfo=UTC)
 
 
 class RowWriter(Protocol):
-    """Where rows go: `pipeline.sink.ClickHouse.insert_dicts` satisfies it."""
+    """Where rows go: `pipeline.sink.sink.ClickHouse.insert_dicts` satisfies it."""
 
     def insert_dicts(self, table: str, columns: list[str], rows: list[dict[str, Any]]) -> int: ...
 

@@ -1,6 +1,6 @@
 """Rows the pipeline stores in ClickHouse (CONTRACTS.md "ClickHouse"), as plain typed records.
 
-The sink (pipeline.sink) is the only module that knows how they are written; stages only build these.
+The sink (pipeline.sink.sink) is the only module that knows how they are written; stages only build these.
 Every row carries a stable id so that a replay writes the same key again and the table keeps one row
 (ReplacingMergeTree with a `revision` column: the highest revision of a key wins).
 """
@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar
 
-from pipeline.model import record
+from pipeline.model.events import record
 
 
 @record

@@ -1,9 +1,9 @@
 """What both worker stages share: a consumer group read in large batches, outputs sent as soon as a batch is
 processed, and checkpoints that store rows, then state, then offsets.
 
-Each stage (pipeline.ingest_service, pipeline.cases_service) is a `BatchService`: a mode service (faust-streaming's
+Each stage (pipeline.runtime.ingest, pipeline.runtime.cases) is a `BatchService`: a mode service (faust-streaming's
 service layer) around an aiokafka consumer and producer (Faust's Kafka client). It reads with `getmany`, thousands
-of messages a call, and hands each batch to the stage's `process`, which runs the pipeline.flow functions and
+of messages a call, and hands each batch to the stage's `process`, which runs the pipeline.stages.flow functions and
 queues its outputs: messages are produced at once (their futures kept), ClickHouse rows wait in `pending`.
 Faust's agents were the first design; their per-message stream machinery and a broker round trip per small batch
 held one worker near 560 events/s (issue #9), so the stages consume batches themselves.
@@ -48,10 +48,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.partitioner import DefaultPartitioner, murmur2
 from mode import Service
 
-from pipeline.align import Aligner
 from pipeline.config import Settings
-from pipeline.flow import Message
-from pipeline.records import SinkBatch
+from pipeline.model.records import SinkBatch
+from pipeline.runtime.align import Aligner
+from pipeline.stages.flow import Message
 
 log = logging.getLogger("cityops.worker")
 
@@ -75,7 +75,7 @@ def json_bytes(obj: Any) -> bytes:
 
 class LeanRecords:
     """Given as a consumer's `key_deserializer` (it returns the key unchanged), this asks for the consumer's
-    records as `pipeline.flow.Message` (topic, partition, offset, value, key) instead of aiokafka's
+    records as `pipeline.stages.flow.Message` (topic, partition, offset, value, key) instead of aiokafka's
     `ConsumerRecord`: that one is a dataclass of 11 fields in a `__dict__`, and building it took about a quarter
     of the consumer's CPU time per record (`make bench` input read alone: 6.0 µs a record, 4.3 with these).
     Stages read only those five fields. Other consumers in the process get `ConsumerRecord` as before."""
@@ -238,7 +238,7 @@ class BatchService(Service):
         self.partition_counts: dict[str, int] = {}     # input topic of a table -> its partitions
         self._txn: AIOKafkaProducer | None = None          # transactional: changelog writes and offsets
         self._slot: InstanceSlot | None = None
-        self.aligner: Aligner | None = None    # a stage that reads several sources sets one (pipeline.align)
+        self.aligner: Aligner | None = None    # a stage that reads several sources sets one (pipeline.runtime.align)
         self._ends_unknown: set[TopicPartition] = set()     # assigned partitions whose end offset is not known
         self._ends_retry_at = 0.0
         self._stalled = False
@@ -331,7 +331,7 @@ class BatchService(Service):
                 self._on_fatal(EXIT_STAGE_FAILED, f"{self.group}: {type(err).__name__}: {err}")
 
     async def _next_records(self) -> tuple[dict[TopicPartition, list[Any]], bool]:
-        """The next records to process, and whether the fetch found any. With an aligner (pipeline.align), the
+        """The next records to process, and whether the fetch found any. With an aligner (pipeline.runtime.align), the
         records of partitions ahead in event time wait (held) while the others catch up."""
         assert self._consumer is not None
         a = self.aligner
@@ -537,7 +537,7 @@ class BatchService(Service):
         from kafka.admin import NewTopic
         from kafka.errors import TopicAlreadyExistsError
 
-        from pipeline.topics import ensure_topics, topic_partitions, wait_visible
+        from pipeline.runtime.topics import ensure_topics, topic_partitions, wait_visible
 
         ensure_topics(self.settings)
         admin = KafkaAdminClient(client_id=f"{self.group}-admin", **self.settings.kafka_client_options())

@@ -1,12 +1,12 @@
 """The cases stage: the internal located topic in (group `<app id>-cases`), assignments, case states and refusals
-out, cases, events and transitions stored in ClickHouse (see pipeline.batch_service for batches, checkpoints and
+out, cases, events and transitions stored in ClickHouse (see pipeline.runtime.consumer for batches, checkpoints and
 recovery).
 
 State: every open or recently closed case of the sub-districts this worker owns, one record per case id, and the
 updates parked for cases not seen yet (`<case id>#parked`), in the compacted changelog `<app id>-cases-state`. A
 case lives on the partition of its book (its sub-district: docs/cases.md §1.1), the located partition its
 reports come from. Replayed reports and updates
-are recognised by their stable ids (pipeline.cases), so a replay changes nothing.
+are recognised by their stable ids (pipeline.stages.cases), so a replay changes nothing.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from aiokafka import TopicPartition
 from aiokafka.partitioner import murmur2
 from mode import Service
 
-from pipeline.batch_service import BatchService, ChangelogTable, json_bytes
-from pipeline.cases import Case, CaseBook, CorrelationPolicy, Outcome, case_book_key
-from pipeline.decode import CaseUpdate
-from pipeline.flow import decode_located, encode_update
+from pipeline.runtime.consumer import BatchService, ChangelogTable, json_bytes
+from pipeline.stages.cases import Case, CaseBook, CorrelationPolicy, Outcome, case_book_key
+from pipeline.stages.decode import CaseUpdate
+from pipeline.stages.flow import decode_located, encode_update
 
 PARKED = "#parked"   # table key suffix: updates that arrived before their case, kept with the grid's cases
 
@@ -122,7 +122,7 @@ class CasesService(BatchService):
         self.located_partitions = self.partition_counts.get(self.settings.topics.located, self.settings.partitions)
 
     async def process(self, records: dict[TopicPartition, list[Any]]) -> None:
-        from pipeline.worker import refresh
+        from pipeline.runtime.worker import refresh
 
         refresh(self.c)
         items = [(r.key.decode(), r.value) for batch in records.values() for r in batch]
@@ -161,7 +161,7 @@ class CasesService(BatchService):
         """With the wall clock (docs/cases.md §7.2), escalate overdue cases of quiet books too, every
         `sla_check_interval` seconds. With the stream clock each book's own input escalates its cases
         (CaseStage): a timer would escalate by the progress of other books, which a replay does not repeat."""
-        from pipeline.worker import refresh
+        from pipeline.runtime.worker import refresh
 
         if self.c.cases.clock != "wall":
             return

@@ -1,7 +1,7 @@
 """Source adapters: raw Kafka bytes -> a validated `Event` (or `CaseUpdate`), or `InvalidEvent(reason)`.
 
 One adapter per input topic (CONTRACTS.md "Input topics"). Each checks types, required fields, taxonomy codes,
-timestamps, coordinate ranges and sizes, and normalizes into `pipeline.model.Event`. Nothing here retries or
+timestamps, coordinate ranges and sizes, and normalizes into `pipeline.model.events.Event`. Nothing here retries or
 logs: an invalid message raises `InvalidEvent`, which the worker turns into a dead letter.
 """
 
@@ -17,9 +17,9 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from pipeline.model import Event, Source, record
-from pipeline.privacy import caller_hash, mask_text
-from pipeline.taxonomy import Taxonomy, default_taxonomy
+from pipeline.model.events import Event, Source, record
+from pipeline.model.privacy import caller_hash, mask_text
+from pipeline.model.taxonomy import Taxonomy, default_taxonomy
 
 MAX_MESSAGE_BYTES = 64 * 1024
 MAX_DESCRIPTION = 4000

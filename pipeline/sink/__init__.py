@@ -1,0 +1,1 @@
+"""ClickHouse: transports (native, HTTP), the Native format encoder, table specs, the sink, migrations."""
