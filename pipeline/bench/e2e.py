@@ -456,11 +456,14 @@ class StageRun:
 def run_chain(inp: BenchInput, world: Any) -> tuple[StageRun, dict[str, float]]:
     """The worker's chain (Ingest, then CaseStage) over the input in worker-sized batches of one topic at a
     time, timed per stage (CPU); returns what it produced and the median rates."""
+    from pipeline.model.cases import CorrelationPolicy
     from pipeline.model.records import ReadingColumns, SinkBatch
-    from pipeline.stages.cases import CaseBook, CorrelationPolicy
+    from pipeline.stages.cases import CaseBook
+    from pipeline.stages.casestage import CaseStage
     from pipeline.stages.decode import default_decoder
-    from pipeline.stages.flow import CaseStage, Ingest, Message
+    from pipeline.stages.ingest import Ingest
     from pipeline.stages.sensors import SensorState, load_registry, load_types
+    from pipeline.wire import Message
 
     ingest = Ingest(decoder=default_decoder(), grid=world.index, gazetteer=world.gazetteer,
                     sensors=load_registry(inp.registry, load_types()))
@@ -512,8 +515,8 @@ def time_stages(inp: BenchInput, world: Any, base: Settings, tag: str) -> tuple[
     from pipeline.bench.naive import NaiveDecoder, NaiveLocator
     from pipeline.model.taxonomy import default_taxonomy
     from pipeline.stages.decode import InvalidEvent, default_decoder
-    from pipeline.stages.flow import decode_located
     from pipeline.stages.sensors import SensorState, load_registry, load_types, observe
+    from pipeline.wire import decode_located
     from rules.engine import DEFAULT_RULES
     from rules.naive import NaiveRuleset
     from rules.recurrence import RecurrenceHistory
@@ -573,8 +576,9 @@ def time_stages(inp: BenchInput, world: Any, base: Settings, tag: str) -> tuple[
 
 def _naive_cases(located: Sequence[tuple[str, bytes]]) -> float:
     """Items/CPU-s of the same CaseBooks routed by the naive rules, one item at a time (batches of 1)."""
-    from pipeline.stages.cases import CaseBook, CorrelationPolicy
-    from pipeline.stages.flow import CaseStage
+    from pipeline.model.cases import CorrelationPolicy
+    from pipeline.stages.cases import CaseBook
+    from pipeline.stages.casestage import CaseStage
     from rules.engine import DEFAULT_RULES
     from rules.naive import NaiveRuleset
 

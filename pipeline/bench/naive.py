@@ -30,11 +30,12 @@ import shapely
 
 from grid.index import DEFAULT_SNAP_TOLERANCE_M, GridIndex
 from pipeline.config import Topics
-from pipeline.model.events import Event, Location
+from pipeline.model.cases import CorrelationPolicy
+from pipeline.model.events import CaseUpdate, Event, Location
 from pipeline.model.privacy import caller_hash, mask_text
 from pipeline.model.taxonomy import Taxonomy
-from pipeline.stages.cases import CaseBook, CorrelationPolicy, Outcome, book_key, case_book_key
-from pipeline.stages.decode import ACTIONS, CHANNELS, REQUEST_TYPES, UPDATE_TEAMS, CaseUpdate, InvalidEvent, Reading
+from pipeline.stages.cases import CaseBook, Outcome
+from pipeline.stages.decode import ACTIONS, CHANNELS, REQUEST_TYPES, UPDATE_TEAMS, InvalidEvent, Reading
 from pipeline.stages.sensors import (
     ALARM,
     FAULT,
@@ -50,6 +51,7 @@ from pipeline.stages.sensors import (
     fall_silent,
     fault_event,
 )
+from pipeline.wire import book_key, case_book_key
 
 EARLIEST = datetime(2015, 1, 1, tzinfo=UTC)
 

@@ -31,25 +31,9 @@ def partition_key(location: Location | None) -> str:
     return location.cell[:12]
 
 
-def book_key(location: Location | None) -> str:
-    """The case book a located report belongs to: its sub-district, the first 9 digits of the cell code
-    (docs/cases.md §1.1); the key of the located topic."""
-    if location is None or not location.cell:
-        return OUTSIDE_KEY
-    return location.cell[:9]
-
-
 def case_id_for(grid: str, first_event_id: str) -> str:
     """The id of the case opened by `first_event_id` in management grid `grid` (stable across replays)."""
     return f"C{grid}-{hashlib.sha1(first_event_id.encode()).hexdigest()[:12]}"
-
-
-def case_book_key(case_id: str) -> str:
-    """The book of a case, from its id (`C<grid>-<hash>`): so a case update finds its case's partition."""
-    if not case_id.startswith("C") or "-" not in case_id:
-        raise ValueError(f"not a cityops case id: {case_id!r}")
-    grid = case_id[1:].split("-", 1)[0]
-    return grid[:9] if len(grid) >= 9 and grid.isdigit() else grid
 
 
 # -- policy -----------------------------------------------------------------------------------------------

@@ -94,3 +94,16 @@ class Event:
     @property
     def discovered_by(self) -> DiscoveredBy:
         return DISCOVERED_BY[self.source]
+
+
+@record
+class CaseUpdate:
+    """A team's report back on a case (`cityops.case-updates`)."""
+
+    update_id: str
+    case_id: str
+    action: str
+    team: str
+    actor: str
+    at: datetime
+    note: str = ""

@@ -20,10 +20,11 @@ from aiokafka import TopicPartition
 from aiokafka.partitioner import murmur2
 from mode import Service
 
+from pipeline.model.cases import Case, CorrelationPolicy
+from pipeline.model.events import CaseUpdate
 from pipeline.runtime.consumer import BatchService, ChangelogTable, json_bytes
-from pipeline.stages.cases import Case, CaseBook, CorrelationPolicy, Outcome, case_book_key
-from pipeline.stages.decode import CaseUpdate
-from pipeline.stages.flow import decode_located, encode_update
+from pipeline.stages.cases import CaseBook, Outcome
+from pipeline.wire import case_book_key, decode_located, encode_update
 
 PARKED = "#parked"   # table key suffix: updates that arrived before their case, kept with the grid's cases
 

@@ -3,7 +3,7 @@ processed, and checkpoints that store rows, then state, then offsets.
 
 Each stage (pipeline.runtime.ingest, pipeline.runtime.cases) is a `BatchService`: a mode service (faust-streaming's
 service layer) around an aiokafka consumer and producer (Faust's Kafka client). It reads with `getmany`, thousands
-of messages a call, and hands each batch to the stage's `process`, which runs the pipeline.stages.flow functions and
+of messages a call, and hands each batch to the stage's `process`, which runs the pipeline.stages.ingest functions and
 queues its outputs: messages are produced at once (their futures kept), ClickHouse rows wait in `pending`.
 Faust's agents were the first design; their per-message stream machinery and a broker round trip per small batch
 held one worker near 560 events/s (issue #9), so the stages consume batches themselves.
@@ -51,7 +51,7 @@ from mode import Service
 from pipeline.config import Settings
 from pipeline.model.records import SinkBatch
 from pipeline.runtime.align import Aligner
-from pipeline.stages.flow import Message
+from pipeline.wire import Message
 
 log = logging.getLogger("cityops.worker")
 
@@ -75,7 +75,7 @@ def json_bytes(obj: Any) -> bytes:
 
 class LeanRecords:
     """Given as a consumer's `key_deserializer` (it returns the key unchanged), this asks for the consumer's
-    records as `pipeline.stages.flow.Message` (topic, partition, offset, value, key) instead of aiokafka's
+    records as `pipeline.stages.ingest.Message` (topic, partition, offset, value, key) instead of aiokafka's
     `ConsumerRecord`: that one is a dataclass of 11 fields in a `__dict__`, and building it took about a quarter
     of the consumer's CPU time per record (`make bench` input read alone: 6.0 µs a record, 4.3 with these).
     Stages read only those five fields. Other consumers in the process get `ConsumerRecord` as before."""

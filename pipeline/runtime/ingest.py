@@ -8,8 +8,8 @@ State: each sensor's alarm and fault state and current-minute aggregate, per raw
 changelog `<app id>-ingest-sensor-state`. A replayed reading is not newer than its sensor's state and is skipped
 (pipeline.stages.sensors.apply_reading), so a replay after a checkpoint wrote the state changes nothing.
 
-Silent sensors are found by each raw.iot partition's clock as its readings come (pipeline.stages.flow.Ingest.readings);
-with the wall clock (`CITYOPS_SLA_CLOCK=wall`) also every `CITYOPS_SLA_CHECK_INTERVAL` seconds while no reading
+Silent sensors are found by each raw.iot partition's clock as its readings come
+(pipeline.stages.ingest.Ingest.readings); with the wall clock (`CITYOPS_SLA_CLOCK=wall`) also every `CITYOPS_SLA_CHECK_INTERVAL` seconds while no reading
 comes (`_check_silent_sensors`).
 """
 
@@ -26,8 +26,9 @@ from mode import Service
 from pipeline.model.events import Source
 from pipeline.runtime.align import TIME_FIELDS, Aligner, time_reader
 from pipeline.runtime.consumer import EXIT_DEADLETTER_LIMIT, BatchService, ChangelogTable, json_bytes
-from pipeline.stages.flow import DeadLetterLimitExceeded, IngestResult, Message
+from pipeline.stages.ingest import DeadLetterLimitExceeded, IngestResult
 from pipeline.stages.sensors import SensorState
+from pipeline.wire import Message
 
 
 def _encode_state(state: SensorState) -> bytes:
@@ -63,7 +64,7 @@ class IngestService(BatchService):
         ingest = self.c.ingest
         located: list[tuple[float, int, str, bytes]] = []
         for tp, batch in records.items():
-            # records are pipeline.stages.flow.Message (consumer.LEAN) or aiokafka ConsumerRecords, with those fields
+            # records are pipeline.stages.ingest.Message (consumer.LEAN) or aiokafka ConsumerRecords, with those fields
             if any(r.value is None for r in batch):     # a tombstone on a raw topic: an empty, invalid message
                 batch = [Message(r.topic, r.partition, r.offset, r.value or b"", r.key) for r in batch]
             if tp.topic == t.raw_iot:

@@ -1,5 +1,5 @@
 """The worker: the ingest stage (pipeline.runtime.ingest) and the cases stage (pipeline.runtime.cases), each a
-batch consumer (pipeline.runtime.consumer) that feeds batches through pipeline.stages.flow and sends or stores
+batch consumer (pipeline.runtime.consumer) that feeds batches through pipeline.stages.ingest and sends or stores
 the results.
 
 Read top to bottom, this is the whole wiring:
@@ -31,10 +31,11 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import Settings
+from pipeline.model.cases import CorrelationPolicy
 from pipeline.model.privacy import pii_key
-from pipeline.stages.cases import CorrelationPolicy
+from pipeline.stages.casestage import CaseStage
 from pipeline.stages.decode import default_decoder
-from pipeline.stages.flow import CaseStage, DeadLetterLimit, Ingest
+from pipeline.stages.ingest import DeadLetterLimit, Ingest
 from pipeline.stages.sensors import RegistryHolder
 
 log = logging.getLogger("cityops.worker")

@@ -28,17 +28,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from pipeline.model.cases import (
-    HANDLED_STATES,
     M_PER_DEG_LAT,
     OPEN_STATES,
-    OUTSIDE_KEY,
     Assignment,
     Case,
     CorrelationPolicy,
     Round,
     assignment_id,
-    book_key,
-    case_book_key,
     case_id_for,
     distance_m,
     event_from_dict,
@@ -46,16 +42,10 @@ from pipeline.model.cases import (
     iso,
     partition_key,
 )
-from pipeline.model.events import DISCOVERED_BY, Event
+from pipeline.model.events import DISCOVERED_BY, CaseUpdate, Event
 from pipeline.model.records import CaseRow, EventRow, RoundRow, TransitionRow
-from pipeline.stages.decode import CaseUpdate
 from rules.limits import DEFAULT_TIME_LIMITS, TimeLimits
 from rules.recurrence import RecurrenceHistory
-
-__all__ = [
-    "HANDLED_STATES", "OPEN_STATES", "OUTSIDE_KEY", "Assignment", "Case", "CaseBook", "CorrelationPolicy", "Outcome",
-    "Round", "Router", "book_key", "case_book_key", "case_id_for", "distance_m", "partition_key",
-]
 
 COMMAND = "command"        # the district command centre (指挥中心): where what nobody else may take escalates
 

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from pipeline.model.events import Event, Source, record
+from pipeline.model.events import CaseUpdate, Event, Source
 from pipeline.model.privacy import caller_hash, mask_text
 from pipeline.model.taxonomy import Taxonomy, default_taxonomy
 
@@ -75,19 +75,6 @@ class Reading(NamedTuple):
         return Event(event_id=event_id or f"iot:{self.sensor_id}@{self.at.timestamp():.3f}", source="iot",
                      category=category, occurred_at=self.at, lon=self.lon, lat=self.lat, sensor_id=self.sensor_id,
                      sensor_type=self.sensor_type, value=self.value)
-
-
-@record
-class CaseUpdate:
-    """A team's report back on a case (`cityops.case-updates`)."""
-
-    update_id: str
-    case_id: str
-    action: str
-    team: str
-    actor: str
-    at: datetime
-    note: str = ""
 
 
 @dataclass(frozen=True)

@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from pipeline.model.cases import OPEN_STATES
 from pipeline.model.events import TEAMS
 from pipeline.model.privacy import mask_text
-from pipeline.stages.cases import OPEN_STATES
 
 Json = dict[str, Any]
 HANDLED = frozenset({"resolved", "verified", "closed"})

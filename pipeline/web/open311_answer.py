@@ -88,7 +88,7 @@ def from_stored(t: StoredTicket) -> Ticket:
 
 
 def from_unlocated(ticket_id: str, msg: Json) -> Ticket:
-    """A ticket of the unlocated queue (a located-message dict: pipeline.stages.flow.encode_located)."""
+    """A ticket of the unlocated queue (a located-message dict: pipeline.stages.ingest.encode_located)."""
     return Ticket(ticket_id=ticket_id, requested=float(msg.get("occurred_at") or 0.0),
                   service_code=str(msg.get("category") or ""), stage="unlocated",
                   description=str(msg.get("description") or ""), address=str(msg.get("address") or ""),

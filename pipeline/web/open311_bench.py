@@ -2,7 +2,7 @@
 
 1. The simulator makes `--days` (30) days of Hongkou: every 12345 ticket (about 1,800 a day), patrol report and
    team update, and one reading a day per sensor (readings are no requests).
-2. The worker's chain (`pipeline.stages.flow`: decoder, ingest with gazetteer and grid, case books, the shipped rules)
+2. The worker's chain (`pipeline.stages.ingest`: decoder, ingest with gazetteer and grid, case books, the shipped rules)
    processes them in process, in worker-sized batches, and the sink stores the rows in a scratch ClickHouse
    database of the local stack (`cityops_o311bench<stamp>`, dropped at the end unless `--keep`). The live view
    gets every case's final state, as the web's feed would have delivered it.
@@ -53,14 +53,17 @@ def build_month(days: float, sensors: int, seed: int, settings: Settings) -> tup
     the counts stored."""
     import orjson
 
+    from pipeline.model.cases import CorrelationPolicy
     from pipeline.model.records import SinkBatch
     from pipeline.simulate import SimConfig, simulate
     from pipeline.simulate.world import World
     from pipeline.sink.sink import ClickHouseSink
-    from pipeline.stages.cases import CaseBook, CorrelationPolicy
+    from pipeline.stages.cases import CaseBook
+    from pipeline.stages.casestage import CaseStage
     from pipeline.stages.decode import default_decoder
-    from pipeline.stages.flow import CaseStage, Ingest, Message
+    from pipeline.stages.ingest import Ingest
     from pipeline.stages.sensors import SensorState, load_registry, load_types
+    from pipeline.wire import Message
 
     world = World()
     sim = simulate(SimConfig(days=days, sensors=sensors, reading_interval_min=1440.0, seed=seed), world)

@@ -13,13 +13,16 @@ import pytest
 
 from pipeline.bench.naive import NaiveDecoder, NaiveLocator, NaivePipeline
 from pipeline.config import Topics
+from pipeline.model.cases import CorrelationPolicy
 from pipeline.model.taxonomy import default_taxonomy
 from pipeline.simulate import Simulation
 from pipeline.simulate.world import World
-from pipeline.stages.cases import CaseBook, CorrelationPolicy
+from pipeline.stages.cases import CaseBook
+from pipeline.stages.casestage import CaseStage
 from pipeline.stages.decode import default_decoder
-from pipeline.stages.flow import CaseStage, Ingest, Message
+from pipeline.stages.ingest import Ingest
 from pipeline.stages.sensors import SensorState, load_registry, load_types
+from pipeline.wire import Message
 from rules.engine import DEFAULT_RULES
 from rules.naive import NaiveRuleset
 

@@ -439,8 +439,9 @@ def accounting_problems(p: ChaosPipeline, expected: Expected, out: Outputs) -> l
 
 def reference_states(p: ChaosPipeline) -> dict[str, dict[str, Any]]:
     """The state of every case after the located topic, in its own order, went through a fresh CaseStage."""
-    from pipeline.stages.cases import CaseBook, CorrelationPolicy
-    from pipeline.stages.flow import CaseStage
+    from pipeline.model.cases import CorrelationPolicy
+    from pipeline.stages.cases import CaseBook
+    from pipeline.stages.casestage import CaseStage
     from rules.engine import DEFAULT_RULES, RulesHolder
 
     stage = CaseStage(RulesHolder(Path(p.env.get("CITYOPS_RULES", str(DEFAULT_RULES)))).current,

@@ -11,7 +11,7 @@ import pytest
 from aiokafka import TopicPartition
 
 from pipeline.runtime.align import TIME_FIELDS, Aligner, time_reader
-from pipeline.stages.flow import Message
+from pipeline.wire import Message
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 IOT, UPD = TopicPartition("iot", 0), TopicPartition("upd", 0)

@@ -153,7 +153,7 @@ def test_marked_consumers_get_lean_records_with_the_same_fields() -> None:
     from aiokafka.structs import ConsumerRecord
 
     from pipeline.runtime.consumer import LEAN, install_lean_records
-    from pipeline.stages.flow import Message
+    from pipeline.wire import Message
 
     assert install_lean_records(), "aiokafka's PartitionRecords._consumer_record is gone: see LeanRecords"
     assert install_lean_records()                                  # idempotent

@@ -8,10 +8,10 @@ from functools import cache
 
 import pytest
 
-from pipeline.model.events import Event, Location
-from pipeline.stages.cases import CaseBook, book_key
-from pipeline.stages.decode import CaseUpdate
-from pipeline.stages.flow import CaseStage, encode_located, encode_update
+from pipeline.model.events import CaseUpdate, Event, Location
+from pipeline.stages.cases import CaseBook
+from pipeline.stages.casestage import CaseStage
+from pipeline.wire import book_key, encode_located, encode_update
 from rules.engine import Ruleset, load_ruleset
 
 T0 = datetime(2026, 3, 1, 18, 0, tzinfo=UTC)            # 02:00 in Shanghai, 2 March

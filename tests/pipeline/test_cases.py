@@ -8,9 +8,10 @@ from datetime import timedelta
 import orjson
 import pytest
 
-from pipeline.model.events import Event, Location
-from pipeline.stages.cases import Case, CaseBook, book_key, case_book_key, distance_m
-from pipeline.stages.decode import CaseUpdate
+from pipeline.model.cases import Case, distance_m
+from pipeline.model.events import CaseUpdate, Event, Location
+from pipeline.stages.cases import CaseBook
+from pipeline.wire import book_key, case_book_key
 from tests.pipeline.factories import T0, FakeRouter
 
 CELL = "310109009001002"
@@ -189,7 +190,7 @@ def test_impossible_transitions_are_refused(book: CaseBook, action: str, team: s
 
 def test_an_update_before_its_case_waits_for_it(book: CaseBook) -> None:
     """Topics are consumed independently: an accept may overtake the report that opens its case."""
-    from pipeline.stages.cases import case_id_for
+    from pipeline.model.cases import case_id_for
 
     router = FakeRouter()
     cid = case_id_for(CELL[:12], "hotline:1")

@@ -17,8 +17,9 @@ from hypothesis import strategies as st
 
 from pipeline.model.records import ReadingColumns
 from pipeline.stages.decode import Decoder, InvalidEvent, default_decoder
-from pipeline.stages.flow import DeadLetterLimit, DeadLetterLimitExceeded, Ingest, Message
+from pipeline.stages.ingest import DeadLetterLimit, DeadLetterLimitExceeded, Ingest
 from pipeline.stages.sensors import SensorState, load_registry
+from pipeline.wire import Message
 from tests.pipeline.factories import T0, raw, reading
 
 NOW = T0 + timedelta(days=1)

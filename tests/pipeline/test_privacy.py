@@ -273,7 +273,7 @@ def test_a_dead_letters_reason_is_masked_too() -> None:
 
     import orjson
 
-    from pipeline.stages.flow import DeadLetter
+    from pipeline.wire import DeadLetter
 
     dead = DeadLetter("cityops.raw.hotline", 0, 7, "request_type: '回电13912345678' is not one of consult, help",
                       b'{"request_type": "x"}', datetime(2026, 3, 1, tzinfo=UTC))

@@ -3,7 +3,7 @@ state, gazetteer, grid) and the real case books and rules, then what came out co
 expects. `check(run(scenario))` lists every difference; the report figures are checked separately
 (tests/scenarios/test_case_scenarios.py), on the real ClickHouse server and on chdb.
 
-The wiring is the worker's (pipeline.stages.flow): one ingest partition for every source, each step's located output
+The wiring is the worker's (pipeline.stages.ingest): one ingest partition for every source, each step's located output
 applied by `CaseStage.apply` at once, the wall clock (wall scenarios) read from the last `{wall: T}` step.
 """
 
@@ -20,12 +20,15 @@ from typing import Any
 
 import orjson
 
+from pipeline.model.cases import Case, CorrelationPolicy
 from pipeline.model.records import SinkBatch
 from pipeline.model.taxonomy import default_taxonomy
-from pipeline.stages.cases import Case, CaseBook, CorrelationPolicy, Outcome
+from pipeline.stages.cases import CaseBook, Outcome
+from pipeline.stages.casestage import CaseStage
 from pipeline.stages.decode import Decoder, TimeWindow
-from pipeline.stages.flow import CaseStage, Ingest, IngestResult, Message
+from pipeline.stages.ingest import Ingest, IngestResult
 from pipeline.stages.sensors import SensorRegistry, SensorState, load_registry, load_types
+from pipeline.wire import Message
 from rules.engine import Ruleset, load_ruleset
 from tests.scenarios.catalogue import (
     Checked,

@@ -18,8 +18,9 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from pipeline.stages.decode import default_decoder
-from pipeline.stages.flow import Ingest, IngestResult, Message
+from pipeline.stages.ingest import Ingest, IngestResult
 from pipeline.stages.sensors import SensorState, load_registry, load_types
+from pipeline.wire import Message
 from tests import fuzz
 
 PER_TOPIC = 10_000

@@ -17,8 +17,8 @@ import pytest
 from pipeline.config import ROOT, Settings
 from pipeline.model.privacy import DEV_PII_KEY
 from pipeline.stages.decode import default_decoder
-from pipeline.stages.flow import DeadLetter, encode_located
 from pipeline.web import auth
+from pipeline.wire import DeadLetter, encode_located
 from tests import fuzz
 
 NAME, PHONE = fuzz.CALLER["name"], fuzz.CALLER["phone"]

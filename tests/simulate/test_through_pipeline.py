@@ -13,10 +13,13 @@ from itertools import groupby
 
 import orjson
 
-from pipeline.stages.cases import CaseBook, CorrelationPolicy
+from pipeline.model.cases import CorrelationPolicy
+from pipeline.stages.cases import CaseBook
+from pipeline.stages.casestage import CaseStage
 from pipeline.stages.decode import default_decoder
-from pipeline.stages.flow import CaseStage, Ingest, Message
+from pipeline.stages.ingest import Ingest
 from pipeline.stages.sensors import SensorState, load_registry, load_types
+from pipeline.wire import Message
 
 SOURCE = {"raw_hotline": "hotline", "raw_patrol": "patrol"}
 

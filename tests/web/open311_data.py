@@ -17,11 +17,14 @@ from typing import Any
 
 import orjson
 
+from pipeline.model.cases import CorrelationPolicy
 from pipeline.model.records import SinkBatch
-from pipeline.stages.cases import CaseBook, CorrelationPolicy, Outcome
+from pipeline.stages.cases import CaseBook, Outcome
+from pipeline.stages.casestage import CaseStage
 from pipeline.stages.decode import default_decoder
-from pipeline.stages.flow import CaseStage, Ingest, Message
+from pipeline.stages.ingest import Ingest
 from pipeline.stages.sensors import SensorRegistry, load_types
+from pipeline.wire import Message
 from rules.engine import Ruleset, load_ruleset
 from tests.analytics.conftest import chdb_session
 from tests.analytics.engines import ChdbDatabase

@@ -1,38 +1,29 @@
-"""The processing chain as plain batch functions: decode -> validate -> locate -> correlate -> dispatch.
+"""The ingest stage's chain on each batch of a raw topic: decode -> validate -> sensor alarms -> locate.
 
-Nothing here talks to Kafka or ClickHouse; the worker stages (pipeline.runtime.ingest, pipeline.runtime.cases)
-call these on each batch and send or store what they return. Two stages:
-
-1. `Ingest` (per raw topic, partitioned by source id): decode and validate each message, keep sensor alarm
-   state, locate in one batched grid lookup, and return the located reports keyed by their grid
-   (`pipeline.stages.cases.book_key`: the sub-district), the dead letters, the unlocated tickets and the sensor
-   aggregates.
-2. `CaseStage` (the internal located topic, partitioned by sub-district): merge reports into cases, dispatch,
-   apply team updates, escalate what is overdue by the stage's clock (docs/cases.md §7); returns assignments,
-   ClickHouse rows and refusals.
+Nothing here talks to Kafka or ClickHouse; the runtime (pipeline.runtime.ingest) calls `Ingest` on each batch
+and sends or stores what it returns. Per raw topic (partitioned by source id), `Ingest` decodes and validates each
+message, keeps sensor alarm state (pipeline.stages.sensors), locates in one batched grid lookup, and returns the
+located reports keyed by their sub-district (`pipeline.wire.book_key`), the dead letters, the unlocated tickets
+and the sensor aggregates. The next stage is pipeline.stages.casestage.
 """
 
 from __future__ import annotations
 
-import base64
 import logging
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from operator import attrgetter
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import numpy as np
-import orjson
 
-from pipeline.model.events import Event, Location, Source, record
-from pipeline.model.privacy import mask_text, redact_bytes, redact_raw
+from pipeline.model.events import Event, Location, Source
 from pipeline.model.records import ReadingColumns, SensorReadingRow
-from pipeline.stages.cases import CaseBook, CorrelationPolicy, Outcome, Router, book_key, case_book_key
-from pipeline.stages.decode import CaseUpdate, Decoder, InvalidEvent, Reading, ReadingFields
+from pipeline.stages.decode import Decoder, InvalidEvent, Reading, ReadingFields
 from pipeline.stages.sensors import (
     ALARM,
     APPLIED,
@@ -51,41 +42,9 @@ from pipeline.stages.sensors import (
     fault_event,
     minute_start,
 )
+from pipeline.wire import DeadLetter, Message, book_key, case_book_key, encode_located, encode_update
 
 log = logging.getLogger("cityops.flow")
-
-
-@record
-class Message:
-    """One consumed Kafka message, with where it came from (for dead letters)."""
-
-    topic: str
-    partition: int
-    offset: int
-    value: bytes
-    key: bytes | None = None
-
-
-@record
-class DeadLetter:
-    source_topic: str
-    partition: int
-    offset: int
-    reason: str
-    raw: bytes
-    at: datetime
-
-    def to_json(self) -> bytes:
-        try:
-            self.raw.decode("utf-8")
-            raw_text, encoding = redact_raw(self.raw), "utf-8"
-        except UnicodeDecodeError:
-            raw_text, encoding = base64.b64encode(redact_bytes(self.raw)).decode(), "base64"
-        return orjson.dumps({
-            "source_topic": self.source_topic, "partition": self.partition, "offset": self.offset,
-            "reason": mask_text(self.reason), "raw": raw_text, "raw_encoding": encoding,
-            "at": self.at.isoformat().replace("+00:00", "Z"),
-        })
 
 
 class Locator(Protocol):
@@ -156,47 +115,6 @@ class DeadLetterLimit:
 
 
 # -- messages on the internal located topic ------------------------------------------------------------
-
-def encode_located(event: Event) -> bytes:
-    loc = event.location
-    return orjson.dumps({
-        "type": "event", "event_id": event.event_id, "source": event.source, "category": event.category,
-        "occurred_at": event.occurred_at.timestamp(), "lon": event.lon, "lat": event.lat,
-        "address": event.address, "description": event.description, "request_type": event.request_type,
-        "channel": event.channel, "team": event.team, "actor": event.actor, "sensor_id": event.sensor_id,
-        "sensor_type": event.sensor_type, "value": event.value, "caller_hash": event.caller_hash,
-        "location": None if loc is None else [loc.cell, loc.subdistrict, loc.grid_kind, loc.grid_version,
-                                              loc.snapped],
-        "scope": event.scope, "fault": event.fault,
-        "media_url": event.media_url, "address_id": event.address_id, "attributes": event.attributes,
-    })
-
-
-def encode_update(update: CaseUpdate) -> bytes:
-    return orjson.dumps({
-        "type": "update", "update_id": update.update_id, "case_id": update.case_id, "action": update.action,
-        "team": update.team, "actor": update.actor, "at": update.at.timestamp(), "note": update.note,
-    })
-
-
-def decode_located(raw: bytes) -> Event | CaseUpdate:
-    d = orjson.loads(raw)
-    if d["type"] == "update":
-        return CaseUpdate(update_id=d["update_id"], case_id=d["case_id"], action=d["action"], team=d["team"],
-                          actor=d["actor"], at=datetime.fromtimestamp(d["at"], UTC), note=d["note"])
-    loc = d["location"]
-    return Event(
-        event_id=d["event_id"], source=d["source"], category=d["category"],
-        occurred_at=datetime.fromtimestamp(d["occurred_at"], UTC), lon=d["lon"], lat=d["lat"],
-        address=d["address"], description=d["description"], request_type=d["request_type"],
-        channel=d["channel"], team=d["team"], actor=d["actor"], sensor_id=d["sensor_id"],
-        sensor_type=d["sensor_type"], value=d["value"], caller_hash=d["caller_hash"],
-        location=None if loc is None else Location(cell=loc[0], subdistrict=loc[1], grid_kind=loc[2],
-                                                   grid_version=loc[3], snapped=bool(loc[4])),
-        scope=d.get("scope"), fault=d.get("fault"),
-        # absent in messages of a worker before the Open311 fields (a rolling upgrade)
-        media_url=d.get("media_url"), address_id=d.get("address_id"), attributes=d.get("attributes"),
-    )
 
 
 # -- stage 1: ingest -----------------------------------------------------------------------------------
@@ -501,60 +419,5 @@ def _reading_row(sid: str, stype: str, state: SensorState, cell: str, registered
 
 # -- stage 2: cases --------------------------------------------------------------------------------------
 
-SlaClock = Literal["stream", "wall"]
 
 
-def _wall_now() -> datetime:
-    return datetime.now(UTC)
-
-
-@dataclass
-class CaseStage:
-    """Applies located reports and updates to their books. The clock (docs/cases.md §7.2): `stream`, each book's
-    own latest report or update time; `wall`, `wall_now()`. Either way, before and after each item the book
-    escalates whatever fell due before the clock's time, and dispatches are stamped with it."""
-
-    router_source: Any          # an object with `.current` (rules.engine.RulesHolder) or a Router itself
-    policy: CorrelationPolicy = field(default_factory=CorrelationPolicy)
-    clock: SlaClock = "stream"
-    wall_now: Callable[[], datetime] = _wall_now
-
-    def router(self) -> Router:
-        current = getattr(self.router_source, "current", None)
-        return current if current is not None else self.router_source  # type: ignore[no-any-return]
-
-    def apply(self, items: Iterable[tuple[str, bytes]], books: dict[str, CaseBook]) -> Outcome:
-        """Apply located reports and updates, in order, to the books they belong to. `books` maps book key ->
-        book; a key not in it gets a new empty book (the caller loads existing ones first)."""
-        out = Outcome()
-        router = self.router()
-        touched: dict[str, CaseBook] = {}
-        wall = self.clock == "wall"
-        for key, raw in items:
-            book = books.get(key)
-            if book is None:
-                book = books[key] = CaseBook(key, self.policy)
-            touched[key] = book
-            item = decode_located(raw)
-            if wall:
-                now = self.wall_now()
-            else:
-                book.tick(item.at if isinstance(item, CaseUpdate) else item.occurred_at)
-                now = book.clock
-            book.escalate_overdue(now, out)
-            if isinstance(item, CaseUpdate):
-                book.apply_update(item, router, out, now)
-            else:
-                book.add_event(item, router, out, now)
-            book.escalate_overdue(now, out)
-        for book in touched.values():
-            book.expire_parked(out)
-        return out
-
-    def escalate(self, books: Iterable[CaseBook], now: datetime | None = None) -> Outcome:
-        """Escalate what is overdue in `books` by the wall clock (the timer of quiet books, §7.2)."""
-        out = Outcome()
-        at = self.wall_now() if now is None else now
-        for book in books:
-            book.escalate_overdue(at, out)
-        return out

@@ -1,0 +1,74 @@
+"""The cases stage's chain on each batch of the located topic: correlate reports into cases, dispatch them by the
+rules, apply what teams report back, escalate what is late (docs/cases.md). The books themselves are
+`pipeline.stages.cases.CaseBook`; this holds the clock and the order in which a batch reaches them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pipeline.model.cases import CorrelationPolicy
+from pipeline.model.events import CaseUpdate
+from pipeline.stages.cases import CaseBook, Outcome, Router
+from pipeline.wire import decode_located
+
+SlaClock = Literal["stream", "wall"]
+
+
+def _wall_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class CaseStage:
+    """Applies located reports and updates to their books. The clock (docs/cases.md §7.2): `stream`, each book's
+    own latest report or update time; `wall`, `wall_now()`. Either way, before and after each item the book
+    escalates whatever fell due before the clock's time, and dispatches are stamped with it."""
+
+    router_source: Any          # an object with `.current` (rules.engine.RulesHolder) or a Router itself
+    policy: CorrelationPolicy = field(default_factory=CorrelationPolicy)
+    clock: SlaClock = "stream"
+    wall_now: Callable[[], datetime] = _wall_now
+
+    def router(self) -> Router:
+        current = getattr(self.router_source, "current", None)
+        return current if current is not None else self.router_source  # type: ignore[no-any-return]
+
+    def apply(self, items: Iterable[tuple[str, bytes]], books: dict[str, CaseBook]) -> Outcome:
+        """Apply located reports and updates, in order, to the books they belong to. `books` maps book key ->
+        book; a key not in it gets a new empty book (the caller loads existing ones first)."""
+        out = Outcome()
+        router = self.router()
+        touched: dict[str, CaseBook] = {}
+        wall = self.clock == "wall"
+        for key, raw in items:
+            book = books.get(key)
+            if book is None:
+                book = books[key] = CaseBook(key, self.policy)
+            touched[key] = book
+            item = decode_located(raw)
+            if wall:
+                now = self.wall_now()
+            else:
+                book.tick(item.at if isinstance(item, CaseUpdate) else item.occurred_at)
+                now = book.clock
+            book.escalate_overdue(now, out)
+            if isinstance(item, CaseUpdate):
+                book.apply_update(item, router, out, now)
+            else:
+                book.add_event(item, router, out, now)
+            book.escalate_overdue(now, out)
+        for book in touched.values():
+            book.expire_parked(out)
+        return out
+
+    def escalate(self, books: Iterable[CaseBook], now: datetime | None = None) -> Outcome:
+        """Escalate what is overdue in `books` by the wall clock (the timer of quiet books, §7.2)."""
+        out = Outcome()
+        at = self.wall_now() if now is None else now
+        for book in books:
+            book.escalate_overdue(at, out)
+        return out
