@@ -10,6 +10,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.model import sources
+from pipeline.model.sources import BY_NAME, SourceSpec, prefixed
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -20,19 +23,40 @@ def _choice(env: dict[str, str], name: str, default: str, allowed: tuple[str, ..
     return value
 
 
+def _optional_int(text: str) -> int | None:
+    return int(text) if text.strip() else None
+
+
+def _skew(text: str) -> float | None:
+    return None if text in ("", "0", "off") else float(text)
+
+
+def one_thread_math() -> None:
+    """Numerical libraries use one thread unless told otherwise (benches: the figure is one core's); call it
+    before numpy is imported."""
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
+
+
+def environ() -> dict[str, str]:
+    """A copy of this process's environment: what a child process (a worker, a bench's server) starts from."""
+    return dict(os.environ)
+
+
 @dataclass(frozen=True)
 class Topics:
     """Kafka topic names (CONTRACTS.md); internal topics are ours to name."""
 
-    raw_hotline: str = "cityops.raw.hotline"
-    raw_patrol: str = "cityops.raw.patrol"
-    raw_iot: str = "cityops.raw.iot"
-    case_updates: str = "cityops.case-updates"
+    raw_hotline: str = BY_NAME["hotline"].topic     # the input topics are pipeline.model.sources's
+    raw_patrol: str = BY_NAME["patrol"].topic
+    raw_iot: str = BY_NAME["iot"].topic
+    case_updates: str = BY_NAME["case-updates"].topic
     assignments: str = "cityops.assignments"
     deadletter: str = "cityops.deadletter"
     unlocated: str = "cityops.unlocated"
     located: str = "cityops.located"      # internal: located reports and case updates, keyed by grid
     case_state: str = "cityops.case-state"  # the latest state of each case, keyed by case id (compacted)
+    prefix: str = ""                        # the run's prefix of every name above (`with_prefix`)
 
     @classmethod
     def with_prefix(cls, prefix: str) -> Topics:
@@ -40,7 +64,12 @@ class Topics:
         base = cls()
         if not prefix:
             return base
-        return cls(**{f: f"{prefix}.{getattr(base, f)}" for f in cls.__dataclass_fields__})
+        return cls(prefix=prefix, **{f: f"{prefix}.{getattr(base, f)}" for f in cls.__dataclass_fields__
+                                     if f != "prefix"})
+
+    def sources(self) -> dict[str, SourceSpec]:
+        """The input topics (with this run's prefix), each with its source: the rows of pipeline.model.sources."""
+        return {prefixed(s.topic, self.prefix): s for s in sources.TABLE}
 
     def all(self) -> list[str]:
         return [self.raw_hotline, self.raw_patrol, self.raw_iot, self.case_updates,
@@ -83,6 +112,27 @@ class Settings:
     notify_secrets: tuple[tuple[str, str], ...] = field(default=(), repr=False)   # CITYOPS_NOTIFY_SECRET_*
     # Open311 `jurisdiction_id` this server answers for (its main website's host, as the spec suggests)
     open311_jurisdiction: str = "hongkou.sh.cn"
+    # the worker (README "Configuration"); the grid and sensor registry files default to the shipped ones
+    clickhouse_http_port: int | None = None   # CITYOPS_CLICKHOUSE_HTTP_PORT: 0 = native only; None = guess
+    batch: int = 5000                     # CITYOPS_BATCH: records per fetch
+    commit_interval_s: float = 0.5        # CITYOPS_COMMIT_INTERVAL
+    max_pending: int = 100_000            # CITYOPS_MAX_PENDING: rows held before a checkpoint is forced
+    fetch_partition_bytes: int = 8 * 1024 * 1024   # CITYOPS_FETCH_PARTITION_BYTES
+    align_skew_s: float | None = 60.0     # CITYOPS_ALIGN_SKEW (`off`, `0` or empty: None, no alignment)
+    align_idle_s: float = 2.0             # CITYOPS_ALIGN_IDLE
+    align_stall_s: float = 30.0           # CITYOPS_ALIGN_STALL
+    dlq_max_ratio: float = 0.5            # CITYOPS_DLQ_MAX_RATIO
+    grid_path: Path | None = None         # CITYOPS_GRID
+    sensors_path: Path | None = None      # CITYOPS_SENSORS
+    pii_key: str = field(default="", repr=False)   # CITYOPS_PII_KEY (pipeline.model.privacy)
+    # the web server (README "The web UI")
+    web_port: int = 8080                  # CITYOPS_WEB_PORT (`cityops run`)
+    web_users: Path | None = None         # CITYOPS_USERS
+    web_secret: str = field(default="", repr=False)   # CITYOPS_SECRET
+    web_due_soon_min: float = 120.0       # CITYOPS_WEB_DUE_SOON_MIN
+    web_lookback_h: float = 72.0          # CITYOPS_WEB_LOOKBACK_H
+    web_rate: float = 5.0                 # CITYOPS_WEB_RATE
+    web_burst: float = 20.0               # CITYOPS_WEB_BURST
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -120,6 +170,25 @@ class Settings:
             notify_keep_days=float(e.get("CITYOPS_NOTIFY_KEEP_DAYS", "7")),
             notify_secrets=tuple(sorted((k, v) for k, v in e.items() if k.startswith("CITYOPS_NOTIFY_SECRET_"))),
             open311_jurisdiction=e.get("CITYOPS_OPEN311_JURISDICTION", "").strip() or "hongkou.sh.cn",
+            clickhouse_http_port=_optional_int(e.get("CITYOPS_CLICKHOUSE_HTTP_PORT", "")),
+            batch=int(e.get("CITYOPS_BATCH") or 5000),
+            commit_interval_s=float(e.get("CITYOPS_COMMIT_INTERVAL", "0.5")),
+            max_pending=int(e.get("CITYOPS_MAX_PENDING") or 100_000),
+            fetch_partition_bytes=int(e.get("CITYOPS_FETCH_PARTITION_BYTES", str(8 * 1024 * 1024))),
+            align_skew_s=_skew(e.get("CITYOPS_ALIGN_SKEW", "60")),
+            align_idle_s=float(e.get("CITYOPS_ALIGN_IDLE", "2")),
+            align_stall_s=float(e.get("CITYOPS_ALIGN_STALL", "30")),
+            dlq_max_ratio=float(e.get("CITYOPS_DLQ_MAX_RATIO", "0.5")),
+            grid_path=Path(e["CITYOPS_GRID"]) if e.get("CITYOPS_GRID") else None,
+            sensors_path=Path(e["CITYOPS_SENSORS"]) if e.get("CITYOPS_SENSORS") else None,
+            pii_key=e.get("CITYOPS_PII_KEY", ""),
+            web_port=int(e.get("CITYOPS_WEB_PORT", "8080")),
+            web_users=Path(e["CITYOPS_USERS"]) if e.get("CITYOPS_USERS") else None,
+            web_secret=e.get("CITYOPS_SECRET", ""),
+            web_due_soon_min=float(e.get("CITYOPS_WEB_DUE_SOON_MIN", "120")),
+            web_lookback_h=float(e.get("CITYOPS_WEB_LOOKBACK_H", "72")),
+            web_rate=float(e.get("CITYOPS_WEB_RATE", "5")),
+            web_burst=float(e.get("CITYOPS_WEB_BURST", "20")),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -163,8 +232,7 @@ class Settings:
         """The worker's consumer groups and the topics each consumes, whatever the process layout:
         `<app id>-ingest` reads the raw topics, `<app id>-cases` the internal located topic."""
         t = self.topics
-        return {f"{self.app_id}-ingest": [t.raw_hotline, t.raw_patrol, t.raw_iot, t.case_updates],
-                f"{self.app_id}-cases": [t.located]}
+        return {f"{self.app_id}-ingest": list(t.sources()), f"{self.app_id}-cases": [t.located]}
 
     def aiokafka_options(self) -> dict[str, object]:
         """Connection options for aiokafka clients: kafka-python's, with the CA file as an SSL context."""

@@ -9,7 +9,6 @@ the worker has worked through it, and prints where to look. Ctrl-C (or SIGTERM) 
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import subprocess
 import sys
@@ -17,7 +16,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from pipeline.config import ROOT, Settings
+from pipeline.config import ROOT, Settings, environ
 
 # the signed DingTalk robots of deploy/notify/targets.yaml (access token=secret), so the local inbox verifies them
 LOCAL_DINGTALK_ROBOTS = ("district-command=SEClocal-district-command-signing-secret",
@@ -92,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     registry = run_dir / "sensors.csv"
     sim.write_registry(registry)
     (run_dir / "truth.json").write_bytes(sim.truth_json())
-    env = {**os.environ, **settings.to_env(), "CITYOPS_SENSORS": str(registry)}
+    env = {**environ(), **settings.to_env(), "CITYOPS_SENSORS": str(registry)}
     procs: list[subprocess.Popen[bytes]] = []
 
     def on_term(signum: int, frame: object) -> None:
@@ -159,7 +158,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--sensors", type=int, default=3000, help="sensors in the simulated district (default 3000)")
     p.add_argument("--speed", default="max", help="realtime, x60 or max (default)")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=int(os.environ.get("CITYOPS_WEB_PORT", "8080")))
+    p.add_argument("--port", type=int, default=Settings.from_env().web_port)
     p.add_argument("--wait", type=float, default=600.0, help="seconds to wait for the worker to catch up")
     p.add_argument("--exit-after-feed", action="store_true", help="stop everything once the day is processed")
     p.set_defaults(func=run)

@@ -30,7 +30,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
-from pipeline.model.events import SOURCES, Event, GridKind, Location, Source
+from pipeline.model.events import Event, GridKind, Location
+from pipeline.model.sources import SOURCES, Source
 from rules.conditions import Condition, Not, Recurrence
 from rules.durations import format_duration, parse_duration
 from rules.engine import DEFAULT_RULES, Dispatch, Ruleset, load_ruleset

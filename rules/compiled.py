@@ -30,7 +30,8 @@ from dataclasses import dataclass, field, fields, replace
 from datetime import timedelta
 from typing import ClassVar
 
-from pipeline.model.events import DEVICE_FAULTS, SOURCES, Event
+from pipeline.model.events import DEVICE_FAULTS, Event
+from pipeline.model.sources import SOURCES
 from pipeline.model.taxonomy import Taxonomy
 from rules.conditions import All, AnyOf, CodeMatch, Condition, Consts, Membership, Not
 from rules.recurrence import RecurrenceCounter

@@ -13,7 +13,8 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from pipeline.model.events import DEVICE_FAULTS, SENSOR_SCOPES, SOURCES, Event, Location
+from pipeline.model.events import DEVICE_FAULTS, SENSOR_SCOPES, Event, Location
+from pipeline.model.sources import SOURCES
 from rules.when import GRID_KINDS as GRID_KINDS_ALL
 
 _EVENT_KEYS = {

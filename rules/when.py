@@ -37,7 +37,8 @@ from zoneinfo import ZoneInfo
 
 from yaml.nodes import Node
 
-from pipeline.model.events import DEVICE_FAULTS, DISCOVERED_BY, SOURCES
+from pipeline.model.events import DEVICE_FAULTS
+from pipeline.model.sources import DISCOVERED_BY, SOURCES
 from pipeline.model.taxonomy import Taxonomy
 from rules.conditions import (
     WEEKDAYS,

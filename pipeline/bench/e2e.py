@@ -54,7 +54,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from pipeline.config import ROOT, Settings, Topics
+from pipeline.config import ROOT, Settings, Topics, environ
 from pipeline.simulate import SimConfig, SimMessage, Simulation, simulate
 from pipeline.simulate.config import SHANGHAI
 
@@ -191,7 +191,7 @@ def workers(settings: Settings, n: int, registry: Path, log_dir: Path, extra_env
     The quiet-grid SLA sweep (a timer, not per-event work) is set to an hour so that it cannot add
     assignments after the input is done; busy grids are still escalated on every batch.
     """
-    env = {**os.environ, **settings.to_env(), "CITYOPS_SENSORS": str(registry),
+    env = {**environ(), **settings.to_env(), "CITYOPS_SENSORS": str(registry),
            "CITYOPS_SLA_CHECK_INTERVAL": "3600", **(extra_env or {})}
     log_dir.mkdir(parents=True, exist_ok=True)
     procs = []
@@ -1122,7 +1122,7 @@ def write_result(result: dict[str, Any], out_dir: Path) -> Path:
 def parse_args(argv: Sequence[str] | None = None) -> BenchConfig:
     p = argparse.ArgumentParser(prog="python -m pipeline.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    env = os.environ.get
+    env = environ().get
     p.add_argument("--events", type=int, default=int(env("CITYOPS_BENCH_EVENTS", "600000")),
                    help="about how many input messages (default 600000, env CITYOPS_BENCH_EVENTS)")
     p.add_argument("--day-events", type=int, default=DAY_EVENTS,

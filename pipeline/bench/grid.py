@@ -12,7 +12,6 @@ Everything runs on one core in one process; figures are medians, ratios are agai
 
 from __future__ import annotations
 
-import os
 import resource
 import statistics
 import sys
@@ -20,8 +19,9 @@ import time
 import tracemalloc
 from typing import Any
 
-for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")
+from pipeline.config import one_thread_math
+
+one_thread_math()
 
 import numpy as np  # noqa: E402
 import shapely  # noqa: E402

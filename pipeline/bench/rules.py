@@ -21,7 +21,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from pipeline.model.events import SOURCES, Event, Location
+from pipeline.model.events import Event, Location
+from pipeline.model.sources import SOURCES
 from pipeline.model.taxonomy import default_taxonomy
 from rules.engine import DEFAULT_RULES, Dispatch, Ruleset, load_ruleset
 from rules.naive import NaiveRuleset

@@ -11,15 +11,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal, TypeVar, dataclass_transform
 
+from pipeline.model.sources import DISCOVERED_BY, DiscoveredBy, Source
+
 T = TypeVar("T")
 
-Source = Literal["hotline", "patrol", "iot"]
-DiscoveredBy = Literal["citizen", "patrol", "sensor"]
 Team = Literal["enforcement", "handling", "supervision"]
 GridKind = Literal["street", "residential", "village", "building"]
 SensorScope = Literal["person", "device", "area"]
 DeviceFault = Literal["stuck", "silent", "error"]
 CaseKind = Literal["problem", "device_fault"]
+
 
 @dataclass_transform(frozen_default=True)
 def record(cls: type[T]) -> type[T]:
@@ -33,11 +34,9 @@ def record(cls: type[T]) -> type[T]:
     return make(cls)
 
 
-SOURCES: tuple[Source, ...] = ("hotline", "patrol", "iot")
 SENSOR_SCOPES: tuple[SensorScope, ...] = ("person", "device", "area")
 DEVICE_FAULTS: tuple[DeviceFault, ...] = ("stuck", "silent", "error")
 TEAMS: tuple[Team, ...] = ("enforcement", "handling", "supervision")
-DISCOVERED_BY: dict[Source, DiscoveredBy] = {"hotline": "citizen", "patrol": "patrol", "iot": "sensor"}
 
 
 @record

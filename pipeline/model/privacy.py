@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import re
 import unicodedata
 from collections.abc import Callable
@@ -26,15 +25,14 @@ DEV_PII_KEY = b"cityops-dev-pii-key"
 MIN_PII_KEY_LENGTH = 32
 
 
-def pii_key() -> bytes:
-    """The key of the caller hash: CITYOPS_PII_KEY, or a development key outside production mode.
+def pii_key(key: str = "", production: bool = False) -> bytes:
+    """The key of the caller hash: CITYOPS_PII_KEY's value (`Settings.pii_key`), or a development key outside
+    production mode (`Settings.production`).
 
     In production (CITYOPS_ENV=production) the key must be set, must not be the development key, and must
     have at least 32 characters: with a known or short key anyone could reverse the hashes by trying every
     phone number. Services call this at start, so a bad key stops them before they touch any data.
     """
-    key = os.environ.get("CITYOPS_PII_KEY", "")
-    production = os.environ.get("CITYOPS_ENV", "development") == "production"
     if production:
         if not key:
             raise RuntimeError("CITYOPS_PII_KEY must be set in production mode (CITYOPS_ENV=production)")
@@ -79,7 +77,7 @@ def _phone_digits(phone: str) -> str:
     return national.group(1) if national else digits
 
 
-def caller_hash(phone: str, key: bytes | None = None) -> str:
+def caller_hash(phone: str, key: bytes = DEV_PII_KEY) -> str:
     """A keyed hash of the caller's phone: the same for every way of writing the same number.
 
     Digits are normalised to ASCII and the country code dropped, so `１３８１２３４５６７８`,
@@ -87,7 +85,7 @@ def caller_hash(phone: str, key: bytes | None = None) -> str:
     did: hashes already stored stay valid).
     """
     digits = _phone_digits(phone)[-11:]
-    return hmac.new(key or pii_key(), digits.encode(), hashlib.sha256).hexdigest()[:16]
+    return hmac.new(key, digits.encode(), hashlib.sha256).hexdigest()[:16]
 
 
 def mask_name(name: str) -> str:

@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from pipeline.config import ROOT, Settings
+from pipeline.config import ROOT, Settings, environ
 from pipeline.notify.targets import names_in_rules
 
 TARGET_P99_MS = 1000.0
@@ -170,6 +170,4 @@ def _settle(receiver: _Receiver, worker: subprocess.Popen[bytes], notifier: subp
 
 
 def _environ() -> dict[str, str]:
-    import os
-
-    return dict(os.environ)
+    return environ()

@@ -599,7 +599,7 @@ def build(settings: Settings) -> Notifier:
     from pipeline.sink.sink import ClickHouseSink
     from rules.engine import RulesHolder
 
-    pii_key()
+    pii_key(settings.pii_key, settings.production)
     rules = RulesHolder(settings.rules_path)
     targets = TargetsHolder(settings.notify_targets, lambda: names_in_rules(rules.current.spec),
                             dict(settings.notify_secrets))

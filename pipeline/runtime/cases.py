@@ -22,9 +22,10 @@ from mode import Service
 
 from pipeline.model.cases import Case, CorrelationPolicy
 from pipeline.model.events import CaseUpdate
+from pipeline.runtime.components import Components, refresh
 from pipeline.runtime.consumer import BatchService, ChangelogTable, json_bytes
 from pipeline.stages.cases import CaseBook, Outcome
-from pipeline.wire import case_book_key, decode_located, encode_update
+from pipeline.wire import case_book_key, decode_located, encode_update, refusal_json
 
 PARKED = "#parked"   # table key suffix: updates that arrived before their case, kept with the grid's cases
 
@@ -105,7 +106,7 @@ class BookCache:
 
 
 class CasesService(BatchService):
-    def __init__(self, components: Any, **kwargs: Any) -> None:
+    def __init__(self, components: Components, **kwargs: Any) -> None:
         super().__init__(components, **kwargs)
         t = self.settings.topics
         self.group = f"{self.settings.app_id}-cases"
@@ -123,8 +124,6 @@ class CasesService(BatchService):
         self.located_partitions = self.partition_counts.get(self.settings.topics.located, self.settings.partitions)
 
     async def process(self, records: dict[TopicPartition, list[Any]]) -> None:
-        from pipeline.runtime.worker import refresh
-
         refresh(self.c)
         items = [(r.key.decode(), r.value) for batch in records.values() for r in batch]
         books = self.books.load({key for key, _ in items})
@@ -141,9 +140,7 @@ class CasesService(BatchService):
             await self.send(t.case_state, orjson.dumps(state), cid.encode())
         at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         for r in out.refusals:
-            await self.send(t.deadletter, orjson.dumps({
-                "source_topic": t.case_updates, "partition": -1, "offset": -1, "reason": f"refused: {r}",
-                "raw": r, "raw_encoding": "utf-8", "at": at}), b"refused")
+            await self.send(t.deadletter, refusal_json(t.case_updates, r, at), b"refused")
         rows = self.pending.rows
         rows.cases.extend(out.cases.values())
         rows.events.extend(out.events)
@@ -162,8 +159,6 @@ class CasesService(BatchService):
         """With the wall clock (docs/cases.md §7.2), escalate overdue cases of quiet books too, every
         `sla_check_interval` seconds. With the stream clock each book's own input escalates its cases
         (CaseStage): a timer would escalate by the progress of other books, which a replay does not repeat."""
-        from pipeline.runtime.worker import refresh
-
         if self.c.cases.clock != "wall":
             return
         now = time.monotonic()

@@ -51,6 +51,7 @@ from mode import Service
 from pipeline.config import Settings
 from pipeline.model.records import SinkBatch
 from pipeline.runtime.align import Aligner
+from pipeline.runtime.components import Components
 from pipeline.wire import Message
 
 log = logging.getLogger("cityops.worker")
@@ -217,15 +218,14 @@ class BatchService(Service):
     topics: list[str]
     tables: dict[str, ChangelogTable[Any]]   # input topic -> its state table (partitioned like it)
 
-    def __init__(self, components: Any, *, batch: int | None = None, commit_interval_s: float | None = None,
+    def __init__(self, components: Components, *, batch: int | None = None, commit_interval_s: float | None = None,
                  max_rows: int | None = None, on_fatal: Callable[[int, str], None] | None = None) -> None:
         super().__init__()
         self.c = components
         self.settings: Settings = components.settings
-        self.batch = batch or int(os.environ.get("CITYOPS_BATCH", "5000"))
-        self.commit_interval_s = (commit_interval_s if commit_interval_s is not None
-                                  else float(os.environ.get("CITYOPS_COMMIT_INTERVAL", "0.5")))
-        self.max_rows = max_rows or int(os.environ.get("CITYOPS_MAX_PENDING", "100000"))
+        self.batch = batch or self.settings.batch
+        self.commit_interval_s = commit_interval_s if commit_interval_s is not None else self.settings.commit_interval_s
+        self.max_rows = max_rows or self.settings.max_pending
         self.owned: set[TopicPartition] = set()
         self.pending = Pending()
         self.lock = asyncio.Lock()
@@ -278,7 +278,7 @@ class BatchService(Service):
             client_id=f"{self.group}-consumer", group_id=self.group, enable_auto_commit=False,
             **({"key_deserializer": LEAN} if lean else {}),
             auto_offset_reset="earliest", max_poll_records=self.batch, fetch_max_bytes=64 * 1024 * 1024,
-            max_partition_fetch_bytes=int(os.environ.get("CITYOPS_FETCH_PARTITION_BYTES", str(8 * 1024 * 1024))),
+            max_partition_fetch_bytes=self.settings.fetch_partition_bytes,
             **opts)
         await self._consumer.start()
         self._consumer.subscribe(list(self.topics), listener=_Listener(self))

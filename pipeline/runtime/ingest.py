@@ -9,13 +9,14 @@ changelog `<app id>-ingest-sensor-state`. A replayed reading is not newer than i
 (pipeline.stages.sensors.apply_reading), so a replay after a checkpoint wrote the state changes nothing.
 
 Silent sensors are found by each raw.iot partition's clock as its readings come
-(pipeline.stages.ingest.Ingest.readings); with the wall clock (`CITYOPS_SLA_CLOCK=wall`) also every `CITYOPS_SLA_CHECK_INTERVAL` seconds while no reading
-comes (`_check_silent_sensors`).
+(pipeline.stages.ingest.Ingest.readings); with the wall clock (`CITYOPS_SLA_CLOCK=wall`) also every
+`CITYOPS_SLA_CHECK_INTERVAL` seconds while no reading comes (`_check_silent_sensors`).
+
+The input topics and how each is taken are the rows of pipeline.model.sources.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
@@ -23,8 +24,8 @@ import orjson
 from aiokafka import TopicPartition
 from mode import Service
 
-from pipeline.model.events import Source
-from pipeline.runtime.align import TIME_FIELDS, Aligner, time_reader
+from pipeline.runtime.align import Aligner, time_reader
+from pipeline.runtime.components import Components, refresh
 from pipeline.runtime.consumer import EXIT_DEADLETTER_LIMIT, BatchService, ChangelogTable, json_bytes
 from pipeline.stages.ingest import DeadLetterLimitExceeded, IngestResult
 from pipeline.stages.sensors import SensorState
@@ -40,25 +41,21 @@ def _decode_state(raw: bytes) -> SensorState:
 
 
 class IngestService(BatchService):
-    def __init__(self, components: Any, **kwargs: Any) -> None:
+    def __init__(self, components: Components, **kwargs: Any) -> None:
         super().__init__(components, **kwargs)
-        t = self.settings.topics
-        self.group = f"{self.settings.app_id}-ingest"
-        self.sources: dict[str, Source] = {t.raw_hotline: "hotline", t.raw_patrol: "patrol"}
-        self.topics = [t.raw_hotline, t.raw_patrol, t.raw_iot, t.case_updates]
+        s = self.settings
+        self.group = f"{s.app_id}-ingest"
+        self.sources = s.topics.sources()       # input topic -> its source (pipeline.model.sources)
+        self.topics = list(self.sources)
         self.sensor_states: ChangelogTable[SensorState] = ChangelogTable(
-            f"{self.settings.app_id}-ingest-sensor-state", _encode_state, _decode_state)
-        self.tables = {t.raw_iot: self.sensor_states}
-        skew = os.environ.get("CITYOPS_ALIGN_SKEW", "60")
-        if skew not in ("", "0", "off"):
-            self.aligner = Aligner({getattr(t, logical): time_reader(name) for logical, name in TIME_FIELDS.items()},
-                                   skew_s=float(skew), idle_s=float(os.environ.get("CITYOPS_ALIGN_IDLE", "2")),
-                                   stall_s=float(os.environ.get("CITYOPS_ALIGN_STALL", "30")),
+            f"{s.app_id}-ingest-sensor-state", _encode_state, _decode_state)
+        self.tables = {topic: self.sensor_states for topic, src in self.sources.items() if src.path == "readings"}
+        if s.align_skew_s is not None:
+            self.aligner = Aligner({topic: time_reader(src.time_field) for topic, src in self.sources.items()},
+                                   skew_s=s.align_skew_s, idle_s=s.align_idle_s, stall_s=s.align_stall_s,
                                    window=components.ingest.decoder.reading_bounds)
 
     async def process(self, records: dict[TopicPartition, list[Any]]) -> None:
-        from pipeline.runtime.worker import refresh
-
         refresh(self.c)
         t = self.settings.topics
         ingest = self.c.ingest
@@ -67,15 +64,12 @@ class IngestService(BatchService):
             # records are pipeline.stages.ingest.Message (consumer.LEAN) or aiokafka ConsumerRecords, with those fields
             if any(r.value is None for r in batch):     # a tombstone on a raw topic: an empty, invalid message
                 batch = [Message(r.topic, r.partition, r.offset, r.value or b"", r.key) for r in batch]
-            if tp.topic == t.raw_iot:
-                res = ingest.readings(batch, self.sensor_states.partition(tp.partition),
-                                      self.pending.rows.reading_columns)
-                if res.touched:
-                    self.sensor_states.changed(tp.partition, res.touched)
-            elif tp.topic == t.case_updates:
-                res = ingest.updates(batch)
-            else:
-                res = ingest.reports(self.sources[tp.topic], batch)
+            source = self.sources[tp.topic]
+            readings = source.path == "readings"
+            res = ingest.take(source, batch, self.sensor_states.partition(tp.partition) if readings else None,
+                              self.pending.rows.reading_columns)
+            if readings and res.touched:
+                self.sensor_states.changed(tp.partition, res.touched)
             located += [(at, len(located) + i, key, value)
                         for i, (at, (key, value)) in enumerate(zip(res.located_at, res.located, strict=True))]
             await self._publish(res)
@@ -87,7 +81,14 @@ class IngestService(BatchService):
     def partitions_lost(self, partitions: set[TopicPartition]) -> None:
         self.c.ingest.forget_watches()
 
-    @Service.timer(float(os.environ.get("CITYOPS_SLA_CHECK_INTERVAL", "10")))
+    @Service.task
+    async def _silent_sensor_timer(self) -> None:
+        """Every `Settings.sla_check_interval` seconds (CITYOPS_SLA_CHECK_INTERVAL), `_check_silent_sensors`."""
+        while not self.should_stop:
+            await self.sleep(self.settings.sla_check_interval)
+            if not self.should_stop:
+                await self._check_silent_sensors()
+
     async def _check_silent_sensors(self) -> None:
         """With the wall clock, report sensors that fell silent on partitions where no reading came since the
         last batch. With the stream clock (the default) only readings move a partition's clock: a timer would
@@ -97,7 +98,7 @@ class IngestService(BatchService):
         t = self.settings.topics
         async with self.lock:
             results = [(tp.partition, self.c.ingest.silent_sweep(self.sensor_states.partition(tp.partition)))
-                       for tp in self.owned if tp.topic == t.raw_iot]
+                       for tp in self.owned if self.sources[tp.topic].path == "readings"]
             sent = False
             for partition, res in results:
                 if not res.touched:

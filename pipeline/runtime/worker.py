@@ -23,20 +23,12 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
-import os
-import time
-from dataclasses import dataclass, field
-from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 from pipeline.config import Settings
-from pipeline.model.cases import CorrelationPolicy
-from pipeline.model.privacy import pii_key
-from pipeline.stages.casestage import CaseStage
-from pipeline.stages.decode import default_decoder
-from pipeline.stages.ingest import DeadLetterLimit, Ingest
-from pipeline.stages.sensors import RegistryHolder
+from pipeline.runtime.cases import CasesService
+from pipeline.runtime.components import Components, load_components
+from pipeline.runtime.ingest import IngestService
 
 log = logging.getLogger("cityops.worker")
 
@@ -58,84 +50,17 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-@dataclass
-class Counters:
-    """Running totals (exposed to the health endpoint and logs)."""
-
-    consumed: dict[str, int] = field(default_factory=dict)
-    deadletters: int = 0
-    unlocated: int = 0
-    assignments: int = 0
-    refusals: int = 0
-    duplicates: int = 0
-    unknown_sensors: set[str] = field(default_factory=set)
-    last_batch_at: float = 0.0
-
-    def add(self, topic: str, n: int) -> None:
-        self.consumed[topic] = self.consumed.get(topic, 0) + n
-        self.last_batch_at = time.time()
-
-
-@dataclass
-class Components:
-    settings: Settings
-    ingest: Ingest
-    cases: CaseStage
-    sink: Any                         # pipeline.sink.sink.ClickHouseSink
-    grid_holder: Any                  # grid.index.GridHolder
-    rules_holder: Any                 # rules.engine.RulesHolder
-    registry_holder: RegistryHolder
-    dlq_limit: DeadLetterLimit
-    counters: Counters = field(default_factory=Counters)
-
-
-def load_components(settings: Settings) -> Components:
-    """Load grid, gazetteer, rules, sensor registry and the sink; fail loudly when any is invalid."""
-    pii_key()   # a missing or weak key in production stops the worker before it reads a single ticket
-    from grid.gazetteer import Gazetteer
-    from grid.index import GridHolder
-    from pipeline.sink.sink import ClickHouseSink
-    from rules.engine import DEFAULT_RULES, RulesHolder
-
-    grid_holder = GridHolder(Path(os.environ["CITYOPS_GRID"])) if os.environ.get("CITYOPS_GRID") else GridHolder()
-    rules_holder = RulesHolder(Path(os.environ.get("CITYOPS_RULES", str(DEFAULT_RULES))))
-    registry = RegistryHolder(Path(os.environ["CITYOPS_SENSORS"]) if os.environ.get("CITYOPS_SENSORS") else None)
-    max_ratio = float(os.environ.get("CITYOPS_DLQ_MAX_RATIO", "0.5"))
-    ingest = Ingest(decoder=default_decoder(timedelta(seconds=settings.max_ahead_s)), grid=grid_holder.current,
-                    gazetteer=Gazetteer.load(), sensors=registry.current)
-    cases = CaseStage(rules_holder, CorrelationPolicy(), clock="wall" if settings.sla_clock == "wall" else "stream")
-    return Components(settings=settings, ingest=ingest, cases=cases,
-                      sink=ClickHouseSink(settings), grid_holder=grid_holder, rules_holder=rules_holder,
-                      registry_holder=registry, dlq_limit=DeadLetterLimit(max_ratio=max_ratio))
-
-
 STAGES = ("ingest", "cases")
 
 
 def stage_services(c: Components, stage: str = "all") -> list[Any]:
     """The services of `stage` ("all", "ingest" or "cases"), each with its own consumer group."""
-    from pipeline.runtime.cases import CasesService
-    from pipeline.runtime.ingest import IngestService
-
     out: list[Any] = []
     if stage in ("all", "ingest"):
         out.append(IngestService(c))
     if stage in ("all", "cases"):
         out.append(CasesService(c))
     return out
-
-
-def refresh(c: Components) -> None:
-    """Pick up a changed grid or ruleset (validated; a bad file is refused and the old one stays)."""
-    now = time.monotonic()
-    if now - getattr(c, "_last_refresh", 0.0) < 2.0:
-        return
-    c._last_refresh = now  # type: ignore[attr-defined]
-    c.rules_holder.maybe_reload()
-    if c.grid_holder.maybe_reload():
-        c.ingest.grid = c.grid_holder.current
-    if c.registry_holder.maybe_reload():
-        c.ingest.sensors = c.registry_holder.current
 
 
 def run_worker(settings: Settings, loglevel: str = "warn", stage: str = "all") -> None:

@@ -23,7 +23,7 @@ import orjson
 from pipeline.config import Settings, Topics
 from pipeline.simulate.generate import LOGICAL, SimMessage, Simulation
 
-_BY_NAME = {getattr(LOGICAL, f): f for f in Topics.__dataclass_fields__}
+_BY_NAME = {getattr(LOGICAL, f): f for f in Topics.__dataclass_fields__ if f != "prefix"}
 
 
 def speed_factor(speed: str) -> float | None:

@@ -38,14 +38,13 @@ from __future__ import annotations
 import base64
 import http.client
 import logging
-import os
 import random
 import re
 import ssl
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -447,16 +446,14 @@ _DEFAULT_HTTP_PORTS = {19000: 18123, 9000: 8123, 9440: 8443}   # deploy/local's 
 _ERROR_CODE = re.compile(rb"Code: (\d+)")
 
 
-def http_port(settings: Settings, env: Mapping[str, str] | None = None) -> int | None:
+def http_port(settings: Settings) -> int | None:
     """The HTTP port of the server `settings` name, or None when the sink should use the native protocol.
 
     CITYOPS_CLICKHOUSE_HTTP_PORT wins (`0` means "no HTTP"); else the server's HTTP port that pairs with the
     native port (19000 -> 18123 of the local stack, 9000 -> 8123, 9440 -> 8443); else None.
     """
-    value = (os.environ if env is None else env).get("CITYOPS_CLICKHOUSE_HTTP_PORT", "").strip()
-    if value:
-        port = int(value)
-        return port or None
+    if settings.clickhouse_http_port is not None:
+        return settings.clickhouse_http_port or None
     return _DEFAULT_HTTP_PORTS.get(settings.clickhouse_port)
 
 

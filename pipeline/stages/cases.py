@@ -42,8 +42,9 @@ from pipeline.model.cases import (
     iso,
     partition_key,
 )
-from pipeline.model.events import DISCOVERED_BY, CaseUpdate, Event
+from pipeline.model.events import CaseUpdate, Event
 from pipeline.model.records import CaseRow, EventRow, RoundRow, TransitionRow
+from pipeline.model.sources import DISCOVERED_BY
 from rules.limits import DEFAULT_TIME_LIMITS, TimeLimits
 from rules.recurrence import RecurrenceHistory
 

@@ -10,15 +10,16 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 import orjson
 
-from pipeline.model.events import CaseUpdate, Event, Source
-from pipeline.model.privacy import caller_hash, mask_text
+from pipeline.model.events import CaseUpdate, Event
+from pipeline.model.privacy import DEV_PII_KEY, caller_hash, mask_text
+from pipeline.model.sources import BY_NAME, Source
 from pipeline.model.taxonomy import Taxonomy, default_taxonomy
 
 MAX_MESSAGE_BYTES = 64 * 1024
@@ -82,6 +83,7 @@ class Decoder:
     taxonomy: Taxonomy
     window: TimeWindow = TimeWindow()
     now: Callable[[], datetime] = lambda: datetime.now(UTC)
+    pii_key: bytes = field(default=DEV_PII_KEY, repr=False)     # the caller hash's (Settings.pii_key)
 
     # -- the four topics -------------------------------------------------------------------------------
 
@@ -99,7 +101,7 @@ class Decoder:
             name = _opt_string(caller, "name", MAX_SHORT_TEXT, prefix="caller.")
             phone = _opt_string(caller, "phone", 40, prefix="caller.")
             names = (name,) if name else ()
-            phone_hash = caller_hash(phone) if phone else None
+            phone_hash = caller_hash(phone, self.pii_key) if phone else None
         description = _opt_string(obj, "description", MAX_DESCRIPTION) or ""
         request_type = _opt_enum(obj, "request_type", REQUEST_TYPES)
         channel = _opt_enum(obj, "channel", CHANNELS)
@@ -228,7 +230,8 @@ class Decoder:
                           note=mask_text(note))
 
     def for_source(self, source: Source) -> Callable[[bytes], Event]:
-        return {"hotline": self.hotline, "patrol": self.patrol, "iot": self.iot}[source]
+        method: Callable[[bytes], Event] = getattr(self, BY_NAME[source].decoder)
+        return method
 
     # -- shared checks ---------------------------------------------------------------------------------
 
@@ -255,9 +258,9 @@ class Decoder:
         return at
 
 
-def default_decoder(max_ahead: timedelta | None = None) -> Decoder:
+def default_decoder(max_ahead: timedelta | None = None, pii_key: bytes = DEV_PII_KEY) -> Decoder:
     window = TimeWindow() if max_ahead is None else TimeWindow(max_ahead=max_ahead)
-    return Decoder(taxonomy=default_taxonomy(), window=window)
+    return Decoder(taxonomy=default_taxonomy(), window=window, pii_key=pii_key)
 
 
 def _object(raw: bytes) -> dict[str, Any]:

@@ -10,10 +10,9 @@ and the sensor aggregates. The next stage is pipeline.stages.casestage.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from operator import attrgetter
@@ -21,8 +20,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from pipeline.model.events import Event, Location, Source
+from pipeline.model.events import Event, Location
 from pipeline.model.records import ReadingColumns, SensorReadingRow
+from pipeline.model.sources import Source, SourceSpec
 from pipeline.stages.decode import Decoder, InvalidEvent, Reading, ReadingFields
 from pipeline.stages.sensors import (
     ALARM,
@@ -122,10 +122,6 @@ class DeadLetterLimit:
 _LAST_AT = attrgetter("last_at")
 
 
-def _silent_clock() -> str:
-    return "wall" if os.environ.get("CITYOPS_SLA_CLOCK", "stream") == "wall" else "stream"
-
-
 @dataclass
 class Ingest:
     decoder: Decoder
@@ -133,15 +129,29 @@ class Ingest:
     gazetteer: Geocoder
     sensors: SensorRegistry
     # what judges silent sensors: each partition's newest reading time ("stream": deterministic, replays and
-    # simulations), or the wall clock while the partition is live ("wall": CITYOPS_SLA_CLOCK=wall)
-    silent_clock: str = field(default_factory=_silent_clock)
+    # simulations), or the wall clock while the partition is live ("wall": Settings.sla_clock)
+    silent_clock: str = "stream"
     _watches: dict[int, SilentWatch] = field(default_factory=dict, repr=False)
     _guests: dict[str, Sensor] = field(default_factory=dict, repr=False)
 
+    def take(self, source: SourceSpec, messages: Sequence[Message], states: dict[str, SensorState] | None = None,
+             columns: ReadingColumns | None = None) -> IngestResult:
+        """A batch of one source's messages, down the path its row in pipeline.model.sources names (`states`:
+        the partition's sensor states, for readings)."""
+        if source.path == "readings":
+            if states is None:
+                raise ValueError(f"{source.name}: readings need their partition's sensor states")
+            return self.readings(messages, states, columns)
+        if source.path == "updates":
+            return self.updates(messages)
+        return self._reports(getattr(self.decoder, source.decoder), messages)
+
     def reports(self, source: Source, messages: Sequence[Message]) -> IngestResult:
         """Hotline tickets or patrol reports: decode, geocode addresses, locate, key by grid."""
+        return self._reports(self.decoder.for_source(source), messages)
+
+    def _reports(self, decode: Callable[[bytes], Event], messages: Sequence[Message]) -> IngestResult:
         out = IngestResult()
-        decode = self.decoder.for_source(source)
         events: list[Event] = []
         origins: list[Message | None] = []
         for msg in messages:

@@ -8,7 +8,6 @@ the current readings into a list of `Alert`s, most severe first; it is a pure fu
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -44,9 +43,8 @@ class ConfigWatch:
     def __init__(self, rules_path: Path | None = None, grid_path: Path | None = None) -> None:
         from rules.engine import DEFAULT_RULES
 
-        self.rules_path = rules_path or Path(os.environ.get("CITYOPS_RULES", str(DEFAULT_RULES)))
-        env_grid = os.environ.get("CITYOPS_GRID")
-        self.grid_path = grid_path or (Path(env_grid) if env_grid else None)
+        self.rules_path = rules_path or DEFAULT_RULES
+        self.grid_path = grid_path
         self.rules: Any = None
         self.grid: Any = None
         self.rules_error: str | None = None

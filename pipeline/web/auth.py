@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import os
 import secrets
 import time
 from dataclasses import dataclass
@@ -35,17 +34,19 @@ class SecretError(RuntimeError):
     """The server must not start with this secret (production mode without a real one)."""
 
 
-def production_mode(env: dict[str, str] | None = None) -> bool:
-    e = os.environ if env is None else env
-    return e.get("CITYOPS_ENV", "development") == "production"
+def production_mode(env: dict[str, str]) -> bool:
+    return env.get("CITYOPS_ENV", "development") == "production"
 
 
-def server_secret(env: dict[str, str] | None = None) -> bytes:
-    """CITYOPS_SECRET; in development a fixed dev secret when unset. Production refuses a missing, short or
-    development secret."""
-    e = dict(os.environ if env is None else env)
-    secret = e.get("CITYOPS_SECRET", "")
-    if production_mode(e):
+def server_secret(env: dict[str, str]) -> bytes:
+    """CITYOPS_SECRET of `env` (see `secret_of`)."""
+    return secret_of(env.get("CITYOPS_SECRET", ""), production_mode(env))
+
+
+def secret_of(secret: str, production: bool) -> bytes:
+    """The server's secret (`Settings.web_secret`); in development a fixed dev secret when unset. Production
+    refuses a missing, short or development secret."""
+    if production:
         if not secret:
             raise SecretError("CITYOPS_SECRET must be set in production mode (CITYOPS_ENV=production)")
         if secret == DEV_SECRET:

@@ -68,7 +68,8 @@ def build_centre(settings: Settings) -> object:
     """The real centre: Kafka outbox and feed, ClickHouse archive, the worker's rules and grid watched."""
     from pipeline.model.privacy import pii_key
 
-    pii_key()   # a missing or weak key in production stops the server before it connects to anything
+    # a missing or weak key in production stops the server before it connects to anything
+    key = pii_key(settings.pii_key, settings.production)
     from grid import AREAS_FILE, CELLS_FILE
     from pipeline.model.taxonomy import default_taxonomy
     from pipeline.stages.decode import default_decoder
@@ -83,11 +84,10 @@ def build_centre(settings: Settings) -> object:
     from pipeline.web.ratelimit import RateLimiter
     from pipeline.web.users import UsersHolder
 
-    production = auth.production_mode()
-    secret = auth.server_secret()
-    users_env = os.environ.get("CITYOPS_USERS")
-    if users_env:
-        users_path = Path(users_env)
+    production = settings.production
+    secret = auth.secret_of(settings.web_secret, production)
+    if settings.web_users is not None:
+        users_path = settings.web_users
     elif production:
         raise auth.SecretError("CITYOPS_USERS must name the users file in production mode")
     else:
@@ -95,19 +95,17 @@ def build_centre(settings: Settings) -> object:
         print(f"cityops web (development): demo users in {users_path}; sign in with:", flush=True)
         for line in lines:
             print("   ", line, flush=True)
-    grid_env = os.environ.get("CITYOPS_GRID")
-    map_json = build_map(Path(grid_env) if grid_env else CELLS_FILE, AREAS_FILE)
+    map_json = build_map(settings.grid_path or CELLS_FILE, AREAS_FILE)
     board = LiveBoard(subdistrict_names(map_json),
-                      due_soon=timedelta(minutes=float(os.environ.get("CITYOPS_WEB_DUE_SOON_MIN", "120"))))
+                      due_soon=timedelta(minutes=settings.web_due_soon_min))
     centre = Centre(
         settings=settings, users=UsersHolder(users_path), signer=auth.Signer(secret), board=board,
-        outbox=KafkaOutbox(settings), decoder=default_decoder(), taxonomy=default_taxonomy(),
-        map_json=orjson.dumps(map_json), archive=open_archive(settings), config=ConfigWatch(),
-        feed=BoardFeed(settings, lambda items: None,
-                       lookback_s=float(os.environ.get("CITYOPS_WEB_LOOKBACK_H", "72")) * 3600),
+        outbox=KafkaOutbox(settings), decoder=default_decoder(pii_key=key), taxonomy=default_taxonomy(),
+        map_json=orjson.dumps(map_json), archive=open_archive(settings),
+        config=ConfigWatch(settings.rules_path, settings.grid_path),
+        feed=BoardFeed(settings, lambda items: None, lookback_s=settings.web_lookback_h * 3600),
         lag_probe=LagProbe(settings), production=production,
-        limiter=RateLimiter(rate=float(os.environ.get("CITYOPS_WEB_RATE", "5")),
-                            burst=float(os.environ.get("CITYOPS_WEB_BURST", "20"))),
+        limiter=RateLimiter(rate=settings.web_rate, burst=settings.web_burst),
     )
     return centre
 
@@ -140,7 +138,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _adduser(args: argparse.Namespace) -> int:
-    path = Path(args.users or os.environ.get("CITYOPS_USERS") or Settings.from_env().var_dir / "web" / "users.yaml")
+    settings = Settings.from_env()
+    path = Path(args.users) if args.users else settings.web_users or settings.var_dir / "web" / "users.yaml"
     try:
         users = load_users(path) if path.exists() else Users({}, str(path))
     except UsersError as err:

@@ -122,12 +122,13 @@ def test_values_that_do_not_fit_are_refused_not_retried() -> None:
 def test_http_port_comes_from_the_environment_or_pairs_with_the_native_port() -> None:
     """CITYOPS_CLICKHOUSE_HTTP_PORT wins (0 = off); else 19000 -> 18123, 9000 -> 8123, 9440 -> 8443, else none."""
     s = Settings()
-    assert http_port(s, {}) == 18123
-    assert http_port(replace(s, clickhouse_port=9000), {}) == 8123
-    assert http_port(replace(s, clickhouse_port=9440), {}) == 8443
-    assert http_port(replace(s, clickhouse_port=9999), {}) is None
-    assert http_port(s, {"CITYOPS_CLICKHOUSE_HTTP_PORT": "8124"}) == 8124
-    assert http_port(s, {"CITYOPS_CLICKHOUSE_HTTP_PORT": "0"}) is None
+    assert http_port(s) == 18123
+    assert http_port(replace(s, clickhouse_port=9000)) == 8123
+    assert http_port(replace(s, clickhouse_port=9440)) == 8443
+    assert http_port(replace(s, clickhouse_port=9999)) is None
+    assert http_port(Settings.from_env({"CITYOPS_CLICKHOUSE_HTTP_PORT": "8124"})) == 8124
+    assert http_port(Settings.from_env({"CITYOPS_CLICKHOUSE_HTTP_PORT": "0"})) is None
+    assert http_port(Settings.from_env({"CITYOPS_CLICKHOUSE_PORT": "9000"})) == 8123
 
 
 def test_server_errors_keep_their_codes_for_the_retry_decision() -> None:
@@ -208,8 +209,7 @@ def test_http_and_native_paths_store_identical_rows(settings: Settings, tmp_path
 
 
 @pytest.mark.clickhouse
-def test_a_closed_http_port_falls_back_to_the_native_protocol(isolated_settings: Settings,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_closed_http_port_falls_back_to_the_native_protocol(isolated_settings: Settings) -> None:
     """With an HTTP port nobody listens on, the sink switches to the native port and stores everything."""
     import socket
 
@@ -219,7 +219,7 @@ def test_a_closed_http_port_falls_back_to_the_native_protocol(isolated_settings:
     with socket.socket() as probe:          # a port that was free a moment ago: nothing listens there
         probe.bind(("127.0.0.1", 0))
         free = probe.getsockname()[1]
-    monkeypatch.setenv("CITYOPS_CLICKHOUSE_HTTP_PORT", str(free))
+    isolated_settings = replace(isolated_settings, clickhouse_http_port=free)
     migrate(isolated_settings)
     sink = ClickHouseSink(isolated_settings, backoff=Backoff(initial_s=0.01, cap_s=0.02))
     assert sink.transport == "http"

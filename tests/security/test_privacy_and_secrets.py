@@ -142,14 +142,14 @@ def test_the_web_server_refuses_to_start_in_production_without_a_real_pii_key(ke
 def test_the_worker_refuses_to_start_in_production_without_a_real_pii_key(
         key: str | None, monkeypatch: pytest.MonkeyPatch) -> None:
     """The worker must refuse at start, not crash at the first ticket with a caller (or hash with the dev key)."""
-    from pipeline.runtime import worker
+    from pipeline.runtime import components
 
     monkeypatch.setenv("CITYOPS_ENV", "production")
     monkeypatch.delenv("CITYOPS_PII_KEY", raising=False)
     if key is not None:
         monkeypatch.setenv("CITYOPS_PII_KEY", key)
     with pytest.raises(Exception, match="CITYOPS_PII_KEY"):
-        worker.load_components(Settings())
+        components.load_components(Settings.from_env())
 
 
 # -- credentials and TLS ----------------------------------------------------------------------------------
