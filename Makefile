@@ -41,6 +41,7 @@ test-unit: setup
 lint: setup
 	$(VENV)/bin/ruff check pipeline rules grid tests
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 bench: setup
 	$(STACK) run-with $(PY) -m pipeline.bench

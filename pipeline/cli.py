@@ -12,16 +12,16 @@ import sys
 from collections.abc import Sequence
 
 COMMAND_MODULES = (
-    "pipeline.runtime.topics",      # cityops topics create|list
-    "pipeline.sink.migrate",     # cityops db migrate|status
-    "pipeline.reports.cli", # cityops report discovery|recurrence|sla|workload|health
-    "pipeline.runtime.worker",      # cityops worker
-    "grid.cli",             # cityops grid build|validate|locate|info|geocode
-    "rules.cli",            # cityops rules check|explain|test
-    "pipeline.simulate.cli",  # cityops simulate|replay
-    "pipeline.web.cli",     # cityops web [adduser]
-    "pipeline.notify.cli",  # cityops notify [check|inbox]
-    "pipeline.run",         # cityops run (what `make run` does)
+    "pipeline.runtime.topics",     # cityops topics create|list
+    "pipeline.sink.migrate",       # cityops db migrate|status
+    "pipeline.reports.cli",        # cityops report discovery|recurrence|sla|workload|health
+    "pipeline.runtime.worker",     # cityops worker
+    "grid.cli",                    # cityops grid build|validate|locate|info|geocode
+    "rules.cli",                   # cityops rules check|explain|test
+    "pipeline.simulate.cli",       # cityops simulate|replay
+    "pipeline.web.cli",            # cityops web [adduser]
+    "pipeline.notify.cli",         # cityops notify [check|inbox]
+    "pipeline.run",                # cityops run (what `make run` does)
 )
 
 

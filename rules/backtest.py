@@ -18,24 +18,19 @@ be read exits 1. What is not stored (caller, channel, patrol team) is not used b
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
-import json
-import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any, Protocol
 
 from pipeline.model.events import Event, GridKind, Location
 from pipeline.model.sources import SOURCES, Source
 from rules.conditions import Condition, Not, Recurrence
-from rules.durations import format_duration, parse_duration
-from rules.engine import DEFAULT_RULES, Dispatch, Ruleset, load_ruleset
-from rules.errors import RulesError
+from rules.durations import format_duration
+from rules.engine import Dispatch, Ruleset
 from rules.recurrence import RecurrenceHistory
 
 FORMATS = ("table", "json", "csv")
@@ -254,59 +249,4 @@ def render_csv(r: BacktestReport) -> str:
 
 # ---- command ---------------------------------------------------------------------------------------------
 
-def _run(args: argparse.Namespace) -> int:
-    from pipeline.config import Settings
-    from pipeline.sink.sink import ClickHouse, QueryError, quiet_driver_logs
 
-    problems: list[str] = []
-    rulesets: list[Ruleset] = []
-    for path in (args.candidate, args.against):
-        try:
-            rulesets.append(load_ruleset(Path(path)))
-        except RulesError as err:
-            problems += err.problems
-        except OSError as err:
-            problems.append(f"{path}: {err.strerror or err}")
-    if problems:
-        for problem in problems:
-            print(problem, file=sys.stderr)
-        print(f"backtest refused: {len(problems)} problem{'s' * (len(problems) != 1)}", file=sys.stderr)
-        return 2
-    candidate, current = rulesets
-    try:
-        window = parse_duration(args.since)
-    except ValueError as err:
-        print(f"--since: {err}", file=sys.stderr)
-        return 2
-    until = datetime.now(UTC).replace(microsecond=0)
-    since = until - window
-    warmup = longest_recurrence_window(current, candidate)
-    quiet_driver_logs()
-    db = ClickHouse(Settings.from_env())
-    try:
-        cases = load_cases(db, since - warmup, until)
-    except QueryError as err:
-        print(err, file=sys.stderr)
-        return 1
-    finally:
-        db.close()
-    report = backtest(cases, current, candidate, since, until, args.examples)
-    if args.format == "json":
-        print(json.dumps(to_json(report), ensure_ascii=False, indent=2))
-    elif args.format == "csv":
-        sys.stdout.write(render_csv(report))
-    else:
-        print(render_table(report))
-    return 0
-
-
-def register(rsub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add `cityops rules backtest` to the `rules` sub-commands."""
-    p = rsub.add_parser("backtest", help="route stored cases with a candidate ruleset and show what would change")
-    p.add_argument("candidate", metavar="RULES.yaml", help="the candidate ruleset")
-    p.add_argument("--since", default="30d", help="window of case openings, a duration back from now (30d, 1w)")
-    p.add_argument("--against", default=str(DEFAULT_RULES), metavar="FILE",
-                   help="the current ruleset to compare with (default: the shipped one)")
-    p.add_argument("--examples", type=int, default=5, metavar="N", help="examples per team change (default 5)")
-    p.add_argument("--format", choices=FORMATS, default="table")
-    p.set_defaults(func=_run)

@@ -5,7 +5,8 @@
     cityops rules test [FILE]                              run the YAML rule tests beside a ruleset
 
 More `rules` sub-commands plug in without editing this file: each module named in RULES_COMMAND_MODULES
-that exists (e.g. rules/backtest.py) is imported and its `register(rules_subparsers)` adds its parser.
+that exists (e.g. pipeline/reports/backtest.py, which reads ClickHouse) is imported and its
+`register(rules_subparsers)` adds its parser.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from rules.events import event_from_mapping, parse_time
 from rules.recurrence import RecurrenceHistory
 from rules.ruletests import report, run_rule_tests, tests_path_for
 
-RULES_COMMAND_MODULES: tuple[str, ...] = ("rules.backtest",)
+RULES_COMMAND_MODULES: tuple[str, ...] = ("pipeline.reports.backtest",)
 
 
 def _check(args: argparse.Namespace) -> int:

@@ -13,6 +13,7 @@ from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 
 from pipeline.bench import e2e as bench
+from pipeline.bench.harness import BenchConfig
 from pipeline.config import Settings, Topics
 from pipeline.runtime.topics import delete_topics, ensure_topics, owned_by
 from tests.support import wait_for
@@ -50,10 +51,10 @@ def test_the_bench_deletes_its_topics_even_when_a_phase_fails(monkeypatch: pytes
     monkeypatch.setattr(bench, "_run_phases", failing_phases)
     monkeypatch.setattr(bench, "delete_run_topics", lambda base, tag, log: deleted.append(tag))
     with pytest.raises(RuntimeError, match="a phase failed"):
-        bench.run_bench(bench.BenchConfig(out_dir=tmp_path), Settings(), log=lambda s: None)
+        bench.run_bench(BenchConfig(out_dir=tmp_path), Settings(), log=lambda s: None)
     assert len(deleted) == 1 and deleted[0].startswith("bench")
     monkeypatch.setattr(bench, "_run_phases", lambda *args: {"ok": True})
-    assert bench.run_bench(bench.BenchConfig(out_dir=tmp_path, keep_topics=True), Settings(),
+    assert bench.run_bench(BenchConfig(out_dir=tmp_path, keep_topics=True), Settings(),
                            log=lambda s: None) == {"ok": True}
     assert len(deleted) == 1
 

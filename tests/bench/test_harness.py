@@ -15,17 +15,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.bench.e2e import (
-    BenchConfig,
-    BenchInput,
-    day_config,
-    first_reports,
-    latency_slice,
-    percentiles,
-    render,
-    run_chain,
-    targets,
-)
+from pipeline.bench.harness import BenchConfig, BenchInput, day_config
+from pipeline.bench.latency import first_reports, latency_slice, percentiles
+from pipeline.bench.report import render, targets
+from pipeline.bench.stages import run_chain
 from pipeline.config import Settings, Topics
 from pipeline.simulate import Simulation
 from pipeline.simulate.config import SHANGHAI

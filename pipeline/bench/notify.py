@@ -21,6 +21,8 @@ from typing import Any
 
 import orjson
 
+from pipeline.bench.harness import isolated, prepared, stop, workers
+from pipeline.bench.latency import latency_slice, percentiles, send_paced, wait_for_group
 from pipeline.config import ROOT, Settings, environ
 from pipeline.notify.targets import names_in_rules
 
@@ -61,9 +63,7 @@ class _Receiver:
         return [orjson.loads(line) for line in self.log.read_bytes().splitlines() if line.strip()]
 
     def close(self) -> None:
-        from pipeline.bench import e2e as bench
-
-        bench.stop(self.proc)
+        stop(self.proc)
 
 
 class _AssignmentTimes:
@@ -110,10 +110,8 @@ def targets_file(path: Path, base: str, rules: Path) -> Path:
 
 def run_phase(base: Settings, inp: Any, tag: str, cfg: Any) -> dict[str, Any]:
     """The phase (module docstring); returns p50/p99/max of priority-1 deliveries and the counts."""
-    from pipeline.bench import e2e as bench
-
-    paced, _ = bench.latency_slice(inp, cfg)
-    s = bench.isolated(base, tag)
+    paced, _ = latency_slice(inp, cfg)
+    s = isolated(base, tag)
     log_dir = cfg.out_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     receiver = _Receiver(cfg.out_dir / f"{tag}-inbox.ndjson", log_dir / f"{tag}-inbox.log")
@@ -121,25 +119,25 @@ def run_phase(base: Settings, inp: Any, tag: str, cfg: Any) -> dict[str, Any]:
     env = {**s.to_env(), "CITYOPS_NOTIFY_TARGETS": str(targets), "CITYOPS_SENSORS": str(inp.registry)}
     result: dict[str, Any] = {"rate": cfg.rate, "paced_messages": len(paced)}
     try:
-        with bench.prepared(s), bench.workers(s, 1, inp.registry, log_dir, dict(cfg.worker_env)) as procs:
+        with prepared(s), workers(s, 1, inp.registry, log_dir, dict(cfg.worker_env)) as procs:
             with (log_dir / f"{tag}-notify.log").open("ab") as log:
                 notifier = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "notify"], cwd=ROOT,
                                             env={**_environ(), **env}, stdout=log, stderr=subprocess.STDOUT)
             try:
-                result["ready"] = bench.wait_for_group(s, 1, cfg.timeout_s)
+                result["ready"] = wait_for_group(s, 1, cfg.timeout_s)
                 time.sleep(3.0)      # the notifier joins its group and restores its (empty) ledger, unmeasured
                 clock = _AssignmentTimes(s)
                 from kafka import KafkaProducer
 
                 producer = KafkaProducer(acks="all", linger_ms=1, **s.kafka_client_options())
                 try:
-                    result["paced_rate"] = bench.send_paced(producer, s.topics, paced, cfg.rate, {}, {})
+                    result["paced_rate"] = send_paced(producer, s.topics, paced, cfg.rate, {}, {})
                     _settle(receiver, procs[0], notifier, cfg.timeout_s)
                 finally:
                     producer.close()
                     clock.close()
             finally:
-                bench.stop(notifier)
+                stop(notifier)
     finally:
         receiver.close()
     got = receiver.received()
@@ -148,7 +146,7 @@ def run_phase(base: Settings, inp: Any, tag: str, cfg: Any) -> dict[str, Any]:
         first.setdefault(r["key"], r)
     lat = [(r["at"] - clock.arrived[r["body"]["assignment_id"]]) * 1000 for r in first.values()
            if r["body"].get("priority") == 1 and r["body"].get("assignment_id") in clock.arrived]
-    result.update(bench.percentiles(lat))
+    result.update(percentiles(lat))
     result["deliveries"] = len(first)
     result["p1_assignments"] = len(clock.arrived)
     result["duplicates"] = len(got) - len(first)

@@ -1,4 +1,4 @@
-"""How fast the Open311 search answers on a month of a district: `python -m pipeline.web.open311_bench`.
+"""How fast the Open311 search answers on a month of a district: `python -m pipeline.bench.open311`.
 
 1. The simulator makes `--days` (30) days of Hongkou: every 12345 ticket (about 1,800 a day), patrol report and
    team update, and one reading a day per sensor (readings are no requests).
@@ -169,7 +169,7 @@ async def measure(settings: Settings, case_states: dict[str, dict[str, Any]], un
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m pipeline.web.open311_bench", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m pipeline.bench.open311", description=__doc__.split("\n\n")[0])
     p.add_argument("--days", type=float, default=30.0)
     p.add_argument("--sensors", type=int, default=500)
     p.add_argument("--repeat", type=int, default=100, help="searches of each kind")
