@@ -58,7 +58,7 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 60.0)
 def _wait_caught_up(settings: Settings, expected_events: int, worker: subprocess.Popen[bytes],
                     timeout_s: float) -> int:
     """Wait until ClickHouse holds `expected_events` located reports (or the count stops growing)."""
-    from pipeline.sink.sink import ClickHouse
+    from pipeline.sink.transport import ClickHouse
 
     ch = ClickHouse(settings)
     deadline = time.monotonic() + timeout_s

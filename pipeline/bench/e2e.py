@@ -147,7 +147,7 @@ def run_naive(base: Settings, raw: Topics, inp: BenchInput, world: Any, tag: str
 
     from pipeline.bench.naive import NaiveDecoder, NaiveLocator, NaivePipeline, run_from_kafka
     from pipeline.model.taxonomy import default_taxonomy
-    from pipeline.sink.sink import ClickHouse
+    from pipeline.sink.transport import ClickHouse
     from pipeline.stages.sensors import load_registry, load_types
     from rules.engine import DEFAULT_RULES
     from rules.naive import NaiveRuleset
@@ -207,7 +207,7 @@ def machine_facts(settings: Settings) -> dict[str, Any]:
     jars = sorted((settings.var_dir / "kafka" / "libs").glob("kafka_2.*-*.jar"))
     facts["kafka"] = next((j.stem.split("-", 1)[1] for j in jars if j.stem.count("-") == 1), "unknown")
     try:
-        from pipeline.sink.sink import ClickHouse
+        from pipeline.sink.transport import ClickHouse
 
         db = ClickHouse(settings, database="default")
         facts["clickhouse"] = str(db.execute("SELECT version()")[0][0])

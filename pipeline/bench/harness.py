@@ -129,7 +129,7 @@ def prepared(settings: Settings) -> Iterator[Settings]:
 
 
 def drop_database(settings: Settings) -> None:
-    from pipeline.sink.sink import ClickHouse
+    from pipeline.sink.transport import ClickHouse
 
     for attempt in range(10):
         try:

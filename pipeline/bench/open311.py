@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep", action="store_true", help="keep the scratch database")
     args = p.parse_args(argv)
     from pipeline.sink.migrate import migrate
-    from pipeline.sink.sink import ClickHouse
+    from pipeline.sink.transport import ClickHouse
 
     stamp = datetime.now(UTC).strftime("%m%d%H%M%S")
     settings = replace(Settings.from_env(), clickhouse_database=f"cityops_o311bench{stamp}")

@@ -33,7 +33,9 @@ from typing import Any, Literal
 from pipeline.config import Settings
 from pipeline.model.records import EventColumns, EventRow, SensorReadingRow, SinkBatch
 from pipeline.sink.migrate import migrate
-from pipeline.sink.sink import _EVENTS, ClickHouse, ClickHouseSink, Transport, _epoch
+from pipeline.sink.sink import ClickHouseSink, Transport
+from pipeline.sink.tables import _EVENTS, _epoch
+from pipeline.sink.transport import ClickHouse
 
 TARGET_ROWS_PER_S = 200_000
 Form = Literal["rows", "columns"]

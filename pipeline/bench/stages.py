@@ -218,7 +218,8 @@ def sink_rate(base: Settings, tag: str, batches: Sequence[Any]) -> StageRate:
     tables (the naive way) on the first 3,000 of those rows, into a scratch database."""
     from pipeline.bench.naive import _COLUMNS, _row
     from pipeline.model.records import SinkBatch
-    from pipeline.sink.sink import ClickHouse, ClickHouseSink
+    from pipeline.sink.sink import ClickHouseSink
+    from pipeline.sink.transport import ClickHouse
 
     merged: list[SinkBatch] = []
     for b in batches:

@@ -43,7 +43,7 @@ class Watcher:
                  every_s: float = 0.1, quiet_s: float = 3.0) -> None:
         from kafka import KafkaAdminClient, KafkaConsumer
 
-        from pipeline.sink.sink import ClickHouse
+        from pipeline.sink.transport import ClickHouse
 
         opts = settings.kafka_client_options()
         self.consumer = KafkaConsumer(group_id=None, client_id="cityops-bench", **opts)
@@ -155,7 +155,7 @@ def distinct_counts(settings: Settings) -> dict[str, int]:
 
 
 def _distinct_counts(settings: Settings) -> dict[str, int]:
-    from pipeline.sink.sink import ClickHouse
+    from pipeline.sink.transport import ClickHouse
 
     db = ClickHouse(settings)
     try:

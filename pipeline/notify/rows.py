@@ -53,7 +53,8 @@ class RowWriter:
         return rows
 
     def _run(self) -> None:
-        from pipeline.sink.sink import NOTIFICATIONS, SinkStopped
+        from pipeline.sink.sink import SinkStopped
+        from pipeline.sink.tables import NOTIFICATIONS
 
         while not self._stop.is_set():
             self._wake.wait(self.interval_s)
@@ -84,7 +85,7 @@ class RowWriter:
         self.sink.stop()
 
     def _last(self, rows: list[NotificationRow]) -> None:
-        from pipeline.sink.sink import NOTIFICATIONS
+        from pipeline.sink.tables import NOTIFICATIONS
 
         try:
             self.sink.write_rows(NOTIFICATIONS, rows)

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from pipeline.config import Settings
-from pipeline.sink.sink import ClickHouse, QueryError, quiet_driver_logs
+from pipeline.sink.transport import ClickHouse, QueryError, quiet_driver_logs
 from rules.backtest import (
     FORMATS,
     backtest,

@@ -79,7 +79,7 @@ def filters_of(args: argparse.Namespace) -> Filters:
 
 
 def _connect() -> Queryable:
-    from pipeline.sink.sink import ClickHouse
+    from pipeline.sink.transport import ClickHouse
 
     return ClickHouse(Settings.from_env())
 
@@ -394,7 +394,7 @@ score = 100 x (0.4 x (1 - overdue/open) + 0.3 x (1 - recurrence_rate) + 0.3 x di
 
 
 def _run(args: argparse.Namespace) -> int:
-    from pipeline.sink.sink import QueryError, quiet_driver_logs
+    from pipeline.sink.transport import QueryError, quiet_driver_logs
 
     quiet_driver_logs()
     func, _ = REPORTS[args.report]

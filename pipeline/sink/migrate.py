@@ -37,7 +37,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from pipeline.config import Settings
-from pipeline.sink.sink import ClickHouse, QueryError, quiet_driver_logs
+from pipeline.sink.transport import ClickHouse, QueryError, quiet_driver_logs
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 

@@ -45,7 +45,7 @@ def history() -> History:
 def server_db(isolated_settings: Settings) -> Iterator[Any]:
     """A fresh, migrated database on the real server (marked tests only)."""
     from pipeline.sink.migrate import migrate
-    from pipeline.sink.sink import ClickHouse
+    from pipeline.sink.transport import ClickHouse
 
     migrate(isolated_settings)
     db = ClickHouse(isolated_settings)

@@ -13,7 +13,8 @@ from typing import Any
 
 from pipeline.model.records import SinkBatch
 from pipeline.sink.migrate import _BOOTSTRAP, Target, load_migrations, render, rendered_statements
-from pipeline.sink.sink import batch_columns, render_query
+from pipeline.sink.tables import batch_columns
+from pipeline.sink.transport import render_query
 
 
 class ChdbDatabase:

@@ -48,7 +48,8 @@ def test_dashboard_queries_run_on_current_clickhouse(chdb_db: ChdbDatabase) -> N
 def test_dashboard_queries_run_on_the_server(isolated_settings: Settings) -> None:
     """The same queries on the real server (18.16 here), with the same rows."""
     from pipeline.sink.migrate import migrate
-    from pipeline.sink.sink import ClickHouse, ClickHouseSink
+    from pipeline.sink.sink import ClickHouseSink
+    from pipeline.sink.transport import ClickHouse
 
     migrate(isolated_settings)
     sink = ClickHouseSink(isolated_settings)

@@ -46,7 +46,8 @@ def test_stopping_the_server_mid_stream_loses_and_duplicates_nothing(isolated_se
     """Batches written while the server is stopped block and retry; after the restart every event is stored
     exactly once (distinct ids and FINAL both equal the number sent, although some batches were replayed)."""
     from pipeline.sink.migrate import migrate
-    from pipeline.sink.sink import Backoff, ClickHouse, ClickHouseSink
+    from pipeline.sink.sink import Backoff, ClickHouseSink
+    from pipeline.sink.transport import ClickHouse
 
     migrate(isolated_settings)
     sink = ClickHouseSink(isolated_settings, backoff=Backoff(initial_s=0.1, cap_s=1.0))

@@ -71,7 +71,7 @@ def test_every_migration_runs_on_current_clickhouse_twice(chdb_db: ChdbDatabase)
 def test_migrate_on_the_server_is_idempotent_and_recorded(isolated_settings: Settings) -> None:
     """`migrate` creates the database, applies every version once, records it, and then has nothing to do."""
     from pipeline.sink.migrate import migrate, status
-    from pipeline.sink.sink import ClickHouse
+    from pipeline.sink.transport import ClickHouse
 
     versions = [m.version for m in load_migrations()]
     assert migrate(isolated_settings) == versions
@@ -139,7 +139,7 @@ def test_the_lifecycle_migration_runs_again_after_a_failure_half_way(isolated_se
     """18.16 has no ADD COLUMN IF NOT EXISTS: `migrate` adds a column only when it is missing, so every
     statement of 0004 runs again on a migrated database (as after a failure half-way) and changes nothing."""
     from pipeline.sink.migrate import _execute, migrate
-    from pipeline.sink.sink import ClickHouse
+    from pipeline.sink.transport import ClickHouse
 
     migrate(isolated_settings)
     db = ClickHouse(isolated_settings)
@@ -161,7 +161,7 @@ def test_the_lifecycle_migration_runs_again_after_a_failure_half_way(isolated_se
 @pytest.mark.clickhouse
 def test_a_missing_schema_is_explained(isolated_settings: Settings) -> None:
     """Querying a database that was never migrated says which server and database, and what to run."""
-    from pipeline.sink.sink import ClickHouse, QueryError
+    from pipeline.sink.transport import ClickHouse, QueryError
 
     db = ClickHouse(isolated_settings)
     try:

@@ -14,15 +14,8 @@ from hypothesis import strategies as st
 
 from pipeline.config import Settings
 from pipeline.model.records import CaseRow, EventRow, RoundRow, SensorReadingRow, SinkBatch, TransitionRow
-from pipeline.sink.sink import (
-    Backoff,
-    ClickHouseSink,
-    SinkBuffer,
-    SinkRejected,
-    SinkStopped,
-    batch_blocks,
-    to_columns,
-)
+from pipeline.sink.sink import Backoff, ClickHouseSink, SinkBuffer, SinkStopped
+from pipeline.sink.tables import SinkRejected, batch_blocks, to_columns
 from tests.analytics.history import generate
 
 T0 = datetime(2024, 5, 1, 8, 0)

@@ -17,17 +17,8 @@ from hypothesis import strategies as st
 
 from pipeline.config import Settings
 from pipeline.model.records import EventColumns, EventRow, ReadingColumns, SensorReadingRow, SinkBatch, epoch_seconds
-from pipeline.sink.sink import (
-    _EVENTS,
-    _READINGS,
-    ClickHouseSink,
-    SinkBuffer,
-    SinkRejected,
-    batch_columns,
-    dedup,
-    dedup_columns,
-    to_columns,
-)
+from pipeline.sink.sink import ClickHouseSink, SinkBuffer
+from pipeline.sink.tables import _EVENTS, _READINGS, SinkRejected, batch_columns, dedup, dedup_columns, to_columns
 from tests.analytics.test_sink import FAST, FakeClickHouse
 from tests.analytics.test_sink_http import TABLES, edge_batch, stored
 
@@ -205,7 +196,7 @@ def test_a_builder_with_uneven_columns_is_rejected() -> None:
 def test_the_native_transport_leaves_the_builders_lists_as_they_were() -> None:
     """The driver overwrites NULLs in the lists it writes; the sink hands it copies, so a retried block (and
     the stage's builder) still holds its NULLs."""
-    from pipeline.sink.sink import ClickHouse
+    from pipeline.sink.transport import ClickHouse
 
     seen: list[list[list[Any]]] = []
 
@@ -233,7 +224,7 @@ def test_rows_and_columns_on_both_transports_store_what_the_old_path_stores(sett
     """The same awkward batch stored four ways (rows or builders; HTTP or native) leaves exactly the rows the
     old path (rows through the driver) leaves, in all five tables."""
     from pipeline.sink.migrate import migrate
-    from pipeline.sink.sink import ClickHouse
+    from pipeline.sink.transport import ClickHouse
 
     batch = edge_batch()
     results: dict[tuple[str, str], dict[str, str]] = {}
@@ -314,7 +305,7 @@ def test_every_shape_reads_back_as_written_over_http_and_native(isolated_setting
     native protocol (the driver)."""
     from clickhouse_driver import Client
 
-    from pipeline.sink.sink import ClickHouse, ClickHouseHttp
+    from pipeline.sink.transport import ClickHouse, ClickHouseHttp
 
     s = isolated_settings
     admin = Client(host=s.clickhouse_host, port=s.clickhouse_port, user=s.clickhouse_user,
@@ -346,7 +337,8 @@ def test_every_shape_reads_back_as_written_over_http_and_native(isolated_setting
 def test_current_clickhouse_reads_every_shape_as_written(tmp_path: Path) -> None:
     """Current ClickHouse (chdb) decodes our block of every shape into exactly the rows it stores from the same
     values given as SQL text."""
-    from pipeline.sink.sink import encode_block, render_query
+    from pipeline.sink.native import encode_block
+    from pipeline.sink.transport import render_query
     from tests.analytics.conftest import chdb_session
 
     session = chdb_session()

@@ -14,16 +14,9 @@ from hypothesis import strategies as st
 
 from pipeline.config import Settings
 from pipeline.model.records import SinkBatch
-from pipeline.sink.sink import (
-    _server_error,
-    batch_blocks,
-    encode_block,
-    encode_column,
-    encode_strings,
-    http_port,
-    is_retryable,
-    to_columns,
-)
+from pipeline.sink.native import encode_block, encode_column, encode_strings
+from pipeline.sink.tables import batch_blocks, to_columns
+from pipeline.sink.transport import _server_error, http_port, is_retryable
 from tests.analytics.history import generate
 
 TABLES = ("events", "case_transitions", "sensor_readings", "case_rounds", "cases")
@@ -184,7 +177,8 @@ def test_http_and_native_paths_store_identical_rows(settings: Settings, tmp_path
     import uuid
 
     from pipeline.sink.migrate import migrate
-    from pipeline.sink.sink import ClickHouse, ClickHouseSink
+    from pipeline.sink.sink import ClickHouseSink
+    from pipeline.sink.transport import ClickHouse
 
     batch = edge_batch()
     results: dict[str, dict[str, str]] = {}
@@ -214,7 +208,8 @@ def test_a_closed_http_port_falls_back_to_the_native_protocol(isolated_settings:
     import socket
 
     from pipeline.sink.migrate import migrate
-    from pipeline.sink.sink import Backoff, ClickHouse, ClickHouseSink
+    from pipeline.sink.sink import Backoff, ClickHouseSink
+    from pipeline.sink.transport import ClickHouse
 
     with socket.socket() as probe:          # a port that was free a moment ago: nothing listens there
         probe.bind(("127.0.0.1", 0))
@@ -238,7 +233,8 @@ def test_a_closed_http_port_falls_back_to_the_native_protocol(isolated_settings:
 def test_http_credentials_are_sent(isolated_settings: Settings) -> None:
     """A wrong password over HTTP is refused by the server (not retried forever); the right one stores."""
     from pipeline.sink.migrate import migrate
-    from pipeline.sink.sink import ClickHouseSink, SinkRejected
+    from pipeline.sink.sink import ClickHouseSink
+    from pipeline.sink.tables import SinkRejected
 
     migrate(isolated_settings)
     wrong = ClickHouseSink(replace(isolated_settings, clickhouse_password="not-the-password"), transport="http")

@@ -156,7 +156,7 @@ class Isolated:
     def __exit__(self, *exc: object) -> None:
         self.pipeline.stop_all()
         try:
-            from pipeline.sink.sink import ClickHouse
+            from pipeline.sink.transport import ClickHouse
 
             db = ClickHouse(self.pipeline.settings)
             db.execute(f"DROP DATABASE IF EXISTS {self.pipeline.settings.clickhouse_database}")
@@ -185,7 +185,7 @@ def isolated(tmp: Path, sim: Simulation, name: str, **env: str) -> Isolated:
 
 
 def _migrated(settings: Settings, migrate: Any) -> bool:
-    from pipeline.sink.sink import QueryError
+    from pipeline.sink.transport import QueryError
 
     try:
         migrate(settings)
@@ -241,7 +241,7 @@ def lag(settings: Settings, groups: dict[str, list[str]]) -> int:
 
 def query(p: ChaosPipeline, sql: str, timeout_s: float = 180.0) -> list[tuple[Any, ...]]:
     """Run `sql`, waiting out a ClickHouse that is down (other tests of the suite restart the shared server)."""
-    from pipeline.sink.sink import ClickHouse, QueryError
+    from pipeline.sink.transport import ClickHouse, QueryError
 
     deadline = time.monotonic() + timeout_s
     while True:
@@ -352,7 +352,7 @@ class Outputs:
 
     @classmethod
     def read(cls, p: ChaosPipeline) -> Outputs:
-        from pipeline.sink.sink import ClickHouse
+        from pipeline.sink.transport import ClickHouse
 
         s = p.settings
         query(p, "SELECT 1")                      # wait for the server if it is down

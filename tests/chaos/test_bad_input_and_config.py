@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from grid import CELLS_FILE
-from pipeline.sink.sink import ClickHouse, QueryError
+from pipeline.sink.transport import ClickHouse, QueryError
 from rules.engine import DEFAULT_RULES
 from tests import fuzz
 from tests.chaos.harness import ChaosPipeline, isolated, json_messages, produce_stream, query, stream

@@ -18,7 +18,7 @@ from grid.index import GridHolder
 from pipeline.config import Settings
 from pipeline.model.cases import case_id_for
 from pipeline.model.events import TEAMS
-from pipeline.sink.sink import ClickHouse
+from pipeline.sink.transport import ClickHouse
 from tests.pipeline.factories import T0, hotline, patrol, raw, reading, update
 from tests.support import consume, prepared_settings, produce, running_worker, wait_for
 

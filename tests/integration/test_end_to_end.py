@@ -11,7 +11,7 @@ import pytest
 from pipeline.config import Settings
 from pipeline.runtime.topics import ensure_topics
 from pipeline.sink.migrate import migrate
-from pipeline.sink.sink import ClickHouse
+from pipeline.sink.transport import ClickHouse
 from tests.pipeline.factories import hotline, raw
 from tests.support import consume, produce, running_worker, wait_for
 

@@ -22,7 +22,7 @@ from pipeline.simulate.config import SimConfig
 from pipeline.simulate.generate import simulate
 from pipeline.simulate.produce import produce_simulation
 from pipeline.sink.migrate import migrate
-from pipeline.sink.sink import ClickHouse
+from pipeline.sink.transport import ClickHouse
 from tests.chaos.harness import json_messages, lag
 from tests.support import running_worker, wait_for
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from pipeline.config import Settings
-from pipeline.sink.sink import ClickHouse
+from pipeline.sink.transport import ClickHouse
 from tests.pipeline.factories import T0, hotline, patrol, raw, reading, update
 from tests.support import consume, prepared_settings, produce, running_worker, stop_process, wait_for
 

@@ -23,7 +23,7 @@ from pipeline.config import ROOT, Settings
 from pipeline.notify.service import ledger_topic
 from pipeline.runtime.topics import ensure_topics
 from pipeline.sink.migrate import migrate
-from pipeline.sink.sink import ClickHouse
+from pipeline.sink.transport import ClickHouse
 from tests.notify.support import CHANNELS, InboxServer, assignment, expected_keys, targets_yaml, write_targets
 from tests.support import produce, stop_process, wait_for
 

@@ -172,7 +172,7 @@ def test_credentials_and_tls_settings_reach_the_kafka_python_clients_and_survive
 
 
 def test_clickhouse_tls_and_credentials_reach_the_driver() -> None:
-    from pipeline.sink.sink import ClickHouse
+    from pipeline.sink.transport import ClickHouse
 
     db = ClickHouse(Settings.from_env(SECURE_ENV))     # the driver connects lazily: nothing is reached
     conn = db._client.connection
@@ -238,7 +238,8 @@ def test_report_filters_with_injection_attempts_match_nothing_and_leak_nothing(i
 
     from pipeline.reports import Filters, discovery, health, recurrence, sla, workload
     from pipeline.sink.migrate import migrate
-    from pipeline.sink.sink import ClickHouse, ClickHouseSink
+    from pipeline.sink.sink import ClickHouseSink
+    from pipeline.sink.transport import ClickHouse
     from tests.analytics.history import generate
 
     migrate(isolated_settings)

@@ -298,7 +298,8 @@ def test_the_search_on_clickhouse_18(isolated_settings: Settings) -> None:
     """The same searches on the real server (ClickHouse 18.16 here): window, status with a live override,
     services, pages, ids, history."""
     from pipeline.sink.migrate import migrate
-    from pipeline.sink.sink import ClickHouse, ClickHouseSink
+    from pipeline.sink.sink import ClickHouseSink
+    from pipeline.sink.transport import ClickHouse
 
     migrate(isolated_settings)
     sink = ClickHouseSink(isolated_settings)

@@ -1,0 +1,94 @@
+"""The tree keeps the shape issue #17 gave it: modules a reader can take in, settings read in one place, and
+import contracts (pyproject `[tool.importlinter]`, run by `make lint`) that fail when a layer is crossed."""
+
+from __future__ import annotations
+
+import ast
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("pipeline", "rules", "grid")
+MAX_LINES = 400
+# Modules still over the limit when the limit came (issue #17 split the worst: sink, bench, flow, worker). Each
+# may only shrink; one that drops under the limit must leave this list, and no other module may pass it.
+STILL_OVER = {
+    "pipeline/simulate/plan.py": 779, "pipeline/stages/sensors.py": 692, "pipeline/web/app.py": 665,
+    "pipeline/stages/cases.py": 664, "pipeline/notify/service.py": 625, "pipeline/notify/targets.py": 621,
+    "pipeline/runtime/consumer.py": 605, "rules/conditions.py": 509, "grid/index.py": 491,
+    "pipeline/reports/cli.py": 488, "pipeline/bench/naive.py": 483, "pipeline/stages/ingest.py": 433,
+    "rules/when.py": 413, "rules/spec.py": 410,
+}
+
+
+def production_modules() -> list[Path]:
+    return sorted(p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py"))
+
+
+def test_no_production_module_is_over_the_line_limit() -> None:
+    over = {}
+    for path in production_modules():
+        rel = path.relative_to(ROOT).as_posix()
+        n = len(path.read_text(encoding="utf-8").splitlines())
+        if n > STILL_OVER.get(rel, MAX_LINES):
+            over[rel] = n
+    assert over == {}, f"over {MAX_LINES} lines (or grown past their recorded size): {over}"
+    done = {rel for rel in STILL_OVER
+            if len((ROOT / rel).read_text(encoding="utf-8").splitlines()) <= MAX_LINES}
+    assert done == set(), f"now within the limit: take them off STILL_OVER: {sorted(done)}"
+
+
+def environment_reads(source: str) -> list[int]:
+    """Lines that read the process environment: `os.environ`, `os.getenv`, `from os import environ/getenv`."""
+    lines = []
+    for node in ast.walk(ast.parse(source)):
+        attribute = isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) \
+            and node.value.id == "os" and node.attr in ("environ", "getenv", "environb", "putenv")
+        imported = isinstance(node, ast.ImportFrom) and node.module == "os" \
+            and any(a.name in ("environ", "getenv", "environb") for a in node.names)
+        if attribute or imported:
+            lines.append(node.lineno)
+    return sorted(lines)
+
+
+def test_only_config_reads_the_environment() -> None:
+    assert environment_reads("import os\nx = os.environ.get('A')\nfrom os import getenv\n") == [2, 3]
+    found = {path.relative_to(ROOT).as_posix(): environment_reads(path.read_text(encoding="utf-8"))
+             for path in production_modules()}
+    readers = {rel: lines for rel, lines in found.items() if lines}
+    assert set(readers) == {"pipeline/config.py"}, readers
+
+
+def lint_imports(tree: Path) -> subprocess.CompletedProcess[str]:
+    """`lint-imports` on a copy of the tree (the copy's packages first on the import path)."""
+    script = Path(sys.executable).with_name("lint-imports")
+    return subprocess.run([str(script), "--no-cache"], cwd=tree, capture_output=True, text=True, timeout=300,
+                          env={"PYTHONPATH": str(tree), "PATH": "/usr/bin:/bin"})
+
+
+def copy_tree(dest: Path) -> Path:
+    for pkg in PACKAGES:
+        shutil.copytree(ROOT / pkg, dest / pkg, ignore=shutil.ignore_patterns("__pycache__", "data", "*.geojson"))
+    shutil.copy(ROOT / "pyproject.toml", dest / "pyproject.toml")
+    return dest
+
+
+def test_the_import_contracts_hold_and_fail_when_a_layer_is_crossed(tmp_path: Path) -> None:
+    tree = copy_tree(tmp_path / "tree")
+    kept = lint_imports(tree)
+    assert kept.returncode == 0, kept.stdout + kept.stderr
+
+    stage = tree / "pipeline" / "stages" / "decode.py"
+    stage.write_text(stage.read_text(encoding="utf-8") + "\nfrom pipeline.runtime import topics  # noqa: E402\n",
+                     encoding="utf-8")
+    rules = tree / "rules" / "durations.py"
+    rules.write_text(rules.read_text(encoding="utf-8") + "\nfrom pipeline.stages import sensors  # noqa: E402\n",
+                     encoding="utf-8")
+    broken = lint_imports(tree)
+    assert broken.returncode != 0
+    out = broken.stdout
+    assert "pipeline.stages.decode -> pipeline.runtime.topics" in out
+    assert "rules.durations -> pipeline.stages.sensors" in out
+    assert "BROKEN" in out
