@@ -12,12 +12,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("pipeline", "rules", "grid")
 MAX_LINES = 400
-# Modules still over the limit when the limit came (issue #17 split the worst: sink, bench, flow, worker). Each
+# Modules still over the limit when it came (issue #17 split sink, bench, flow, sensors, worker, batch_service). Each
 # may only shrink; one that drops under the limit must leave this list, and no other module may pass it.
 STILL_OVER = {
-    "pipeline/simulate/plan.py": 779, "pipeline/stages/sensors.py": 692, "pipeline/web/app.py": 665,
+    "pipeline/simulate/plan.py": 779, "pipeline/web/app.py": 665,
     "pipeline/stages/cases.py": 664, "pipeline/notify/service.py": 625, "pipeline/notify/targets.py": 621,
-    "pipeline/runtime/consumer.py": 605, "rules/conditions.py": 509, "grid/index.py": 491,
+    "pipeline/runtime/consumer.py": 527, "rules/conditions.py": 509, "grid/index.py": 491,
     "pipeline/reports/cli.py": 488, "pipeline/bench/naive.py": 483, "pipeline/stages/ingest.py": 433,
     "rules/when.py": 413, "rules/spec.py": 410,
 }

@@ -148,7 +148,7 @@ def run_naive(base: Settings, raw: Topics, inp: BenchInput, world: Any, tag: str
     from pipeline.bench.naive import NaiveDecoder, NaiveLocator, NaivePipeline, run_from_kafka
     from pipeline.model.taxonomy import default_taxonomy
     from pipeline.sink.transport import ClickHouse
-    from pipeline.stages.sensors import load_registry, load_types
+    from pipeline.stages.registry import load_registry, load_types
     from rules.engine import DEFAULT_RULES
     from rules.naive import NaiveRuleset
 

@@ -36,14 +36,13 @@ from pipeline.model.privacy import caller_hash, mask_text
 from pipeline.model.taxonomy import Taxonomy
 from pipeline.stages.cases import CaseBook, Outcome
 from pipeline.stages.decode import ACTIONS, CHANNELS, REQUEST_TYPES, UPDATE_TEAMS, InvalidEvent, Reading
+from pipeline.stages.registry import Sensor, SensorRegistry
 from pipeline.stages.sensors import (
     ALARM,
     FAULT,
     LATE,
     REALARM,
     RESUMED,
-    Sensor,
-    SensorRegistry,
     SensorState,
     SilentWatch,
     alarm_event,

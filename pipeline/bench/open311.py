@@ -62,7 +62,8 @@ def build_month(days: float, sensors: int, seed: int, settings: Settings) -> tup
     from pipeline.stages.casestage import CaseStage
     from pipeline.stages.decode import default_decoder
     from pipeline.stages.ingest import Ingest
-    from pipeline.stages.sensors import SensorState, load_registry, load_types
+    from pipeline.stages.registry import load_registry, load_types
+    from pipeline.stages.sensors import SensorState
     from pipeline.wire import Message
 
     world = World()

@@ -86,7 +86,8 @@ def run_chain(inp: BenchInput, world: Any) -> tuple[StageRun, dict[str, float]]:
     from pipeline.stages.casestage import CaseStage
     from pipeline.stages.decode import default_decoder
     from pipeline.stages.ingest import Ingest
-    from pipeline.stages.sensors import SensorState, load_registry, load_types
+    from pipeline.stages.registry import load_registry, load_types
+    from pipeline.stages.sensors import SensorState
     from pipeline.wire import Message
 
     ingest = Ingest(decoder=default_decoder(), grid=world.index, gazetteer=world.gazetteer,
@@ -139,7 +140,8 @@ def time_stages(inp: BenchInput, world: Any, base: Settings, tag: str) -> tuple[
     from pipeline.bench.naive import NaiveDecoder, NaiveLocator
     from pipeline.model.taxonomy import default_taxonomy
     from pipeline.stages.decode import InvalidEvent, default_decoder
-    from pipeline.stages.sensors import SensorState, load_registry, load_types, observe
+    from pipeline.stages.registry import load_registry, load_types
+    from pipeline.stages.sensors import SensorState, observe
     from pipeline.wire import decode_located
     from rules.engine import DEFAULT_RULES
     from rules.naive import NaiveRuleset

@@ -22,8 +22,9 @@ from mode import Service
 
 from pipeline.model.cases import Case, CorrelationPolicy
 from pipeline.model.events import CaseUpdate
+from pipeline.runtime.changelog import ChangelogTable, json_bytes
 from pipeline.runtime.components import Components, refresh
-from pipeline.runtime.consumer import BatchService, ChangelogTable, json_bytes
+from pipeline.runtime.consumer import BatchService
 from pipeline.stages.cases import CaseBook, Outcome
 from pipeline.wire import case_book_key, decode_located, encode_update, refusal_json
 

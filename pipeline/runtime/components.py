@@ -22,7 +22,7 @@ from pipeline.sink.sink import ClickHouseSink
 from pipeline.stages.casestage import CaseStage
 from pipeline.stages.decode import default_decoder
 from pipeline.stages.ingest import DeadLetterLimit, Ingest
-from pipeline.stages.sensors import RegistryHolder
+from pipeline.stages.registry import RegistryHolder
 from rules.engine import RulesHolder
 
 

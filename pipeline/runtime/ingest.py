@@ -25,8 +25,9 @@ from aiokafka import TopicPartition
 from mode import Service
 
 from pipeline.runtime.align import Aligner, time_reader
+from pipeline.runtime.changelog import ChangelogTable, json_bytes
 from pipeline.runtime.components import Components, refresh
-from pipeline.runtime.consumer import EXIT_DEADLETTER_LIMIT, BatchService, ChangelogTable, json_bytes
+from pipeline.runtime.consumer import EXIT_DEADLETTER_LIMIT, BatchService
 from pipeline.stages.ingest import DeadLetterLimitExceeded, IngestResult
 from pipeline.stages.sensors import SensorState
 from pipeline.wire import Message

@@ -30,7 +30,7 @@ from pipeline.simulate.spec import SILENT_AFTER, silent_after
 from pipeline.simulate.truth import Truth, iso
 from pipeline.simulate.world import World
 from pipeline.stages.decode import Decoder, TimeWindow
-from pipeline.stages.sensors import load_types
+from pipeline.stages.registry import load_types
 from rules.durations import format_duration
 
 LOGICAL = Topics()     # NDJSON files name topics without a prefix; producing adds the configured one

@@ -24,7 +24,7 @@ import numpy as np
 
 from pipeline.simulate.spec import SCOPES, Scope, valid
 from pipeline.simulate.world import District, Spot
-from pipeline.stages.sensors import SensorType, Threshold
+from pipeline.stages.registry import SensorType, Threshold
 from rules.durations import format_duration
 
 

@@ -24,6 +24,7 @@ from pipeline.model.events import Event, Location
 from pipeline.model.records import ReadingColumns, SensorReadingRow
 from pipeline.model.sources import Source, SourceSpec
 from pipeline.stages.decode import Decoder, InvalidEvent, Reading, ReadingFields
+from pipeline.stages.registry import Sensor, SensorRegistry
 from pipeline.stages.sensors import (
     ALARM,
     APPLIED,
@@ -32,8 +33,6 @@ from pipeline.stages.sensors import (
     LIVE_S,
     REALARM,
     RESUMED,
-    Sensor,
-    SensorRegistry,
     SensorState,
     SilentWatch,
     alarm_event,

@@ -21,7 +21,8 @@ from pipeline.stages.cases import CaseBook
 from pipeline.stages.casestage import CaseStage
 from pipeline.stages.decode import default_decoder
 from pipeline.stages.ingest import Ingest
-from pipeline.stages.sensors import SensorState, load_registry, load_types
+from pipeline.stages.registry import load_registry, load_types
+from pipeline.stages.sensors import SensorState
 from pipeline.wire import Message
 from rules.engine import DEFAULT_RULES
 from rules.naive import NaiveRuleset

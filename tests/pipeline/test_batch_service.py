@@ -6,7 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipeline.runtime.consumer import ChangelogTable, InstanceSlot
+from pipeline.runtime.changelog import ChangelogTable
+from pipeline.runtime.consumer import InstanceSlot
 
 
 def table() -> ChangelogTable[dict[str, int]]:
@@ -73,7 +74,7 @@ def test_values_kept_in_a_table_take_their_own_size() -> None:
 
     import orjson
 
-    from pipeline.runtime.consumer import json_bytes
+    from pipeline.runtime.changelog import json_bytes
 
     case = {f"field{i}": "x" * 12 for i in range(60)}
     tracemalloc.start()

@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 from pipeline.model.records import ReadingColumns
 from pipeline.stages.decode import Decoder, InvalidEvent, default_decoder
 from pipeline.stages.ingest import DeadLetterLimit, DeadLetterLimitExceeded, Ingest
-from pipeline.stages.sensors import SensorState, load_registry
+from pipeline.stages.registry import load_registry
+from pipeline.stages.sensors import SensorState
 from pipeline.wire import Message
 from tests.pipeline.factories import T0, raw, reading
 

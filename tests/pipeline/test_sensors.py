@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.stages.decode import default_decoder
-from pipeline.stages.sensors import RegistryError, SensorState, load_registry, load_types, observe
+from pipeline.stages.registry import RegistryError, load_registry, load_types
+from pipeline.stages.sensors import SensorState, observe
 from tests.pipeline.factories import T0, raw, reading
 
 REGISTRY = "sensor_id,sensor_type,lon,lat,category,alarm,clear,debounce\n"
@@ -89,7 +90,7 @@ def test_default_types_load_and_use_real_categories() -> None:
 def test_registry_holder_swaps_a_valid_file_and_refuses_a_corrupt_one(tmp_path: Path) -> None:
     import os
 
-    from pipeline.stages.sensors import RegistryHolder
+    from pipeline.stages.registry import RegistryHolder
 
     path = write(tmp_path, "S-1,manhole_tilt,121.49,31.265,,,,\n")
     holder = RegistryHolder(path)

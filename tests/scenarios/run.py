@@ -27,7 +27,8 @@ from pipeline.stages.cases import CaseBook, Outcome
 from pipeline.stages.casestage import CaseStage
 from pipeline.stages.decode import Decoder, TimeWindow
 from pipeline.stages.ingest import Ingest, IngestResult
-from pipeline.stages.sensors import SensorRegistry, SensorState, load_registry, load_types
+from pipeline.stages.registry import SensorRegistry, load_registry, load_types
+from pipeline.stages.sensors import SensorState
 from pipeline.wire import Message
 from rules.engine import Ruleset, load_ruleset
 from tests.scenarios.catalogue import (

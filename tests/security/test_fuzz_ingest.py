@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 
 from pipeline.stages.decode import default_decoder
 from pipeline.stages.ingest import Ingest, IngestResult
-from pipeline.stages.sensors import SensorState, load_registry, load_types
+from pipeline.stages.registry import load_registry, load_types
+from pipeline.stages.sensors import SensorState
 from pipeline.wire import Message
 from tests import fuzz
 

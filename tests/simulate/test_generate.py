@@ -11,7 +11,7 @@ from pipeline.simulate import simulate
 from pipeline.simulate.catalog import HOURLY_CURVE
 from pipeline.simulate.config import SHANGHAI
 from pipeline.stages.decode import InvalidEvent, default_decoder
-from pipeline.stages.sensors import load_registry, load_types
+from pipeline.stages.registry import load_registry, load_types
 from tests.simulate.conftest import small_config
 
 
@@ -132,7 +132,8 @@ def test_sensor_alarms_in_the_truth_are_the_readings_beyond_thresholds(sim, mess
     readings are left out (§6.2) and an unregistered sensor with a position alarms by its type (§6.1), as
     docs/cases.md says (the worker's sensor state does both once issue #16 lands)."""
     from pipeline.simulate.spec import valid
-    from pipeline.stages.sensors import Sensor, SensorState, observe
+    from pipeline.stages.registry import Sensor
+    from pipeline.stages.sensors import SensorState, observe
 
     path = tmp_path / "sensors.csv"
     sim.write_registry(path)

@@ -24,7 +24,8 @@ from pipeline.simulate.produce import (
     to_line,
 )
 from pipeline.simulate.sensorsim import alarms_of
-from pipeline.stages.sensors import Sensor, SensorState, Threshold, observe
+from pipeline.stages.registry import Sensor, Threshold
+from pipeline.stages.sensors import SensorState, observe
 
 T0 = datetime(2026, 1, 5, 8, 0, tzinfo=UTC)
 

@@ -23,7 +23,7 @@ from pipeline.stages.cases import CaseBook, Outcome
 from pipeline.stages.casestage import CaseStage
 from pipeline.stages.decode import default_decoder
 from pipeline.stages.ingest import Ingest
-from pipeline.stages.sensors import SensorRegistry, load_types
+from pipeline.stages.registry import SensorRegistry, load_types
 from pipeline.wire import Message
 from rules.engine import Ruleset, load_ruleset
 from tests.analytics.conftest import chdb_session
