@@ -59,7 +59,7 @@ ORDER BY at, event_id
 
 
 class Database(Protocol):
-    """What the backtest needs of `pipeline.sink.sink.ClickHouse`."""
+    """What the backtest needs of `pipeline.sink.transport.ClickHouse`."""
 
     def query_dicts(self, sql: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]: ...
 

@@ -56,7 +56,7 @@ EARLIEST = datetime(2015, 1, 1, tzinfo=UTC)
 
 
 class RowWriter(Protocol):
-    """Where rows go: `pipeline.sink.sink.ClickHouse.insert_dicts` satisfies it."""
+    """Where rows go: `pipeline.sink.transport.ClickHouse.insert_dicts` satisfies it."""
 
     def insert_dicts(self, table: str, columns: list[str], rows: list[dict[str, Any]]) -> int: ...
 

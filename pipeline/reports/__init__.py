@@ -1,6 +1,6 @@
 """The analysts' reports over the ClickHouse tables: plain functions returning dataclasses.
 
-Each takes a `Queryable` (pipeline.sink.sink.ClickHouse, or any object with `query_dicts`) and `Filters`; the
+Each takes a `Queryable` (pipeline.sink.transport.ClickHouse, or any object with `query_dicts`) and `Filters`; the
 command line is pipeline.reports.cli (`cityops report ...`). All read the views of migration 0004 (`v_cases`,
 `v_rounds`, `v_discovery_daily`: the latest state, FINAL), the views the dashboards read, so a figure has one
 definition (docs/cases.md §8).

@@ -50,7 +50,7 @@ DIMENSIONS: dict[str, str] = {
 
 class Queryable(Protocol):
     """Anything that runs a SELECT with `%(name)s` parameters and returns rows as dicts
-    (pipeline.sink.sink.ClickHouse; tests also use an in-process chdb session)."""
+    (pipeline.sink.transport.ClickHouse; tests also use an in-process chdb session)."""
 
     def query_dicts(self, sql: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]: ...
 

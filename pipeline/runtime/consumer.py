@@ -66,7 +66,7 @@ TRANSACTION_TIMEOUT_MS = 60_000  # a transaction left open by a process that die
 
 class LeanRecords:
     """Given as a consumer's `key_deserializer` (it returns the key unchanged), this asks for the consumer's
-    records as `pipeline.stages.ingest.Message` (topic, partition, offset, value, key) instead of aiokafka's
+    records as `pipeline.wire.Message` (topic, partition, offset, value, key) instead of aiokafka's
     `ConsumerRecord`: that one is a dataclass of 11 fields in a `__dict__`, and building it took about a quarter
     of the consumer's CPU time per record (`make bench` input read alone: 6.0 µs a record, 4.3 with these).
     Stages read only those five fields. Other consumers in the process get `ConsumerRecord` as before."""

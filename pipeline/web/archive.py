@@ -1,7 +1,7 @@
 """A case's history from ClickHouse: its reports (the `events` merged into it) and its timeline
 (`case_transitions`), plus the look-ups the Open311 status and the unlocated queue need.
 
-Queries go through `pipeline.sink.sink.ClickHouse.query_dicts` with bound parameters only. Tables are
+Queries go through `pipeline.sink.transport.ClickHouse.query_dicts` with bound parameters only. Tables are
 ReplacingMergeTree, so a replayed row may still appear twice before a merge: rows are de-duplicated here by
 their key (event_id; (case_id, seq)) instead of `FINAL`, which is slow and behaves differently across the
 ClickHouse versions we support. Times are selected as epoch seconds (`toUnixTimestamp`) so the server's time zone

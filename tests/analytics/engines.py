@@ -1,7 +1,7 @@
 """The two ClickHouse engines the analytics tests run on, behind the reports' `Queryable` interface.
 
 - `ChdbDatabase`: current ClickHouse in-process (chdb), one database per test, for unit tests;
-- the real server (18.16 here) through `pipeline.sink.sink.ClickHouse`, for `clickhouse`-marked tests.
+- the real server (18.16 here) through `pipeline.sink.transport.ClickHouse`, for `clickhouse`-marked tests.
 
 Rows are loaded with the sink's own row→column conversion, so both engines hold the same values.
 """
