@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from grid import GAZETTEER_FILE
 from grid.datum import gcj02_to_wgs84
+from pipeline.model.yamlfile import load_with_lines
 
 DISTRICT_NAMES = {"虹口区": "310109", "徐汇区": "310104", "虹口": "310109", "徐汇": "310104"}
 ENTRANCE_WORDS = ("东门", "南门", "西门", "北门", "正门", "大门", "主入口")
@@ -74,19 +74,6 @@ class Resolution:
     accuracy_m: float
 
 
-class _LineLoader(yaml.SafeLoader):
-    """SafeLoader that records the line of every mapping as `__line__`, for error messages."""
-
-
-def _mapping_with_line(loader: _LineLoader, node: yaml.MappingNode) -> dict[str, Any]:
-    mapping = loader.construct_mapping(node, deep=True)
-    mapping["__line__"] = node.start_mark.line + 1
-    return mapping  # type: ignore[return-value]
-
-
-_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_with_line)
-
-
 def _pair(v: Any, where: str, key: str) -> tuple[float, float]:
     if (not isinstance(v, list) or len(v) != 2
             or not all(isinstance(c, int | float) and not isinstance(c, bool) for c in v)):
@@ -132,13 +119,10 @@ class Gazetteer:
         """Load and check a gazetteer file (default: grid/data/gazetteer.yaml); GazetteerError when bad."""
         path = Path(path) if path is not None else GAZETTEER_FILE
         try:
-            doc = yaml.load(path.read_text(encoding="utf-8"), Loader=_LineLoader)  # noqa: S506 (safe loader)
+            text = path.read_text(encoding="utf-8")
         except OSError as err:
             raise GazetteerError(f"{path}: cannot read: {err.strerror}") from None
-        except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            line = f":{mark.line + 1}" if mark is not None else ""
-            raise GazetteerError(f"{path}{line}: not YAML: {getattr(err, 'problem', err)}") from None
+        doc = load_with_lines(text, str(path), GazetteerError)
         top = _check_keys(doc, f"{path}:1", {"version", "datum", "roads", "places"}, {"accuracy_m"})
         if top["version"] != 1:
             raise GazetteerError(f"{path}:1: key 'version' must be 1, got {top['version']!r}")

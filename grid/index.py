@@ -22,8 +22,6 @@ on lattice edges next to a clipped cell, or near the outline outside every cell 
 from __future__ import annotations
 
 import math
-import os
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +34,7 @@ from grid.datum import FloatArray, LocalMetric
 from grid.gridfile import GridFile, read_grid_file
 from grid.lattice import Lattice
 from pipeline.model.events import GridKind, Location
+from pipeline.model.watched import WatchedFile
 
 SUB = 16                 # sub-squares per side of a clipped square
 _MARGIN_DEG = 1e-9       # ≈ 0.1 mm: the sub-square classification holds for points this far outside a sub-square
@@ -430,62 +429,43 @@ class GridIndex:
         return list(self._codes[:-1])
 
 
-class GridHolder:
-    """The grid a running worker uses, swapped only for a file that passes validation.
+class GridHolder(WatchedFile[GridIndex]):
+    """The grid a running worker uses, swapped only for a file that passes validation (pipeline.model.watched).
 
     `current` is always a complete, validated `GridIndex` (attribute assignment is atomic, so readers never
     see a half-loaded grid). `reload()` validates and swaps; on any problem it keeps the old index, records
-    `last_error` and returns False. `maybe_reload()` is cheap (one `stat`) and reloads only when the file's
-    mtime or size changed since the last attempt, so a bad file is reported once, not every few seconds.
+    `last_error` and returns False. `maybe_reload()` is cheap (one `stat`) and reloads only when the file
+    changed since the last attempt, so a bad file is reported once, not every few seconds. A file of the grid
+    version already running is not indexed again.
     """
 
+    label = "grid"
+    refused = (ValueError,)          # GridFileError is one too
+
     def __init__(self, path: Path | None = None, snap_tolerance_m: float = DEFAULT_SNAP_TOLERANCE_M) -> None:
-        self.path = Path(path) if path is not None else CELLS_FILE
         self.snap_tolerance_m = snap_tolerance_m
-        self.last_error: str | None = None
-        self._lock = threading.Lock()
-        self._seen = self._stamp()
-        grid = read_grid_file(self.path)
+        super().__init__(Path(path) if path is not None else CELLS_FILE)
+
+    def first(self) -> GridIndex:
         from grid.validate import validate_parsed
 
+        grid = read_grid_file(self.file())
         problems = validate_parsed(grid)
         if problems:
             raise ValueError(f"{self.path}: invalid grid, refusing to start: {'; '.join(problems[:5])}")
-        self.current: GridIndex = GridIndex(grid, snap_tolerance_m)
+        return GridIndex(grid, self.snap_tolerance_m)
 
-    def _stamp(self) -> tuple[int, int] | None:
-        try:
-            st = os.stat(self.path)
-        except OSError:
-            return None
-        return (st.st_mtime_ns, st.st_size)
-
-    def reload(self) -> bool:
-        """Validate the file and swap to it; False (old grid kept, `last_error` set) when it is not usable."""
-        from grid.gridfile import GridFileError
+    def load(self) -> GridIndex:
         from grid.validate import validate_parsed
 
-        with self._lock:
-            self._seen = self._stamp()
-            try:
-                grid = read_grid_file(self.path)
-            except GridFileError as err:
-                self.last_error = str(err)
-                return False
-            problems = validate_parsed(grid)
-            if problems:
-                more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
-                self.last_error = f"refused {self.path}: " + "; ".join(problems[:3]) + more
-                return False
-            if grid.version == self.current.version:
-                self.last_error = None
-                return False
-            self.current = GridIndex(grid, self.snap_tolerance_m)
-            self.last_error = None
-            return True
+        grid = read_grid_file(self.file())
+        problems = validate_parsed(grid)
+        if problems:
+            more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+            raise ValueError(f"refused {self.path}: " + "; ".join(problems[:3]) + more)
+        if grid.version == self.current.version:
+            return self.current
+        return GridIndex(grid, self.snap_tolerance_m)
 
-    def maybe_reload(self) -> bool:
-        """Reload if the file changed since the last look; True only when a new grid was swapped in."""
-        if self._stamp() == self._seen:
-            return False
-        return self.reload()
+    def same(self, old: GridIndex, new: GridIndex) -> bool:
+        return old is new

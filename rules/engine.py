@@ -19,9 +19,6 @@ never by a rule for problems (rules/spec.py, `Rule`).
 from __future__ import annotations
 
 import logging
-import os
-import threading
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -29,6 +26,7 @@ from pathlib import Path
 
 from pipeline.model.events import Event
 from pipeline.model.taxonomy import Taxonomy, default_taxonomy
+from pipeline.model.watched import WatchedFile
 from rules.compiled import (
     ChooserFactory,
     CompiledRule,
@@ -253,8 +251,8 @@ def load_ruleset(path: Path = DEFAULT_RULES, taxonomy: Taxonomy | None = None) -
     return Ruleset(parse_ruleset(Path(path), tax), tax)
 
 
-class RulesHolder:
-    """The ruleset a running worker uses, swapped atomically when the file changes.
+class RulesHolder(WatchedFile[Ruleset]):
+    """The ruleset a running worker uses, swapped atomically when the file changes (pipeline.model.watched).
 
     Construction loads the file and raises RulesError when it is invalid (a worker must not start on bad
     rules). Later, `maybe_reload()` (cheap: one stat) reloads when the file's signature changed; a new version
@@ -263,60 +261,29 @@ class RulesHolder:
     reference assignment, so a batch never sees half of a ruleset.
     """
 
+    label = "rules"
+    refused = (RulesError,)
+
     def __init__(self, path: Path = DEFAULT_RULES, taxonomy: Taxonomy | None = None) -> None:
-        self.path = Path(path)
         self._taxonomy = taxonomy or default_taxonomy()
-        self._lock = threading.Lock()
-        self._signature = self._stat()
-        self.current: Ruleset = load_ruleset(self.path, self._taxonomy)
-        self.loaded_at = time.time()
-        self.last_error: str | None = None
-        self.last_refused_at: float | None = None
-        self.refusals = 0
-        self.reloads = 0
+        super().__init__(Path(path))
         for warning in self.current.warnings:
             log.warning("rules warning: %s", warning)
 
-    def _stat(self) -> tuple[int, int, int, int] | None:
-        try:
-            st = os.stat(self.path)
-        except OSError:
-            return None
-        return (st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns)
+    def load(self) -> Ruleset:
+        return load_ruleset(self.file(), self._taxonomy)
 
-    def maybe_reload(self) -> bool:
-        """Reload if the file changed since the last look; True when a new version was installed."""
-        if self._stat() == self._signature:
-            return False
-        return self.reload()
+    def same(self, old: Ruleset, new: Ruleset) -> bool:
+        return old.version == new.version
 
-    def reload(self) -> bool:
-        """Load the file now; True when a new version was installed, False if refused or unchanged."""
-        with self._lock:
-            # the signature is taken before reading, so a write during the read is seen by the next check
-            self._signature = self._stat()
-            try:
-                candidate = load_ruleset(self.path, self._taxonomy)
-            except RulesError as err:
-                self.refusals += 1
-                self.last_error = str(err)
-                self.last_refused_at = time.time()
-                log.warning(
-                    "rules reload refused, keeping version %s: %s",
-                    self.current.version,
-                    "; ".join(err.problems),
-                )
-                return False
-            self.last_error = None
-            if candidate.version == self.current.version:
-                return False
-            previous, self.current = self.current, candidate
-            self.reloads += 1
-            self.loaded_at = time.time()
-            log.info("rules reloaded: %s -> %s", previous.version, candidate.version)
-            for warning in candidate.warnings:
-                log.warning("rules warning: %s", warning)
-            return True
+    def on_refused(self, err: Exception) -> None:
+        problems = err.problems if isinstance(err, RulesError) else [str(err)]
+        log.warning("rules reload refused, keeping version %s: %s", self.current.version, "; ".join(problems))
+
+    def on_installed(self, previous: Ruleset) -> None:
+        log.info("rules reloaded: %s -> %s", previous.version, self.current.version)
+        for warning in self.current.warnings:
+            log.warning("rules warning: %s", warning)
 
     def status(self) -> dict[str, object]:
         """For the ops-centre page: the running version, and whether (and why) the file on disk is refused."""

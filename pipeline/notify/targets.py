@@ -36,10 +36,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import re
-import threading
-import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -52,6 +49,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from yaml.nodes import MappingNode, Node
 
+from pipeline.model.watched import WatchedFile
 from rules.errors import RulesError
 from rules.nodes import Entry, NodeReader, compose_file
 
@@ -560,59 +558,37 @@ def names_in_rules(spec: object) -> dict[str, str]:
     return out
 
 
-class TargetsHolder:
-    """The targets a running notifier uses, swapped atomically when the file changes (like rules.RulesHolder).
+class TargetsHolder(WatchedFile[TargetsSpec]):
+    """The targets a running notifier uses, swapped atomically when the file changes (pipeline.model.watched).
 
     Construction loads the file and raises TargetsError when it is invalid (the notifier must not start on a
     bad file). `maybe_reload()` (one stat) reloads a changed file; a new version that fails validation is
     refused: the current one keeps running, `last_error` holds the problems and a WARNING names file, line
     and key. `required` is asked again at each load (the rules may have changed meanwhile)."""
 
+    label = "notify targets"
+    refused = (TargetsError,)
+
     def __init__(self, path: Path, required: Callable[[], Mapping[str, str]] = dict,
                  secrets: Mapping[str, str] | None = None) -> None:
-        self.path = Path(path)
         self._required = required
         self._secrets = dict(secrets or {})
-        self._lock = threading.Lock()
-        self._signature = self._stat()
-        self.current: TargetsSpec = parse_targets(self.path, required=required(), secrets=self._secrets)
-        self.last_error: str | None = None
-        self.refusals = 0
-        self.reloads = 0
-        self.loaded_at = time.time()
+        super().__init__(Path(path))
 
-    def _stat(self) -> tuple[int, int, int] | None:
-        try:
-            st = os.stat(self.path)
-        except OSError:
-            return None
-        return (st.st_mtime_ns, st.st_size, st.st_ino)
+    def load(self) -> TargetsSpec:
+        return parse_targets(self.file(), required=self._required(), secrets=self._secrets)
 
-    def maybe_reload(self) -> bool:
-        """Reload if the file changed since the last look; True when a new version was installed."""
-        if self._stat() == self._signature:
-            return False
-        return self.reload()
+    def same(self, old: TargetsSpec, new: TargetsSpec) -> bool:
+        return old.version == new.version
 
-    def reload(self) -> bool:
-        with self._lock:
-            self._signature = self._stat()
-            try:
-                candidate = parse_targets(self.path, required=self._required(), secrets=self._secrets)
-            except TargetsError as err:
-                self.refusals += 1
-                self.last_error = "; ".join(err.problems)
-                log.warning("notify targets reload refused, keeping version %s: %s", self.current.version,
-                            self.last_error)
-                return False
-            self.last_error = None
-            if candidate.version == self.current.version:
-                return False
-            previous, self.current = self.current, candidate
-            self.reloads += 1
-            self.loaded_at = time.time()
-            log.warning("notify targets reloaded: %s -> %s", previous.version, candidate.version)
-            return True
+    def problem(self, err: Exception) -> str:
+        return "; ".join(err.problems) if isinstance(err, TargetsError) else str(err)
+
+    def on_refused(self, err: Exception) -> None:
+        log.warning("notify targets reload refused, keeping version %s: %s", self.current.version, self.last_error)
+
+    def on_installed(self, previous: TargetsSpec) -> None:
+        log.warning("notify targets reloaded: %s -> %s", previous.version, self.current.version)
 
 
 def targets_named(names: Iterable[str], spec: TargetsSpec) -> tuple[list[Target], list[str]]:

@@ -17,6 +17,7 @@ from yaml.constructor import SafeConstructor
 
 from pipeline.model.events import SENSOR_SCOPES, SensorScope
 from pipeline.model.taxonomy import Taxonomy, default_taxonomy
+from pipeline.model.watched import WatchedFile
 from rules.durations import parse_duration
 
 log = logging.getLogger("cityops.sensors")
@@ -324,54 +325,33 @@ def load_registry(path: Path, types: dict[str, SensorType] | None = None,
     return SensorRegistry(types=types, sensors=sensors, source=str(path))
 
 
-class RegistryHolder:
-    """The sensor registry a running worker uses, swapped atomically when its file changes.
+class RegistryHolder(WatchedFile[SensorRegistry]):
+    """The sensor registry a running worker uses, swapped atomically when its file changes
+    (pipeline.model.watched).
 
     A changed file is loaded and validated in full first; when it is invalid the old registry stays, the refusal
     is logged and counted, and `last_error` says why. Without a path the registry is empty (every sensor is
     unknown: readings are aggregated and reported, never raise problems).
     """
 
+    label = "sensor registry"
+    refused = (RegistryError, OSError, UnicodeDecodeError)
+
     def __init__(self, path: Path | None, types: dict[str, SensorType] | None = None) -> None:
-        self.path = path
         self.types = types if types is not None else load_types()
-        self.current = (load_registry(path, self.types) if path is not None
-                        else SensorRegistry(types=self.types, sensors={}))
-        self.last_error: str | None = None
-        self.refusals = 0
-        self.reloads = 0
-        self._stamp = self._stat()
+        super().__init__(path)
 
-    def _stat(self) -> tuple[int, int] | None:
+    def first(self) -> SensorRegistry:
         if self.path is None:
-            return None
-        try:
-            st = self.path.stat()
-        except OSError:
-            return None
-        return (st.st_mtime_ns, st.st_size)
+            return SensorRegistry(types=self.types, sensors={})
+        return self.load()
 
-    def maybe_reload(self) -> bool:
-        """Reload when the file's modification time or size changed; True when a new registry was taken."""
-        stamp = self._stat()
-        if stamp is None or stamp == self._stamp:
-            return False
-        self._stamp = stamp
-        return self.reload()
+    def load(self) -> SensorRegistry:
+        return load_registry(self.file(), self.types)
 
-    def reload(self) -> bool:
-        if self.path is None:
-            return False
-        try:
-            fresh = load_registry(self.path, self.types)
-        except (RegistryError, OSError, UnicodeDecodeError) as err:
-            self.refusals += 1
-            self.last_error = str(err)
-            log.warning("sensor registry %s refused, keeping the running one (%d sensors): %s",
-                        self.path, len(self.current), err)
-            return False
-        self.current = fresh
-        self.reloads += 1
-        self.last_error = None
-        log.info("sensor registry %s reloaded: %d sensors", self.path, len(fresh))
-        return True
+    def on_refused(self, err: Exception) -> None:
+        log.warning("sensor registry %s refused, keeping the running one (%d sensors): %s",
+                    self.path, len(self.current), err)
+
+    def on_installed(self, previous: SensorRegistry) -> None:
+        log.info("sensor registry %s reloaded: %d sensors", self.path, len(self.current))

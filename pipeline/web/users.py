@@ -28,7 +28,6 @@ import hashlib
 import hmac
 import os
 import secrets
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -36,6 +35,8 @@ from typing import Any, Literal
 import yaml
 
 from pipeline.model.events import TEAMS
+from pipeline.model.watched import WatchedFile
+from pipeline.model.yamlfile import load_with_lines
 
 Role = Literal["operator", "member", "patrol", "analyst", "ingest"]
 ROLES: tuple[Role, ...] = ("operator", "member", "patrol", "analyst", "ingest")
@@ -122,27 +123,9 @@ class Users:
 
 # -- reading -------------------------------------------------------------------------------------------
 
-class _LineLoader(yaml.SafeLoader):
-    """SafeLoader that records each mapping's line as `__line__`, for error messages."""
-
-
-def _mapping_with_line(loader: _LineLoader, node: yaml.MappingNode) -> dict[str, Any]:
-    mapping = loader.construct_mapping(node, deep=True)
-    mapping["__line__"] = node.start_mark.line + 1
-    return mapping  # type: ignore[return-value]
-
-
-_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_with_line)
-
-
 def parse_users(text: str, source: str) -> Users:
     """Parse a users file's text; raises UsersError naming `source`, the line and the key."""
-    try:
-        doc = yaml.load(text, Loader=_LineLoader)  # noqa: S506 (a SafeLoader subclass)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        raise UsersError(f"{source}{line}: not valid YAML: {getattr(err, 'problem', err)}") from None
+    doc = load_with_lines(text, source, UsersError, what="not valid YAML")
     if not isinstance(doc, dict):
         raise UsersError(f"{source}: expected a mapping with version, kind and users")
     top = {k for k in doc if k != "__line__"}
@@ -244,34 +227,12 @@ def write_users(path: Path, users: Users) -> None:
     os.replace(tmp, path)
 
 
-class UsersHolder:
+class UsersHolder(WatchedFile[Users]):
     """The users a running server knows, re-read when the file changes; a bad new file is refused (the
-    previous users stay and `last_error` says why)."""
+    previous users stay and `last_error` says why). See pipeline.model.watched."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._lock = threading.Lock()
-        self._stamp = self._stat()
-        self.current = load_users(path)
-        self.last_error: str | None = None
+    label = "users"
+    refused = (UsersError,)
 
-    def _stat(self) -> tuple[int, int] | None:
-        try:
-            st = os.stat(self.path)
-        except OSError:
-            return None
-        return (st.st_mtime_ns, st.st_size)
-
-    def maybe_reload(self) -> bool:
-        stamp = self._stat()
-        if stamp == self._stamp:
-            return False
-        with self._lock:
-            self._stamp = stamp
-            try:
-                self.current = load_users(self.path)
-            except UsersError as err:
-                self.last_error = str(err)
-                return False
-            self.last_error = None
-            return True
+    def load(self) -> Users:
+        return load_users(self.file())
