@@ -42,18 +42,13 @@ DEFAULT_RULE_ID = "default"
 
 
 @dataclass(frozen=True)
-class Decision:
-    """Where an event goes, without the due time: team, urgency (priority 1 = most urgent), SLA, escalation
-    target on overdue, extra notifications, tags, and which rule of which ruleset version decided it and why.
+class Decision(Route):
+    """Where an event goes, without the due time: its rule's `Route` (team, urgency, SLA, escalation target,
+    extra notifications, tags: the one list of dispatch fields, rules.spec.Route), and which rule of which
+    ruleset version decided it and why.
 
     Immutable and shared: every event a rule decides (with the same reason) gets the same object."""
 
-    team: str
-    priority: int
-    sla: timedelta
-    escalate_to: str | None
-    notify: tuple[str, ...]
-    tags: tuple[str, ...]
     rule_id: str
     reason: str
     ruleset_version: str

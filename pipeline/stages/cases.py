@@ -45,22 +45,11 @@ from pipeline.model.cases import (
 from pipeline.model.events import CaseUpdate, Event
 from pipeline.model.records import CaseRow, EventRow, RoundRow, TransitionRow
 from pipeline.model.sources import DISCOVERED_BY
+from rules.compiled import Decision
 from rules.limits import DEFAULT_TIME_LIMITS, TimeLimits
 from rules.recurrence import RecurrenceHistory
 
 COMMAND = "command"        # the district command centre (指挥中心): where what nobody else may take escalates
-
-
-class DispatchLike(Protocol):
-    team: str
-    priority: int
-    sla: timedelta
-    escalate_to: str | None
-    notify: tuple[str, ...]
-    tags: tuple[str, ...]
-    rule_id: str
-    reason: str
-    ruleset_version: str
 
 
 class Router(Protocol):
@@ -68,7 +57,7 @@ class Router(Protocol):
     time, which the book computes. The ruleset's `time_limits` are read when it has them (rules.limits: else the
     shipped defaults)."""
 
-    def decide(self, event: Event, recurrence: Any) -> DispatchLike: ...
+    def decide(self, event: Event, recurrence: Any) -> Decision: ...
 
 
 @dataclass
@@ -515,7 +504,7 @@ class CaseBook:
 
     # -- rounds (§3.1) ------------------------------------------------------------------------------------
 
-    def _new_round(self, case: Case, team: str, kind: str, decision: DispatchLike | None, at: datetime,
+    def _new_round(self, case: Case, team: str, kind: str, decision: Decision | None, at: datetime,
                    due: datetime, reason: str, router: Router, out: Outcome) -> None:
         """Dispatch the case to `team`: a new round, its transition and its assignment. `decision` None: the
         case's current routing stays (rework)."""
