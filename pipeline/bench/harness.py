@@ -39,7 +39,9 @@ DAY_EVENTS = 200_000                    # the bench district's day: about 2,000 
 STAGE_BATCH = 2000                      # the worker's default batch (CITYOPS_BATCH)
 
 
-SOURCE_OF = {"raw_hotline": "hotline", "raw_patrol": "patrol"}
+_LOGICAL = Topics()                     # the simulator names topics by these fields
+SOURCE_OF = {f: _LOGICAL.sources()[getattr(_LOGICAL, f)] for f in _LOGICAL.__dataclass_fields__
+             if getattr(_LOGICAL, f) in _LOGICAL.sources()}    # raw_hotline -> its row of pipeline.model.sources
 
 
 PHASES = frozenset({"stages", "sink", "throughput", "naive", "scaling", "latency", "notify", "month"})

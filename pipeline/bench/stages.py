@@ -110,13 +110,9 @@ def run_chain(inp: BenchInput, world: Any) -> tuple[StageRun, dict[str, float]]:
         for batch in chunks(msgs, STAGE_BATCH):
             columns = ReadingColumns()
             t = time.process_time()
-            if topic in SOURCE_OF:
-                res, kind = ingest.reports(SOURCE_OF[topic], batch), "reports"  # type: ignore[arg-type]
-            elif topic == "raw_iot":
-                # as the worker does it: sensor-minute rows straight into the sink's column builders
-                res, kind = ingest.readings(batch, states, columns), "readings"
-            else:
-                res, kind = ingest.updates(batch), "updates"
+            # as the worker does it: by the source's path; sensor-minute rows straight into the column builders
+            source = SOURCE_OF[topic]
+            res, kind = ingest.take(source, batch, states, columns), source.path
             rates[kind].append(len(batch) / max(time.process_time() - t, 1e-6))
             t = time.process_time()
             out = stage.apply(res.located, books)

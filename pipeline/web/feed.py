@@ -173,8 +173,7 @@ class LagProbe:
     def __init__(self, settings: Settings) -> None:
         t = settings.topics
         self.settings = settings
-        self.sources = {"hotline": t.raw_hotline, "patrol": t.raw_patrol, "iot": t.raw_iot,
-                        "case-updates": t.case_updates, "located": t.located}
+        self.sources = {s.name: topic for topic, s in t.sources().items()} | {"located": t.located}
         self._consumer: Any = None
         self._admin: Any = None
 
