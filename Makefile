@@ -47,7 +47,7 @@ test: setup
 
 # Unit tests only: no services needed.
 test-unit: setup
-	$(PY) -m pytest -m "not kafka and not clickhouse" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not kafka and not clickhouse and not cluster" $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check pipeline rules grid tests

@@ -335,12 +335,13 @@ def status(settings: Settings, cluster: str | None = None) -> list[MigrationStat
 def _migrate_cmd(args: argparse.Namespace) -> int:
     quiet_driver_logs()
     settings = Settings.from_env()
+    cluster = args.cluster or settings.clickhouse_cluster
     try:
-        applied = migrate(settings, cluster=args.cluster)
+        applied = migrate(settings, cluster=cluster)
     except (MigrationError, QueryError) as err:
         print(f"db migrate: {err}", file=sys.stderr)
         return 1
-    where = settings.clickhouse_database + (f" on cluster {args.cluster}" if args.cluster else "")
+    where = settings.clickhouse_database + (f" on cluster {cluster}" if cluster else "")
     print(f"db migrate: {where}: " + (f"applied {', '.join(applied)}" if applied else "up to date"))
     return 0
 
@@ -348,7 +349,8 @@ def _migrate_cmd(args: argparse.Namespace) -> int:
 def _status_cmd(args: argparse.Namespace) -> int:
     quiet_driver_logs()
     try:
-        rows = status(Settings.from_env(), cluster=args.cluster)
+        settings = Settings.from_env()
+        rows = status(settings, cluster=args.cluster or settings.clickhouse_cluster)
     except QueryError as err:
         print(f"db status: {err}", file=sys.stderr)
         return 1
@@ -368,5 +370,5 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         p = dbsub.add_parser(name, help=text)
         p.add_argument("--cluster", default=None,
                        help="run ON CLUSTER this name with Replicated and Distributed tables "
-                            "(see deploy/clickhouse/README.md); default: one server")
+                            "(see deploy/clickhouse/README.md); default: CITYOPS_CLUSTER, else one server")
         p.set_defaults(func=func)
