@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STACK := bash deploy/local/stack.sh
 PYTEST_ARGS ?=
 
-.PHONY: setup up down status run test test-unit lint bench bench-grid clean
+.PHONY: setup up down status cluster-up cluster-down cluster-status run test test-unit lint bench bench-grid clean
 
 setup: $(VENV)/.installed
 
@@ -25,6 +25,17 @@ down:
 status:
 	$(STACK) status
 
+# The local cluster profile (README "Running a city: the cluster"): 3 Kafka brokers, ZooKeeper, ClickHouse 2 shards x
+# 2 replicas under var/cluster; `eval "$$(bash deploy/local/cluster.sh env)"` points cityops at it.
+cluster-up: setup
+	bash deploy/local/cluster.sh up
+
+cluster-down:
+	bash deploy/local/cluster.sh down
+
+cluster-status:
+	bash deploy/local/cluster.sh status
+
 # Starts what is not running, feeds a simulated day, waits for Ctrl-C, stops what it started.
 run: setup
 	$(STACK) run-with $(PY) -m pipeline.cli run $(RUN_ARGS)
@@ -36,7 +47,7 @@ test: setup
 
 # Unit tests only: no services needed.
 test-unit: setup
-	$(PY) -m pytest -m "not kafka and not clickhouse" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not kafka and not clickhouse and not cluster" $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check pipeline rules grid tests
@@ -49,5 +60,5 @@ bench: setup
 bench-grid: setup
 	$(PY) -m pipeline.bench.grid
 
-clean: down
+clean: down cluster-down
 	rm -rf var $(VENV)

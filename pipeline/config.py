@@ -85,6 +85,11 @@ class Settings:
     kafka_password: str | None = None
     kafka_ssl_cafile: str | None = None
     partitions: int = 4
+    # copies of every topic cityops creates, changelogs included, and the min.insync.replicas it sets on them;
+    # None: from the broker count (3 and 2 on 3+ brokers, else one per broker and 1). README "Running a city"
+    replication_factor: int | None = None     # CITYOPS_REPLICATION_FACTOR
+    min_insync_replicas: int | None = None    # CITYOPS_MIN_INSYNC_REPLICAS
+    clickhouse_cluster: str | None = None     # CITYOPS_CLUSTER: `db migrate` / `db status` default --cluster
     clickhouse_host: str = "127.0.0.1"
     clickhouse_port: int = 19000
     clickhouse_user: str = "default"
@@ -147,6 +152,9 @@ class Settings:
             kafka_password=e.get("CITYOPS_KAFKA_PASSWORD") or None,
             kafka_ssl_cafile=e.get("CITYOPS_KAFKA_SSL_CAFILE") or None,
             partitions=int(e.get("CITYOPS_PARTITIONS", "4")),
+            replication_factor=_optional_int(e.get("CITYOPS_REPLICATION_FACTOR", "")),
+            min_insync_replicas=_optional_int(e.get("CITYOPS_MIN_INSYNC_REPLICAS", "")),
+            clickhouse_cluster=e.get("CITYOPS_CLUSTER") or None,
             clickhouse_host=e.get("CITYOPS_CLICKHOUSE_HOST", "127.0.0.1"),
             clickhouse_port=int(e.get("CITYOPS_CLICKHOUSE_PORT", "19000")),
             clickhouse_user=e.get("CITYOPS_CLICKHOUSE_USER", "default"),
@@ -224,6 +232,9 @@ class Settings:
             "CITYOPS_KAFKA_PASSWORD": self.kafka_password,
             "CITYOPS_KAFKA_SSL_CAFILE": self.kafka_ssl_cafile,
             "CITYOPS_CLICKHOUSE_CA_CERTS": self.clickhouse_ca_certs,
+            "CITYOPS_REPLICATION_FACTOR": str(self.replication_factor or ""),
+            "CITYOPS_MIN_INSYNC_REPLICAS": str(self.min_insync_replicas or ""),
+            "CITYOPS_CLUSTER": self.clickhouse_cluster,
         }
         env.update({k: v for k, v in optional.items() if v})
         return env

@@ -51,7 +51,7 @@ def _guarded(real: Any) -> Any:
 @pytest.fixture(autouse=True)
 def _block_services_in_unit_tests(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
     marks = {m.name for m in request.node.iter_markers()}
-    if not marks & {"kafka", "clickhouse"}:
+    if not marks & {"kafka", "clickhouse", "cluster"}:
         monkeypatch.setattr(socket.socket, "connect", _guarded(_real_connect))
         monkeypatch.setattr(socket.socket, "connect_ex", _guarded(_real_connect_ex))
 

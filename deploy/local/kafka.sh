@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A real single-node Apache Kafka broker in KRaft mode, from Maven Central's jars, data under var/kafka.
-#   kafka.sh start | stop | status
+#   kafka.sh start | stop | status | fetch   (fetch: only the jars, which the cluster profile shares)
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 K="$VAR/kafka"
 LIBS="$K/libs"
@@ -84,7 +84,8 @@ start() {
 
 case "${1:-}" in
   start) start ;;
+  fetch) fetch_jars ;;
   stop) stop_pid "$PIDFILE" "$MARKER" kafka ;;
   status) if pid_alive "$PIDFILE" "$MARKER"; then echo "kafka: running (pid $(cat "$PIDFILE")) on 127.0.0.1:$KAFKA_PORT"; else echo "kafka: stopped"; exit 3; fi ;;
-  *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
+  *) echo "usage: $0 start|stop|status|fetch" >&2; exit 2 ;;
 esac

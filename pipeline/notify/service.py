@@ -46,7 +46,6 @@ reason; `raw` is the assignment (masked).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import signal
@@ -534,25 +533,9 @@ class Notifier:
 
     def _ensure_topics(self) -> None:
         """The cityops topics, and the ledger: compacted, partitioned like the assignments topic."""
-        from kafka import KafkaAdminClient
-        from kafka.admin import NewTopic
-        from kafka.errors import TopicAlreadyExistsError
+        from pipeline.runtime.topics import ensure_derived
 
-        from pipeline.runtime.topics import ensure_topics, topic_partitions, wait_visible
-
-        ensure_topics(self.settings)
-        admin = KafkaAdminClient(client_id=f"{group_of(self.settings)}-admin",
-                                 **self.settings.kafka_client_options())
-        try:
-            known = topic_partitions(admin, [self.topic, self.ledger])
-            if self.ledger not in known:
-                with contextlib.suppress(TopicAlreadyExistsError):
-                    admin.create_topics([NewTopic(name=self.ledger, replication_factor=1,
-                                                  num_partitions=known.get(self.topic, self.settings.partitions),
-                                                  topic_configs={"cleanup.policy": "compact"})])
-                wait_visible(admin, [self.ledger])
-        finally:
-            admin.close()
+        ensure_derived(self.settings, {self.ledger: self.topic}, group_of(self.settings))
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]

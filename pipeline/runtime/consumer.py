@@ -31,7 +31,6 @@ partitions it gets from their changelog before reading them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fcntl
 import logging
 import os
@@ -158,6 +157,7 @@ class BatchService(Service):
         self._producer: AIOKafkaProducer | None = None
         self._in_flight: asyncio.Future[None] | None = None
         self.partition_counts: dict[str, int] = {}     # input topic of a table -> its partitions
+        self.under_replicated: list[str] = []            # topics replicated less than configured, at start
         self._txn: AIOKafkaProducer | None = None          # transactional: changelog writes and offsets
         self._slot: InstanceSlot | None = None
         self.aligner: Aligner | None = None    # a stage that reads several sources sets one (pipeline.runtime.align)
@@ -463,28 +463,11 @@ class BatchService(Service):
 
     def _ensure_topics(self) -> None:
         """The cityops topics, and each table's compacted changelog partitioned like its input topic."""
-        from kafka import KafkaAdminClient
-        from kafka.admin import NewTopic
-        from kafka.errors import TopicAlreadyExistsError
+        from pipeline.runtime.topics import ensure_derived
 
-        from pipeline.runtime.topics import ensure_topics, topic_partitions, wait_visible
-
-        ensure_topics(self.settings)
-        admin = KafkaAdminClient(client_id=f"{self.group}-admin", **self.settings.kafka_client_options())
-        try:
-            sources = list(self.tables)
-            known = topic_partitions(admin, sources + [table.topic for table in self.tables.values()])
-            for source, table in self.tables.items():
-                partitions = known.get(source, self.settings.partitions)
-                self.partition_counts[source] = partitions
-                if table.topic in known:
-                    continue
-                with contextlib.suppress(TopicAlreadyExistsError):
-                    admin.create_topics([NewTopic(name=table.topic, num_partitions=partitions, replication_factor=1,
-                                                  topic_configs={"cleanup.policy": "compact"})])
-                wait_visible(admin, [table.topic])
-        finally:
-            admin.close()
+        counts, self.under_replicated = ensure_derived(
+            self.settings, {table.topic: source for source, table in self.tables.items()}, self.group)
+        self.partition_counts.update(counts)
 
 
 class InstanceSlot:

@@ -1,13 +1,17 @@
-"""Kafka topic administration: create the cityops topics with the configured partition count; delete the
-topics of a run that is over (a bench run, a test, a trial pipeline under its own prefix)."""
+"""Kafka topic administration: create the cityops topics with the configured partition count and replication;
+find topics replicated less than configured; delete the topics of a run that is over (a bench run, a test, a trial
+pipeline under its own prefix)."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import time
+from dataclasses import dataclass
 
 from kafka import KafkaAdminClient
-from kafka.admin import NewTopic
+from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 from kafka.errors import TopicAlreadyExistsError, UnknownTopicOrPartitionError
 
 from pipeline.config import Settings
@@ -15,6 +19,66 @@ from pipeline.config import Settings
 # The stages create their own changelog topics (pipeline.runtime.consumer). The case-state topic keeps the latest
 # state per case.
 _COMPACTED_SUFFIXES = ("case-state",)
+log = logging.getLogger("cityops.topics")
+
+
+@dataclass(frozen=True)
+class Replication:
+    """How every topic cityops creates is replicated: copies per partition, and how many of them must have a
+    write before the broker acknowledges it (`min.insync.replicas`, with the producers' acks=all)."""
+
+    factor: int
+    min_insync: int
+
+
+def replication(settings: Settings, admin: KafkaAdminClient) -> Replication:
+    """The configured replication (CITYOPS_REPLICATION_FACTOR, CITYOPS_MIN_INSYNC_REPLICAS), the unset parts from
+    the cluster's size: 3 copies with 2 in sync when there are 3 brokers or more, else one copy per broker."""
+    brokers = len(admin.describe_cluster()["brokers"])
+    factor = settings.replication_factor or max(1, min(3, brokers))
+    min_insync = settings.min_insync_replicas or (factor - 1 if factor >= 3 else 1)
+    if factor > brokers:
+        raise ValueError(f"CITYOPS_REPLICATION_FACTOR={factor}, but the Kafka cluster has {brokers} broker(s)")
+    if not 1 <= min_insync <= factor:
+        raise ValueError(f"CITYOPS_MIN_INSYNC_REPLICAS={min_insync} must lie between 1 and the replication "
+                         f"factor {factor}")
+    return Replication(factor, min_insync)
+
+
+def new_topic(name: str, partitions: int, rep: Replication, compact: bool = False) -> NewTopic:
+    configs = {"min.insync.replicas": str(rep.min_insync)}
+    if compact:
+        configs["cleanup.policy"] = "compact"
+    return NewTopic(name=name, num_partitions=partitions, replication_factor=rep.factor, topic_configs=configs)
+
+
+def under_replicated(admin: KafkaAdminClient, names: list[str], rep: Replication) -> list[str]:
+    """One line for each of `names` (that exists) replicated less than `rep`: a partition with fewer replicas, or
+    a lower effective min.insync.replicas (the topic's own, else the broker's: config_filter="all" reports it)."""
+    topics = [t for t in admin.describe_topics(list(names)) if t.get("error_code", 0) == 0 and t["partitions"]]
+    if not topics:
+        return []
+    described = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, t["name"]) for t in topics],
+                                       config_filter="all").get("topic") or {}
+    problems = []
+    for t in sorted(topics, key=lambda t: str(t["name"])):
+        copies = min(len(p["replica_nodes"]) for p in t["partitions"])
+        isr = int(((described.get(t["name"]) or {}).get("min.insync.replicas") or {}).get("value") or 1)
+        if copies < rep.factor or isr < rep.min_insync:
+            problems.append(f"{t['name']}: {copies} replica(s), min.insync.replicas={isr}; "
+                            f"configured {rep.factor} and {rep.min_insync}")
+    return problems
+
+
+def warn_under_replicated(admin: KafkaAdminClient, names: list[str], rep: Replication, who: str) -> list[str]:
+    """Say loudly (ERROR, one line per topic) which of `names` are replicated less than configured; return them.
+    The worker goes on (the topics hold data: re-creating them is an operator's decision, with
+    kafka-reassign-partitions and kafka-configs), but losing one broker may now lose what they hold."""
+    problems = under_replicated(admin, names, rep)
+    for line in problems:
+        log.error("%s: TOPIC REPLICATED LESS THAN CONFIGURED: %s. Losing a broker may lose its data; raise it with "
+                  "kafka-reassign-partitions / kafka-configs (README \"Running a city: the cluster\")", who, line)
+    return problems
 
 
 def topic_partitions(admin: KafkaAdminClient, names: list[str]) -> dict[str, int]:
@@ -24,6 +88,31 @@ def topic_partitions(admin: KafkaAdminClient, names: list[str]) -> dict[str, int
         return {}
     return {t["name"]: len(t["partitions"]) for t in admin.describe_topics(list(names))
             if t.get("error_code", 0) == 0 and t["partitions"]}
+
+
+def ensure_derived(settings: Settings, derived: dict[str, str], who: str) -> tuple[dict[str, int], list[str]]:
+    """The cityops topics (`ensure_topics`), and each compacted topic a stage derives from another: `derived` maps
+    it to the topic whose partitioning it follows (a changelog to its input topic, the notifier's ledger to the
+    assignments). Creates what is missing, replicated as configured, then says loudly which of all these topics
+    are replicated less than configured. Returns (partitions of each followed topic, those warnings)."""
+    from kafka.errors import TopicAlreadyExistsError
+
+    ensure_topics(settings)
+    admin = KafkaAdminClient(client_id=f"{who}-admin", **settings.kafka_client_options())
+    try:
+        rep = replication(settings, admin)
+        followed = sorted(set(derived.values()))
+        known = topic_partitions(admin, followed + list(derived))
+        counts = {name: known.get(name, settings.partitions) for name in followed}
+        for name, source in derived.items():
+            if name not in known:
+                with contextlib.suppress(TopicAlreadyExistsError):
+                    admin.create_topics([new_topic(name, counts[source], rep, compact=True)])
+                wait_visible(admin, [name])
+        names = list(dict.fromkeys(settings.topics.all() + followed + list(derived)))
+        return counts, warn_under_replicated(admin, names, rep, who)
+    finally:
+        admin.close()
 
 
 def wait_visible(admin: KafkaAdminClient, names: list[str], timeout_s: float = 60.0) -> None:
@@ -36,16 +125,17 @@ def wait_visible(admin: KafkaAdminClient, names: list[str], timeout_s: float = 6
 
 
 def ensure_topics(settings: Settings, timeout_s: float = 60.0) -> list[str]:
-    """Create every cityops topic that does not exist yet; return the names created."""
+    """Create every cityops topic that does not exist yet, replicated as configured; return the names created."""
     admin = KafkaAdminClient(client_id="cityops-admin", **settings.kafka_client_options())
     try:
         names = settings.topics.all()
         existing = topic_partitions(admin, names)
         wanted = [t for t in names if t not in existing]
         created: list[str] = []
+        rep = replication(settings, admin) if wanted else None
         for name in wanted:
-            topic = NewTopic(name=name, num_partitions=settings.partitions, replication_factor=1,
-                             topic_configs={"cleanup.policy": "compact"} if name.endswith(_COMPACTED_SUFFIXES) else {})
+            assert rep is not None
+            topic = new_topic(name, settings.partitions, rep, compact=name.endswith(_COMPACTED_SUFFIXES))
             try:
                 admin.create_topics([topic])
                 created.append(name)

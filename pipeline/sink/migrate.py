@@ -23,6 +23,11 @@ every server: ClickHouse 18.16 has no `IF NOT EXISTS` there, so `migrate` looks 
 `system.columns` and sends the statement without those words only when the column is missing (on a cluster:
 as this node sees the table).
 
+On a cluster, an `ALTER TABLE` of a Distributed table (a `${ref:NAME}`) is sent to every node of the cluster in
+turn, without `ON CLUSTER`: with `internal_replication` ClickHouse 18.16 refuses `ON CLUSTER` ALTERs of tables
+that are not replicated ("Table isn't replicated, but shard is replicated according to its cluster definition"),
+and a Distributed table exists on every node. Each node's own columns decide whether it needs the statement.
+
 Only the database name from Settings is put into SQL text, and only after checking it is a plain identifier.
 """
 
@@ -32,7 +37,7 @@ import argparse
 import hashlib
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -211,6 +216,33 @@ def _bootstrap(db: ClickHouse, target: Target) -> None:
     db.execute(render(_BOOTSTRAP, target, "schema_migrations"))
 
 
+_ALTER_ON_CLUSTER = re.compile(r"^\s*ALTER\s+TABLE\s+(?P<table>\w+\.\w+)\s+(?P<on>ON\s+CLUSTER\s+(?P<cluster>\w+))\s",
+                               re.I)
+
+
+def _execute_everywhere(db: ClickHouse, settings: Settings, sql: str, where: str) -> None:
+    """Run one statement; an ALTER of a Distributed table on every node of its cluster (see module doc)."""
+    m = _ALTER_ON_CLUSTER.match(sql)
+    if m is None:
+        _execute(db, sql, where)
+        return
+    database, table = m.group("table").split(".")
+    engine = db.execute("SELECT engine FROM system.tables WHERE database = %(d)s AND name = %(t)s",
+                        {"d": database, "t": table})
+    if not engine or engine[0][0] != "Distributed":
+        _execute(db, sql, where)
+        return
+    local = sql[:m.start("on")] + sql[m.end("on"):]
+    nodes = db.execute("SELECT DISTINCT host_address, port FROM system.clusters WHERE cluster = %(c)s",
+                       {"c": m.group("cluster")})
+    for host, port in nodes:
+        node = ClickHouse(replace(settings, clickhouse_host=str(host), clickhouse_port=int(port)), database="default")
+        try:
+            _execute(node, local, f"{where} on {host}:{port}")
+        finally:
+            node.close()
+
+
 def _execute(db: ClickHouse, sql: str, where: str) -> None:
     """Run one statement; an `ADD COLUMN IF NOT EXISTS` only when the column is missing (see module doc)."""
     m = _ADD_COLUMN.match(sql)
@@ -253,7 +285,7 @@ def migrate(settings: Settings, cluster: str | None = None,
                 continue
             for i, sql in enumerate(rendered_statements(migration, target), 1):
                 try:
-                    _execute(db, sql, f"{migration.path.name} statement {i}")
+                    _execute_everywhere(db, settings, sql, f"{migration.path.name} statement {i}")
                 except MigrationError:
                     raise
                 except Exception as err:
@@ -303,12 +335,13 @@ def status(settings: Settings, cluster: str | None = None) -> list[MigrationStat
 def _migrate_cmd(args: argparse.Namespace) -> int:
     quiet_driver_logs()
     settings = Settings.from_env()
+    cluster = args.cluster or settings.clickhouse_cluster
     try:
-        applied = migrate(settings, cluster=args.cluster)
+        applied = migrate(settings, cluster=cluster)
     except (MigrationError, QueryError) as err:
         print(f"db migrate: {err}", file=sys.stderr)
         return 1
-    where = settings.clickhouse_database + (f" on cluster {args.cluster}" if args.cluster else "")
+    where = settings.clickhouse_database + (f" on cluster {cluster}" if cluster else "")
     print(f"db migrate: {where}: " + (f"applied {', '.join(applied)}" if applied else "up to date"))
     return 0
 
@@ -316,7 +349,8 @@ def _migrate_cmd(args: argparse.Namespace) -> int:
 def _status_cmd(args: argparse.Namespace) -> int:
     quiet_driver_logs()
     try:
-        rows = status(Settings.from_env(), cluster=args.cluster)
+        settings = Settings.from_env()
+        rows = status(settings, cluster=args.cluster or settings.clickhouse_cluster)
     except QueryError as err:
         print(f"db status: {err}", file=sys.stderr)
         return 1
@@ -336,5 +370,5 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         p = dbsub.add_parser(name, help=text)
         p.add_argument("--cluster", default=None,
                        help="run ON CLUSTER this name with Replicated and Distributed tables "
-                            "(see deploy/clickhouse/README.md); default: one server")
+                            "(see deploy/clickhouse/README.md); default: CITYOPS_CLUSTER, else one server")
         p.set_defaults(func=func)

@@ -1,0 +1,196 @@
+"""The local cluster profile (deploy/local/cluster.sh, README "Running a city: the cluster"), live: three KRaft
+brokers, ZooKeeper and ClickHouse 2 shards x 2 replicas. The module starts the profile when it is not running and
+stops it at the end (the last test checks that `down` leaves nothing running)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from kafka import KafkaAdminClient
+from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
+
+from pipeline import deploy
+from pipeline.config import ROOT, Settings, Topics
+from pipeline.runtime.topics import ensure_derived, ensure_topics, replication, under_replicated, wait_visible
+from pipeline.sink.migrate import migrate, status
+from pipeline.sink.transport import ClickHouse
+from tests.pipeline.factories import hotline, raw
+from tests.support import produce, running_worker, wait_for
+
+pytestmark = [pytest.mark.cluster]
+SCRIPT = ROOT / "deploy" / "local" / "cluster.sh"
+SITE = deploy.load("local", int(os.environ.get("CITYOPS_CLUSTER_BASE_PORT") or 0) or None)
+NODE_PORTS = tuple(n.native_port for n in SITE.nodes)     # shard 1 replicas 1, 2; shard 2 replicas 1, 2
+
+
+def cluster_sh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, timeout=900, check=check)
+
+
+@pytest.fixture(scope="module")
+def cluster_env() -> Iterator[dict[str, str]]:
+    was_running = cluster_sh("status", check=False).returncode == 0
+    if not was_running:
+        up = cluster_sh("up", check=False)
+        assert up.returncode == 0, up.stderr[-4000:]
+    exports = cluster_sh("env").stdout.split()
+    yield dict(e.split("=", 1) for e in exports if "=" in e)
+    if not was_running:
+        cluster_sh("down", check=False)
+
+
+@pytest.fixture
+def cs(cluster_env: dict[str, str], tmp_path: Path) -> Iterator[Settings]:
+    """Settings of one test on the cluster: a database, topics and consumer groups of its own."""
+    tag = "c" + uuid.uuid4().hex[:10]
+    base = Settings.from_env({**os.environ, **cluster_env})
+    s = replace(base, clickhouse_database=f"cityops_{tag}", topic_prefix=tag, topics=Topics.with_prefix(tag),
+                app_id=f"cityops-{tag}", var_dir=tmp_path, replication_factor=None, min_insync_replicas=None)
+    yield s
+    db = ClickHouse(s, database="default")
+    try:
+        db.execute(f"DROP DATABASE IF EXISTS {s.clickhouse_database} ON CLUSTER cityops")
+    finally:
+        db.close()
+
+
+def node(s: Settings, port: int) -> ClickHouse:
+    return ClickHouse(replace(s, clickhouse_port=port), database="default")
+
+
+def test_every_node_lists_cityops_as_two_shards_of_two_replicas(cs: Settings) -> None:
+    for port in NODE_PORTS:
+        ch = node(cs, port)
+        try:
+            rows = ch.execute("SELECT shard_num, replica_num, port FROM system.clusters WHERE cluster = 'cityops' "
+                              "ORDER BY shard_num, replica_num")
+            macros = dict(ch.execute("SELECT macro, substitution FROM system.macros"))
+        finally:
+            ch.close()
+        assert rows == [(1, 1, NODE_PORTS[0]), (1, 2, NODE_PORTS[1]), (2, 1, NODE_PORTS[2]), (2, 2, NODE_PORTS[3])]
+        i = NODE_PORTS.index(port)
+        assert macros == {"shard": str(i // 2 + 1), "replica": f"s{i // 2 + 1}r{i % 2 + 1}"}
+
+
+def test_migrate_twice_on_the_cluster(cs: Settings) -> None:
+    assert migrate(cs, cluster="cityops") == ["0001", "0002", "0003", "0004", "0005", "0006", "0007"]
+    assert migrate(cs, cluster="cityops") == []
+    assert {r.state for r in status(cs, cluster="cityops")} == {"applied"}
+    db = cs.clickhouse_database
+    for port in NODE_PORTS:
+        ch = node(cs, port)
+        try:
+            engines = dict(ch.execute("SELECT name, engine FROM system.tables WHERE database = %(d)s", {"d": db}))
+            columns = {r[0] for r in ch.execute("SELECT name FROM system.columns WHERE database = %(d)s "
+                                                "AND table = 'cases'", {"d": db})}
+        finally:
+            ch.close()
+        assert engines["events_local"] == "ReplicatedReplacingMergeTree", port
+        assert engines["cases_local"] == "ReplicatedReplacingMergeTree", port
+        assert engines["events"] == engines["cases"] == "Distributed", port
+        assert {"kind", "escalations", "verify_due_at"} <= columns, port     # 0004's ALTERs reached every node
+
+
+def test_topics_and_changelogs_are_created_with_three_copies_and_min_isr_two(cs: Settings,
+                                                                             caplog: pytest.LogCaptureFixture) -> None:
+    created = ensure_topics(cs)
+    assert sorted(created) == sorted(cs.topics.all())
+    changelog = f"{cs.app_id}-ingest-test-changelog"
+    with caplog.at_level(logging.ERROR, "cityops.topics"):
+        counts, warnings = ensure_derived(cs, {changelog: cs.topics.raw_hotline}, "test")
+    assert counts == {cs.topics.raw_hotline: cs.partitions} and warnings == [] and not caplog.records
+    admin = KafkaAdminClient(**cs.kafka_client_options())
+    try:
+        assert replication(cs, admin).factor == 3
+        wait_visible(admin, cs.topics.all() + [changelog])     # on the broker this client asks, too
+        for t in admin.describe_topics(cs.topics.all() + [changelog]):
+            assert {len(p["replica_nodes"]) for p in t["partitions"]} == {3}, t["name"]
+        described = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, name)
+                                            for name in cs.topics.all() + [changelog]])
+        assert {v["min.insync.replicas"]["value"] for v in described["topic"].values()} == {"2"}
+    finally:
+        admin.close()
+
+
+def test_a_worker_says_loudly_when_its_topics_are_replicated_less_than_configured(
+        cs: Settings, caplog: pytest.LogCaptureFixture) -> None:
+    admin = KafkaAdminClient(**cs.kafka_client_options())
+    try:   # the raw hotline topic as cityops made it before replication was configuration: one copy
+        admin.create_topics([NewTopic(name=cs.topics.raw_hotline, num_partitions=4, replication_factor=1)])
+        rep = replication(cs, admin)
+    finally:
+        admin.close()
+    with caplog.at_level(logging.ERROR, "cityops.topics"):
+        _, warnings = ensure_derived(cs, {f"{cs.app_id}-ingest-x-changelog": cs.topics.raw_hotline}, "ingest")
+    assert warnings == [f"{cs.topics.raw_hotline}: 1 replica(s), min.insync.replicas=2; configured 3 and 2"]
+    assert any("TOPIC REPLICATED LESS THAN CONFIGURED" in r.getMessage() and cs.topics.raw_hotline in r.getMessage()
+               for r in caplog.records)
+    admin = KafkaAdminClient(**cs.kafka_client_options())
+    try:
+        assert under_replicated(admin, cs.topics.all(), replace(rep, factor=1)) == []   # with 1 configured: fine
+    finally:
+        admin.close()
+
+
+def test_events_through_a_worker_land_on_their_shard_and_on_both_its_replicas(cs: Settings, tmp_path: Path) -> None:
+    ensure_topics(cs)
+    migrate(cs, cluster="cityops")
+    tickets = {f"CL-{i}": (121.470 + 0.008 * (i % 6), 31.255 + 0.008 * (i // 6)) for i in range(24)}
+    produce(cs, cs.topics.raw_hotline,
+            [(t.encode(), raw(hotline(t, code="E0501", lon=lon, lat=lat))) for t, (lon, lat) in tickets.items()])
+    db = cs.clickhouse_database
+    ids = {f"hotline:{t}" for t in tickets}
+    log = tmp_path / "worker.log"
+    with running_worker(cs, log, {"CITYOPS_CLICKHOUSE_HTTP_PORT": str(cs.clickhouse_http_port or "")}):
+        ch = node(cs, NODE_PORTS[0])
+        try:
+            assert wait_for(lambda: ch.execute(f"SELECT uniqExact(event_id) FROM {db}.events")[0][0] >= len(ids),
+                            timeout_s=120), log.read_text()[-3000:]
+        finally:
+            ch.close()
+    assert "LESS THAN CONFIGURED" not in log.read_text()
+    placed: dict[str, set[int]] = {}
+    per_node: dict[int, set[str]] = {}
+    for port in NODE_PORTS:
+        ch = node(cs, port)
+        try:
+            ch.execute(f"SYSTEM SYNC REPLICA {db}.events_local")
+            rows = ch.execute(f"SELECT event_id, sipHash64(subdistrict) % 2 + 1 FROM {db}.events_local FINAL")
+        finally:
+            ch.close()
+        shard = NODE_PORTS.index(port) // 2 + 1
+        per_node[port] = {str(r[0]) for r in rows}
+        assert {int(r[1]) for r in rows} <= {shard}, f"rows of another shard on node {port}"
+        for r in rows:
+            placed.setdefault(str(r[0]), set()).add(shard)
+    assert set(placed) == ids                                        # every row stored ...
+    assert all(len(shards) == 1 for shards in placed.values())       # ... on exactly one shard, the one it hashes to
+    s1r1, s1r2, s2r1, s2r2 = (per_node[p] for p in NODE_PORTS)
+    assert s1r1 == s1r2 and s2r1 == s2r2                            # on both replicas of its shard
+    assert s1r1 and s2r1                                             # and the keys did spread over both shards
+
+
+def test_cluster_down_leaves_nothing_running(cluster_env: dict[str, str]) -> None:
+    """Runs last in the module: stops the profile (and starts it again when it ran before the tests)."""
+    was_running = cluster_sh("status", check=False).returncode == 0
+    cluster_sh("down")
+    assert cluster_sh("status", check=False).returncode == 3
+    ours = str(Settings.from_env().var_dir / "cluster")
+    left = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if ours in cmdline and "pytest" not in cmdline:
+            left.append(cmdline[:200])
+    assert left == []
+    if was_running:
+        cluster_sh("up")
