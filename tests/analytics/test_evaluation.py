@@ -1,0 +1,224 @@
+"""The evaluation (综合评价) on a hand-built small month, every figure worked out by hand from the definitions
+(pipeline/reports/evaluation.py, docs/cases.md §8), on current ClickHouse (chdb) and on the server (18.16).
+
+The month is May 2024 (Asia/Shanghai). Sub-district S1 = 310109009, S2 = 310109010; T = 6 May 10:00 Shanghai.
+
+| case | place | found by | what happens                                                           |
+| ---- | ----- | -------- | ---------------------------------------------------------------------- |
+| A    | S1    | citizen  | 2 reports; handling resolves T+20h (due T+24h), verified T+22h: on time |
+| B    | S1    | patrol   | handling resolves T+30h (late), verified T+32h: closed late             |
+| C    | S1    | sensor   | handling accepts, leaves it open: overdue, not closed                   |
+| D    | S1    | citizen  | resolved T+10h, check fails T+12h; rework resolved T+20h, verified T+23h:    |
+|      |       |          | on time, reworked                                                       |
+| E    | S1    | citizen  | enforcement resolves T+10h; verification due T+12h, done T+15h: late    |
+| F    | S1    | citizen  | created 29 April, due 2 May, closed 1 May on time: due in May, not filed in May |
+| G    | S1    | citizen  | created 31 May 18:00, due 1 June: filed in May, not due in May          |
+| H    | S2    | citizen  | enforcement rejects (T+2h); handling resolves T+40h (its own due T+50h, |
+|      |       |          | the case's T+24h), verified T+41h: closed late, and a rejection (返工)   |
+| I    | S2    | sensor   | a device fault (never counted)                                          |
+| J    | S2    | patrol   | supervision resolves T+5h; the patrol never verifies (due T+29h)        |
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import date, datetime
+
+import pytest
+
+from pipeline.records import EventRow, SinkBatch
+from pipeline.reports.evaluation import Period, evaluate, periods, score_units
+from pipeline.reports.query import Filters
+from pipeline.reports.weights import WeightsError, load_weights
+from tests.analytics.lifecycle import ENGINES, Engine, H, M, T, case, engine_fixture, round_
+
+MAY = (date(2024, 5, 1), date(2024, 6, 1))
+S1, S2 = "310109009", "310109010"
+C1, C2 = "310109009001001", "310109010002003"
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request: pytest.FixtureRequest) -> Iterator[Engine]:
+    yield from engine_fixture(request)
+
+
+def event(eid: str, case_id: str, source: str, at: datetime, cell: str = C1) -> EventRow:
+    return EventRow(eid, source, case_id, "E0501", cell, cell[:9], at, at, None, None, False, False, "g1")
+
+
+def month() -> SinkBatch:
+    f_created = datetime(2024, 4, 29, 2)
+    f_due = datetime(2024, 5, 2, 2)
+    f_resolved, f_closed = datetime(2024, 5, 1, 2), datetime(2024, 5, 1, 8)
+    g_created = datetime(2024, 5, 31, 10)
+    cases = [
+        case("A", status="closed", resolved=T + 20 * H, closed=T + 22 * H),
+        case("B", status="closed", discovered_by="patrol", resolved=T + 30 * H, closed=T + 32 * H),
+        case("C", status="accepted", discovered_by="sensor"),
+        case("D", status="closed", resolved=T + 20 * H, closed=T + 23 * H, reopened=1),
+        case("E", team="enforcement", status="closed", resolved=T + 10 * H, verify_due=T + 12 * H,
+             closed=T + 15 * H),
+        case("F", status="closed", created=f_created, case_due=f_due, due=f_due, resolved=f_resolved,
+             closed=f_closed),
+        case("G", created=g_created),
+        case("H", status="closed", cell=C2, due=T + 50 * H, case_due=T + 24 * H, resolved=T + 40 * H,
+             closed=T + 41 * H, rejected=1),
+        case("I", cell=C2, kind="device_fault", discovered_by="sensor"),
+        case("J", team="supervision", status="resolved", cell=C2, discovered_by="patrol", resolved=T + 5 * H),
+    ]
+    rounds = [
+        round_("A", 1, "handling", T + 5 * M, T + 24 * H, accepted=T + H, resolved=T + 20 * H,
+               verified=T + 22 * H, outcome="verified"),
+        round_("B", 1, "handling", T + 5 * M, T + 24 * H, accepted=T + H, resolved=T + 30 * H,
+               verified=T + 32 * H, outcome="verified"),
+        round_("C", 1, "handling", T + 5 * M, T + 24 * H, accepted=T + H),
+        round_("D", 1, "handling", T + 5 * M, T + 24 * H, accepted=T + H, resolved=T + 10 * H,
+               ended=T + 12 * H, outcome="reworked"),
+        round_("D", 2, "handling", T + 12 * H, T + 24 * H, kind="rework", accepted=T + 13 * H,
+               resolved=T + 20 * H, verified=T + 23 * H, outcome="verified"),
+        round_("E", 1, "enforcement", T + 5 * M, T + 24 * H, accepted=T + H, resolved=T + 10 * H,
+               verify_due=T + 12 * H, verified=T + 15 * H, outcome="verified"),
+        round_("F", 1, "handling", f_created + 5 * M, f_due, accepted=f_created + H, resolved=f_resolved,
+               verified=f_closed, outcome="verified"),
+        round_("G", 1, "handling", g_created + 5 * M, g_created + 24 * H),
+        round_("H", 1, "enforcement", T + 5 * M, T + 24 * H, ended=T + 2 * H, outcome="rejected", cell=C2),
+        round_("H", 2, "handling", T + 2 * H, T + 50 * H, kind="reroute", accepted=T + 3 * H,
+               resolved=T + 40 * H, verified=T + 41 * H, outcome="verified", cell=C2),
+        replace(round_("I", 1, "handling", T + 5 * M, T + 24 * H, cell=C2), case_kind="device_fault"),
+        round_("J", 1, "supervision", T + 5 * M, T + 24 * H, accepted=T + H, resolved=T + 5 * H,
+               outcome="resolved", cell=C2),
+    ]
+    events = [
+        event("h-A1", "A", "hotline", T), event("p-A2", "A", "patrol", T + H), event("p-B", "B", "patrol", T),
+        event("i-C", "C", "iot", T), event("h-D", "D", "hotline", T), event("h-E", "E", "hotline", T),
+        event("h-F", "F", "hotline", f_created), event("h-G", "G", "hotline", g_created),
+        event("h-H", "H", "hotline", T, C2), event("i-I", "I", "iot", T, C2), event("p-J", "J", "patrol", T, C2),
+    ]
+    return SinkBatch(cases=cases, rounds=rounds, events=events)
+
+
+def values(units: list) -> dict[str, dict]:  # type: ignore[type-arg]
+    return {u.unit: u.values for u in units}
+
+
+def test_regions_of_the_hand_built_month(engine: Engine) -> None:
+    engine.write(month())
+    got = values(evaluate(engine.db, "region", Filters(), *MAY))
+    assert got == {
+        S1: {"received": 7, "filed": 6, "due": 6, "closed": 5, "close_rate": 5 / 6, "closed_on_time": 3,
+             "closed_on_time_rate": 3 / 6, "overdue_unclosed": 1, "reworked": 1, "rework_rate": 1 / 6,
+             "public_report_rate": 4 / 6, "discovery_rate": 2 / 6},
+        S2: {"received": 2, "filed": 2, "due": 2, "closed": 1, "close_rate": 1 / 2, "closed_on_time": 0,
+             "closed_on_time_rate": 0.0, "overdue_unclosed": 1, "reworked": 1, "rework_rate": 1 / 2,
+             "public_report_rate": 1 / 2, "discovery_rate": 1 / 2},
+    }
+    district = values(evaluate(engine.db, "region", Filters(), *MAY, level="district"))["310109"]
+    assert (district["received"], district["filed"], district["due"], district["closed"],
+            district["closed_on_time"], district["reworked"]) == (9, 8, 8, 6, 3, 2)
+    grids = values(evaluate(engine.db, "region", Filters(subdistrict=S1), *MAY, level="grid"))
+    assert list(grids) == [C1[:12]] and grids[C1[:12]]["filed"] == 6
+
+
+def test_departments_and_verifiers_of_the_hand_built_month(engine: Engine) -> None:
+    engine.write(month())
+    got = values(evaluate(engine.db, "department", Filters(), *MAY))
+    assert got == {
+        "handling": {"dispatched": 7, "due": 7, "resolved": 6, "resolve_rate": 6 / 7, "resolved_on_time": 5,
+                     "resolved_on_time_rate": 5 / 7, "overdue_open": 1, "reworked": 1, "rework_rate": 1 / 7,
+                     "rejected": 0},
+        "enforcement": {"dispatched": 2, "due": 1, "resolved": 1, "resolve_rate": 1.0, "resolved_on_time": 1,
+                        "resolved_on_time_rate": 1.0, "overdue_open": 0, "reworked": 0, "rework_rate": 0.0,
+                        "rejected": 1},
+        "supervision": {"dispatched": 1, "due": 1, "resolved": 1, "resolve_rate": 1.0, "resolved_on_time": 1,
+                        "resolved_on_time_rate": 1.0, "overdue_open": 0, "reworked": 0, "rework_rate": 0.0,
+                        "rejected": 0},
+    }
+    assert values(evaluate(engine.db, "department", Filters(team="enforcement"), *MAY)) == {
+        "enforcement": got["enforcement"]}
+    assert values(evaluate(engine.db, "position", Filters(), *MAY)) == {
+        "supervision": {"verify_due": 7, "checked": 7, "verify_rate": 1.0, "checked_on_time": 6,
+                        "verified_on_time_rate": 6 / 7},
+        "patrol": {"verify_due": 1, "checked": 0, "verify_rate": 0.0, "checked_on_time": 0,
+                   "verified_on_time_rate": 0.0},
+    }
+
+
+def test_as_of_inside_the_month_judges_only_what_fell_due_by_then(engine: Engine) -> None:
+    """Judged at T + 26 h: A, C, D, E, F and H are due (case deadlines T + 24 h, 2 May); B's late resolution
+    (T + 30 h) is not yet made, so B is due and not closed; H's closing (T + 41 h) is not made yet either."""
+    engine.write(month())
+    got = values(evaluate(engine.db, "region", Filters(), *MAY, as_of=T + 26 * H))
+    assert (got[S1]["due"], got[S1]["closed"], got[S1]["closed_on_time"]) == (6, 4, 3)
+    assert (got[S2]["due"], got[S2]["closed"]) == (2, 0)
+
+
+def test_scores_and_grades_with_the_shipped_weights(engine: Engine) -> None:
+    """S1: 0.2 x 100(1 - 4/6) + 0.1 x 100(6/6) + 0.3 x 100(5/6) + 0.4 x 100(3/6) = 61.67 -> C;
+    S2: 0.2 x 50 + 0.1 x 100(2/6) + 0.3 x 50 + 0.4 x 0 = 28.33 -> E."""
+    engine.write(month())
+    units = {u.unit: u for u in evaluate(engine.db, "region", Filters(), *MAY)}
+    assert (units[S1].score, units[S1].grade) == (61.67, "C")
+    assert (units[S2].score, units[S2].grade) == (28.33, "E")
+
+
+def test_an_indicator_with_nothing_to_divide_is_left_out_of_the_score() -> None:
+    w = load_weights()
+    p = Period.of(*MAY)
+    u = score_units("department", p, {"x": {"dispatched": 4, "due": 0, "resolve_rate": None,
+                                            "resolved_on_time_rate": None, "rework_rate": None}}, w)[0]
+    assert u.scores == {"dispatched": 100.0, "resolve_rate": None, "resolved_on_time_rate": None,
+                        "rework_rate": None}
+    assert (u.score, u.grade) == (100.0, "A")
+
+
+def test_periods_split_the_range_by_calendar() -> None:
+    assert periods(date(2024, 5, 30), date(2024, 6, 4), "day")[-1] == (date(2024, 6, 3), date(2024, 6, 4))
+    assert periods(date(2024, 5, 1), date(2024, 5, 15), "week") == [
+        (date(2024, 5, 1), date(2024, 5, 6)), (date(2024, 5, 6), date(2024, 5, 13)),
+        (date(2024, 5, 13), date(2024, 5, 15))]
+    assert periods(date(2024, 11, 20), date(2025, 1, 2), "month") == [
+        (date(2024, 11, 20), date(2024, 12, 1)), (date(2024, 12, 1), date(2025, 1, 1)),
+        (date(2025, 1, 1), date(2025, 1, 2))]
+
+
+GOOD = """\
+grades: {A: 90, B: 75, C: 60, D: 40}
+region: {public_report_rate: 0.25, filed: 0.25, close_rate: 0.25, closed_on_time_rate: 0.25}
+department: {dispatched: 0.5, rework_rate: 0.5}
+position:
+  verifier: {verified_on_time_rate: 1}
+"""
+
+
+def test_the_shipped_weights_load_and_add_up() -> None:
+    w = load_weights()
+    for of in ("region", "department", "position.verifier"):
+        assert abs(sum(w.of(of).values()) - 1) < 1e-9
+    assert [w.grade(s) for s in (90, 89.99, 75, 60, 40, 39.9, None)] == ["A", "B", "B", "C", "D", "E", None]
+    assert load_weights(text=GOOD).of("department") == {"dispatched": 0.5, "rework_rate": 0.5}
+
+
+@pytest.mark.parametrize("text, problems", [
+    (GOOD.replace("filed: 0.25", "filed: 0.35"),
+     ["w.yaml:2:9: region: weights add up to 1.1, not 1"]),
+    (GOOD.replace("filed:", "fild:"),
+     ["w.yaml:2:36: region.fild: unknown indicator; choose among public_report_rate, filed, close_rate, "
+      "closed_on_time_rate, rework_rate, discovery_rate"]),
+    (GOOD.replace("grades:", "grade:"),
+     ["w.yaml:1:1: grade: unknown key; choose among grades, region, department, position",
+      "w.yaml:1:1: grades: missing"]),
+    (GOOD.replace("D: 40", "D: 70"),
+     ["w.yaml:1:9: grades: each grade's lowest score must be above the next one's"]),
+    (GOOD.replace("rework_rate: 0.5", "rework_rate: half"),
+     ["w.yaml:3:44: department.rework_rate: expected a number, got half"]),
+    (GOOD.replace("verifier:", "inspector:"),
+     ["w.yaml:5:3: position.inspector: unknown position; choose among verifier",
+      "w.yaml:5:3: position.verifier: missing"]),
+])
+def test_a_bad_weights_file_is_refused_with_file_line_and_key(text: str, problems: list[str]) -> None:
+    from pathlib import Path
+
+    with pytest.raises(WeightsError) as err:
+        load_weights(Path("w.yaml"), text)
+    assert err.value.problems == problems
