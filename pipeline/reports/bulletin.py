@@ -319,14 +319,15 @@ def region_table(b: Bulletin) -> str:
 
 def department_table(b: Bulletin) -> str:
     head = ["部门", "派遣数", "应处置数", "处置数", "处置率", "按期处置数", "按期处置率", "超期待处置数", "返工数",
-            "返工率", "退回数", "得分", "等级", "得分较上月"]
+            "返工率", "延期数", "退回数", "得分", "等级", "得分较上月"]
     rows = []
     for u in sorted(b.departments, key=lambda u: (-(u.score or -1), u.unit)):
         v = u.values
         rows.append([_td(_e(TEAM_NAMES.get(u.unit, u.unit)), "l"), _td(_num(v["dispatched"])), _td(_num(v["due"])),
                      _td(_num(v["resolved"])), _td(_pct(v["resolve_rate"])), _td(_num(v["resolved_on_time"])),
                      _td(_pct(v["resolved_on_time_rate"])), _td(_num(v["overdue_open"])),
-                     _td(_num(v["reworked"])), _td(_pct(v["rework_rate"])), _td(_num(v["rejected"])),
+                     _td(_num(v["reworked"])), _td(_pct(v["rework_rate"])), _td(_num(v["extended"])),
+                     _td(_num(v["rejected"])),
                      _td(_score(u.score)), _td(_grade(u.grade), "g"),
                      _td(_change_score(u, b.previous_departments.get(u.unit)))])
     return _table(head, rows, wide=True)

@@ -32,6 +32,8 @@ terms (round, rework, on time, credited to) are docs/cases.md §3, §4 and §8.
 - 超期待处置数 `overdue_open` = due − resolved;
 - 返工数 `reworked`: of `due`, rounds whose fix failed its check (outcome reworked);
   **返工率 `rework_rate` = reworked / due**;
+- 延期数 `extended`: of `due`, rounds whose deadline was extended (延期, docs/cases.md §4.6: `due_at` is the
+  extended deadline, so an extended round resolved by it is on time);
 - 退回数 `rejected`: rounds the team rejected in the period (not theirs: never due, shown apart).
 
 **Position: verifier** (核查: supervision, and the patrol for supervision's own fixes; §4):
@@ -107,6 +109,7 @@ DEPARTMENT = _ind(
     Indicator("overdue_open", "超期待处置数", "overdue, unresolved", "due - resolved"),
     Indicator("reworked", "返工数", "reworked", "of due: the fix failed its check"),
     Indicator("rework_rate", "返工率", "rework rate", "reworked / due", "less"),
+    Indicator("extended", "延期数", "extended", "of due: rounds whose deadline was extended"),
     Indicator("rejected", "退回数", "rejected", "rounds the team rejected in the period (never due)"),
 )
 VERIFIER = _ind(
@@ -249,6 +252,7 @@ def department_values(db: Queryable, filters: Filters, period: Period) -> dict[s
             countIf({due} AND {resolved}) AS resolved,
             countIf({due} AND {resolved} AND resolved_on_time) AS resolved_on_time,
             countIf({due} AND is_reworked AND {_before_as_of('ended_at')}) AS reworked,
+            countIf({due} AND is_extended) AS extended,
             countIf(outcome = 'rejected' AND {_in('ended_at')}) AS rejected
         FROM v_rounds
         WHERE case_kind = 'problem' AND {cond}
@@ -261,7 +265,8 @@ def department_values(db: Queryable, filters: Filters, period: Period) -> dict[s
             "dispatched": int(r["dispatched"]), "due": n_due, "resolved": n_res,
             "resolve_rate": share(n_res, n_due), "resolved_on_time": int(r["resolved_on_time"]),
             "resolved_on_time_rate": share(int(r["resolved_on_time"]), n_due), "overdue_open": n_due - n_res,
-            "reworked": n_rw, "rework_rate": share(n_rw, n_due), "rejected": int(r["rejected"]),
+            "reworked": n_rw, "rework_rate": share(n_rw, n_due), "extended": int(r["extended"]),
+            "rejected": int(r["rejected"]),
         }
     return out
 

@@ -134,7 +134,9 @@ def simulate(config: SimConfig, world: World | None = None) -> Simulation:
                 add("case_updates", inc.case_id, orjson.dumps({
                     "case_id": inc.case_id, "action": a.action, "team": a.team, "actor": a.actor,
                     "at": a.at.astimezone(SHANGHAI).isoformat(timespec="seconds"), "note": a.note,
-                    "update_id": f"{inc.case_id}/{n}"}), a.at)
+                    "update_id": f"{inc.case_id}/{n}",
+                    **({} if a.until is None else
+                       {"until": a.until.astimezone(SHANGHAI).isoformat(timespec="seconds")})}), a.at)
     for r in planner.unlocated:
         assert r.message is not None
         add("raw_hotline", r.key, orjson.dumps(r.message), r.at)

@@ -17,6 +17,8 @@ The month is May 2024 (Asia/Shanghai). Sub-district S1 = 310109009, S2 = 3101090
 |      |       |          | the case's T+24h), verified T+41h: closed late, and a rejection (返工)   |
 | I    | S2    | sensor   | a device fault (never counted)                                          |
 | J    | S2    | patrol   | supervision resolves T+5h; the patrol never verifies (due T+29h)        |
+| K    | S2    | citizen  | handling has its deadline extended (延期) from T+24h to T+48h at T+20h,  |
+|      |       |          | resolves T+40h (on time by the extension), verified T+41h: on time       |
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ def month() -> SinkBatch:
              closed=T + 41 * H, rejected=1),
         case("I", cell=C2, kind="device_fault", discovered_by="sensor"),
         case("J", team="supervision", status="resolved", cell=C2, discovered_by="patrol", resolved=T + 5 * H),
+        case("K", status="closed", cell=C2, due=T + 48 * H, resolved=T + 40 * H, closed=T + 41 * H),
     ]
     rounds = [
         round_("A", 1, "handling", T + 5 * M, T + 24 * H, accepted=T + H, resolved=T + 20 * H,
@@ -88,12 +91,15 @@ def month() -> SinkBatch:
         replace(round_("I", 1, "handling", T + 5 * M, T + 24 * H, cell=C2), case_kind="device_fault"),
         round_("J", 1, "supervision", T + 5 * M, T + 24 * H, accepted=T + H, resolved=T + 5 * H,
                outcome="resolved", cell=C2),
+        replace(round_("K", 1, "handling", T + 5 * M, T + 48 * H, accepted=T + H, resolved=T + 40 * H,
+                       verified=T + 41 * H, outcome="verified", cell=C2), extensions=1),
     ]
     events = [
         event("h-A1", "A", "hotline", T), event("p-A2", "A", "patrol", T + H), event("p-B", "B", "patrol", T),
         event("i-C", "C", "iot", T), event("h-D", "D", "hotline", T), event("h-E", "E", "hotline", T),
         event("h-F", "F", "hotline", f_created), event("h-G", "G", "hotline", g_created),
         event("h-H", "H", "hotline", T, C2), event("i-I", "I", "iot", T, C2), event("p-J", "J", "patrol", T, C2),
+        event("h-K", "K", "hotline", T, C2),
     ]
     return SinkBatch(cases=cases, rounds=rounds, events=events)
 
@@ -109,13 +115,13 @@ def test_regions_of_the_hand_built_month(engine: Engine) -> None:
         S1: {"received": 7, "filed": 6, "due": 6, "closed": 5, "close_rate": 5 / 6, "closed_on_time": 3,
              "closed_on_time_rate": 3 / 6, "overdue_unclosed": 1, "reworked": 1, "rework_rate": 1 / 6,
              "public_report_rate": 4 / 6, "discovery_rate": 2 / 6},
-        S2: {"received": 2, "filed": 2, "due": 2, "closed": 1, "close_rate": 1 / 2, "closed_on_time": 0,
-             "closed_on_time_rate": 0.0, "overdue_unclosed": 1, "reworked": 1, "rework_rate": 1 / 2,
-             "public_report_rate": 1 / 2, "discovery_rate": 1 / 2},
+        S2: {"received": 3, "filed": 3, "due": 3, "closed": 2, "close_rate": 2 / 3, "closed_on_time": 1,
+             "closed_on_time_rate": 1 / 3, "overdue_unclosed": 1, "reworked": 1, "rework_rate": 1 / 3,
+             "public_report_rate": 2 / 3, "discovery_rate": 1 / 3},
     }
     district = values(evaluate(engine.db, "region", Filters(), *MAY, level="district"))["310109"]
     assert (district["received"], district["filed"], district["due"], district["closed"],
-            district["closed_on_time"], district["reworked"]) == (9, 8, 8, 6, 3, 2)
+            district["closed_on_time"], district["reworked"]) == (10, 9, 9, 7, 4, 2)
     grids = values(evaluate(engine.db, "region", Filters(subdistrict=S1), *MAY, level="grid"))
     assert list(grids) == [C1[:12]] and grids[C1[:12]]["filed"] == 6
 
@@ -124,29 +130,30 @@ def test_departments_and_verifiers_of_the_hand_built_month(engine: Engine) -> No
     engine.write(month())
     got = values(evaluate(engine.db, "department", Filters(), *MAY))
     assert got == {
-        "handling": {"dispatched": 7, "due": 7, "resolved": 6, "resolve_rate": 6 / 7, "resolved_on_time": 5,
-                     "resolved_on_time_rate": 5 / 7, "overdue_open": 1, "reworked": 1, "rework_rate": 1 / 7,
-                     "rejected": 0},
+        "handling": {"dispatched": 8, "due": 8, "resolved": 7, "resolve_rate": 7 / 8, "resolved_on_time": 6,
+                     "resolved_on_time_rate": 6 / 8, "overdue_open": 1, "reworked": 1, "rework_rate": 1 / 8,
+                     "extended": 1, "rejected": 0},
         "enforcement": {"dispatched": 2, "due": 1, "resolved": 1, "resolve_rate": 1.0, "resolved_on_time": 1,
                         "resolved_on_time_rate": 1.0, "overdue_open": 0, "reworked": 0, "rework_rate": 0.0,
-                        "rejected": 1},
+                        "extended": 0, "rejected": 1},
         "supervision": {"dispatched": 1, "due": 1, "resolved": 1, "resolve_rate": 1.0, "resolved_on_time": 1,
                         "resolved_on_time_rate": 1.0, "overdue_open": 0, "reworked": 0, "rework_rate": 0.0,
-                        "rejected": 0},
+                        "extended": 0, "rejected": 0},
     }
     assert values(evaluate(engine.db, "department", Filters(team="enforcement"), *MAY)) == {
         "enforcement": got["enforcement"]}
     assert values(evaluate(engine.db, "position", Filters(), *MAY)) == {
-        "supervision": {"verify_due": 7, "checked": 7, "verify_rate": 1.0, "checked_on_time": 6,
-                        "verified_on_time_rate": 6 / 7},
+        "supervision": {"verify_due": 8, "checked": 8, "verify_rate": 1.0, "checked_on_time": 7,
+                        "verified_on_time_rate": 7 / 8},
         "patrol": {"verify_due": 1, "checked": 0, "verify_rate": 0.0, "checked_on_time": 0,
                    "verified_on_time_rate": 0.0},
     }
 
 
 def test_as_of_inside_the_month_judges_only_what_fell_due_by_then(engine: Engine) -> None:
-    """Judged at T + 26 h: A, C, D, E, F and H are due (case deadlines T + 24 h, 2 May); B's late resolution
-    (T + 30 h) is not yet made, so B is due and not closed; H's closing (T + 41 h) is not made yet either."""
+    """Judged at T + 26 h: A, C, D, E, F, H and J are due (case deadlines T + 24 h, 2 May), K not (extended to
+    T + 48 h); B's late resolution (T + 30 h) is not yet made, so B is due and not closed; H's closing (T + 41 h)
+    is not made yet either."""
     engine.write(month())
     got = values(evaluate(engine.db, "region", Filters(), *MAY, as_of=T + 26 * H))
     assert (got[S1]["due"], got[S1]["closed"], got[S1]["closed_on_time"]) == (6, 4, 3)
@@ -155,11 +162,11 @@ def test_as_of_inside_the_month_judges_only_what_fell_due_by_then(engine: Engine
 
 def test_scores_and_grades_with_the_shipped_weights(engine: Engine) -> None:
     """S1: 0.2 x 100(1 - 4/6) + 0.1 x 100(6/6) + 0.3 x 100(5/6) + 0.4 x 100(3/6) = 61.67 -> C;
-    S2: 0.2 x 50 + 0.1 x 100(2/6) + 0.3 x 50 + 0.4 x 0 = 28.33 -> E."""
+    S2: 0.2 x 100(1 - 2/3) + 0.1 x 100(3/6) + 0.3 x 100(2/3) + 0.4 x 100(1/3) = 45.00 -> D."""
     engine.write(month())
     units = {u.unit: u for u in evaluate(engine.db, "region", Filters(), *MAY)}
     assert (units[S1].score, units[S1].grade) == (61.67, "C")
-    assert (units[S2].score, units[S2].grade) == (28.33, "E")
+    assert (units[S2].score, units[S2].grade) == (45.0, "D")
 
 
 def test_an_indicator_with_nothing_to_divide_is_left_out_of_the_score() -> None:
