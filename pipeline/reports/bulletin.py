@@ -134,7 +134,7 @@ def build(db: Queryable, since: date, until: date, filters: Filters | None = Non
             SELECT day AS d, 1 AS f, 0 AS c FROM v_cases
             WHERE {ucond} AND day >= toDate(%(p_since)s) AND day < toDate(%(p_until)s)
             UNION ALL
-            SELECT toDate(closed_at, 'Asia/Shanghai') AS d, 0 AS f, 1 AS c FROM v_cases
+            SELECT toDate(assumeNotNull(closed_at), 'Asia/Shanghai') AS d, 0 AS f, 1 AS c FROM v_cases
             WHERE {ucond} AND is_closed AND ifNull(toUInt32(closed_at) >= %(p_t0)s, 0)
                 AND ifNull(toUInt32(closed_at) < %(p_t1)s, 0))
         GROUP BY d ORDER BY d""", uparams)

@@ -180,6 +180,7 @@ def _instant(text: str) -> datetime:
 def run_bulletin(args: argparse.Namespace) -> int:
     """Write the month's bulletin as HTML (and PDF unless --no-pdf); print the paths, pages and time taken."""
     from pipeline.reports import bulletin as bl
+    from pipeline.sink import QueryError
 
     started = time.perf_counter()
     try:
@@ -195,6 +196,9 @@ def run_bulletin(args: argparse.Namespace) -> int:
     except ReportError as err:
         print(f"report bulletin: {err}", file=sys.stderr)
         return 2
+    except QueryError as err:
+        print(f"report bulletin: {err}", file=sys.stderr)
+        return 1
     finally:
         close = getattr(db, "close", None)
         if close is not None:

@@ -229,3 +229,18 @@ def test_a_bad_weights_file_is_refused_with_file_line_and_key(text: str, problem
     with pytest.raises(WeightsError) as err:
         load_weights(Path("w.yaml"), text)
     assert err.value.problems == problems
+
+
+def test_the_bulletins_figures_on_both_engines(engine: Engine) -> None:
+    """The bulletin's own queries (totals, sources, top categories, the daily chart) on chdb and on 18.16."""
+    from pipeline.reports.bulletin import build
+
+    engine.write(month())
+    b = build(engine.db, *MAY)
+    assert (b.totals["filed"], b.totals["due"], b.totals["closed"], b.totals["closed_on_time"]) == (9, 9, 7, 4)
+    assert b.sources == {"citizen": 6, "patrol": 2, "sensor": 1}
+    assert b.top_events == [("E0501", "街面秩序 · 无照经营游商", 9)] and b.top_parts == []
+    daily = {d: (f, c) for d, f, c in b.daily}
+    assert len(daily) == 31 and daily["2024-05-06"] == (8, 0)
+    assert daily["2024-05-07"] == (0, 4) and daily["2024-05-08"] == (0, 2)
+    assert daily["2024-05-31"] == (1, 0) and daily["2024-05-01"] == (0, 1)
