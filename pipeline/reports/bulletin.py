@@ -185,6 +185,9 @@ p.lead { text-indent: 2em; margin: 1mm 0 2mm; }
 .chart { margin: 2mm 0; }
 .twocol { display: grid; grid-template-columns: 1fr 1fr; gap: 4mm; }
 footer { margin-top: 6mm; font-size: 8.5pt; color: #555; text-align: right; }
+nav.links { margin: 3mm 0; font-size: 10pt; }
+nav.links a { margin-right: 4mm; }
+@media print { nav.links { display: none; } }
 """
 
 
@@ -354,8 +357,11 @@ def definitions() -> str:
     return "；".join(items)
 
 
-def to_html(b: Bulletin) -> str:
+def to_html(b: Bulletin, css_href: str | None = None, nav: str = "") -> str:
+    """The document; `css_href` links the style sheet instead of inlining it (the web server's CSP allows no
+    inline style), `nav` is HTML put above the title (the web page's links)."""
     t, p = b.totals, b.previous_totals
+    style = f'<link rel="stylesheet" href="{_e(css_href)}">' if css_href else f"<style>{CSS}</style>"
     month = f"{b.since.year}年{b.since.month}月"
     filed = int(t["filed"] or 0)
     src = "，".join(f"{SOURCE_NAMES[k]} {_num(b.sources.get(k, 0))} 件（{_pct(share(b.sources.get(k, 0), filed))}）"
@@ -384,8 +390,9 @@ def to_html(b: Bulletin) -> str:
             f"按期结案率 {_pct(t['closed_on_time_rate'])}；超期未结案 {_num(t['overdue_unclosed'])} 件。"
             f"立案来源：{src}。")
     return f"""<!doctype html>
-<html lang="zh-CN"><head><meta charset="utf-8"><title>{_e(b.title)}</title><style>{CSS}</style></head>
+<html lang="zh-CN"><head><meta charset="utf-8"><title>{_e(b.title)}</title>{style}</head>
 <body>
+{nav}
 <h1>{_e(b.title)}</h1>
 <div class="doc-no">统计期：{b.since.isoformat()} 至 {(b.until - timedelta(days=1)).isoformat()}（北京时间）
  · 生成：{b.generated_at.astimezone(UTC).strftime('%Y-%m-%d %H:%M')} UTC</div>

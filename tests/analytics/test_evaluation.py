@@ -244,3 +244,28 @@ def test_the_bulletins_figures_on_both_engines(engine: Engine) -> None:
     assert len(daily) == 31 and daily["2024-05-06"] == (8, 0)
     assert daily["2024-05-07"] == (0, 4) and daily["2024-05-08"] == (0, 2)
     assert daily["2024-05-31"] == (1, 0) and daily["2024-05-01"] == (0, 1)
+
+
+def test_the_grafana_panels_give_the_evaluations_rates(engine: Engine) -> None:
+    """The dashboard's 按期结案率 and 结案率 panels, over May, equal the evaluation's rates per sub-district."""
+    import json
+    import re
+    from pathlib import Path
+
+    engine.write(month())
+    dash = json.loads((Path(__file__).resolve().parents[2] / "deploy/grafana/cityops.json").read_text("utf-8"))
+    panels = {p["title"]: p["targets"][0]["rawSql"] for p in dash["panels"]}
+    may = "toDateTime('2024-04-30 16:00:00', 'UTC') <= {0} AND {0} < toDateTime('2024-05-31 16:00:00', 'UTC')"
+    database = getattr(engine.db, "database", None) or engine.db.settings.clickhouse_database
+
+    def run(title: str) -> dict[str, float]:
+        sql = re.sub(r"\$__timeFilter\((\w+)\)", lambda m: may.format(m.group(1)), panels[title])
+        rows = engine.db.query_dicts(sql.replace("cityops.", f"{database}."))
+        return {str(r["subdistrict"]): float(next(v for k, v in r.items() if k != "subdistrict")) for r in rows}
+
+    units = {u.unit: u.values for u in evaluate(engine.db, "region", Filters(), *MAY)}
+    on_time = run("按期结案率 by sub-district (problem cases due in the range)")
+    closed = run("结案率 by sub-district (problem cases due in the range)")
+    assert on_time == pytest.approx({s: v["closed_on_time_rate"] for s, v in units.items()})
+    assert closed == pytest.approx({s: v["close_rate"] for s, v in units.items()})
+    assert on_time == pytest.approx({S1: 0.5, S2: 1 / 3})

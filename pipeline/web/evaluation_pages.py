@@ -1,0 +1,96 @@
+"""The analysts' evaluation pages (issue #20): this month's evaluation (综合评价) and its bulletin (绩效通报).
+
+    GET /evaluation             this month's evaluation (Asia/Shanghai month so far; ?month=YYYY-MM for another),
+                                with links to the bulletin and to the previous month
+    GET /bulletin?month=...     the bulletin as HTML (the document `cityops report bulletin` writes)
+    GET /bulletin.pdf?month=... the bulletin as PDF (printed by headless Chromium)
+    GET /bulletin.css           its style sheet (the pages' CSP allows no inline style)
+
+Operators and analysts only (auth.may_view_ops). The figures come from ClickHouse through the case archive's
+connection; without one (no ClickHouse configured) the pages answer 503.
+"""
+
+from __future__ import annotations
+
+import html
+import tempfile
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from pipeline.reports import bulletin as bl
+from pipeline.reports.evaluation import month_range, previous_month
+from pipeline.reports.query import ReportError
+
+
+def _month(request: web.Request) -> tuple[str, date, date]:
+    text = request.query.get("month") or (datetime.now(UTC) + timedelta(hours=8)).strftime("%Y-%m")
+    try:
+        since, until = month_range(text)
+    except ReportError as err:
+        raise web.HTTPBadRequest(text=str(err)) from err
+    return text, since, until
+
+
+async def _build(request: web.Request) -> tuple[str, bl.Bulletin]:
+    from pipeline.web import auth
+    from pipeline.web.app import _centre, _require
+
+    _require(request, auth.may_view_ops)
+    centre = _centre(request)
+    if centre.archive is None:
+        raise web.HTTPServiceUnavailable(text="no ClickHouse: the evaluation needs the history")
+    text, since, until = _month(request)
+    doc = await centre.run_blocking(bl.build, centre.archive.db, since, until, timeout=120)
+    return text, doc
+
+
+def _nav(month: str, since: date) -> str:
+    prev = previous_month(since)[0].strftime("%Y-%m")
+    q = html.escape(month)
+    return (f'<nav class="links"><a href="/ops">← 城运中心 Operations</a>'
+            f'<a href="/bulletin.pdf?month={q}">绩效通报 PDF</a><a href="/bulletin?month={q}">绩效通报 HTML</a>'
+            f'<a href="/evaluation?month={html.escape(prev)}">上月 Previous month</a></nav>')
+
+
+async def evaluation_page(request: web.Request) -> web.Response:
+    month, doc = await _build(request)
+    text = bl.to_html(doc, css_href="/bulletin.css", nav=_nav(month, doc.since))
+    return web.Response(text=text, content_type="text/html", headers={"Cache-Control": "no-store"})
+
+
+async def bulletin_html(request: web.Request) -> web.Response:
+    _, doc = await _build(request)
+    return web.Response(text=bl.to_html(doc, css_href="/bulletin.css"), content_type="text/html",
+                        headers={"Cache-Control": "no-store"})
+
+
+async def bulletin_pdf(request: web.Request) -> web.Response:
+    from pipeline.web.app import _centre
+
+    month, doc = await _build(request)
+
+    def render() -> bytes:
+        with tempfile.TemporaryDirectory(prefix="cityops-bulletin-") as tmp:
+            page, pdf = Path(tmp) / "bulletin.html", Path(tmp) / "bulletin.pdf"
+            page.write_text(bl.to_html(doc), encoding="utf-8")
+            bl.write_pdf(page, pdf)
+            return pdf.read_bytes()
+
+    try:
+        data = await _centre(request).run_blocking(render, timeout=180)
+    except bl.BulletinError as err:
+        raise web.HTTPServiceUnavailable(text=str(err)) from err
+    return web.Response(body=data, content_type="application/pdf", headers={
+        "Cache-Control": "no-store", "Content-Disposition": f'inline; filename="bulletin-{month}.pdf"'})
+
+
+async def bulletin_css(request: web.Request) -> web.Response:
+    return web.Response(text=bl.CSS, content_type="text/css")
+
+
+def routes() -> list[Any]:
+    return [web.get("/evaluation", evaluation_page), web.get("/bulletin", bulletin_html),
+            web.get("/bulletin.pdf", bulletin_pdf), web.get("/bulletin.css", bulletin_css)]
