@@ -307,7 +307,8 @@ def run_sla(db: Queryable, args: argparse.Namespace) -> tuple[Table, str]:
         )
     return sla_rows(report), (
         f"Service levels (dispatch on time = within {args.dispatch_within} min; "
-        f"rounds credited to their own team)"
+        "rounds credited to their own team; closing: closed_on_time_rate over cases CLOSED, "
+        "closed_on_time_of_due_rate (按期结案率) and close_rate (结案率) over cases DUE)"
     )
 
 
@@ -388,8 +389,10 @@ verification lines, one per verifier (supervision; patrol for supervision's own 
   verified_on_time (<= verify_due_at); verified_on_time_rate = verified_on_time / verified;
   awaiting_verification; verification_overdue: resolved, not verified, verify_due_at passed
 closing line (the cases): closed, closed_on_time (final resolution <= case_due_at and verified <=
-  verify_due_at); closed_on_time_rate = closed_on_time / closed; due: case_due_at passed;
-  close_rate = closed_of_due / due; closed_on_time_of_due_rate = closed_on_time_of_due / due
+  verify_due_at); closed_on_time_rate = closed_on_time / closed (denominator: cases CLOSED, so a team that
+  leaves its overdue cases open looks better); due: case_due_at passed (应结案数);
+  close_rate = closed_of_due / due (结案率); closed_on_time_of_due_rate = closed_on_time_of_due / due
+  (按期结案率, the standard's denominator: cases DUE, closed or not; `report evaluation` counts by period)
 --team keeps that team's lines (team, verification); dispatch and closing are nobody's team.""",
     "workload": """\
 Per team (the case's current team), at --as-of (default now): open (dispatched or accepted; a resolved

@@ -94,3 +94,29 @@ def test_the_bulletin_is_a_readable_document(db: ChdbDatabase, tmp_path: Path,
     assert data.startswith(b"%PDF") and re.search(rb"/Type\s*/Page[^s]", data)
     assert re.search(rb"NotoSansCJK|NotoSerifCJK|Noto Sans CJK", data), "no CJK font embedded"
     assert "pages)" in out
+
+
+def test_report_sla_names_its_denominators_and_has_both_closing_rates(
+        db: ChdbDatabase, capsys: pytest.CaptureFixture[str]) -> None:
+    """Judged now, every case of the hand-built month (10 problems, 1 device fault) is due; 7 are closed, 4 of
+    them on time (A, D, F, K): 4 / 7 over the cases closed, 4 / 11 and 7 / 11 over the cases due."""
+    table = run(db, ["sla"], capsys)
+    assert "closed_on_time_rate over cases CLOSED" in table and "(结案率) over cases DUE" in table
+    (closing,) = [r for r in json.loads(run(db, ["sla", "--format", "json"], capsys)) if r["line"] == "closing"]
+    assert (closing["closed"], closing["closed_on_time"], closing["due"]) == (7, 4, 11)
+    assert closing["closed_on_time_rate"] == pytest.approx(4 / 7)
+    assert closing["closed_on_time_of_due_rate"] == pytest.approx(4 / 11)
+    assert closing["close_rate"] == pytest.approx(7 / 11)
+
+
+def test_the_readme_and_help_define_every_indicator_as_the_code_does(capsys: pytest.CaptureFixture[str]) -> None:
+    from pipeline.reports.evaluation import INDICATORS
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["report", "evaluation", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    for of, defs in INDICATORS.items():
+        for i in defs.values():
+            assert f"| {of} | {i.zh} | `{i.id}` | {i.en} | {i.formula} |" in readme, i.id
+            assert f"{i.zh} {i.id} ({i.en}) = {i.formula}" in help_text, i.id
