@@ -27,6 +27,7 @@ from typing import Any
 
 from pipeline.reports.evaluation import (
     DEPARTMENT,
+    PATROL,
     REGION,
     VERIFIER,
     Period,
@@ -63,6 +64,7 @@ class Bulletin:
     departments: list[Unit]
     previous_departments: dict[str, Unit]
     verifiers: list[Unit]
+    patrols: list[Unit]
     top_events: list[tuple[str, str, int]]
     top_parts: list[tuple[str, str, int]]
     daily: list[tuple[str, int, int]]            # day, filed, closed
@@ -145,12 +147,13 @@ def build(db: Queryable, since: date, until: date, filters: Filters | None = Non
         filed, closed = by_day.get(d.isoformat(), (0, 0))
         daily.append((d.isoformat(), filed, closed))
         d += timedelta(days=1)
+    positions = evaluate(db, "position", f, since, until, as_of=as_of, weights=w)
     return Bulletin(
         since, until, title, totals_of(list(districts.values())), totals_of(list(prev_districts.values())),
         sources, regions, {u.unit: u for u in prev_regions},
         evaluate(db, "department", f, since, until, as_of=as_of, weights=w),
         {u.unit: u for u in evaluate(db, "department", f, *before, weights=w)},
-        evaluate(db, "position", f, since, until, as_of=as_of, weights=w),
+        [u for u in positions if u.of == "position.verifier"], [u for u in positions if u.of == "position.patrol"],
         top("E"), top("P"), daily, names, w)
 
 
@@ -345,6 +348,15 @@ def verifier_table(b: Bulletin) -> str:
     return _table(head, rows)
 
 
+def patrol_table(b: Bulletin) -> str:
+    head = ["巡查队", "辖区立案数", "巡查发现数", "公众首报数", "漏报率", "得分", "等级"]
+    rows = [[_td(_e(b.names.get(u.unit.split("-")[1], u.unit) if u.unit.count("-") == 2 else u.unit), "l"),
+             _td(_num(u.values["area_filed"])), _td(_num(u.values["patrol_found"])),
+             _td(_num(u.values["public_first"])), _td(_pct(u.values["miss_rate"])), _td(_score(u.score)),
+             _td(_grade(u.grade), "g")] for u in sorted(b.patrols, key=lambda u: (-(u.score or -1), u.unit))]
+    return _table(head, rows)
+
+
 def top_table(items: list[tuple[str, str, int]], total: int) -> str:
     rows = [[_td(str(i)), _td(_e(code), "l"), _td(_e(name), "l"), _td(_num(n)), _td(_pct(share(n, total)))]
             for i, (code, name, n) in enumerate(items, 1)]
@@ -352,7 +364,7 @@ def top_table(items: list[tuple[str, str, int]], total: int) -> str:
 
 
 def definitions() -> str:
-    items = [f"<b>{_e(i.zh)}</b>（{_e(i.en)}）= {_e(i.formula)}" for defs in (REGION, DEPARTMENT, VERIFIER)
+    items = [f"<b>{_e(i.zh)}</b>（{_e(i.en)}）= {_e(i.formula)}" for defs in (REGION, DEPARTMENT, VERIFIER, PATROL)
              for i in defs.values() if "/" in i.formula or i.id in ("due", "filed", "received", "verify_due")]
     return "；".join(items)
 
@@ -370,7 +382,8 @@ def to_html(b: Bulletin, css_href: str | None = None, nav: str = "") -> str:
     weights_text = "；".join(
         f"{label}：" + "，".join(f"{ind[k].zh} {v:g}" for k, v in w.of(of).items())
         for of, label, ind in (("region", "街道", REGION), ("department", "部门", DEPARTMENT),
-                               ("position.verifier", "核查岗位", VERIFIER)))
+                               ("position.verifier", "核查岗位", VERIFIER),
+                               ("position.patrol", "巡查队", PATROL)) if of in w.evaluations)
     bands = "，".join(f"{g} ≥ {w.grades[g]:g}" for g in ("A", "B", "C", "D")) + f"，E < {w.grades['D']:g}"
     kpis = "".join([
         _kpi("受理数", _num(t["received"])), _kpi("立案数", _num(t["filed"])), _kpi("应结案数", _num(t["due"])),
@@ -406,8 +419,10 @@ def to_html(b: Bulletin, css_href: str | None = None, nav: str = "") -> str:
 {chart1}
 <h2>三、部门综合评价</h2>
 {department_table(b)}
-<h2>四、核查岗位评价</h2>
+<h2>四、岗位评价（核查、巡查）</h2>
 {verifier_table(b)}
+<p class="note">巡查队按责任网格内、巡查类别中的立案计：漏报率 = 公众首报数 / 辖区立案数。</p>
+{patrol_table(b)}
 <h2>五、高发问题</h2>
 <div class="twocol"><div><b>事件类（前 10）</b>{top_table(b.top_events, filed)}</div>
 <div><b>部件类（前 10）</b>{top_table(b.top_parts, filed)}</div></div>

@@ -45,6 +45,14 @@ terms (round, rework, on time, credited to) are docs/cases.md §3, §4 and §8.
 - 按时核查数 `checked_on_time`: checked at or before `verify_due_at`;
   **按时核查率 `verified_on_time_rate` = checked_on_time / verify_due**.
 
+**Position: patrol team** (巡查; its grids and categories: the patrol assignment file, pipeline/reports/
+patrols.py, shipped as pipeline/data/patrols.yaml):
+
+- 辖区立案数 `area_filed`: problem cases filed in the period in the team's grids, in the categories it covers;
+- 巡查发现数 `patrol_found`: of them, first found by a patrol;
+- 公众首报数 `public_first`: of them, first reported by the public (12345);
+  **漏报率 `miss_rate` = public_first / area_filed** (what the patrol should have found first and did not).
+
 **Scores**: each weighed indicator gets a 0–100 score (a rate where more is better: 100 × rate; where less is
 better: 100 × (1 − rate); a count: 100 × count / the largest count among the units evaluated together); the
 composite score is the weighted sum (weights: pipeline/data/evaluation_weights.yaml; an indicator with
@@ -60,6 +68,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal
 
+from pipeline.reports.patrols import Patrol, load_patrols
 from pipeline.reports.query import Filters, Queryable, ReportError, epoch, problems, share
 from pipeline.reports.weights import Weights, load_weights
 
@@ -119,8 +128,16 @@ VERIFIER = _ind(
     Indicator("checked_on_time", "按时核查数", "checked on time", "of verify_due: checked <= verify_due_at"),
     Indicator("verified_on_time_rate", "按时核查率", "on-time check rate", "checked_on_time / verify_due", "more"),
 )
+PATROL = _ind(
+    Indicator("area_filed", "辖区立案数", "cases in its area",
+              "problem cases filed in the period in the team's grids and categories"),
+    Indicator("patrol_found", "巡查发现数", "found by a patrol", "of area_filed: first found by a patrol"),
+    Indicator("public_first", "公众首报数", "first reported by the public",
+              "of area_filed: first reported by the public"),
+    Indicator("miss_rate", "漏报率", "missed-report rate", "public_first / area_filed", "less"),
+)
 INDICATORS: dict[str, dict[str, Indicator]] = {"region": REGION, "department": DEPARTMENT,
-                                               "position.verifier": VERIFIER}
+                                               "position.verifier": VERIFIER, "position.patrol": PATROL}
 
 # region level -> the SQL of a case's (or report's) region
 LEVELS: dict[str, str] = {
@@ -299,10 +316,43 @@ def verifier_values(db: Queryable, filters: Filters, period: Period) -> dict[str
     return out
 
 
+def patrol_values(db: Queryable, filters: Filters, period: Period, patrols: list[Patrol]
+                  ) -> dict[str, dict[str, int | float | None]]:
+    """Each patrol team's 漏报率 over the problem cases filed in its area and categories."""
+    f = replace(problems(filters), team=None)
+    out: dict[str, dict[str, int | float | None]] = {}
+    for p in patrols:
+        cond, params = f.where("day", dated=False, prefix="q_")
+        params.update(period.params())
+        area = []
+        if p.subdistricts:
+            area.append("subdistrict IN %(q_subs)s")
+            params["q_subs"] = tuple(p.subdistricts)
+        if p.grids:
+            area.append("substring(cell, 1, 12) IN %(q_grids)s")
+            params["q_grids"] = tuple(p.grids)
+        cats = []
+        for i, c in enumerate(p.categories):
+            cats.append(f"substring(category, 1, {len(c)}) = %(q_c{i})s")   # len: of a validated code
+            params[f"q_c{i}"] = c
+        sql = f"""
+            SELECT count() AS n, countIf(discovered_by = 'patrol') AS by_patrol,
+                countIf(discovered_by = 'citizen') AS by_public
+            FROM v_cases
+            WHERE {cond} AND ({' OR '.join(area)}) AND ({' OR '.join(cats)})
+                AND day >= toDate(%(p_since)s) AND day < toDate(%(p_until)s)"""
+        r = db.query_dicts(sql, params)[0]
+        n = int(r["n"])
+        if n or not (filters.subdistrict or filters.grid or filters.cell):
+            out[p.team] = {"area_filed": n, "patrol_found": int(r["by_patrol"]),
+                           "public_first": int(r["by_public"]), "miss_rate": share(int(r["by_public"]), n)}
+    return out
+
+
 def score_units(of: str, period: Period, values: dict[str, dict[str, int | float | None]],
                 weights: Weights) -> list[Unit]:
     """Score and grade the units evaluated together (counts are scored against the largest among them)."""
-    w = weights.of(of)
+    w = weights.evaluations.get(of, {})
     defs = INDICATORS[of]
     peak = {k: max((float(v[k] or 0) for v in values.values()), default=0.0)
             for k in w if defs[k].scored == "count"}
@@ -331,10 +381,11 @@ def score_units(of: str, period: Period, values: dict[str, dict[str, int | float
 
 
 def evaluate(db: Queryable, of: Of, filters: Filters, since: date, until: date, *,
-             level: str = "subdistrict", as_of: datetime | None = None, weights: Weights | None = None
-             ) -> list[Unit]:
+             level: str = "subdistrict", as_of: datetime | None = None, weights: Weights | None = None,
+             patrols: list[Patrol] | None = None) -> list[Unit]:
     """Every unit's indicators, scores and grade for one period [since, until) (Shanghai days); `of` is
-    region (at `level`), department, or position (the verifiers)."""
+    region (at `level`), department, or position (the verifiers, then the patrol teams of `patrols`, default
+    the shipped assignment file)."""
     w = weights or load_weights()
     p = Period.of(since, until, as_of)
     if of == "region":
@@ -342,7 +393,9 @@ def evaluate(db: Queryable, of: Of, filters: Filters, since: date, until: date, 
     if of == "department":
         return score_units("department", p, department_values(db, filters, p), w)
     if of == "position":
-        return score_units("position.verifier", p, verifier_values(db, filters, p), w)
+        teams = load_patrols() if patrols is None else patrols
+        return (score_units("position.verifier", p, verifier_values(db, filters, p), w)
+                + score_units("position.patrol", p, patrol_values(db, filters, p, teams), w))
     raise ReportError(f"unknown evaluation {of!r}; choose region, department or position")
 
 
@@ -385,7 +438,8 @@ def help_text() -> str:
     """The indicator table of `--help` and the README: id, Chinese, English, formula."""
     lines = []
     titles = {"region": "region (district | subdistrict | grid)", "department": "department (team)",
-              "position.verifier": "position: verifier (supervision; patrol for supervision's own fixes)"}
+              "position.verifier": "position: verifier (supervision; patrol for supervision's own fixes)",
+              "position.patrol": "position: patrol team (its grids and categories: --patrols FILE)"}
     for of, defs in INDICATORS.items():
         lines.append(f"{titles[of]}:")
         for i in defs.values():

@@ -19,12 +19,14 @@ from typing import Any
 from pipeline.reports.evaluation import (
     INDICATORS,
     LEVELS,
+    Indicator,
     Unit,
     evaluate,
     help_text,
     month_range,
     periods,
 )
+from pipeline.reports.patrols import PATROLS_FILE, PatrolsError, load_patrols
 from pipeline.reports.query import Filters, Queryable, ReportError
 from pipeline.reports.render import Table
 from pipeline.reports.weights import WEIGHTS_FILE, WeightsError, load_weights
@@ -43,18 +45,34 @@ The monthly bulletin (绩效通报): totals and rates with the change against th
 department and verifier evaluations with grades, the top categories of events and parts, two charts, the
 definitions and weights. Written as HTML and PDF (printed by headless Chromium) into --out."""
 
-KIND_OF = {"region": "region", "department": "department", "position": "position.verifier"}
+def defs_of(of: str) -> dict[str, Indicator]:
+    """The indicators of `--of`: a position row carries the verifiers' and the patrols' columns (None where they
+    do not apply), so CSV and JSON have one header."""
+    if of == "position":
+        return {**INDICATORS["position.verifier"], **INDICATORS["position.patrol"]}
+    return INDICATORS[of]
 
 
 def _unit_row(u: Unit, of: str, label: str) -> dict[str, Any]:
     row: dict[str, Any] = {"period": f"{u.since.isoformat()}..{u.until.isoformat()}", label: u.unit}
-    row.update({k: u.values.get(k) for k in INDICATORS[KIND_OF[of]]})
+    if of == "position":
+        row["role"] = u.of.split(".")[1]
+    row.update({k: u.values.get(k) for k in defs_of(of)})
     row.update(score=u.score, grade=u.grade)
     return row
 
 
 def _label(args: argparse.Namespace) -> str:
-    return args.level if args.of == "region" else "team" if args.of == "department" else "verifier"
+    return args.level if args.of == "region" else "team" if args.of == "department" else "position"
+
+
+def _patrols(args: argparse.Namespace) -> Any:
+    if args.of != "position":
+        return None
+    try:
+        return load_patrols(args.patrols) if args.patrols else load_patrols()
+    except PatrolsError as err:
+        raise ReportError("bad patrols file:\n" + str(err)) from err
 
 
 def _weights(args: argparse.Namespace) -> Any:
@@ -76,15 +94,16 @@ def _range(args: argparse.Namespace) -> tuple[date, date]:
 
 def run_evaluation(db: Queryable, args: argparse.Namespace) -> tuple[Table, str]:
     weights = _weights(args)
+    patrols = _patrols(args)
     base = Filters(None, None, args.subdistrict, args.grid, args.cell, args.category, args.team)
     label = _label(args)
     of = args.of
     if args.compare:
         (a0, a1), (b0, b1) = args.compare
         before = {u.unit: u for u in evaluate(db, of, base, a0, a1, level=args.level, as_of=args.as_of,
-                                              weights=weights)}
+                                              weights=weights, patrols=patrols)}
         after = {u.unit: u for u in evaluate(db, of, base, b0, b1, level=args.level, as_of=args.as_of,
-                                             weights=weights)}
+                                             weights=weights, patrols=patrols)}
         rows: Table = []
         for unit in sorted(set(before) | set(after)):
             pair = [before.get(unit), after.get(unit)]
@@ -92,7 +111,7 @@ def run_evaluation(db: Queryable, args: argparse.Namespace) -> tuple[Table, str]
                 if u is not None:
                     rows.append(_unit_row(u, of, label))
             change: dict[str, Any] = {"period": "change", label: unit}
-            for k, ind in INDICATORS[KIND_OF[of]].items():
+            for k, ind in defs_of(of).items():
                 x, y = (p.values.get(k) if p else None for p in pair)
                 if x is None or y is None:
                     change[k] = None
@@ -108,7 +127,8 @@ def run_evaluation(db: Queryable, args: argparse.Namespace) -> tuple[Table, str]
     rows = []
     for a, b in periods(since, until, args.period):
         rows += [_unit_row(u, of, label) for u in evaluate(db, of, base, a, b, level=args.level,
-                                                           as_of=args.as_of, weights=weights)]
+                                                           as_of=args.as_of, weights=weights,
+                                                           patrols=patrols)]
     if args.plot:
         from pipeline.reports.render import plot_bars
 
@@ -134,9 +154,10 @@ def as_table(rows: Table, of: str, title: str) -> str:
     """The evaluation as an aligned table with the indicators' Chinese names as headers."""
     if not rows:
         return f"{title}\n(no cases match)\n"
-    defs = INDICATORS[KIND_OF[of]]
+    defs = defs_of(of)
     columns = list(rows[0])
-    heads = [defs[c].zh if c in defs else {"score": "得分", "grade": "等级"}.get(c, c) for c in columns]
+    heads = [defs[c].zh if c in defs else {"score": "得分", "grade": "等级", "role": "岗位"}.get(c, c)
+             for c in columns]
 
     def cell(r: dict[str, Any], c: str) -> str:
         v = r.get(c)
@@ -167,6 +188,8 @@ def add_evaluation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--period", choices=("day", "week", "month", "all"), default="all",
                    help="split the range into days, weeks or months (default: one period)")
     p.add_argument("--weights", type=Path, help=f"weights and grade bands (default {WEIGHTS_FILE})")
+    p.add_argument("--patrols", type=Path,
+                   help=f"patrol teams' grids and categories, for --of position (default {PATROLS_FILE})")
     p.add_argument("--as-of", type=_instant, default=None, metavar="TIME",
                    help="judge closed / resolved / verified at this time (default: the period's end, or now)")
 

@@ -22,6 +22,7 @@ WEIGHABLE: dict[str, tuple[str, ...]] = {
                "discovery_rate"),
     "department": ("dispatched", "resolve_rate", "resolved_on_time_rate", "rework_rate"),
     "position.verifier": ("verified_on_time_rate", "verify_rate"),
+    "position.patrol": ("miss_rate",),
 }
 GRADES = ("A", "B", "C", "D")
 TOLERANCE = 1e-6
@@ -164,7 +165,7 @@ def load_weights(path: Path = WEIGHTS_FILE, text: str | None = None) -> Weights:
             for pos, (knode, vnode) in positions.items():
                 key = f"position.{pos}"
                 if key not in WEIGHABLE:
-                    r.problem(knode, key, "unknown position; choose among verifier")
+                    r.problem(knode, key, "unknown position; choose among verifier, patrol")
                     continue
                 got = r.weights(vnode, key, WEIGHABLE[key])
                 if got is not None:

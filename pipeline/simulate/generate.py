@@ -89,6 +89,17 @@ class Simulation:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(self.registry_csv(), encoding="utf-8")
 
+    def patrols_yaml(self, world: World) -> str:
+        """The patrol teams' assignment (责任网格, pipeline/reports/patrols.py): each of the simulated teams
+        walks its whole sub-district and reports the categories of the patrols' mix."""
+        from pipeline.reports.patrols import patrols_yaml
+        from pipeline.simulate.catalog import PATROL_MIX
+
+        subs = sorted({sid for code in self.config.districts for sid in world.districts[code].by_subdistrict})
+        teams = [(f"patrol-{sub}-{n}", sub) for sub in subs
+                 for n in range(1, self.config.patrol_teams_per_subdistrict + 1)]
+        return patrols_yaml(teams, sorted(PATROL_MIX))
+
     def truth_json(self) -> bytes:
         return orjson.dumps(self.truth.to_json(), option=orjson.OPT_INDENT_2)
 

@@ -142,12 +142,68 @@ def test_departments_and_verifiers_of_the_hand_built_month(engine: Engine) -> No
     }
     assert values(evaluate(engine.db, "department", Filters(team="enforcement"), *MAY)) == {
         "enforcement": got["enforcement"]}
-    assert values(evaluate(engine.db, "position", Filters(), *MAY)) == {
+    assert values([u for u in evaluate(engine.db, "position", Filters(), *MAY, patrols=[])]) == {
         "supervision": {"verify_due": 8, "checked": 8, "verify_rate": 1.0, "checked_on_time": 7,
                         "verified_on_time_rate": 7 / 8},
         "patrol": {"verify_due": 1, "checked": 0, "verify_rate": 0.0, "checked_on_time": 0,
                    "verified_on_time_rate": 0.0},
     }
+
+
+PATROLS = """\
+patrols:
+  patrol-s1:
+    subdistricts: [310109009]
+    categories: [E05]
+  patrol-s2-parts:
+    grids: [310109010002]
+    categories: [P01, P0201]
+  patrol-s2:
+    grids: [310109010002]
+    categories: [E0501, E0102]
+"""
+
+
+def test_patrol_teams_miss_rate_over_their_grids_and_categories(engine: Engine) -> None:
+    """patrol-s1 (all of S1, street order): A, B, C, D, E, G filed in May, B found by a patrol, A, D, E, G first
+    reported by the public: 4 / 6. patrol-s2 (S2's grid, E0501): H, J, K; J by a patrol; H, K by the public:
+    2 / 3. patrol-s2-parts covers no category of the month's cases: nothing to divide."""
+    from pathlib import Path
+
+    from pipeline.reports.patrols import load_patrols
+
+    engine.write(month())
+    teams = load_patrols(Path("patrols.yaml"), PATROLS)
+    units = {u.unit: u for u in evaluate(engine.db, "position", Filters(), *MAY, patrols=teams)
+             if u.of == "position.patrol"}
+    assert {k: u.values for k, u in units.items()} == {
+        "patrol-s1": {"area_filed": 6, "patrol_found": 1, "public_first": 4, "miss_rate": 4 / 6},
+        "patrol-s2": {"area_filed": 3, "patrol_found": 1, "public_first": 2, "miss_rate": 2 / 3},
+        "patrol-s2-parts": {"area_filed": 0, "patrol_found": 0, "public_first": 0, "miss_rate": None},
+    }
+    assert (units["patrol-s1"].score, units["patrol-s1"].grade) == (33.33, "E")
+    assert units["patrol-s2-parts"].score is None
+    alone = evaluate(engine.db, "position", Filters(subdistrict=S2), *MAY, patrols=teams)
+    assert sorted(u.unit for u in alone if u.of == "position.patrol") == ["patrol-s2"]
+
+
+def test_a_bad_patrols_file_is_refused_with_file_line_and_key() -> None:
+    from pathlib import Path
+
+    from pipeline.reports.patrols import PatrolsError, load_patrols
+
+    bad = PATROLS.replace("[E05]", "[E05, X1]").replace("grids: [310109010002]\n    categories: [P01",
+                                                         "grids: [3101090100]\n    categories: [P01")
+    bad = bad.replace("  patrol-s2:\n", "  patrol-s2:\n    area: north\n")
+    with pytest.raises(PatrolsError) as err:
+        load_patrols(Path("p.yaml"), bad)
+    assert err.value.problems == [
+        "p.yaml:4:23: patrols.patrol-s1.categories: 'X1' is not a category code or prefix",
+        "p.yaml:6:13: patrols.patrol-s2-parts.grids: '3101090100' is not a 12-digit grid code",
+        "p.yaml:9:5: patrols.patrol-s2.area: unknown key; choose among grids, subdistricts, categories",
+    ]
+    with pytest.raises(PatrolsError, match="P99 names no category"):
+        load_patrols(Path("p.yaml"), PATROLS.replace("[P01, P0201]", "[P99]"))
 
 
 def test_as_of_inside_the_month_judges_only_what_fell_due_by_then(engine: Engine) -> None:
@@ -220,7 +276,7 @@ def test_the_shipped_weights_load_and_add_up() -> None:
     (GOOD.replace("rework_rate: 0.5", "rework_rate: half"),
      ["w.yaml:3:44: department.rework_rate: expected a number, got half"]),
     (GOOD.replace("verifier:", "inspector:"),
-     ["w.yaml:5:3: position.inspector: unknown position; choose among verifier",
+     ["w.yaml:5:3: position.inspector: unknown position; choose among verifier, patrol",
       "w.yaml:5:3: position.verifier: missing"]),
 ])
 def test_a_bad_weights_file_is_refused_with_file_line_and_key(text: str, problems: list[str]) -> None:

@@ -53,7 +53,12 @@ def test_departments_positions_periods_and_compare(db: ChdbDatabase, capsys: pyt
     assert {d["team"]: d["resolved_on_time"] for d in deps} == {"enforcement": 1, "handling": 6, "supervision": 1}
     pos = json.loads(run(db, ["evaluation", "--of", "position", "--since", "2024-05-01", "--until", "2024-06-01",
                               "--format", "json"], capsys))
-    assert {p["verifier"]: p["checked_on_time"] for p in pos} == {"patrol": 0, "supervision": 7}
+    assert {p["position"]: p["checked_on_time"] for p in pos if p["role"] == "verifier"} == {
+        "patrol": 0, "supervision": 7}
+    # the shipped patrol assignment: one team per sub-district, the simulator's patrol categories (E0501 among them)
+    patrols = {p["position"]: p for p in pos if p["role"] == "patrol"}
+    assert (patrols["patrol-310109009-1"]["area_filed"], patrols["patrol-310109009-1"]["public_first"]) == (6, 4)
+    assert patrols["patrol-310109009-1"]["verify_due"] is None and patrols["patrol-310104003-1"]["area_filed"] == 0
     weeks = json.loads(run(db, ["evaluation", "--month", "2024-05", "--period", "week", "--format", "json"],
                            capsys))
     assert sum(w["filed"] for w in weeks if w["subdistrict"] == S1) == 6

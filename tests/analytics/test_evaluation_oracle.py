@@ -16,6 +16,7 @@ more than ten other cases are left out, so a new disagreement is not hidden.
 
 from __future__ import annotations
 
+import re
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from datetime import UTC, date, datetime
@@ -44,7 +45,7 @@ def within(x: datetime | None) -> bool:
 
 
 @pytest.fixture(scope="module")
-def simulated() -> tuple[SinkBatch, dict[str, Any], int]:
+def simulated() -> tuple[SinkBatch, dict[str, Any], Counter[str], str]:
     """The month's rows (the cases the truth agrees on) and its truth (the same cases), and how many left out."""
     from pipeline.simulate import simulate
     from tests.analytics.simmonth import month_config, run_month
@@ -78,7 +79,7 @@ def simulated() -> tuple[SinkBatch, dict[str, Any], int]:
                      events=[e for e in batch.events if e.case_id not in differ])
     plans = Counter(c["plan"] for c in truth["cases"] if c["case_id"] in differ and c["kind"] == "problem")
     truth = {**truth, "cases": [c for c in truth["cases"] if c["case_id"] not in differ]}
-    return kept, truth, plans
+    return kept, truth, plans, sim.patrols_yaml(world)
 
 
 @pytest.fixture(params=ENGINES)
@@ -147,8 +148,43 @@ def oracle_verifiers(truth: dict[str, Any]) -> dict[str, dict[str, int]]:
     return out
 
 
+def oracle_patrols(truth: dict[str, Any], patrols_text: str) -> dict[str, dict[str, int]]:
+    """Per patrol team (the simulator's: patrol-<sub-district>-<n>, walking its whole sub-district, reporting
+    the categories of its mix)."""
+    from pipeline.simulate.catalog import PATROL_MIX
+
+    teams = re.findall(r"^  (patrol-(\d{9})-\d+):$", patrols_text, flags=re.M)
+    out = {team: {"area_filed": 0, "patrol_found": 0, "public_first": 0} for team, _ in teams}
+    for c in truth["cases"]:
+        if c["kind"] != "problem" or c["category"] not in PATROL_MIX or not within(at(c["first_at"])):
+            continue
+        for team, sub in teams:
+            if c["subdistrict"] == sub:
+                out[team]["area_filed"] += 1
+                out[team]["patrol_found"] += c["discovered_by"] == "patrol"
+                out[team]["public_first"] += c["discovered_by"] == "citizen"
+    return out
+
+
+def test_patrol_teams_equal_the_oracle(simulated: Any, engine: Engine) -> None:
+    from pathlib import Path
+
+    from pipeline.reports.patrols import load_patrols
+
+    batch, truth, _, patrols_text = simulated
+    engine.write(batch)
+    teams = load_patrols(Path("patrols.yaml"), patrols_text)
+    got = {u.unit: u.values for u in evaluate(engine.db, "position", Filters(), *MONTH, patrols=teams)
+           if u.of == "position.patrol"}
+    want = oracle_patrols(truth, patrols_text)
+    assert len(want) >= 8 and sum(o["area_filed"] for o in want.values()) > 500
+    for team, o in want.items():
+        assert {k: got[team][k] for k in o} == o, team
+        assert got[team]["miss_rate"] == pytest.approx(o["public_first"] / o["area_filed"])
+
+
 def test_the_month_has_every_case_kind_the_formulas_distinguish(simulated: Any) -> None:
-    _, truth, left_out = simulated
+    _, truth, left_out, _ = simulated
     problems = [c for c in truth["cases"] if c["kind"] == "problem"]
     kinds = {
         "closed on time": sum(1 for c in problems if c["closed_on_time"]),
@@ -169,7 +205,7 @@ def test_the_month_has_every_case_kind_the_formulas_distinguish(simulated: Any) 
 
 
 def test_regions_equal_the_oracle(simulated: Any, engine: Engine) -> None:
-    batch, truth, _ = simulated
+    batch, truth, _, _ = simulated
     engine.write(batch)
     got = {u.unit: u.values for u in evaluate(engine.db, "region", Filters(), *MONTH)}
     want = oracle_regions(truth)
@@ -188,7 +224,7 @@ def test_regions_equal_the_oracle(simulated: Any, engine: Engine) -> None:
 
 
 def test_departments_and_verifiers_equal_the_oracle(simulated: Any, engine: Engine) -> None:
-    batch, truth, _ = simulated
+    batch, truth, _, _ = simulated
     engine.write(batch)
     got = {u.unit: u.values for u in evaluate(engine.db, "department", Filters(), *MONTH)}
     want = oracle_departments(truth)
@@ -198,7 +234,8 @@ def test_departments_and_verifiers_equal_the_oracle(simulated: Any, engine: Engi
         assert {k: g[k] for k in o} == dict(o), team
         assert g["resolved_on_time_rate"] == pytest.approx(o["resolved_on_time"] / o["due"])
         assert g["rework_rate"] == pytest.approx(o["reworked"] / o["due"])
-    got_v = {u.unit: u.values for u in evaluate(engine.db, "position", Filters(), *MONTH)}
+    got_v = {u.unit: u.values for u in evaluate(engine.db, "position", Filters(), *MONTH)
+             if u.of == "position.verifier"}
     want_v = oracle_verifiers(truth)
     assert set(got_v) == set(want_v) == {"supervision", "patrol"}
     for who, o in want_v.items():
@@ -207,7 +244,7 @@ def test_departments_and_verifiers_equal_the_oracle(simulated: Any, engine: Engi
 
 
 def test_one_subdistrict_alone_equals_its_line_among_all(simulated: Any, engine: Engine) -> None:
-    batch, truth, _ = simulated
+    batch, truth, _, _ = simulated
     engine.write(batch)
     want = oracle_regions(truth)
     sub = max(want, key=lambda s: want[s]["filed"])
