@@ -153,7 +153,8 @@ def build(db: Queryable, since: date, until: date, filters: Filters | None = Non
         sources, regions, {u.unit: u for u in prev_regions},
         evaluate(db, "department", f, since, until, as_of=as_of, weights=w),
         {u.unit: u for u in evaluate(db, "department", f, *before, weights=w)},
-        [u for u in positions if u.of == "position.verifier"], [u for u in positions if u.of == "position.patrol"],
+        [u for u in positions if u.of == "position.verifier"],
+        [u for u in positions if u.of == "position.patrol" and u.values["area_filed"]],
         top("E"), top("P"), daily, names, w)
 
 
@@ -350,7 +351,13 @@ def verifier_table(b: Bulletin) -> str:
 
 def patrol_table(b: Bulletin) -> str:
     head = ["巡查队", "辖区立案数", "巡查发现数", "公众首报数", "漏报率", "得分", "等级"]
-    rows = [[_td(_e(b.names.get(u.unit.split("-")[1], u.unit) if u.unit.count("-") == 2 else u.unit), "l"),
+    def name(team: str) -> str:
+        parts = team.split("-")       # patrol-<sub-district>-<n>: the sub-district's n-th team
+        if len(parts) == 3 and parts[1] in b.names:
+            return f"{b.names[parts[1]]} 巡查{parts[2]}队"
+        return team
+
+    rows = [[_td(_e(name(u.unit)), "l"),
              _td(_num(u.values["area_filed"])), _td(_num(u.values["patrol_found"])),
              _td(_num(u.values["public_first"])), _td(_pct(u.values["miss_rate"])), _td(_score(u.score)),
              _td(_grade(u.grade), "g")] for u in sorted(b.patrols, key=lambda u: (-(u.score or -1), u.unit))]
