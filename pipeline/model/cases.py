@@ -87,6 +87,7 @@ class Round:
     verified_at: datetime | None = None
     verified_by: str = ""
     verify_escalated_at: datetime | None = None
+    extensions: int = 0            # deadline extensions granted (延期, §4.6)
 
 
 @dataclass
@@ -189,6 +190,7 @@ class Case:
             escalated_at=r.escalated_at, verify_due_at=r.verify_due_at, verified_at=r.verified_at,
             verified_by=r.verified_by, verify_escalated_at=r.verify_escalated_at, category=self.category,
             case_kind=self.kind, cell=self.cell, subdistrict=self.subdistrict, revision=self.revision,
+            extensions=r.extensions,
         )
 
 

@@ -106,3 +106,4 @@ class CaseUpdate:
     actor: str
     at: datetime
     note: str = ""
+    until: datetime | None = None      # extend: the new handling deadline (docs/cases.md §4.6)

@@ -78,6 +78,7 @@ class RoundRow:
     cell: str
     subdistrict: str
     revision: int
+    extensions: int = 0           # deadline extensions granted (延期, docs/cases.md §4.6; migration 0008)
 
 
 @record

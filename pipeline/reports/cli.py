@@ -1,4 +1,5 @@
-"""`cityops report discovery | recurrence | sla | workload | health`: the reports on the command line.
+"""`cityops report discovery | recurrence | sla | workload | health | evaluation | bulletin`: the reports on the
+command line (evaluation and bulletin: pipeline.reports.evaluation_cli).
 
 Common options: the filters (`--since`, `--until`: a date `2024-04-01` or a span back from today `30d`;
 `--subdistrict`, `--grid`, `--cell`, `--category` code or prefix, `--team`), `--format table|csv|json` and
@@ -27,7 +28,15 @@ from pipeline.reports import (
     sla,
     workload,
 )
-from pipeline.reports.query import DIMENSIONS, KINDS, PERIODS, Queryable
+from pipeline.reports.evaluation_cli import (
+    BULLETIN_DESCRIPTION,
+    DESCRIPTION,
+    add_evaluation_args,
+    as_table,
+    run_bulletin,
+    run_evaluation,
+)
+from pipeline.reports.query import DIMENSIONS, KINDS, PERIODS, Queryable, parse_instant
 from pipeline.reports.render import Table, plot_bars, plot_trend, render
 from pipeline.reports.sla import Durations, SlaReport
 
@@ -49,15 +58,6 @@ def parse_day(text: str) -> date:
     except ValueError:
         pass
     raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD) or a span like 30d or 8w")
-
-
-def parse_instant(text: str) -> datetime:
-    """An ISO 8601 time (`2024-05-01T08:00:00+08:00`; UTC when it has no offset)."""
-    try:
-        at = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 time, e.g. 2024-05-01T08:00:00+08:00") from None
-    return at if at.tzinfo else at.replace(tzinfo=UTC)
 
 
 def parse_range(text: str) -> tuple[date, date]:
@@ -298,7 +298,8 @@ def run_sla(db: Queryable, args: argparse.Namespace) -> tuple[Table, str]:
         )
     return sla_rows(report), (
         f"Service levels (dispatch on time = within {args.dispatch_within} min; "
-        f"rounds credited to their own team)"
+        "rounds credited to their own team; closing: closed_on_time_rate over cases CLOSED, "
+        "closed_on_time_of_due_rate (按期结案率) and close_rate (结案率) over cases DUE)"
     )
 
 
@@ -350,6 +351,7 @@ REPORTS: dict[str, tuple[Callable[[Queryable, argparse.Namespace], tuple[Table, 
     "sla": (run_sla, "on time and who is credited: rounds per team, dispatch, verification, closing"),
     "workload": (run_workload, "open, overdue, awaiting verification, created and closed cases per team"),
     "health": (run_health, "per management grid: open, overdue, recurrence, discovery, one score"),
+    "evaluation": (run_evaluation, "综合评价: regions, departments, positions; indicators, scores, A-E grades"),
 }
 
 # What `--help` says each report counts, with the denominator of every rate (docs/cases.md §5, §8).
@@ -378,8 +380,10 @@ verification lines, one per verifier (supervision; patrol for supervision's own 
   verified_on_time (<= verify_due_at); verified_on_time_rate = verified_on_time / verified;
   awaiting_verification; verification_overdue: resolved, not verified, verify_due_at passed
 closing line (the cases): closed, closed_on_time (final resolution <= case_due_at and verified <=
-  verify_due_at); closed_on_time_rate = closed_on_time / closed; due: case_due_at passed;
-  close_rate = closed_of_due / due; closed_on_time_of_due_rate = closed_on_time_of_due / due
+  verify_due_at); closed_on_time_rate = closed_on_time / closed (denominator: cases CLOSED, so a team that
+  leaves its overdue cases open looks better); due: case_due_at passed (应结案数);
+  close_rate = closed_of_due / due (结案率); closed_on_time_of_due_rate = closed_on_time_of_due / due
+  (按期结案率, the standard's denominator: cases DUE, closed or not; `report evaluation` counts by period)
 --team keeps that team's lines (team, verification); dispatch and closing are nobody's team.""",
     "workload": """\
 Per team (the case's current team), at --as-of (default now): open (dispatched or accepted; a resolved
@@ -390,6 +394,7 @@ range. Device faults count unless --kind problem.""",
 Per management grid, over the problem cases created in the range: open and overdue as in workload,
 recurrence_rate = recurrent / cases, discovery_rate = (patrol + sensor) / cases, and
 score = 100 x (0.4 x (1 - overdue/open) + 0.3 x (1 - recurrence_rate) + 0.3 x discovery_rate).""",
+    "evaluation": DESCRIPTION,
 }
 
 
@@ -411,7 +416,10 @@ def _run(args: argparse.Namespace) -> int:
         close = getattr(db, "close", None)
         if close is not None:
             close()
-    sys.stdout.write(render(rows, args.format, title))
+    if args.report == "evaluation" and args.format == "table":
+        sys.stdout.write(as_table(rows, args.of, title))
+    else:
+        sys.stdout.write(render(rows, args.format, title))
     if args.plot:
         print(f"chart written to {args.plot}", file=sys.stderr)
     return 0
@@ -442,6 +450,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         if name in ("sla", "workload"):
             p.add_argument("--kind", choices=KINDS, default=None,
                            help="problem cases or device faults only (default: both)")
+        if name == "evaluation":
+            add_evaluation_args(p)
         if name in ("discovery", "recurrence"):
             p.add_argument("--period", choices=tuple(PERIODS), default="month")
             p.add_argument(
@@ -457,6 +467,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                 metavar=("BEFORE", "AFTER"),
                 help="compare two ranges SINCE..UNTIL, e.g. 2024-01-01..2024-04-01 2024-04-01..2024-07-01",
             )
+        if name == "evaluation":
+            p.add_argument("--compare", nargs=2, type=parse_range, metavar=("BEFORE", "AFTER"),
+                           help="evaluate two ranges SINCE..UNTIL and the change per unit")
         if name in ("recurrence", "health"):
             p.add_argument(
                 "--within-days",
@@ -486,3 +499,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                 metavar="TIME",
                 help="judge due and overdue at this time (ISO 8601, UTC unless it has an offset; default now)",
             )
+    b = rsub.add_parser("bulletin", help="绩效通报: the month's evaluation as a printable document (HTML + PDF)",
+                        description=BULLETIN_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = b.add_argument_group("filters")
+    g.add_argument("--subdistrict", help="sub-district code, e.g. 310109009")
+    g.add_argument("--grid", help="management grid code (12 digits) or a cell-code prefix")
+    g.add_argument("--cell", help="unit cell code (15 digits)")
+    g.add_argument("--category", help="category code or prefix, e.g. E0501 or E05")
+    b.add_argument("--month", required=True, help="the month, YYYY-MM (Asia/Shanghai)")
+    b.add_argument("--out", type=Path, default=Path("."), help="directory for bulletin-YYYY-MM.html / .pdf")
+    b.add_argument("--no-pdf", action="store_true", help="write the HTML only")
+    b.add_argument("--weights", type=Path, help="weights and grade bands (default: the shipped file)")
+    b.add_argument("--as-of", type=parse_instant, default=None, metavar="TIME",
+                   help="judge closed / resolved / verified at this time (default: the month's end, or now)")
+    b.set_defaults(func=run_bulletin, connect=_connect)

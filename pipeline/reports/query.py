@@ -18,6 +18,7 @@ Days are Asia/Shanghai calendar days, the calendar the district reports in.
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from typing import Any, Literal, Protocol
@@ -176,3 +177,12 @@ def relative_change(before: float | None, after: float | None) -> float | None:
 
 NO_FILTERS = Filters()
 """Every case: the default of each report."""
+
+
+def parse_instant(text: str) -> datetime:
+    """An ISO 8601 time (`2024-05-01T08:00:00+08:00`; UTC when it has no offset)."""
+    try:
+        at = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 time, e.g. 2024-05-01T08:00:00+08:00") from None
+    return at if at.tzinfo else at.replace(tzinfo=UTC)

@@ -54,12 +54,17 @@ def _simulate(args: argparse.Namespace) -> int:
         return 2
     print(f"simulating {cfg.days:g} day(s) of {', '.join(cfg.districts)} from {cfg.begin.isoformat()} "
           f"(seed {cfg.seed})...", file=sys.stderr)
-    sim = simulate(cfg)
+    from pipeline.simulate.world import World
+
+    world = World()
+    sim = simulate(cfg, world)
     out = Path(args.out) if args.out else None
     registry = Path(args.registry) if args.registry else (out / "sensors.csv" if out else None)
     if registry is None:
         registry = Settings.from_env().var_dir / "sim" / "sensors.csv"
     sim.write_registry(registry)
+    # the patrol teams' assignment (责任网格), for `cityops report evaluation --of position --patrols FILE`
+    (registry.parent / "patrols.yaml").write_text(sim.patrols_yaml(world), encoding="utf-8")
     truth_path = Path(args.truth) if args.truth else (out / "truth.json" if out else None)
     if truth_path is not None:
         truth_path.parent.mkdir(parents=True, exist_ok=True)

@@ -89,6 +89,17 @@ class Simulation:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(self.registry_csv(), encoding="utf-8")
 
+    def patrols_yaml(self, world: World) -> str:
+        """The patrol teams' assignment (责任网格, pipeline/reports/patrols.py): each of the simulated teams
+        walks its whole sub-district and reports the categories of the patrols' mix."""
+        from pipeline.reports.patrols import patrols_yaml
+        from pipeline.simulate.catalog import PATROL_MIX
+
+        subs = sorted({sid for code in self.config.districts for sid in world.districts[code].by_subdistrict})
+        teams = [(f"patrol-{sub}-{n}", sub) for sub in subs
+                 for n in range(1, self.config.patrol_teams_per_subdistrict + 1)]
+        return patrols_yaml(teams, sorted(PATROL_MIX))
+
     def truth_json(self) -> bytes:
         return orjson.dumps(self.truth.to_json(), option=orjson.OPT_INDENT_2)
 
@@ -134,7 +145,9 @@ def simulate(config: SimConfig, world: World | None = None) -> Simulation:
                 add("case_updates", inc.case_id, orjson.dumps({
                     "case_id": inc.case_id, "action": a.action, "team": a.team, "actor": a.actor,
                     "at": a.at.astimezone(SHANGHAI).isoformat(timespec="seconds"), "note": a.note,
-                    "update_id": f"{inc.case_id}/{n}"}), a.at)
+                    "update_id": f"{inc.case_id}/{n}",
+                    **({} if a.until is None else
+                       {"until": a.until.astimezone(SHANGHAI).isoformat(timespec="seconds")})}), a.at)
     for r in planner.unlocated:
         assert r.message is not None
         add("raw_hotline", r.key, orjson.dumps(r.message), r.at)

@@ -2,7 +2,9 @@
 
 The planner decides *what* happens to a case (its first route, whether a team rejects it, whether the first check
 fails, what the rules say about each later report); this module decides *when*, with realistic delays, and
-applies the specification's consequences: a more urgent merged report supersedes the round (§2.1, due
+applies the specification's consequences: a deadline extension (§4.6) moves the first round's deadline later
+before it passes (decided per case apart from the main random stream, so a simulation's other choices do not
+change), a more urgent merged report supersedes the round (§2.1, due
 `min(current, now + sla)`), a rejection starts a round with a fresh due time (§4.3), a failed check sends the case
 back to the team that resolved it with the same priority and the same due time (§4.4), and the verifier is
 supervision, or a patrol when supervision resolved it (§4). Every report of a case is made before its resolution,
@@ -48,6 +50,7 @@ class Course:
     last_report: datetime | None = None
     open_until: datetime | None = None   # stays open (not resolved) until then
     fast: bool = False                # a chronic spot's crew: closed within hours, before the spot's next return
+    extend: bool = False              # the first team has its deadline extended once (延期, §4.6)
 
 
 @dataclass
@@ -99,6 +102,8 @@ def run(course: Course, rng: random.Random, staff: Callable[[str, random.Random]
                 state, t = "dispatched", m.at
             continue
         assert not (state == "resolved" and merges), "a report after the resolution would send it back"
+        if action == "resolve" and course.extend and len(rounds) == 1 and not cur.extensions:
+            _extend(cur, at, acts, staff)
         team = verifier(cur.team) if action in ("verify", "reopen") else cur.team
         act(at, action, team)
         t = at
@@ -123,6 +128,23 @@ def run(course: Course, rng: random.Random, staff: Callable[[str, random.Random]
         else:
             cur.ended_at, cur.ending, cur.verified_by = at, "verified", team
             return Life(rounds, acts, dropped, at)
+
+
+def _extend(cur: Round, resolve_at: datetime, acts: list[Action], staff: Callable[[str, random.Random], str]
+            ) -> None:
+    """The team asks for (and gets) one more SLA before its deadline passes and before it resolves; drawn from
+    the round's own random stream."""
+    assert cur.accepted_at is not None
+    lo = cur.accepted_at + timedelta(minutes=1)
+    hi = min(cur.due_at, resolve_at) - timedelta(minutes=1)
+    if hi - lo < timedelta(minutes=2):
+        return
+    own = random.Random(f"extend:{cur.team}:{cur.dispatched_at.isoformat()}")
+    at = (lo + (hi - lo) * own.random()).replace(microsecond=0)
+    until = cur.due_at + cur.route.sla
+    acts.append(Action(at, "extend", cur.team, staff(cur.team, own), own.choice(FEEDBACK_NOTES["extend"]), 0,
+                       until))
+    cur.due_at, cur.extensions, cur.extended_at = until, cur.extensions + 1, at
 
 
 def _accept_delay(cur: Round, fast: bool, rng: random.Random) -> timedelta:

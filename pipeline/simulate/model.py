@@ -41,11 +41,12 @@ class Action:
     """One team feedback message on `cityops.case-updates`, about round `round` (0-based) of its case."""
 
     at: datetime
-    action: str                       # accept | resolve | verify | reject | reopen
+    action: str                       # accept | resolve | verify | reject | reopen | extend
     team: str                         # the round's team; the verifier (supervision | patrol) for verify, reopen
     actor: str
     note: str
     round: int
+    until: datetime | None = None     # extend: the new handling deadline (docs/cases.md §4.6)
 
 
 @dataclass
@@ -65,6 +66,8 @@ class Round:
     ended_at: datetime | None = None
     ending: str = ""
     verified_by: str = ""
+    extensions: int = 0               # deadline extensions granted (延期, §4.6)
+    extended_at: datetime | None = None
 
     @property
     def priority(self) -> int:

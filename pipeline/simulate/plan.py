@@ -70,6 +70,7 @@ from rules.engine import Ruleset
 from rules.recurrence import RecurrenceHistory
 
 FAR_FUTURE = datetime(9999, 1, 1, tzinfo=SHANGHAI)
+EXTEND_SHARE = 0.04                   # cases whose first team has its deadline extended once (延期, §4.6)
 HOTSPOT_TIMES = (7 * 60 + 20, 12 * 60 + 20, 17 * 60 + 20, 22 * 60 + 20)   # local minutes; 5 h apart
 HOTSPOT_SCATTER_M = 45.0
 PERSON_NEAR_M = 250.0                 # a resident's alarm this close to an open E0499 case (E04 radius 300 m)
@@ -734,8 +735,10 @@ class Planner:
         self.history.record(inc.spot.cell, inc.category, inc.first.at)
         merges = [self._merge(inc, i, r, p.event) for i, r in enumerate(inc.reports) if i > 0]
         reject_to = self._reject_route(p.event, route.team) if not p.fast and rng.random() < 0.05 else None
+        # 延期 (§4.6): decided apart from the main stream (the rest of the simulation stays as it was)
+        extend = not p.fast and random.Random(f"extend:{inc.case_id}").random() < EXTEND_SHARE
         course = Course(inc.first.at, route, merges, reject_to, rework=not p.fast and rng.random() < 0.08,
-                        last_report=inc.reports[-1].at, open_until=p.open_until, fast=p.fast)
+                        last_report=inc.reports[-1].at, open_until=p.open_until, fast=p.fast, extend=extend)
         life = lifecycle.run(course, rng, staff_id)
         if life.dropped:
             inc.reports = [r for i, r in enumerate(inc.reports) if i not in life.dropped]

@@ -81,6 +81,7 @@ def round_json(n: int, r: Round, end: datetime) -> dict[str, Any]:
             "priority": r.priority, "dispatched_at": iso(r.dispatched_at), "due_at": iso(r.due_at),
             "accept_due_at": iso(r.accept_due_at), "accepted_at": iso(_before(r.accepted_at, end)),
             "resolved_at": iso(resolved), "ended_at": iso(ended), "outcome": outcome,
+            "extensions": r.extensions if r.extended_at is not None and r.extended_at < end else 0,
             "verified_by": r.verified_by if ended is not None and r.ending == "verified" else ""}
 
 

@@ -475,6 +475,15 @@ class CaseBook:
                                      out, now)
         elif u.action == "reopen":
             self._rework(case, now, u.actor, u.team, note or "verification failed", router, out, at=at)
+        elif u.action == "extend":
+            assert u.until is not None
+            before = r.due_at
+            r.due_at, r.extensions, case.due_at = u.until, r.extensions + 1, u.until
+            if case.case_due_at is None or case.case_due_at < u.until:
+                case.case_due_at = u.until
+            heapq.heappush(self._deadlines, (u.until, case.case_id, "handle", r.number))
+            self._transition(case, "extended", u.team, u.actor, at,
+                             f"due {iso(before)} -> {iso(u.until)}: {note or 'no reason given'}", out)
 
     @staticmethod
     def _verifier(case: Case) -> str:
@@ -488,12 +497,21 @@ class CaseBook:
             return f"at {iso(u.at)} is before the case was created ({iso(case.created_at)})"
         if case.last_update_at is not None and u.at < case.last_update_at:
             return f"at {iso(u.at)} is before the case's last update ({iso(case.last_update_at)})"
-        if u.action in ("accept", "resolve", "reject") and u.team != case.team:
+        if u.action in ("accept", "resolve", "reject", "extend") and u.team != case.team:
             return f"case is assigned to {case.team}, not {u.team}"
         if u.action == "accept":
             return None if s == "dispatched" else f"cannot accept a case that is {s}"
         if u.action in ("resolve", "reject"):
             return None if s in OPEN_STATES else f"cannot {u.action} a case that is {s}"
+        if u.action == "extend":
+            r = case.round
+            if s not in OPEN_STATES or r is None:
+                return f"cannot extend a case that is {s}"
+            if u.at > r.due_at:
+                return f"the deadline passed at {iso(r.due_at)}: an overdue case is not extended"
+            if u.until is None or u.until <= r.due_at:
+                return f"an extension must move the deadline ({iso(r.due_at)}) later"
+            return None
         if u.action in ("verify", "reopen"):
             verifier = cls._verifier(case)
             if u.team != verifier:
@@ -604,7 +622,7 @@ class CaseBook:
     def _transition(self, case: Case, status: str, team: str, actor: str, at: datetime, reason: str,
                     out: Outcome) -> None:
         case.transitions += 1
-        if status not in ("rejected", "reopened", "escalated", "verified"):
+        if status not in ("rejected", "reopened", "escalated", "verified", "extended"):
             case.status = status
         out.transitions.append(TransitionRow(case_id=case.case_id, seq=case.transitions, status=status,
                                              team=team or case.team, actor=actor, at=at, reason=reason))

@@ -33,7 +33,7 @@ MAX_ATTRIBUTE_TEXT = 1000
 ATTRIBUTE_CODE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 REQUEST_TYPES = frozenset({"consult", "help", "complaint", "report", "suggestion"})
 CHANNELS = frozenset({"phone", "app", "web", "wechat"})
-ACTIONS = frozenset({"accept", "resolve", "verify", "reject", "reopen"})
+ACTIONS = frozenset({"accept", "resolve", "verify", "reject", "reopen", "extend"})
 TEAMS = frozenset({"enforcement", "handling", "supervision"})
 # who may send a case update: the three teams, and a patrol verifying what supervision itself handled
 # (docs/cases.md §4)
@@ -226,8 +226,9 @@ class Decoder:
         at = self._time(obj, "at")
         note = _opt_string(obj, "note", MAX_DESCRIPTION) or ""
         update_id = _opt_string(obj, "update_id", MAX_ID) or f"{case_id}:{action}:{team}:{at.isoformat()}"
+        until = self._deadline(obj, "until") if action == "extend" else None
         return CaseUpdate(update_id=update_id, case_id=case_id, action=action, team=team, actor=actor, at=at,
-                          note=mask_text(note))
+                          note=mask_text(note), until=until)
 
     def for_source(self, source: Source) -> Callable[[bytes], Event]:
         method: Callable[[bytes], Event] = getattr(self, BY_NAME[source].decoder)
@@ -240,6 +241,20 @@ class Decoder:
         if code not in self.taxonomy:
             raise InvalidEvent(f"{key}: unknown category code {code!r} (not in the taxonomy)")
         return code
+
+    def _deadline(self, obj: dict[str, Any], key: str) -> datetime:
+        """A deadline (in the future, unlike a report's time): ISO 8601 with an offset, at most a year ahead."""
+        text = _string(obj, key, max_len=64)
+        try:
+            at = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            raise InvalidEvent(f"{key}: not an ISO 8601 time: {text[:64]!r}") from None
+        if at.tzinfo is None or at.utcoffset() is None:
+            raise InvalidEvent(f"{key}: time has no UTC offset: {text!r}")
+        at = at.astimezone(UTC)
+        if at < self.window.earliest or at > self.now() + timedelta(days=366):
+            raise InvalidEvent(f"{key}: {text} is not a plausible deadline")
+        return at
 
     def _time(self, obj: dict[str, Any], key: str) -> datetime:
         text = _string(obj, key, max_len=64)

@@ -14,6 +14,8 @@ Routes (who may use them is decided in `pipeline.web.auth`, nowhere else):
     POST /api/unlocated/place      {event_id, lon, lat}       -> cityops.raw.hotline (same ticket id)
     POST /api/token                {name, password} -> a bearer token for apps
     /open311/v2/...             the hotline ingest API (pipeline.web.open311)
+    GET  /evaluation, /bulletin, /bulletin.pdf   this month's evaluation and its bulletin (operator, analyst;
+                                pipeline.web.evaluation_pages)
     GET  /healthz, GET /metrics
 
 Every response carries a strict Content-Security-Policy (scripts and styles from this server only: the pages
@@ -43,7 +45,7 @@ from aiohttp import web
 from pipeline.config import Settings
 from pipeline.model.taxonomy import Taxonomy
 from pipeline.stages.decode import MAX_DESCRIPTION, Decoder, InvalidEvent
-from pipeline.web import auth
+from pipeline.web import auth, evaluation_pages
 from pipeline.web.alerts import AlertPolicy, ConfigWatch, alerts
 from pipeline.web.archive import CaseArchive
 from pipeline.web.feed import BoardFeed, Item, LagProbe, LagReport, deliver_to_loop
@@ -630,6 +632,7 @@ def build_app(centre: Centre, *, start_background: bool = True) -> web.Applicati
         web.post("/api/unlocated/place", api_place), web.post("/api/token", api_token),
         web.get("/api/stream", api_stream), web.get("/healthz", healthz), web.get("/metrics", metrics),
         *open311.routes(),
+        *evaluation_pages.routes(evaluation_pages.Access(_centre, _require)),
         web.static("/static", STATIC, append_version=False),
     ])
 

@@ -222,7 +222,7 @@ def test_rounds_follow_reject_rework_and_reroute_rules(long_sim: Simulation) -> 
 
 
 def test_verification_is_by_the_right_party_and_nobody_verifies_their_own_work(long_sim: Simulation) -> None:
-    """Accept, resolve and reject come from the round's team; verify and reopen from supervision, or from a
+    """Accept, resolve, reject and extend come from the round's team; verify and reopen from supervision, or from a
     patrol when supervision resolved the case (§4); every update after the case opened and after the last
     change of its status."""
     patrol = 0
@@ -232,7 +232,7 @@ def test_verification_is_by_the_right_party_and_nobody_verifies_their_own_work(l
             r = inc.rounds[a.round]
             assert a.at > last and a.at >= r.dispatched_at, (inc.incident_id, a)
             last = a.at
-            if a.action in ("accept", "resolve", "reject"):
+            if a.action in ("accept", "resolve", "reject", "extend"):
                 assert a.team == r.team, (inc.incident_id, a)
             else:
                 assert a.team == verifier(r.team) != r.team, (inc.incident_id, a)
