@@ -163,7 +163,7 @@ class CasesService(BatchService):
         (CaseStage): a timer would escalate by the progress of other books, which a replay does not repeat."""
         from pipeline.worker import refresh
 
-        if self.c.cases.clock != "wall":
+        if self.c.cases.clock not in ("wall", "live"):
             return
         now = time.monotonic()
         if now - self._last_sla_check < self.settings.sla_check_interval:

@@ -101,7 +101,7 @@ def load_components(settings: Settings) -> Components:
     max_ratio = float(os.environ.get("CITYOPS_DLQ_MAX_RATIO", "0.5"))
     ingest = Ingest(decoder=default_decoder(timedelta(seconds=settings.max_ahead_s)), grid=grid_holder.current,
                     gazetteer=Gazetteer.load(), sensors=registry.current)
-    cases = CaseStage(rules_holder, CorrelationPolicy(), clock="wall" if settings.sla_clock == "wall" else "stream")
+    cases = CaseStage(rules_holder, CorrelationPolicy(), clock=settings.sla_clock)  # type: ignore[arg-type]
     return Components(settings=settings, ingest=ingest, cases=cases,
                       sink=ClickHouseSink(settings), grid_holder=grid_holder, rules_holder=rules_holder,
                       registry_holder=registry, dlq_limit=DeadLetterLimit(max_ratio=max_ratio))
