@@ -43,7 +43,7 @@ from aiohttp import web
 from pipeline.config import Settings
 from pipeline.decode import MAX_DESCRIPTION, Decoder, InvalidEvent
 from pipeline.taxonomy import Taxonomy
-from pipeline.web import auth
+from pipeline.web import auth, street
 from pipeline.web.alerts import AlertPolicy, ConfigWatch, alerts
 from pipeline.web.archive import CaseArchive
 from pipeline.web.feed import BoardFeed, Item, LagProbe, LagReport, deliver_to_loop
@@ -387,6 +387,7 @@ def feed_view(centre: Centre, user: User) -> dict[str, Any]:
         rows = []
     for row in rows:
         row["actions"] = auth.allowed_actions(user, board.cases[row["case_id"]])
+    street.decorate_feed(centre, rows)
     return {"version": board.version, "team": user.team, "patrol_team": user.patrol_team, "cases": rows}
 
 
@@ -479,9 +480,14 @@ async def api_action(request: web.Request) -> web.Response:
         return _problem(400, "note: say what was done")
     if len(note) > MAX_DESCRIPTION:
         return _problem(400, f"note: too long (limit {MAX_DESCRIPTION})")
+    photo_url = str(body.get("photo_url") or "")
+    refused = street.check_action_photo(request.app, user, case_id, case, action, photo_url)
+    if refused:
+        return _problem(400, refused)
     try:
         raw = case_update(centre.decoder, case_id=case_id, action=action, team=str(user.team), actor=user.name,
-                          note=note, update_id=str(body["update_id"]) if body.get("update_id") else None)
+                          note=note, update_id=str(body["update_id"]) if body.get("update_id") else None,
+                          photo_url=photo_url)
     except InvalidEvent as err:
         return _problem(400, err.reason)
     failed = await _send(centre, centre.settings.topics.case_updates, case_id, raw, "case-update")
@@ -496,13 +502,20 @@ async def api_patrol(request: web.Request) -> web.Response:
         lat, lon = float(body.get("lat", "")), float(body.get("lon", ""))
     except (TypeError, ValueError):
         return _problem(400, "lat/lon: a position is required (numbers)")
+    photo_url = str(body.get("photo_url") or "")
+    refused = street.check_report_photo(request.app, user, photo_url) if photo_url else None
+    if refused:
+        return _problem(400, refused)
     try:
         rid, raw = patrol_report(centre.decoder, patrol_team=str(user.patrol_team), inspector=user.name,
                                  category=str(body.get("category", "")).strip(), lat=lat, lon=lon,
-                                 note=str(body.get("note") or "").strip())
+                                 note=str(body.get("note") or "").strip(), photo_url=photo_url,
+                                 report_id=str(body["report_id"]) if body.get("report_id") else None)
     except InvalidEvent as err:
         return _problem(400, err.reason)
     failed = await _send(centre, centre.settings.topics.raw_patrol, rid, raw, "patrol")
+    if not failed and photo_url:
+        await centre.run_blocking(street.link_report_photo, request.app, photo_url, f"patrol:{rid}")
     return failed or _json({"report_id": rid}, 202)
 
 
@@ -632,6 +645,7 @@ def build_app(centre: Centre, *, start_background: bool = True) -> web.Applicati
         *open311.routes(),
         web.static("/static", STATIC, append_version=False),
     ])
+    street.register(app, centre, _user, _page)     # photos, the wall screen (pipeline.web.street)
 
     async def on_startup(app: web.Application) -> None:
         if not start_background:
