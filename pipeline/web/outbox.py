@@ -9,6 +9,7 @@ broker's acknowledgement (off the event loop), `MemoryOutbox` keeps messages for
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -17,7 +18,7 @@ from typing import Any, Protocol
 import orjson
 
 from pipeline.config import Settings
-from pipeline.decode import Decoder
+from pipeline.decode import Decoder, InvalidEvent
 
 
 class Outbox(Protocol):
@@ -59,6 +60,9 @@ class KafkaOutbox:
         self._producer.close(timeout=5)
 
 
+_APP_REPORT_ID = re.compile(r"WEB-\d{8}-[0-9a-f]{8,32}")
+
+
 def now_iso() -> str:
     return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
@@ -85,6 +89,8 @@ def patrol_report(decoder: Decoder, *, patrol_team: str, inspector: str, categor
                   note: str = "", report_id: str | None = None, photo_url: str = "") -> tuple[str, bytes]:
     """A `cityops.raw.patrol` message, validated; returns (report id, bytes). A `report_id` from the app (its
     offline queue sends one) makes a resend the same report."""
+    if report_id is not None and not _APP_REPORT_ID.fullmatch(report_id):
+        raise InvalidEvent("report_id: an app's report id looks like WEB-20260302-<8 to 32 hex digits>")
     rid = report_id or f"WEB-{datetime.now(UTC):%Y%m%d}-{uuid.uuid4().hex[:10]}"
     msg: dict[str, Any] = {"report_id": rid, "observed_at": now_iso(), "team": patrol_team, "inspector": inspector,
                            "category": category, "lat": lat, "lon": lon}
