@@ -43,7 +43,7 @@ from aiohttp import web
 from pipeline.config import Settings
 from pipeline.decode import MAX_DESCRIPTION, Decoder, InvalidEvent
 from pipeline.taxonomy import Taxonomy
-from pipeline.web import auth, street
+from pipeline.web import auth, street, viewcache
 from pipeline.web.alerts import AlertPolicy, ConfigWatch, alerts
 from pipeline.web.archive import CaseArchive
 from pipeline.web.feed import BoardFeed, Item, LagProbe, LagReport, deliver_to_loop
@@ -393,12 +393,16 @@ def feed_view(centre: Centre, user: User) -> dict[str, Any]:
 
 async def api_board(request: web.Request) -> web.Response:
     user = _require(request, auth.may_view_ops)
-    return _json(board_view(_centre(request), user))
+    centre = _centre(request)
+    body = viewcache.of(centre.board).get(viewcache.view_key(user), lambda: board_view(centre, user))
+    return web.Response(body=body, content_type="application/json")
 
 
 async def api_feed(request: web.Request) -> web.Response:
     user = _require(request, lambda u: u.role in ("member", "patrol"))
-    return _json(feed_view(_centre(request), user))
+    centre = _centre(request)
+    body = viewcache.of(centre.board).get(viewcache.view_key(user), lambda: feed_view(centre, user))
+    return web.Response(body=body, content_type="application/json")
 
 
 async def api_map(request: web.Request) -> web.Response:
@@ -562,7 +566,7 @@ async def api_stream(request: web.Request) -> web.StreamResponse:
     centre.counters.sse_clients += 1
     try:
         while True:
-            payload = orjson.dumps(view(centre, user)).decode()
+            payload = viewcache.of(centre.board).get(viewcache.view_key(user), lambda: view(centre, user)).decode()
             await response.write(f"event: {event_name}\ndata: {payload}\n\n".encode())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(changed.wait(), 15.0)

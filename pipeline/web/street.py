@@ -343,7 +343,7 @@ def wall_view(centre: Any, stats: WallStats, now: datetime | None = None) -> Jso
                            "status": c.get("status")})
     rate = (today["patrol"] + today["sensor"]) / today["cases"] if today["cases"] else None
     ticker = []
-    for t in list(stats.ticker)[-25:][::-1]:
+    for t in sorted(stats.ticker, key=lambda t: str(t.get("at") or ""), reverse=True)[:25]:
         cat = tax.categories.get(str(t.get("category")))
         ticker.append(t | {"category_name": cat.name if cat else "",
                            "subdistrict_name": names.get(str(t.get("subdistrict") or ""), "")})

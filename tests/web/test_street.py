@@ -242,7 +242,7 @@ def test_the_wall_counts_today_and_the_last_hour_and_only_operators_see_it() -> 
                                    "subdistrict": "310109003", "created_at": iso(NOW)}, 0.0),
                    ("assignment", {"kind": "rework", "case_id": "W2", "team": "handling"}, 0.0),
                    ("assignment", {"kind": "escalation", "case_id": "W4", "category": "E0501", "team": "command",
-                                   "created_at": iso(NOW)}, 0.0)])
+                                   "created_at": iso(NOW + timedelta(seconds=5))}, 0.0)])
     view = wall_view(c, stats, now=NOW)
     from zoneinfo import ZoneInfo
     midnight = datetime.combine(NOW.astimezone(ZoneInfo("Asia/Shanghai")).date(), datetime.min.time(),
@@ -266,3 +266,26 @@ def test_the_wall_counts_today_and_the_last_hour_and_only_operators_see_it() -> 
         assert page.status == 200 and "wall.js" in await page.text()
         assert (await (await client.get("/api/wall")).json())["today"]["cases"] == len(expected_today)
     run(c, body)
+
+
+def test_a_view_is_computed_once_per_board_version_and_second() -> None:
+    from pipeline.web.viewcache import ViewCache
+
+    b = LiveBoard()
+    now = [1000.0]
+    cache = ViewCache(b, clock=lambda: now[0])
+    made: list[int] = []
+
+    def make() -> dict[str, int]:
+        made.append(b.version)
+        return {"version": b.version}
+
+    assert cache.get(("feed", "member", "handling", None), make) == b'{"version":0}'
+    assert cache.get(("feed", "member", "handling", None), make) == b'{"version":0}'
+    assert len(made) == 1
+    b.apply_batch([("case-state", case_state("V1"), 0.0)])
+    assert cache.get(("feed", "member", "handling", None), make) == b'{"version":1}'
+    now[0] += 1.0                                   # due-soon and overdue move with the clock
+    cache.get(("feed", "member", "handling", None), make)
+    cache.get(("board",), make)
+    assert len(made) == 4

@@ -52,14 +52,15 @@
     catch (e) { box.replaceChildren(el("p", {class: "error"}, e.message)); return; }
     const before = data.reports.map((r) => photoBox(r.media_url, "现场 before · " + fmtTime(r.received_at))).filter(Boolean);
     const after = photoBox(data.case.state.after_photo_url, "处置后 after");
-    box.replaceChildren(
+    box.replaceChildren(...[
       el("h3", {}, "上报 Reports (" + data.reports.length + ")"),
       data.history_error ? el("p", {class: "hint"}, data.history_error) : null,
       el("ul", {class: "reports"}, ...data.reports.map((r) => el("li", {class: "report"},
         el("span", {class: "time"}, fmtTime(r.received_at)), " ", el("strong", {}, SOURCES[r.source] || r.source), " ",
         el("span", {class: "desc"}, r.description || ""), r.address ? el("div", {class: "address"}, r.address) : null))),
       el("h3", {}, "照片 Photos"),
-      (before.length || after) ? el("div", {class: "photos"}, ...before, after) : el("p", {class: "hint"}, "暂无照片 No photos"));
+      (before.length || after) ? el("div", {class: "photos"}, ...before, after) : el("p", {class: "hint"}, "暂无照片 No photos"),
+    ].filter(Boolean));
   }
 
   function actionBox(c) {
@@ -84,7 +85,7 @@
         sentFor.set(c.case_id, (navigator.onLine ? "已发送 Sent: " : "离线已保存，联网后发送 Saved offline, sent when back online: ") + (LABEL[action] || action));
         if (last) render(last);
       });
-      box.append(el("span", {class: "action"}, note, photo ? el("label", {class: "photo-pick"}, "📷 处置后照片 After photo", photo) : null, btn));
+      box.append(el("span", {class: "action"}, note, photo ? el("label", {class: "photo-pick"}, "处置后照片 After photo" + (c.after_photo_required ? " (必需 required)" : ""), photo) : null, btn));
     }
     return box;
   }
@@ -107,7 +108,7 @@
       el("div", {class: "countdown " + cd.cls, dataset: {due: c.status === "dispatched" || c.status === "accepted" ? c.due_at : ""}},
         c.status === "dispatched" || c.status === "accepted" ? cd.text : "期限 due " + fmtTime(c.due_at)),
       el("div", {class: "place"},
-        el("div", {class: "spot"}, "📍 " + (p.spot || "（无附近地址 no address nearby）") + (p.spot_m != null ? " · " + p.spot_m + " m" : "")),
+        el("div", {class: "spot"}, (p.spot || "（无附近地址 no address nearby）") + (p.spot_m != null ? " · " + p.spot_m + " m" : "")),
         el("div", {class: "where"}, (p.subdistrict || "") + " · 网格 grid " + (p.grid || "—") + " · 单元 cell " + (p.cell || "—")),
         el("div", {class: "distance"}, distanceText(c))),
       canvas,

@@ -28,8 +28,12 @@
         el("td", {class: "overdue" + (v.overdue ? " warn" : "")}, v.overdue))));
     const days = (h.days || []).map((d) => ({label: d.day.slice(5), rate: d.rate, today: false}))
       .concat([{label: "今天", rate: t.discovery_rate, today: true}]);
-    document.getElementById("w-bars").replaceChildren(...days.map((d) => el("div",
-      {class: "bar" + (d.today ? " today" : ""), style: "height:" + Math.round(100 * (d.rate || 0)) + "%"}, el("span", {}, pct(d.rate)))));
+    const top = Math.max(0.01, ...days.map((d) => d.rate || 0));
+    document.getElementById("w-bars").replaceChildren(...days.map((d) => {
+      const bar = el("div", {class: "bar" + (d.today ? " today" : "")}, el("span", {}, pct(d.rate)));
+      bar.style.height = Math.round(140 * (d.rate || 0) / top) + "px";     // CSP: a style property, not an attribute
+      return bar;
+    }));
     document.getElementById("w-bar-labels").replaceChildren(...days.map((d) => el("span", {}, d.label)));
     document.getElementById("w-recent-count").textContent = "(" + w.recent.length + ")";
     if (mapReady) mapReady.then(() => gridMap.setMarks(w.recent.map((r) => [r.lon, r.lat])));
