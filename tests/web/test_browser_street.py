@@ -153,7 +153,7 @@ def test_the_street_and_the_wall_in_the_browser(street: tuple[Settings, str, Pat
             # offline: the resolve with its after photo stays on the phone
             ctx.set_offline(True)
             card = phone.locator(f'#feed li.case[data-case-id="{case_id}"]')
-            card.locator("input.note").fill("已更换箅子 grate replaced")
+            card.locator("input.note").first.fill("已更换箅子 grate replaced")
             card.locator("input.after-photo").set_input_files(
                 files=[{"name": "after.jpg", "mimeType": "image/jpeg", "buffer": _photo_with_gps()}])
             card.locator("button.act-resolve").click()
@@ -222,8 +222,14 @@ def test_the_street_and_the_wall_in_the_browser(street: tuple[Settings, str, Pat
             case_page = wall.context.new_page()
             case_page.goto(f"{base}/cases/{cases[0]['case_id']}")
             expect(case_page.locator("#photos figure.photo img")).to_have_count(1, timeout=60_000)
+            src = case_page.locator("#photos figure.photo img").get_attribute("src")
+            assert src and src.startswith("/photos/")
+            statuses: list[int] = []
+            assert wait_for(lambda: statuses.append(ops_api.get(base + src).status) or statuses[-1] == 200,
+                            30), statuses
+            case_page.reload()
             assert wait_for(lambda: case_page.evaluate(
-                "() => document.querySelector('#photos img').naturalWidth > 0"), 20)
+                "() => { const i = document.querySelector('#photos img'); return !!i && i.naturalWidth > 0; }"), 30)
             case_page.screenshot(path=str(SHOTS / "case-photos.png"), full_page=True)
         finally:
             browser.close()
