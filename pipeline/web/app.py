@@ -394,14 +394,14 @@ def feed_view(centre: Centre, user: User) -> dict[str, Any]:
 async def api_board(request: web.Request) -> web.Response:
     user = _require(request, auth.may_view_ops)
     centre = _centre(request)
-    body = viewcache.of(centre.board).get(viewcache.view_key(user), lambda: board_view(centre, user))
+    body = viewcache.of(centre.board).get(viewcache.view_key(user), lambda: board_view(centre, user), stale_ok=True)
     return web.Response(body=body, content_type="application/json")
 
 
 async def api_feed(request: web.Request) -> web.Response:
     user = _require(request, lambda u: u.role in ("member", "patrol"))
     centre = _centre(request)
-    body = viewcache.of(centre.board).get(viewcache.view_key(user), lambda: feed_view(centre, user))
+    body = viewcache.of(centre.board).get(viewcache.view_key(user), lambda: feed_view(centre, user), stale_ok=True)
     return web.Response(body=body, content_type="application/json")
 
 
@@ -564,10 +564,15 @@ async def api_stream(request: web.Request) -> web.StreamResponse:
     changed = asyncio.Event()
     unsubscribe = centre.board.subscribe(lambda version: changed.set())
     centre.counters.sse_clients += 1
+    last: bytes | None = None
     try:
         while True:
-            payload = viewcache.of(centre.board).get(viewcache.view_key(user), lambda: view(centre, user)).decode()
-            await response.write(f"event: {event_name}\ndata: {payload}\n\n".encode())
+            payload = viewcache.of(centre.board).get(viewcache.view_key(user), lambda: view(centre, user))
+            if payload != last:         # a change elsewhere on the board need not resend an unchanged view
+                await response.write(b"event: " + event_name.encode() + b"\ndata: " + payload + b"\n\n")
+                last = payload
+            else:
+                await response.write(b": unchanged\n\n")      # a comment keeps the connection alive
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(changed.wait(), 15.0)
             await asyncio.sleep(0.25)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import random
 import statistics
 import sys
 import threading
@@ -33,9 +34,31 @@ import aiohttp
 import orjson
 
 TEAMS = ("enforcement", "handling", "supervision")
-# places of Hongkou (WGS84) spread over its sub-districts, for the latency tickets
-SPOTS = ((121.4838, 31.2605), (121.4921, 31.2561), (121.4804, 31.2567), (121.4675, 31.2854), (121.5021, 31.2672),
-         (121.4930, 31.2712), (121.4762, 31.2698), (121.4867, 31.2771))
+# emergencies (the shipped rules: handling, priority 1), so that a new case is among the most urgent of the feed
+EMERGENCIES = ("E0401", "E0402", "E0404", "E0405", "E0406", "E0407", "E0408")
+
+
+def spots(n: int, rng: random.Random, spacing_m: float = 450.0) -> list[tuple[float, float]]:
+    """`n` points of Hongkou's cells at least `spacing_m` apart (beyond the emergencies' 300 m merge radius),
+    in a random order: each run's tickets open new cases."""
+    from grid import CELLS_FILE
+
+    doc = orjson.loads(Path(CELLS_FILE).read_bytes())
+    centres = []
+    for f in doc["features"]:
+        if not str(f["properties"]["code"]).startswith("310109"):
+            continue
+        ring = f["geometry"]["coordinates"][0] if f["geometry"]["type"] == "Polygon" else \
+            f["geometry"]["coordinates"][0][0]
+        centres.append((sum(p[0] for p in ring) / len(ring), sum(p[1] for p in ring) / len(ring)))
+    rng.shuffle(centres)
+    chosen: list[tuple[float, float]] = []
+    for lon, lat in centres:
+        if all(((lon - x) * 95_000) ** 2 + ((lat - y) * 111_000) ** 2 >= spacing_m ** 2 for x, y in chosen):
+            chosen.append((round(lon, 6), round(lat, 6)))
+            if len(chosen) == n:
+                break
+    return chosen
 
 
 @dataclass
@@ -205,12 +228,12 @@ def feed_latency(base: str, creds: dict[str, tuple[str, str]], tickets: int) -> 
     consumer.seek_to_end()
     producer = KafkaProducer(acks="all", **settings.kafka_client_options())
     time.sleep(3)                           # the streams are open
-    for i in range(tickets):
-        lon, lat = SPOTS[i % len(SPOTS)]
+    rng = random.Random()
+    places = spots(tickets, rng)
+    for i, (lon, lat) in enumerate(places):
         tid = f"LAT-{run}-{i}"
         msg = {"service_request_id": tid, "requested_datetime": datetime.now(UTC).isoformat(),
-               "service_code": ("E0501", "E0102", "E0301")[i % 3], "lat": lat + 0.0003 * (i // 8),
-               "long": lon, "description": "bench: feed latency"}
+               "service_code": rng.choice(EMERGENCIES), "lat": lat, "long": lon, "description": "bench: feed latency"}
         producer.send(settings.topics.raw_hotline, key=tid.encode(), value=orjson.dumps(msg))
         producer.flush()
         deadline = time.time() + 2.0

@@ -95,6 +95,9 @@ def place_of(case: Json, places: Any | None = None) -> Json:
             "spot": spot.text if spot else "", "spot_m": round(spot.distance_m) if spot else None}
 
 
+_PLACE_CACHE: dict[tuple[Any, ...], Json] = {}      # a case's place never changes with its point
+
+
 def decorate_feed(centre: Any, rows: list[Json]) -> None:
     """Add `category_name`, `place` and `after_photo_url` to feed rows (in place)."""
     tax = centre.taxonomy
@@ -104,7 +107,13 @@ def decorate_feed(centre: Any, rows: list[Json]) -> None:
         case = centre.board.cases.get(row["case_id"], {})
         cat = tax.categories.get(str(row.get("category")))
         row["category_name"] = cat.name if cat is not None else ""
-        row["place"] = place_of(row, places)
+        key = (row["case_id"], row.get("lon"), row.get("lat"))
+        place = _PLACE_CACHE.get(key)
+        if place is None:
+            if len(_PLACE_CACHE) > 50_000:
+                _PLACE_CACHE.clear()
+            place = _PLACE_CACHE[key] = place_of(row, places)
+        row["place"] = place
         row["after_photo_url"] = case.get("after_photo_url")
         row["after_photo_required"] = bool(after is not None and after.required(str(row.get("category"))))
 

@@ -5,6 +5,7 @@ asking or listening (issue #21: 200 live streams plus 100 requests/s)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import weakref
 from collections.abc import Callable, Hashable
@@ -18,22 +19,43 @@ from pipeline.web.users import User
 
 
 class ViewCache:
-    def __init__(self, board: LiveBoard, clock: Callable[[], float] = time.time) -> None:
+    """`get` answers the view of the current board version and second, computing it when needed. With
+    `stale_ok` (on an event loop: requests and streams), a view that is out of date answers at once with what
+    was computed last, at most `max_stale_s` old, and is recomputed right after (once, however many ask): no
+    request waits for a recomputation that another request already triggered."""
+
+    def __init__(self, board: LiveBoard, clock: Callable[[], float] = time.time, max_stale_s: float = 2.0) -> None:
         self.board = board
         self.clock = clock
-        self._views: dict[Hashable, tuple[tuple[int, int], bytes]] = {}
-        self.hits = self.misses = 0
+        self.max_stale_s = max_stale_s
+        self._views: dict[Hashable, tuple[tuple[int, int], float, bytes]] = {}
+        self._refreshing: set[Hashable] = set()
+        self.hits = self.misses = self.stale = 0
 
-    def get(self, key: Hashable, make: Callable[[], Any]) -> bytes:
-        stamp = (self.board.version, int(self.clock()))
-        found = self._views.get(key)
-        if found is not None and found[0] == stamp:
-            self.hits += 1
-            return found[1]
-        self.misses += 1
+    def _compute(self, key: Hashable, make: Callable[[], Any]) -> bytes:
+        now = self.clock()
         data = orjson.dumps(make())
-        self._views[key] = (stamp, data)
+        self._views[key] = ((self.board.version, int(now)), now, data)
         return data
+
+    def get(self, key: Hashable, make: Callable[[], Any], stale_ok: bool = False) -> bytes:
+        now = self.clock()
+        found = self._views.get(key)
+        if found is not None and found[0] == (self.board.version, int(now)):
+            self.hits += 1
+            return found[2]
+        if stale_ok and found is not None and now - found[1] <= self.max_stale_s:
+            self.stale += 1
+            if key not in self._refreshing:
+                self._refreshing.add(key)
+
+                def refresh() -> None:
+                    self._refreshing.discard(key)
+                    self._compute(key, make)
+                asyncio.get_running_loop().call_soon(refresh)
+            return found[2]
+        self.misses += 1
+        return self._compute(key, make)
 
 
 def view_key(user: User) -> Hashable:

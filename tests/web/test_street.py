@@ -289,3 +289,32 @@ def test_a_view_is_computed_once_per_board_version_and_second() -> None:
     cache.get(("feed", "member", "handling", None), make)
     cache.get(("board",), make)
     assert len(made) == 4
+
+
+def test_a_stale_view_answers_at_once_and_is_recomputed_once() -> None:
+    import asyncio
+
+    from pipeline.web.viewcache import ViewCache
+
+    b = LiveBoard()
+    now = [1000.0]
+    cache = ViewCache(b, clock=lambda: now[0])
+    made: list[int] = []
+
+    def make() -> dict[str, int]:
+        made.append(b.version)
+        return {"version": b.version}
+
+    async def main() -> None:
+        assert cache.get(("board",), make, stale_ok=True) == b'{"version":0}'      # nothing yet: computed
+        b.apply_batch([("case-state", case_state("V1"), 0.0)])
+        for _ in range(5):                                                         # stale: the old view at once
+            assert cache.get(("board",), make, stale_ok=True) == b'{"version":0}'
+        await asyncio.sleep(0)                                                     # the one recomputation
+        assert cache.get(("board",), make, stale_ok=True) == b'{"version":1}'
+        now[0] += 10                                                               # too old to answer with
+        b.apply_batch([("case-state", case_state("V2"), 0.0)])
+        assert cache.get(("board",), make, stale_ok=True) == b'{"version":2}'
+
+    asyncio.run(main())
+    assert made == [0, 1, 2]
