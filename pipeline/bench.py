@@ -22,6 +22,8 @@ its own ClickHouse database, dropped at the end; the run's topics are deleted wh
    first dispatch (cases are opened by tickets, patrol reports and sensor alarms: readings make no assignment);
    notify: the same paced input through a worker and a notifier (pipeline.notify.bench): assignment-to-delivery
    time of each priority-1 notification at a local receiver;
+   web: the day's cases on a web server, 200 live streams and 100 requests/s on feed and board
+   (pipeline.web.bench_phase), and the assignment-to-team-feed latency;
 6. state (`--month-days`, default 30, 0 to skip): a worker fed a month of a whole district: reports and
    feedback of that many simulated days and one reading a day from each of `--month-sensors` sensors
    (default 61,000, Hongkou's installed base), so every sensor has state; its peak memory (VmHWM) with a
@@ -67,7 +69,7 @@ READINGS_PER_SENSOR_DAY = 96            # the simulator's default 15-minute read
 DAY_EVENTS = 200_000                    # the bench district's day: about 2,000 sensors and its reports
 STAGE_BATCH = 2000                      # the worker's default batch (CITYOPS_BATCH)
 SOURCE_OF = {"raw_hotline": "hotline", "raw_patrol": "patrol"}
-PHASES = frozenset({"stages", "sink", "throughput", "naive", "scaling", "latency", "notify", "month"})
+PHASES = frozenset({"stages", "sink", "throughput", "naive", "scaling", "latency", "notify", "web", "month"})
 SINK_ROWS, SINK_BATCH = 200_000, 50_000       # the sink phase: pipeline.sink_bench at this size
 LIBRARIES = ("faust-streaming", "aiokafka", "kafka-python", "crc32c", "clickhouse-driver", "shapely", "numpy",
              "orjson", "PyYAML")
@@ -946,6 +948,10 @@ def render(result: dict[str, Any]) -> str:
                      f"{'max ms':>10}")
         lines.append(f"{'offered ' + format(nt.get('paced_rate', 0), ',.0f') + ' events/s':<46}{nt['n']:>8,}"
                      f"{_num(nt['p50_ms']):>10}{_num(nt['p99_ms']):>10}{_num(nt['max_ms']):>10}")
+    if result.get("web"):
+        from pipeline.web.bench_phase import report_lines
+
+        lines += report_lines(result["web"])
     lines.append("")
     lines += [f"target: {t['what']}: {t['measured']} -> {'met' if t['met'] else 'NOT met'}" for t in result["targets"]]
     return "\n".join(lines)
@@ -987,6 +993,10 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
                             f"{nt['rate']:,.0f} events/s",
                     "measured": f"{p99:,.0f} ms over {nt['n']} deliveries (p50 {nt['p50_ms']:,.0f} ms)",
                     "met": p99 == p99 and p99 < NOTIFY_P99_MS})
+    if result.get("web"):
+        from pipeline.web.bench_phase import target
+
+        out.append(target(result["web"]))
     month = result.get("month")
     if month:
         mem = max(month["peak_rss_mib"])
@@ -1085,6 +1095,11 @@ def _run_phases(cfg: BenchConfig, base: Settings, stamp: str, tag: str,
 
         log(f"  notification latency (worker + notifier) at {cfg.rate:,.0f} events/s for {cfg.latency_seconds:g} s...")
         result["notify"] = run_phase(base, inp, tag + "nt", cfg)
+        write_result(result, cfg.out_dir)    # a cut run keeps the phases it finished
+    if "web" in phases:                      # the web under a district's load (pipeline.web.bench_phase)
+        from pipeline.web import bench_phase
+
+        result["web"] = bench_phase.run_phase(base, inp, tag + "web", cfg)
         write_result(result, cfg.out_dir)    # a cut run keeps the phases it finished
     if cfg.month_days > 0 and "month" in phases:
         log(f"  a worker with {cfg.month_days:g} simulated days of state, {cfg.month_sensors:,} sensors...")

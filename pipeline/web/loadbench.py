@@ -181,13 +181,14 @@ async def load(base: str, creds: dict[str, tuple[str, str]], streams: int, rate:
     return figures
 
 
-def feed_latency(base: str, creds: dict[str, tuple[str, str]], tickets: int) -> list[float]:
+def feed_latency(base: str, creds: dict[str, tuple[str, str]], tickets: int,
+                 settings: Any = None) -> list[float]:
     """Seconds from each ticket's dispatch (its assignment's Kafka timestamp) to its case in the team's stream."""
     from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
     from pipeline.config import Settings
 
-    settings = Settings.from_env()
+    settings = settings or Settings.from_env()
     run = uuid.uuid4().hex[:8]
     seen_at: dict[str, float] = {}          # case id -> when a stream of its team first carried it
     dispatched: dict[str, tuple[str, float]] = {}   # case id -> (team, assignment timestamp)
