@@ -385,6 +385,7 @@ def feed_view(centre: Centre, user: User) -> dict[str, Any]:
             board.is_open(c) or c.get("status") in ("resolved", "verified") or user.team == c.get("team")), 100)
     else:
         rows = []
+    rows += street.emergencies_beyond(board, user, rows)
     for row in rows:
         row["actions"] = auth.allowed_actions(user, board.cases[row["case_id"]])
     street.decorate_feed(centre, rows)

@@ -118,6 +118,16 @@ def decorate_feed(centre: Any, rows: list[Json]) -> None:
         row["after_photo_required"] = bool(after is not None and after.required(str(row.get("category"))))
 
 
+def emergencies_beyond(board: Any, user: User, rows: list[Json], limit: int = 50) -> list[Json]:
+    """The team's open priority-1 cases the feed's first rows left out: a team's emergencies are always in its
+    feed, however many overdue cases come before them in the order of urgency."""
+    if user.role != "member" or not user.team:
+        return []
+    shown = {r["case_id"] for r in rows}
+    return list(board.cases_where(lambda c: c.get("case_id") not in shown and c.get("priority") == 1
+                                  and board.is_open(c) and auth.may_view_case(user, c), limit))
+
+
 def _after_photo(centre: Any) -> Any:
     """The running ruleset's `after_photo` (rules/photos.py), or None when the rules are not loaded."""
     rules = getattr(getattr(centre, "config", None), "rules", None)

@@ -317,3 +317,18 @@ def test_a_stale_view_answers_at_once_and_is_recomputed_once() -> None:
 
     asyncio.run(main())
     assert made == [0, 1, 2]
+
+
+def test_a_team_sees_its_emergencies_however_many_overdue_cases_come_first() -> None:
+    b = LiveBoard()
+    b.apply_batch([("case-state", case_state(f"late-{i}", due_in=timedelta(hours=-2), priority=3), 0.0)
+                   for i in range(130)] + [("case-state", case_state("fresh-p1", priority=1), 0.0),
+                                           ("case-state", case_state("fresh-p2", priority=2), 0.0)])
+    c = centre(b)
+
+    async def body(client: Client) -> None:
+        await sign_in(client, "hand")
+        ids = [r["case_id"] for r in (await (await client.get("/api/feed")).json())["cases"]]
+        assert len(ids) == 101 and ids[-1] == "fresh-p1" and "fresh-p2" not in ids
+        assert all(i.startswith("late-") for i in ids[:100])
+    run(c, body)
