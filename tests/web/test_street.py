@@ -332,3 +332,24 @@ def test_a_team_sees_its_emergencies_however_many_overdue_cases_come_first() -> 
         assert len(ids) == 101 and ids[-1] == "fresh-p1" and "fresh-p2" not in ids
         assert all(i.startswith("late-") for i in ids[:100])
     run(c, body)
+
+
+def test_a_phone_sized_photo_passes_and_an_oversized_one_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os as _os
+
+    noise = Image.frombytes("RGB", (1600, 1200), _os.urandom(1600 * 1200 * 3))
+    buf = io.BytesIO()
+    noise.save(buf, "JPEG", quality=90)
+    big = buf.getvalue()
+    assert len(big) > 500_000                      # far above the JSON API's 64 KiB body limit
+    monkeypatch.setenv("CITYOPS_PHOTO_MAX_BYTES", str(len(big) + 10))
+    c = street_centre()
+
+    async def body(client: Client) -> None:
+        h = {"X-CSRF-Token": await sign_in(client, "hand")}
+        ok = await client.post("/api/photos", data=form(big, kind="after", case_id="C-grate"), headers=h)
+        assert ok.status == 201, await ok.text()
+        too_big = await client.post("/api/photos", data=form(big + b"\0" * 20, kind="after", case_id="C-grate"),
+                                    headers=h)
+        assert too_big.status == 413 and "over the limit" in (await too_big.json())["error"]
+    run(c, body)
