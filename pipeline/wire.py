@@ -79,6 +79,7 @@ def encode_update(update: CaseUpdate) -> bytes:
     return orjson.dumps({
         "type": "update", "update_id": update.update_id, "case_id": update.case_id, "action": update.action,
         "team": update.team, "actor": update.actor, "at": update.at.timestamp(), "note": update.note,
+        "photo_url": update.photo_url,
         **({} if update.until is None else {"until": update.until.timestamp()}),
     })
 
@@ -88,7 +89,8 @@ def decode_located(raw: bytes) -> Event | CaseUpdate:
     if d["type"] == "update":
         return CaseUpdate(update_id=d["update_id"], case_id=d["case_id"], action=d["action"], team=d["team"],
                           actor=d["actor"], at=datetime.fromtimestamp(d["at"], UTC), note=d["note"],
-                          until=None if d.get("until") is None else datetime.fromtimestamp(d["until"], UTC))
+                          until=None if d.get("until") is None else datetime.fromtimestamp(d["until"], UTC),
+                          photo_url=d.get("photo_url") or "")
     loc = d["location"]
     return Event(
         event_id=d["event_id"], source=d["source"], category=d["category"],

@@ -42,6 +42,7 @@ from rules.compiled import (
 from rules.durations import format_duration
 from rules.errors import RulesError
 from rules.limits import TimeLimits
+from rules.photos import AfterPhoto
 from rules.recurrence import RecurrenceCounter
 from rules.shadow import shadow_warnings
 from rules.spec import RulesetSpec, parse_ruleset
@@ -132,6 +133,7 @@ class Ruleset:
         self.version = spec.version
         self.name = spec.name
         self.time_limits: TimeLimits = spec.time_limits
+        self.after_photo: AfterPhoto = spec.after_photo      # rules/photos.py
         self.warnings: list[str] = shadow_warnings(spec, taxonomy)
         self.rules: tuple[CompiledRule, ...] = tuple(compile_rule(r, self.version) for r in spec.rules)
         self.default = compile_default(spec.default, self.version)

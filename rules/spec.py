@@ -18,6 +18,7 @@ File shape (see rules/hongkou.yaml for a full example):
         then: {team: supervision, priority: 2, sla: 2h, escalate_to: ..., notify: [...], tags: [...]}
     default: {team: handling}     # required: the route when no rule matches (same keys as `then`)
     time_limits: {...}            # optional (rules/limits.py): dispatch, accept and verify limits
+    after_photo: [P01*, ...]      # optional (rules/photos.py): categories whose resolve needs an after photo
 
 `then` keys other than `team` fall back to the team's defaults; `notify` adds to the team's notify list.
 
@@ -42,6 +43,7 @@ from pipeline.model.taxonomy import Taxonomy, default_taxonomy
 from rules.conditions import All, Condition, names_fault
 from rules.limits import DEFAULT_TIME_LIMITS, TimeLimits, parse_time_limits
 from rules.nodes import Entry, NodeReader, compose_file
+from rules.photos import NO_AFTER_PHOTO, AfterPhoto, parse_after_photo
 from rules.recurrence import RecurrenceCounter
 from rules.when import WhenContext, parse_when
 
@@ -50,7 +52,8 @@ DEFAULT_TZ = "Asia/Shanghai"
 PRIORITY_RANGE = (1, 5)  # 1 = most urgent
 _RULE_ID = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 _NAME = re.compile(r"^[\w.:@-]+$")
-_TOP_KEYS = ("version", "kind", "name", "description", "timezone", "teams", "rules", "default", "time_limits")
+_TOP_KEYS = ("version", "kind", "name", "description", "timezone", "teams", "rules", "default", "time_limits",
+             "after_photo")
 _TEAM_KEYS = ("label", "sla", "priority", "escalate_to", "notify")
 _RULE_KEYS = ("id", "order", "description", "enabled", "when", "then")
 _THEN_KEYS = ("team", "priority", "sla", "escalate_to", "notify", "tags")
@@ -136,6 +139,7 @@ class RulesetSpec:
     disabled: tuple[Rule, ...]
     default: Route
     time_limits: TimeLimits = DEFAULT_TIME_LIMITS
+    after_photo: AfterPhoto = NO_AFTER_PHOTO
 
     @property
     def version(self) -> str:
@@ -190,13 +194,16 @@ class _Parser:
         default = self._then(top["default"].value, "default", teams) if "default" in top else None
         used = None if rules is None or default is None else _priorities(rules, default)
         limits = parse_time_limits(self.r, top.get("time_limits"), PRIORITY_RANGE, used)
-        if self.r.problems or None in (version, name, teams, rules, default, tz, limits):
+        after_photo = parse_after_photo(self.r, top.get("after_photo"), ctx)
+        if self.r.problems or None in (version, name, teams, rules, default, tz, limits, after_photo):
             return None
         assert version and name and teams is not None and rules is not None and default and tz and limits
+        assert after_photo is not None
         enabled = tuple(sorted((r for r in rules if r.enabled), key=lambda r: r.order))
         disabled = tuple(r for r in rules if not r.enabled)
         digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:10]
-        return RulesetSpec(path, name, version, digest, description, tz, teams, enabled, disabled, default, limits)
+        return RulesetSpec(path, name, version, digest, description, tz, teams, enabled, disabled, default, limits,
+                           after_photo)
 
     def _text(self, entry: Entry | None, key: str) -> str | None:
         return None if entry is None else self.r.text(entry.value, key)

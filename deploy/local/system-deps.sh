@@ -7,7 +7,7 @@ missing=()
 command -v chromium >/dev/null 2>&1 || [ -x "${CITYOPS_CHROMIUM:-/nonexistent}" ] || missing+=(chromium)
 command -v java >/dev/null 2>&1 || missing+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null 2>&1 || missing+=(maven)
-fc-list :lang=zh 2>/dev/null | grep -q . || missing+=(fontconfig fonts-noto-cjk)
+{ command -v fc-list >/dev/null 2>&1 && fc-list :lang=zh family | grep -q .; } || missing+=(fontconfig fonts-noto-cjk)
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ]; then
   log "missing system packages: ${missing[*]}; install them (sudo apt-get install ${missing[*]}) and run again"

@@ -22,6 +22,8 @@ its own ClickHouse database, dropped at the end; the run's topics are deleted wh
    first dispatch (cases are opened by tickets, patrol reports and sensor alarms: readings make no assignment);
    notify: the same paced input through a worker and a notifier (pipeline.bench.notify): assignment-to-delivery
    time of each priority-1 notification at a local receiver;
+   web: the day's cases on a web server, 200 live streams and 100 requests/s on feed and board
+   (pipeline.bench.web), and the assignment-to-team-feed latency;
 6. state (`--month-days`, default 30, 0 to skip): a worker fed a month of a whole district: reports and
    feedback of that many simulated days and one reading a day from each of `--month-sensors` sensors
    (default 61,000, Hongkou's installed base), so every sensor has state; its peak memory (VmHWM) with a
@@ -49,6 +51,7 @@ from typing import Any
 
 import orjson
 
+from pipeline.bench import web as web_phase
 from pipeline.bench.harness import (
     DAY_EVENTS,
     LIBRARIES,
@@ -300,6 +303,9 @@ def _run_phases(cfg: BenchConfig, base: Settings, stamp: str, tag: str,
 
         log(f"  notification latency (worker + notifier) at {cfg.rate:,.0f} events/s for {cfg.latency_seconds:g} s...")
         result["notify"] = run_phase(base, inp, tag + "nt", cfg)
+        write_result(result, cfg.out_dir)    # a cut run keeps the phases it finished
+    if "web" in phases:                      # the web under a district's load (pipeline.bench.web)
+        result["web"] = web_phase.run_phase(base, inp, tag + "web", cfg)
         write_result(result, cfg.out_dir)    # a cut run keeps the phases it finished
     if cfg.month_days > 0 and "month" in phases:
         log(f"  a worker with {cfg.month_days:g} simulated days of state, {cfg.month_sensors:,} sensors...")

@@ -44,7 +44,7 @@ SOURCE_OF = {f: _LOGICAL.sources()[getattr(_LOGICAL, f)] for f in _LOGICAL.__dat
              if getattr(_LOGICAL, f) in _LOGICAL.sources()}    # raw_hotline -> its row of pipeline.model.sources
 
 
-PHASES = frozenset({"stages", "sink", "throughput", "naive", "scaling", "latency", "notify", "month"})
+PHASES = frozenset({"stages", "sink", "throughput", "naive", "scaling", "latency", "notify", "web", "month"})
 
 
 LIBRARIES = ("faust-streaming", "aiokafka", "kafka-python", "crc32c", "clickhouse-driver", "shapely", "numpy",

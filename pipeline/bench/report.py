@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pipeline.bench import web as web_phase
 from pipeline.bench.harness import (
     TARGET_EVENTS_PER_S,
     TARGET_MEMORY_MIB,
@@ -66,6 +67,8 @@ def render(result: dict[str, Any]) -> str:
                      f"{'max ms':>10}")
         lines.append(f"{'offered ' + format(nt.get('paced_rate', 0), ',.0f') + ' events/s':<46}{nt['n']:>8,}"
                      f"{_num(nt['p50_ms']):>10}{_num(nt['p99_ms']):>10}{_num(nt['max_ms']):>10}")
+    if result.get("web"):
+        lines += web_phase.report_lines(result["web"])
     lines.append("")
     lines += [f"target: {t['what']}: {t['measured']} -> {'met' if t['met'] else 'NOT met'}" for t in result["targets"]]
     return "\n".join(lines)
@@ -106,6 +109,8 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
                             f"{nt['rate']:,.0f} events/s",
                     "measured": f"{p99:,.0f} ms over {nt['n']} deliveries (p50 {nt['p50_ms']:,.0f} ms)",
                     "met": p99 == p99 and p99 < NOTIFY_P99_MS})
+    if result.get("web"):
+        out.append(web_phase.target(result["web"]))
     month = result.get("month")
     if month:
         mem = max(month["peak_rss_mib"])

@@ -136,6 +136,7 @@ class Case:
     dispatched_at_place: list[Any] = field(default_factory=list)      # [lat, lon, cell, subdistrict, sources]
     event_ids: list[str] = field(default_factory=list)      # reports absorbed (to recognise replays)
     update_ids: list[str] = field(default_factory=list)     # team updates applied
+    after_photo_url: str = ""          # the photo of the last resolve (README "Photos"); kept through a rework
 
     @property
     def round(self) -> Round | None:
@@ -167,6 +168,7 @@ class Case:
             "escalations": self.escalations, "round": len(self.rounds), "sensor_id": self.sensor_id,
             "recurrence_of": self.recurrence_of, "rule_id": self.rule_id, "reason": self.reason,
             "ruleset_version": self.ruleset_version, "grid_version": self.grid_version, "revision": self.revision,
+            "after_photo_url": self.after_photo_url or None,
         }
 
     def row(self) -> CaseRow:

@@ -107,3 +107,4 @@ class CaseUpdate:
     at: datetime
     note: str = ""
     until: datetime | None = None      # extend: the new handling deadline (docs/cases.md §4.6)
+    photo_url: str = ""     # resolve: the "after" photo (README "Photos"); "" when none

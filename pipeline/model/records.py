@@ -122,6 +122,7 @@ class TransitionRow:
     actor: str
     at: datetime
     reason: str = ""
+    photo_url: str = ""           # a resolve's after photo (migration 0009), "" for every other step
 
 
 @record

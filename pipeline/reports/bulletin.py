@@ -16,7 +16,6 @@ and the definitions and weights used.
 from __future__ import annotations
 
 import html
-import os
 import re
 import subprocess
 import tempfile
@@ -25,6 +24,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from pipeline.config import environ
 from pipeline.model.taxonomy import default_taxonomy
 from pipeline.reports.evaluation import (
     DEPARTMENT,
@@ -447,7 +447,7 @@ def to_html(b: Bulletin, css_href: str | None = None, nav: str = "") -> str:
 # ---- PDF ------------------------------------------------------------------------------------------------------
 
 def chromium() -> str:
-    return os.environ.get("CITYOPS_CHROMIUM", "chromium")
+    return environ().get("CITYOPS_CHROMIUM", "chromium")
 
 
 def write_pdf(html_path: Path, pdf_path: Path, timeout: float = 120.0) -> None:

@@ -37,7 +37,7 @@ from pipeline.reports.evaluation_cli import (
     run_evaluation,
 )
 from pipeline.reports.query import DIMENSIONS, KINDS, PERIODS, Queryable, parse_instant
-from pipeline.reports.render import Table, plot_bars, plot_trend, render
+from pipeline.reports.render import Table, category_label, place_label, plot_bars, plot_trend, render
 from pipeline.reports.sla import Durations, SlaReport
 
 SHANGHAI = timedelta(hours=8)
@@ -178,7 +178,7 @@ def run_recurrence(db: Queryable, args: argparse.Namespace) -> tuple[Table, str]
         if args.plot:
             plot_bars(
                 args.plot,
-                [f"{s.cell} {s.category}" for s in spots],
+                [f"{place_label(s.cell)} {category_label(s.category)}" for s in spots],
                 [float(s.cases) for s in spots],
                 f"Chronic hot spots (at least {args.min_cases} cases)",
                 "cases",
@@ -337,7 +337,7 @@ def run_health(db: Queryable, args: argparse.Namespace) -> tuple[Table, str]:
         worst = got[: args.limit]
         plot_bars(
             args.plot,
-            [g.grid for g in worst],
+            [place_label(g.grid) for g in worst],
             [g.score for g in worst],
             "Grid health (lowest scores first)",
             "score (0-100)",

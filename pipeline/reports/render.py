@@ -84,12 +84,71 @@ def render(rows: Table, fmt: str, title: str = "") -> str:
     return as_text(rows, title)
 
 
-def plot_trend(path: Path, rows: Table, x: str, y: str, series: str | None, title: str, ylabel: str) -> None:
-    """Line chart of `y` over `x`, one line per value of `series` (at most the 8 largest, for legibility)."""
+# fonts with Chinese glyphs, best first (Debian: fonts-noto-cjk, fonts-wqy-zenhei, fonts-arphic-uming)
+CJK_FONTS = ("Noto Sans CJK SC", "Noto Sans CJK TC", "Noto Sans CJK JP", "Noto Serif CJK SC", "Source Han Sans SC",
+             "WenQuanYi Zen Hei", "WenQuanYi Micro Hei", "AR PL UMing CN", "Droid Sans Fallback")
+
+
+def cjk_font() -> str | None:
+    """The first font of CJK_FONTS matplotlib knows, or None (then Chinese labels would be boxes)."""
+    from matplotlib import font_manager
+
+    known = {f.name for f in font_manager.fontManager.ttflist}
+    return next((name for name in CJK_FONTS if name in known), None)
+
+
+def _pyplot() -> Any:
+    """pyplot on the Agg backend (files only; no display on servers), with a CJK font first when there is one."""
+    import logging
+
     import matplotlib
 
-    matplotlib.use("Agg")  # files only; no display on servers
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    font = cjk_font()
+    if font is None:
+        logging.getLogger("cityops.reports").warning(
+            "no CJK font for the charts: Chinese labels will not render (Debian: apt-get install fonts-noto-cjk)")
+    else:
+        matplotlib.rcParams["font.family"] = "sans-serif"
+        matplotlib.rcParams["font.sans-serif"] = [font, "DejaVu Sans"]
+        matplotlib.rcParams["axes.unicode_minus"] = False
+    return plt
+
+
+def place_label(code: str) -> str:
+    """A sub-district, grid or cell code as people say it: "提篮桥街道 310109003001" (the code stays, for analysts)."""
+    from pipeline.notify.place import subdistrict_names
+
+    names = _names(subdistrict_names)
+    text = str(code)
+    name = names.get(text[:9]) if len(text) >= 9 and text[:9].isdigit() else None
+    return f"{name} {text}" if name and text != text[:9] else (name or text)
+
+
+def category_label(code: str) -> str:
+    """A category code with its name: "P0101 上水井盖"."""
+    from pipeline.model.taxonomy import default_taxonomy
+
+    cat = default_taxonomy().categories.get(code)
+    return f"{code} {cat.name}" if cat is not None else code
+
+
+_NAMES: dict[str, str] = {}
+
+
+def _names(load: Any) -> dict[str, str]:
+    if not _NAMES:
+        _NAMES.update(load())
+    return _NAMES
+
+
+def plot_trend(path: Path, rows: Table, x: str, y: str, series: str | None, title: str, ylabel: str) -> None:
+    """Line chart of `y` over `x`, one line per value of `series` (at most the 8 largest, for legibility); places
+    (sub-districts, grids, cells) are labelled by name."""
+    plt = _pyplot()
+    label = place_label if series in ("subdistrict", "grid", "cell") else str
 
     groups: dict[str, list[tuple[str, float]]] = {}
     for r in rows:
@@ -99,7 +158,7 @@ def plot_trend(path: Path, rows: Table, x: str, y: str, series: str | None, titl
     fig, ax = plt.subplots(figsize=(10, 5))
     for key in sorted(top):
         pts = sorted(groups[key])
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=key or y)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label(key) if key else y)
     ax.set_title(title)
     ax.set_ylabel(ylabel)
     ax.tick_params(axis="x", rotation=45)
@@ -112,10 +171,7 @@ def plot_trend(path: Path, rows: Table, x: str, y: str, series: str | None, titl
 
 def plot_bars(path: Path, labels: list[str], values: list[float], title: str, xlabel: str) -> None:
     """Ranked horizontal bars, largest on top."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     fig, ax = plt.subplots(figsize=(10, max(3.0, 0.35 * len(labels) + 1)))
     # bars at numeric positions, labels as tick text: matplotlib's own string axis tries to read each label

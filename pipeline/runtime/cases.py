@@ -160,7 +160,7 @@ class CasesService(BatchService):
         """With the wall clock (docs/cases.md §7.2), escalate overdue cases of quiet books too, every
         `sla_check_interval` seconds. With the stream clock each book's own input escalates its cases
         (CaseStage): a timer would escalate by the progress of other books, which a replay does not repeat."""
-        if self.c.cases.clock != "wall":
+        if self.c.cases.clock not in ("wall", "live"):
             return
         now = time.monotonic()
         if now - self._last_sla_check < self.settings.sla_check_interval:

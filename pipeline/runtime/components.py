@@ -74,8 +74,8 @@ def load_components(settings: Settings, sink: Sink | None = None) -> Components:
     registry = RegistryHolder(settings.sensors_path)
     decoder = default_decoder(timedelta(seconds=settings.max_ahead_s), pii_key=key)
     ingest = Ingest(decoder=decoder, grid=grid_holder.current, gazetteer=Gazetteer.load(), sensors=registry.current,
-                    silent_clock=settings.sla_clock)
-    cases = CaseStage(rules_holder, CorrelationPolicy(), clock="wall" if settings.sla_clock == "wall" else "stream")
+                    silent_clock="wall" if settings.sla_clock in ("wall", "live") else "stream")
+    cases = CaseStage(rules_holder, CorrelationPolicy(), clock=settings.sla_clock)  # type: ignore[arg-type]
     return Components(settings=settings, ingest=ingest, cases=cases,
                       sink=ClickHouseSink(settings) if sink is None else sink, grid_holder=grid_holder,
                       rules_holder=rules_holder, registry_holder=registry,

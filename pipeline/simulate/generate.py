@@ -142,12 +142,15 @@ def simulate(config: SimConfig, world: World | None = None) -> Simulation:
                 add("raw_hotline" if r.source == "hotline" else "raw_patrol", r.key, orjson.dumps(r.message), r.at)
         for n, a in enumerate(inc.actions, start=1):
             if a.at < cfg.end:
-                add("case_updates", inc.case_id, orjson.dumps({
-                    "case_id": inc.case_id, "action": a.action, "team": a.team, "actor": a.actor,
-                    "at": a.at.astimezone(SHANGHAI).isoformat(timespec="seconds"), "note": a.note,
-                    "update_id": f"{inc.case_id}/{n}",
-                    **({} if a.until is None else
-                       {"until": a.until.astimezone(SHANGHAI).isoformat(timespec="seconds")})}), a.at)
+                update = {"case_id": inc.case_id, "action": a.action, "team": a.team, "actor": a.actor,
+                          "at": a.at.astimezone(SHANGHAI).isoformat(timespec="seconds"), "note": a.note,
+                          "update_id": f"{inc.case_id}/{n}"}
+                if a.until is not None:
+                    update["until"] = a.until.astimezone(SHANGHAI).isoformat(timespec="seconds")
+                if a.action == "resolve":      # every simulated team photographs its fix (the rules' after_photo)
+                    update["photo_url"] = (f"https://oss.example.cn/after/{a.at.astimezone(SHANGHAI):%Y/%m/%d}/"
+                                           f"{inc.case_id}-{n}.jpg")
+                add("case_updates", inc.case_id, orjson.dumps(update), a.at)
     for r in planner.unlocated:
         assert r.message is not None
         add("raw_hotline", r.key, orjson.dumps(r.message), r.at)

@@ -97,7 +97,7 @@ _EVENTS = TableSpec(
 
 
 _TRANSITIONS = TableSpec(
-    "case_transitions", ("case_id", "seq", "status", "team", "actor", "at", "reason"),
+    "case_transitions", ("case_id", "seq", "status", "team", "actor", "at", "reason", "photo_url"),
     key=attrgetter("case_id", "seq"), convert={"at": _epoch}, key_columns=("case_id", "seq"),
 )
 

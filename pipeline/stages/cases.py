@@ -47,6 +47,7 @@ from pipeline.model.records import CaseRow, EventRow, RoundRow, TransitionRow
 from pipeline.model.sources import DISCOVERED_BY
 from rules.compiled import Decision
 from rules.limits import DEFAULT_TIME_LIMITS, TimeLimits
+from rules.photos import AfterPhoto
 from rules.recurrence import RecurrenceHistory
 
 COMMAND = "command"        # the district command centre (指挥中心): where what nobody else may take escalates
@@ -93,6 +94,16 @@ def _bucket(category: str, lon: float | None, lat: float | None) -> tuple[str, i
     if lon is None or lat is None:
         return (category, _NO_POS, _NO_POS)
     return (category, int(math.floor(lat / _BUCKET_DEG)), int(math.floor(lon / _BUCKET_DEG)))
+
+
+def _needs_photo(case: Case, u: CaseUpdate, router: Router) -> str | None:
+    """§4.2: a resolve of a category in the ruleset's `after_photo` must carry the after photo."""
+    if u.action != "resolve" or u.photo_url:
+        return None
+    after: AfterPhoto | None = getattr(router, "after_photo", None)
+    if after is None or not after.required(case.category):
+        return None
+    return f"a resolve of {case.category} needs an after photo (photo_url; the rules' after_photo)"
 
 
 def _limits(router: Router) -> TimeLimits:
@@ -436,7 +447,7 @@ class CaseBook:
                 parked.append(update)
                 self.parked_dirty.add(update.case_id)
             return out
-        refusal = self._check(case, update)
+        refusal = self._check(case, update) or _needs_photo(case, update, router)
         if refusal:
             out.refusals.append(f"{update.action} {update.case_id} by {update.team}/{update.actor}: {refusal}")
             return out
@@ -460,8 +471,9 @@ class CaseBook:
             verify_due = at + _limits(router).verify(case.priority)
             r.resolved_at, r.outcome, r.verify_due_at = at, "resolved", verify_due
             case.resolved_at, case.verify_due_at = at, verify_due
+            case.after_photo_url = u.photo_url
             heapq.heappush(self._deadlines, (verify_due, case.case_id, "verify", r.number))
-            self._transition(case, "resolved", u.team, u.actor, at, note, out)
+            self._transition(case, "resolved", u.team, u.actor, at, note, out, photo_url=u.photo_url)
         elif u.action == "verify":
             r.verified_at, r.verified_by, r.outcome, r.ended_at = at, u.team, "verified", at
             self._transition(case, "verified", u.team, u.actor, at, note, out)
@@ -620,12 +632,13 @@ class CaseBook:
     # -- housekeeping -------------------------------------------------------------------------------------
 
     def _transition(self, case: Case, status: str, team: str, actor: str, at: datetime, reason: str,
-                    out: Outcome) -> None:
+                    out: Outcome, photo_url: str = "") -> None:
         case.transitions += 1
         if status not in ("rejected", "reopened", "escalated", "verified", "extended"):
             case.status = status
         out.transitions.append(TransitionRow(case_id=case.case_id, seq=case.transitions, status=status,
-                                             team=team or case.team, actor=actor, at=at, reason=reason))
+                                             team=team or case.team, actor=actor, at=at, reason=reason,
+                                             photo_url=photo_url))
 
     def _changed(self, case: Case, out: Outcome) -> None:
         case.revision += 1

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from pipeline.model.cases import CorrelationPolicy
@@ -15,7 +15,8 @@ from pipeline.model.events import CaseUpdate
 from pipeline.stages.cases import CaseBook, Outcome, Router
 from pipeline.wire import decode_located
 
-SlaClock = Literal["stream", "wall"]
+SlaClock = Literal["stream", "wall", "live"]
+LIVE_WITHIN = timedelta(minutes=2)    # `live`: the stage is live when its newest item is at most this old
 
 
 def _wall_now() -> datetime:
@@ -25,13 +26,20 @@ def _wall_now() -> datetime:
 @dataclass
 class CaseStage:
     """Applies located reports and updates to their books. The clock (docs/cases.md §7.2): `stream`, each book's
-    own latest report or update time; `wall`, `wall_now()`. Either way, before and after each item the book
-    escalates whatever fell due before the clock's time, and dispatches are stamped with it."""
+    own latest report or update time; `wall`, `wall_now()`; `live` (`make run`), the stream clock while the stage
+    works through a backlog (yesterday's history keeps its own times) and the wall clock once its newest item is
+    within `LIVE_WITHIN` of now. Either way, before and after each item the book escalates whatever fell due
+    before the clock's time, and dispatches are stamped with it."""
 
     router_source: Any          # an object with `.current` (rules.engine.RulesHolder) or a Router itself
     policy: CorrelationPolicy = field(default_factory=CorrelationPolicy)
     clock: SlaClock = "stream"
     wall_now: Callable[[], datetime] = _wall_now
+    newest: datetime | None = None      # the newest item time seen (the `live` clock's test)
+
+    def is_live(self, wall: datetime) -> bool:
+        """`live` clock: has the stage caught up with the wall clock?"""
+        return self.newest is not None and wall - self.newest <= LIVE_WITHIN
 
     def router(self) -> Router:
         current = getattr(self.router_source, "current", None)
@@ -53,8 +61,15 @@ class CaseStage:
             if wall:
                 now = self.wall_now()
             else:
-                book.tick(item.at if isinstance(item, CaseUpdate) else item.occurred_at)
+                at = item.at if isinstance(item, CaseUpdate) else item.occurred_at
+                book.tick(at)
                 now = book.clock
+                if self.clock == "live":
+                    self.newest = at if self.newest is None or at > self.newest else self.newest
+                    current = self.wall_now()
+                    if self.is_live(current):
+                        book.tick(current)
+                        now = book.clock
             book.escalate_overdue(now, out)
             if isinstance(item, CaseUpdate):
                 book.apply_update(item, router, out, now)
@@ -69,6 +84,8 @@ class CaseStage:
         """Escalate what is overdue in `books` by the wall clock (the timer of quiet books, §7.2)."""
         out = Outcome()
         at = self.wall_now() if now is None else now
+        if self.clock == "live" and not self.is_live(at):
+            return out          # still on a backlog: each book's own input moves its clock
         for book in books:
             book.escalate_overdue(at, out)
         return out

@@ -27,6 +27,7 @@ MAX_DESCRIPTION = 4000
 MAX_ID = 128
 MAX_SHORT_TEXT = 200
 MAX_URL = 2000
+_PHOTO_PATH = re.compile(r"/photos/[A-Za-z0-9_-]{8,64}\.(?:jpg|png|webp)")
 MAX_ATTRIBUTES = 50             # answers to a service's attributes (Open311 `attribute[CODE]`) per ticket
 MAX_ATTRIBUTE_VALUES = 50       # values of one multi-value answer
 MAX_ATTRIBUTE_TEXT = 1000
@@ -135,9 +136,12 @@ class Decoder:
         code = self._category(obj, "category")
         lon, lat = _coords(obj, "lon", "lat")
         note = _opt_string(obj, "note", MAX_DESCRIPTION) or ""
-        _opt_string(obj, "photo_url", 2000)
+        # any reference a patrol app gives is kept as it was accepted before (an object-store key, a URL), in the
+        # column of a ticket's media link (events.media_url): one column for the "before" pictures of a case
+        photo = _opt_string(obj, "photo_url", MAX_URL)
         return Event(event_id=f"patrol:{report}", source="patrol", category=code, occurred_at=at, lon=lon,
-                     lat=lat, description=mask_text(note), team=team, actor=inspector)
+                     lat=lat, description=mask_text(note), team=team, actor=inspector,
+                     media_url=mask_text(photo) if photo else None)
 
     def reading(self, raw: bytes) -> Reading:
         """A sensor reading, validated, as a light tuple: readings are the bulk of the input and most of them
@@ -227,8 +231,11 @@ class Decoder:
         note = _opt_string(obj, "note", MAX_DESCRIPTION) or ""
         update_id = _opt_string(obj, "update_id", MAX_ID) or f"{case_id}:{action}:{team}:{at.isoformat()}"
         until = self._deadline(obj, "until") if action == "extend" else None
+        photo = _opt_photo(obj, "photo_url")
+        if photo and action != "resolve":
+            raise InvalidEvent(f"photo_url: only a resolve carries a photo (the after photo), not {action}")
         return CaseUpdate(update_id=update_id, case_id=case_id, action=action, team=team, actor=actor, at=at,
-                          note=mask_text(note), until=until)
+                          note=mask_text(note), until=until, photo_url=photo or "")
 
     def for_source(self, source: Source) -> Callable[[bytes], Event]:
         method: Callable[[bytes], Event] = getattr(self, BY_NAME[source].decoder)
@@ -339,6 +346,17 @@ def _opt_url(obj: dict[str, Any], key: str) -> str | None:
             or any(c.isspace() or not c.isprintable() for c in value)):
         raise InvalidEvent(f"{key}: must be an http or https URL with a host, got {value[:60]!r}")
     return value
+
+
+def _opt_photo(obj: dict[str, Any], key: str) -> str | None:
+    """An optional photo link: an http(s) URL with a host, or a path of this centre's photo store
+    (`/photos/<id>.<ext>`, what the web server's uploads return; README "Photos")."""
+    value = obj.get(key)
+    if isinstance(value, str) and value.startswith("/"):
+        if len(value) > MAX_URL or not _PHOTO_PATH.fullmatch(value):
+            raise InvalidEvent(f"{key}: a local photo path must look like /photos/<id>.jpg, got {value[:60]!r}")
+        return value
+    return _opt_url(obj, key)
 
 
 def _attributes(obj: dict[str, Any], names: tuple[str, ...]) -> str | None:

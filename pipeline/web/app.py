@@ -45,7 +45,7 @@ from aiohttp import web
 from pipeline.config import Settings
 from pipeline.model.taxonomy import Taxonomy
 from pipeline.stages.decode import MAX_DESCRIPTION, Decoder, InvalidEvent
-from pipeline.web import auth, evaluation_pages
+from pipeline.web import auth, evaluation_pages, street, viewcache
 from pipeline.web.alerts import AlertPolicy, ConfigWatch, alerts
 from pipeline.web.archive import CaseArchive
 from pipeline.web.feed import BoardFeed, Item, LagProbe, LagReport, deliver_to_loop
@@ -387,19 +387,25 @@ def feed_view(centre: Centre, user: User) -> dict[str, Any]:
             board.is_open(c) or c.get("status") in ("resolved", "verified") or user.team == c.get("team")), 100)
     else:
         rows = []
+    rows += street.emergencies_beyond(board, user, rows)
     for row in rows:
         row["actions"] = auth.allowed_actions(user, board.cases[row["case_id"]])
+    street.decorate_feed(centre, rows)
     return {"version": board.version, "team": user.team, "patrol_team": user.patrol_team, "cases": rows}
 
 
 async def api_board(request: web.Request) -> web.Response:
     user = _require(request, auth.may_view_ops)
-    return _json(board_view(_centre(request), user))
+    centre = _centre(request)
+    body = viewcache.of(centre.board).get(viewcache.view_key(user), lambda: board_view(centre, user), stale_ok=True)
+    return web.Response(body=body, content_type="application/json")
 
 
 async def api_feed(request: web.Request) -> web.Response:
     user = _require(request, lambda u: u.role in ("member", "patrol"))
-    return _json(feed_view(_centre(request), user))
+    centre = _centre(request)
+    body = viewcache.of(centre.board).get(viewcache.view_key(user), lambda: feed_view(centre, user), stale_ok=True)
+    return web.Response(body=body, content_type="application/json")
 
 
 async def api_map(request: web.Request) -> web.Response:
@@ -481,9 +487,14 @@ async def api_action(request: web.Request) -> web.Response:
         return _problem(400, "note: say what was done")
     if len(note) > MAX_DESCRIPTION:
         return _problem(400, f"note: too long (limit {MAX_DESCRIPTION})")
+    photo_url = str(body.get("photo_url") or "")
+    refused = street.check_action_photo(request.app, user, case_id, case, action, photo_url)
+    if refused:
+        return _problem(400, refused)
     try:
         raw = case_update(centre.decoder, case_id=case_id, action=action, team=str(user.team), actor=user.name,
-                          note=note, update_id=str(body["update_id"]) if body.get("update_id") else None)
+                          note=note, update_id=str(body["update_id"]) if body.get("update_id") else None,
+                          photo_url=photo_url)
     except InvalidEvent as err:
         return _problem(400, err.reason)
     failed = await _send(centre, centre.settings.topics.case_updates, case_id, raw, "case-update")
@@ -498,13 +509,20 @@ async def api_patrol(request: web.Request) -> web.Response:
         lat, lon = float(body.get("lat", "")), float(body.get("lon", ""))
     except (TypeError, ValueError):
         return _problem(400, "lat/lon: a position is required (numbers)")
+    photo_url = str(body.get("photo_url") or "")
+    refused = street.check_report_photo(request.app, user, photo_url) if photo_url else None
+    if refused:
+        return _problem(400, refused)
     try:
         rid, raw = patrol_report(centre.decoder, patrol_team=str(user.patrol_team), inspector=user.name,
                                  category=str(body.get("category", "")).strip(), lat=lat, lon=lon,
-                                 note=str(body.get("note") or "").strip())
+                                 note=str(body.get("note") or "").strip(), photo_url=photo_url,
+                                 report_id=str(body["report_id"]) if body.get("report_id") else None)
     except InvalidEvent as err:
         return _problem(400, err.reason)
     failed = await _send(centre, centre.settings.topics.raw_patrol, rid, raw, "patrol")
+    if not failed and photo_url:
+        await centre.run_blocking(street.link_report_photo, request.app, photo_url, f"patrol:{rid}")
     return failed or _json({"report_id": rid}, 202)
 
 
@@ -549,10 +567,15 @@ async def api_stream(request: web.Request) -> web.StreamResponse:
     changed = asyncio.Event()
     unsubscribe = centre.board.subscribe(lambda version: changed.set())
     centre.counters.sse_clients += 1
+    last: bytes | None = None
     try:
         while True:
-            payload = orjson.dumps(view(centre, user)).decode()
-            await response.write(f"event: {event_name}\ndata: {payload}\n\n".encode())
+            payload = viewcache.of(centre.board).get(viewcache.view_key(user), lambda: view(centre, user))
+            if payload != last:         # a change elsewhere on the board need not resend an unchanged view
+                await response.write(b"event: " + event_name.encode() + b"\ndata: " + payload + b"\n\n")
+                last = payload
+            else:
+                await response.write(b": unchanged\n\n")      # a comment keeps the connection alive
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(changed.wait(), 15.0)
             await asyncio.sleep(0.25)
@@ -635,6 +658,7 @@ def build_app(centre: Centre, *, start_background: bool = True) -> web.Applicati
         *evaluation_pages.routes(evaluation_pages.Access(_centre, _require)),
         web.static("/static", STATIC, append_version=False),
     ])
+    street.register(app, centre, _user, _page)     # photos, the wall screen (pipeline.web.street)
 
     async def on_startup(app: web.Application) -> None:
         if not start_background:

@@ -77,13 +77,14 @@ class CaseArchive:
     def timeline(self, case_id: str) -> list[Json]:
         """Every transition of a case in order (new, dispatched with its rule and reason, accepted, ...)."""
         rows = self.db.query_dicts(
-            "SELECT seq, status, team, actor, toUnixTimestamp(at) AS at_epoch, reason "
+            "SELECT seq, status, team, actor, toUnixTimestamp(at) AS at_epoch, reason, photo_url "
             "FROM case_transitions WHERE case_id = %(case_id)s ORDER BY seq", {"case_id": case_id})
         steps: dict[int, Json] = {}
         for r in rows:
             steps[int(r["seq"])] = {"seq": int(r["seq"]), "status": r["status"], "team": r["team"],
                                     "actor": r["actor"], "at": _iso(r["at_epoch"]),
-                                    "reason": mask_text(str(r["reason"] or ""))}
+                                    "reason": mask_text(str(r["reason"] or "")),
+                                    "photo_url": r.get("photo_url") or None}    # a resolve's after photo (0009)
         return [steps[k] for k in sorted(steps)]
 
     def notifications(self, case_id: str) -> list[Json]:

@@ -106,6 +106,7 @@ class LiveBoard:
         self.notify_failures: dict[str, list[Json]] = {}
         self.version = 0
         self._listeners: list[Callable[[int], None]] = []
+        self._cell_stats: tuple[tuple[int, int], dict[str, CellStats]] | None = None
 
     # -- feeding -------------------------------------------------------------------------------------------
 
@@ -243,7 +244,11 @@ class LiveBoard:
         }
 
     def cell_stats(self) -> dict[str, CellStats]:
+        """Per cell (computed once per board version and second: the board view asks twice)."""
         now = self.clock()
+        stamp = (self.version, int(now.timestamp()))
+        if self._cell_stats is not None and self._cell_stats[0] == stamp:
+            return self._cell_stats[1]
         stats: dict[str, CellStats] = {}
         for case in self.cases.values():
             cell = case.get("cell")
@@ -257,6 +262,7 @@ class LiveBoard:
             if self.is_open(case):
                 s.open += 1
                 s.overdue += self.due_class(case, now) == "overdue"
+        self._cell_stats = (stamp, stats)
         return stats
 
     def cells(self) -> Json:

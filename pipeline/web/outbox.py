@@ -9,6 +9,7 @@ broker's acknowledgement (off the event loop), `MemoryOutbox` keeps messages for
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -17,7 +18,7 @@ from typing import Any, Protocol
 import orjson
 
 from pipeline.config import Settings
-from pipeline.stages.decode import Decoder
+from pipeline.stages.decode import Decoder, InvalidEvent
 
 
 class Outbox(Protocol):
@@ -59,12 +60,15 @@ class KafkaOutbox:
         self._producer.close(timeout=5)
 
 
+_APP_REPORT_ID = re.compile(r"WEB-\d{8}-[0-9a-f]{8,32}")
+
+
 def now_iso() -> str:
     return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
 
 def case_update(decoder: Decoder, *, case_id: str, action: str, team: str, actor: str, note: str = "",
-                update_id: str | None = None) -> bytes:
+                update_id: str | None = None, photo_url: str = "") -> bytes:
     """A `cityops.case-updates` message, validated (raises `InvalidEvent` with the worker's reason).
 
     `update_id` defaults to a fresh uuid; the pages send one per rendered action button, so a double click
@@ -74,19 +78,26 @@ def case_update(decoder: Decoder, *, case_id: str, action: str, team: str, actor
                            "team": team, "actor": actor, "at": now_iso()}
     if note:
         msg["note"] = note
+    if photo_url:
+        msg["photo_url"] = photo_url
     raw = orjson.dumps(msg)
     decoder.case_update(raw)
     return raw
 
 
 def patrol_report(decoder: Decoder, *, patrol_team: str, inspector: str, category: str, lat: Any, lon: Any,
-                  note: str = "", report_id: str | None = None) -> tuple[str, bytes]:
-    """A `cityops.raw.patrol` message, validated; returns (report id, bytes)."""
+                  note: str = "", report_id: str | None = None, photo_url: str = "") -> tuple[str, bytes]:
+    """A `cityops.raw.patrol` message, validated; returns (report id, bytes). A `report_id` from the app (its
+    offline queue sends one) makes a resend the same report."""
+    if report_id is not None and not _APP_REPORT_ID.fullmatch(report_id):
+        raise InvalidEvent("report_id: an app's report id looks like WEB-20260302-<8 to 32 hex digits>")
     rid = report_id or f"WEB-{datetime.now(UTC):%Y%m%d}-{uuid.uuid4().hex[:10]}"
     msg: dict[str, Any] = {"report_id": rid, "observed_at": now_iso(), "team": patrol_team, "inspector": inspector,
                            "category": category, "lat": lat, "lon": lon}
     if note:
         msg["note"] = note
+    if photo_url:
+        msg["photo_url"] = photo_url
     raw = orjson.dumps(msg)
     decoder.patrol(raw)
     return rid, raw

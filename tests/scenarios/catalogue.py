@@ -137,6 +137,7 @@ class Patrol:
     team: str | None
     inspector: str | None
     note: str | None
+    photo: str | None = None            # the report's photo_url
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +147,7 @@ class Update:
     team: str
     actor: str | None
     note: str | None
+    photo: str | None = None            # a resolve's after photo (photo_url)
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +212,8 @@ class ExpectedCase(Checked):
     rejected: int | None = None
     recurrence_of: str | None = None              # a case label
     previous_closed_at: datetime | None = None
+    before_photos: tuple[str, ...] | None = None  # the photo links of its reports, in report order
+    after_photo: str | None = None                # the photo of its last resolve, or null
 
 
 @dataclass(frozen=True, slots=True)
@@ -454,15 +458,15 @@ def _step(p: _Parser, raw: Any, index: int, clock: Clock, sensors: Mapping[str, 
             p.choice(b["channel"], f"{bw}.channel", CHANNELS) if "channel" in b else None,
             caller)
     elif kind == "patrol":
-        b = p.mapping(body, bw, ["id", "category", "place"], ["team", "inspector", "note"])
+        b = p.mapping(body, bw, ["id", "category", "place"], ["team", "inspector", "note", "photo"])
         payload = Patrol(p.text(b["id"], f"{bw}.id"), p.text(b["category"], f"{bw}.category"),
                          _place_ref(p, b["place"], f"{bw}.place", places), b.get("team"), b.get("inspector"),
-                         b.get("note"))
+                         b.get("note"), p.text(b["photo"], f"{bw}.photo") if "photo" in b else None)
     else:
-        b = p.mapping(body, bw, ["case", "action", "team"], ["actor", "note"])
+        b = p.mapping(body, bw, ["case", "action", "team"], ["actor", "note", "photo"])
         action = cast(Action, p.choice(b["action"], f"{bw}.action", ACTIONS))
         payload = Update(p.text(b["case"], f"{bw}.case"), action, p.choice(b["team"], f"{bw}.team", TEAMS),
-                         b.get("actor"), b.get("note"))
+                         b.get("actor"), b.get("note"), p.text(b["photo"], f"{bw}.photo") if "photo" in b else None)
     return Step(index, at, payload)
 
 
@@ -491,8 +495,10 @@ def _case(p: _Parser, label: str, raw: Any) -> ExpectedCase:
             v[k] = p.choice(x, w, DISCOVERED_BY)
         elif k == "team":
             v[k] = p.choice(x, w, TEAMS)
-        elif k in ("recurrence_of", "sensor"):
+        elif k in ("recurrence_of", "sensor", "after_photo"):
             v[k] = None if x is None else p.text(x, w)
+        elif k == "before_photos":
+            v[k] = tuple(p.text(item, f"{w}[{i}]") for i, item in enumerate(x if isinstance(x, list) else [x]))
         else:
             v[k] = p.text(str(x), w)
     return ExpectedCase(checked=frozenset(e) - {"step"}, **v)

@@ -130,6 +130,8 @@ def _message(s: Scenario, payload: Any, at: datetime, labels: dict[str, str], su
                "category": payload.category, "lat": payload.place.lat, "lon": payload.place.lon}
         if payload.note:
             msg["note"] = payload.note
+        if payload.photo:
+            msg["photo_url"] = payload.photo
     else:
         assert isinstance(payload, Update)
         if payload.case not in labels:
@@ -138,6 +140,8 @@ def _message(s: Scenario, payload: Any, at: datetime, labels: dict[str, str], su
                "actor": payload.actor or f"{payload.team}-01", "at": _iso(at)}
         if payload.note:
             msg["note"] = payload.note
+        if payload.photo:
+            msg["photo_url"] = payload.photo
     return orjson.dumps(msg)
 
 
@@ -221,7 +225,10 @@ def _case_fields(case: Case, r: Run) -> dict[str, Any]:
             "resolved_at": case.resolved_at, "verify_due_at": case.verify_due_at, "closed_at": case.closed_at,
             "reopened": case.reopened, "rejected": case.rejected,
             "recurrence_of": None if case.recurrence_of is None else r.case_label(case.recurrence_of),
-            "previous_closed_at": case.previous_closed_at}
+            "previous_closed_at": case.previous_closed_at,
+            "before_photos": tuple(e.media_url for e in dict((e.event_id, e) for e in r.outcome.events
+                                                              if e.case_id == case.case_id).values() if e.media_url),
+            "after_photo": case.after_photo_url or None}
 
 
 def check(r: Run) -> list[str]:

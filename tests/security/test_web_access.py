@@ -30,7 +30,8 @@ PUBLIC = {
       for path in ("services", "services/{code}", "requests", "requests/{id}", "tokens/{token}")},
     ("GET", "/open311/discovery.json"), ("GET", "/open311/discovery.xml"),
 }
-PARAMS = {"case_id": "C-hand", "cell": "310109003001001", "code": "E0501", "id": "T1", "token": "T1"}
+PARAMS = {"case_id": "C-hand", "cell": "310109003001001", "code": "E0501", "id": "T1", "token": "T1",
+          "name": "0123456789abcdef01234567.jpg"}
 
 
 def board() -> LiveBoard:

@@ -49,6 +49,12 @@
         // only http(s) links are stored (the decoder checks); checked again before making one
         /^https?:\/\//i.test(r.media_url || "") ? el("div", {class: "media"}, el("a", {href: r.media_url,
           rel: "noopener noreferrer nofollow", target: "_blank"}, "照片/视频 media")) : null))));
+    // the photos: the reports' (before) and the last resolve's (after), side by side for the verifier
+    const shot = (url, label) => url && url.startsWith("/photos/")
+      ? el("figure", {class: "photo"}, el("img", {src: url, alt: label}), el("figcaption", {}, label)) : null;
+    const shots = data.reports.map((r) => shot(r.media_url, "现场 before · " + fmtTime(r.received_at)))
+      .concat([shot(s.after_photo_url, "处置后 after")]).filter(Boolean);
+    document.getElementById("photos").replaceChildren(...(shots.length ? shots : [el("p", {class: "hint"}, "暂无照片 No photos")]));
     document.getElementById("timeline").replaceChildren(...data.timeline.map((t) => el("li", {class: "step s-" + t.status},
       el("span", {class: "time"}, fmtTime(t.at)), el("strong", {}, STATUS[t.status] || t.status),
       el("span", {class: "team"}, TEAMS[t.team] || t.team), el("span", {class: "actor"}, t.actor),

@@ -15,7 +15,7 @@ const gridMap = (() => {
     kx = Math.cos(((s0 + n0) / 2) * Math.PI / 180);   // equirectangular: a metre is a metre both ways
     const cssW = canvas.clientWidth || 900;
     const spanX = (e0 - w0) * kx, spanY = n0 - s0;
-    const cssH = Math.min(Math.round(cssW * spanY / spanX), 1400);
+    const cssH = Math.min(Math.round(cssW * spanY / spanX), Number(canvas.dataset.maxHeight) || 1400);
     const dpr = window.devicePixelRatio || 1;
     canvas.width = Math.round(cssW * dpr); canvas.height = Math.round(cssH * dpr);
     canvas.style.height = cssH + "px";
