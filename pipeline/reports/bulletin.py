@@ -207,12 +207,13 @@ def _score(x: float | None) -> str:
     return "—" if x is None else f"{x:.1f}"
 
 
-def _change_pts(now: Any, before: Any) -> str:
-    """The change of a rate in percentage points, coloured."""
+def _change_pts(now: Any, before: Any, less_is_better: bool = False) -> str:
+    """The change of a rate in percentage points, coloured green when it is an improvement."""
     if now is None or before is None:
         return "—"
     d = (float(now) - float(before)) * 100
-    cls = "up" if d > 0.005 else "down" if d < -0.005 else ""
+    better = -d if less_is_better else d
+    cls = "up" if better > 0.005 else "down" if better < -0.005 else ""
     return f'<span class="{cls}">{d:+.2f} 个百分点</span>'
 
 
@@ -399,7 +400,8 @@ def to_html(b: Bulletin, css_href: str | None = None, nav: str = "") -> str:
         _kpi("按期结案率", _pct(t["closed_on_time_rate"]),
              f"<br>较上月 {_change_pts(t['closed_on_time_rate'], p['closed_on_time_rate'])}"),
         _kpi("超期未结案数", _num(t["overdue_unclosed"])),
-        _kpi("返工率", _pct(t["rework_rate"]), f"<br>较上月 {_change_pts(t['rework_rate'], p['rework_rate'])}"),
+        _kpi("返工率", _pct(t["rework_rate"]),
+             f"<br>较上月 {_change_pts(t['rework_rate'], p['rework_rate'], less_is_better=True)}"),
     ])
     regions = sorted(b.regions, key=lambda u: (u.values["closed_on_time_rate"] or 0), reverse=True)
     chart1 = bar_chart([(b.names.get(u.unit, u.unit), u.values["closed_on_time_rate"]) for u in regions],

@@ -95,6 +95,10 @@ async def bulletin_pdf(access: Access, request: web.Request) -> web.Response:
 
 
 async def bulletin_css(request: web.Request) -> web.Response:
+    from pipeline.web import auth
+    from pipeline.web.app import _require
+
+    _require(request, auth.may_view_ops)       # every page but sign-in needs a session, its style sheet too
     return web.Response(text=bl.CSS, content_type="text/css")
 
 
