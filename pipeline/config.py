@@ -90,6 +90,10 @@ class Settings:
     replication_factor: int | None = None     # CITYOPS_REPLICATION_FACTOR
     min_insync_replicas: int | None = None    # CITYOPS_MIN_INSYNC_REPLICAS
     clickhouse_cluster: str | None = None     # CITYOPS_CLUSTER: `db migrate` / `db status` default --cluster
+    # the sink's inserts through Distributed tables: synchronous (on their shards when the insert returns), and
+    # with a quorum > 1 on that many replicas of the shard (README "Running a city: the cluster")
+    insert_sync: bool = True                  # CITYOPS_INSERT_SYNC (0: ClickHouse's asynchronous default)
+    insert_quorum: int = 0                    # CITYOPS_INSERT_QUORUM (0 or 1: off)
     clickhouse_host: str = "127.0.0.1"
     clickhouse_port: int = 19000
     clickhouse_user: str = "default"
@@ -156,6 +160,8 @@ class Settings:
             replication_factor=_optional_int(e.get("CITYOPS_REPLICATION_FACTOR", "")),
             min_insync_replicas=_optional_int(e.get("CITYOPS_MIN_INSYNC_REPLICAS", "")),
             clickhouse_cluster=e.get("CITYOPS_CLUSTER") or None,
+            insert_sync=e.get("CITYOPS_INSERT_SYNC", "1") not in ("0", "false", "no", "off"),
+            insert_quorum=int(e.get("CITYOPS_INSERT_QUORUM") or 0),
             clickhouse_host=e.get("CITYOPS_CLICKHOUSE_HOST", "127.0.0.1"),
             clickhouse_port=int(e.get("CITYOPS_CLICKHOUSE_PORT", "19000")),
             clickhouse_user=e.get("CITYOPS_CLICKHOUSE_USER", "default"),
@@ -227,6 +233,8 @@ class Settings:
             "CITYOPS_NOTIFY_KEEP_DAYS": f"{self.notify_keep_days:g}",
             **dict(self.notify_secrets),
             "CITYOPS_OPEN311_JURISDICTION": self.open311_jurisdiction,
+            "CITYOPS_INSERT_SYNC": "1" if self.insert_sync else "0",
+            "CITYOPS_INSERT_QUORUM": str(self.insert_quorum),
         }
         optional = {
             "CITYOPS_KAFKA_SASL_MECHANISM": self.kafka_sasl_mechanism,

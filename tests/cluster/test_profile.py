@@ -177,6 +177,48 @@ def test_events_through_a_worker_land_on_their_shard_and_on_both_its_replicas(cs
     assert s1r1 and s2r1                                             # and the keys did spread over both shards
 
 
+def placed_now(cs: Settings, ids: set[str]) -> dict[int, set[str]]:
+    """Which of `ids` each node's local events table holds at this moment (no waiting, no SYNC REPLICA)."""
+    out = {}
+    for port in NODE_PORTS:
+        ch = node(cs, port)
+        try:
+            rows = ch.execute(f"SELECT event_id FROM {cs.clickhouse_database}.events_local")
+        finally:
+            ch.close()
+        out[port] = {str(r[0]) for r in rows} & ids
+    return out
+
+
+def test_a_sink_insert_is_on_its_shard_and_both_replicas_when_it_returns(cs: Settings) -> None:
+    """insert_distributed_sync with insert_quorum=2: when the sink's insert returns, every row is on both replicas of
+    its shard. (With CITYOPS_INSERT_SYNC=0 the rows are still queued on the receiving node at that moment.)"""
+    from pipeline.sink.transport import ClickHouseHttp
+
+    migrate(cs, cluster="cityops")
+    s = replace(cs, insert_quorum=2)
+    subdistricts = [f"31010900{i}" for i in range(8)]
+    ids = [f"t:{uuid.uuid4().hex}" for _ in range(400)]
+    columns = ["event_id", "source", "case_id", "subdistrict", "received_at", "ingested_at"]
+    data = [ids, ["hotline"] * 400, ids, [subdistricts[i % 8] for i in range(400)], [1764576000] * 400,
+            [1764576000] * 400]
+    http = ClickHouseHttp(s)
+    try:
+        assert http.insert_columns("events", columns, data) == 400
+    finally:
+        http.close()
+    now = placed_now(cs, set(ids))
+    s1r1, s1r2, s2r1, s2r2 = (now[p] for p in NODE_PORTS)
+    assert s1r1 == s1r2 and s2r1 == s2r2 and not s1r1 & s2r1 and s1r1 | s2r1 == set(ids)
+    ch = node(cs, NODE_PORTS[0])
+    try:
+        expected = {str(r[0]) for r in ch.execute(f"SELECT event_id FROM {cs.clickhouse_database}.events "
+                                                  "WHERE sipHash64(subdistrict) % 2 = 0")}
+    finally:
+        ch.close()
+    assert s1r1 == expected & set(ids)                               # shard 1 holds the keys hashing to it
+
+
 def test_cluster_down_leaves_nothing_running(cluster_env: dict[str, str]) -> None:
     """Runs last in the module: stops the profile (and starts it again when it ran before the tests)."""
     was_running = cluster_sh("status", check=False).returncode == 0
