@@ -94,15 +94,12 @@ async def bulletin_pdf(access: Access, request: web.Request) -> web.Response:
         "Cache-Control": "no-store", "Content-Disposition": f'inline; filename="bulletin-{month}.pdf"'})
 
 
-async def bulletin_css(request: web.Request) -> web.Response:
-    from pipeline.web import auth
-    from pipeline.web.app import _require
-
-    _require(request, auth.may_view_ops)       # every page but sign-in needs a session, its style sheet too
+async def bulletin_css(access: Access, request: web.Request) -> web.Response:
+    access.require(request, auth.may_view_ops)       # every page but sign-in needs a session, its style sheet too
     return web.Response(text=bl.CSS, content_type="text/css")
 
 
 def routes(access: Access) -> list[Any]:
     return [web.get("/evaluation", partial(evaluation_page, access)),
             web.get("/bulletin", partial(bulletin_html, access)),
-            web.get("/bulletin.pdf", partial(bulletin_pdf, access)), web.get("/bulletin.css", bulletin_css)]
+            web.get("/bulletin.pdf", partial(bulletin_pdf, access)), web.get("/bulletin.css", partial(bulletin_css, access))]
