@@ -102,4 +102,5 @@ async def bulletin_css(access: Access, request: web.Request) -> web.Response:
 def routes(access: Access) -> list[Any]:
     return [web.get("/evaluation", partial(evaluation_page, access)),
             web.get("/bulletin", partial(bulletin_html, access)),
-            web.get("/bulletin.pdf", partial(bulletin_pdf, access)), web.get("/bulletin.css", partial(bulletin_css, access))]
+            web.get("/bulletin.pdf", partial(bulletin_pdf, access)),
+            web.get("/bulletin.css", partial(bulletin_css, access))]
