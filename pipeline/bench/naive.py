@@ -35,7 +35,8 @@ from pipeline.model.events import CaseUpdate, Event, Location
 from pipeline.model.privacy import caller_hash, mask_text
 from pipeline.model.taxonomy import Taxonomy
 from pipeline.stages.cases import CaseBook, Outcome
-from pipeline.stages.decode import ACTIONS, CHANNELS, REQUEST_TYPES, UPDATE_TEAMS, InvalidEvent, Reading
+from pipeline.stages.decode import ACTIONS, CHANNELS, REQUEST_TYPES, UPDATE_TEAMS, Reading
+from pipeline.stages.fields import InvalidEvent
 from pipeline.stages.registry import Sensor, SensorRegistry
 from pipeline.stages.sensors import (
     ALARM,

@@ -135,7 +135,8 @@ def time_stages(inp: BenchInput, world: Any, base: Settings, tag: str) -> tuple[
     """Every stage of the worker's chain on the input, each next to the naive baseline's way of doing it."""
     from pipeline.bench.naive import NaiveDecoder, NaiveLocator
     from pipeline.model.taxonomy import default_taxonomy
-    from pipeline.stages.decode import InvalidEvent, default_decoder
+    from pipeline.stages.decode import default_decoder
+    from pipeline.stages.fields import InvalidEvent
     from pipeline.stages.registry import load_registry, load_types
     from pipeline.stages.sensors import SensorState, observe
     from pipeline.wire import decode_located

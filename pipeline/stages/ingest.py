@@ -23,7 +23,8 @@ import numpy as np
 from pipeline.model.events import Event, Location
 from pipeline.model.records import ReadingColumns, SensorReadingRow
 from pipeline.model.sources import Source, SourceSpec
-from pipeline.stages.decode import Decoder, InvalidEvent, Reading, ReadingFields
+from pipeline.stages.decode import Decoder, Reading, ReadingFields
+from pipeline.stages.fields import InvalidEvent
 from pipeline.stages.registry import Sensor, SensorRegistry
 from pipeline.stages.sensors import (
     ALARM,

@@ -44,7 +44,8 @@ from aiohttp import web
 
 from pipeline.config import Settings
 from pipeline.model.taxonomy import Taxonomy
-from pipeline.stages.decode import MAX_DESCRIPTION, Decoder, InvalidEvent
+from pipeline.stages.decode import MAX_DESCRIPTION, Decoder
+from pipeline.stages.fields import InvalidEvent
 from pipeline.web import auth, evaluation_pages, street, viewcache
 from pipeline.web.alerts import AlertPolicy, ConfigWatch, alerts
 from pipeline.web.archive import CaseArchive

@@ -37,7 +37,7 @@ import orjson
 from aiohttp import web
 
 from pipeline.model.taxonomy import default_taxonomy
-from pipeline.stages.decode import MAX_MESSAGE_BYTES, InvalidEvent
+from pipeline.stages.fields import MAX_MESSAGE_BYTES, InvalidEvent
 from pipeline.web.open311_answer import Ticket, answer, case_view, from_stored, from_unlocated
 from pipeline.web.open311_doc import FORMATS, MIME_TYPES, Fmt, error, render
 from pipeline.web.open311_post import read_params, ticket_from_params

@@ -12,7 +12,7 @@ from urllib.parse import parse_qsl
 import orjson
 from aiohttp import web
 
-from pipeline.stages.decode import MAX_MESSAGE_BYTES, InvalidEvent
+from pipeline.stages.fields import MAX_MESSAGE_BYTES, InvalidEvent
 
 Json = dict[str, Any]
 _ATTRIBUTE = re.compile(r"attribute\[([^\[\]]{1,64})\](\[\])?")

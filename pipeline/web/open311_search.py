@@ -29,7 +29,8 @@ from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 from pipeline.model.taxonomy import Taxonomy
-from pipeline.stages.decode import MAX_ID, InvalidEvent
+from pipeline.stages.decode import MAX_ID
+from pipeline.stages.fields import InvalidEvent
 
 MAX_DAYS = 90
 MAX_PAGE_SIZE = 1000

@@ -28,7 +28,7 @@ from typing import Any
 from yaml.nodes import Node
 
 from pipeline.model.taxonomy import Taxonomy, default_taxonomy
-from pipeline.stages.decode import ATTRIBUTE_CODE, MAX_ATTRIBUTE_TEXT, InvalidEvent
+from pipeline.stages.fields import ATTRIBUTE_CODE, MAX_ATTRIBUTE_TEXT, InvalidEvent
 from rules.errors import RulesError
 from rules.nodes import NodeReader, compose_file
 

@@ -18,7 +18,8 @@ from typing import Any, Protocol
 import orjson
 
 from pipeline.config import Settings
-from pipeline.stages.decode import Decoder, InvalidEvent
+from pipeline.stages.decode import Decoder
+from pipeline.stages.fields import InvalidEvent
 
 
 class Outbox(Protocol):

@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.stages.decode import Decoder, InvalidEvent, default_decoder
+from pipeline.stages.decode import Decoder, default_decoder
+from pipeline.stages.fields import InvalidEvent
 from tests.pipeline.factories import T0, hotline, patrol, raw, reading, update
 
 NOW = T0 + timedelta(days=1)

@@ -13,7 +13,8 @@ import pytest
 from pipeline.model.cases import Case
 from pipeline.stages.cases import CaseBook
 from pipeline.stages.casestage import CaseStage
-from pipeline.stages.decode import InvalidEvent, default_decoder
+from pipeline.stages.decode import default_decoder
+from pipeline.stages.fields import InvalidEvent
 from tests.pipeline.test_case_semantics import at, only, report, rules, stage_items, upd
 
 

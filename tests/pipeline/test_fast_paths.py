@@ -16,7 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.model.records import ReadingColumns
-from pipeline.stages.decode import Decoder, InvalidEvent, default_decoder
+from pipeline.stages.decode import Decoder, default_decoder
+from pipeline.stages.fields import InvalidEvent
 from pipeline.stages.ingest import DeadLetterLimit, DeadLetterLimitExceeded, Ingest
 from pipeline.stages.registry import load_registry
 from pipeline.stages.sensors import SensorState

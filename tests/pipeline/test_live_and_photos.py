@@ -18,7 +18,8 @@ from pipeline.simulate.generate import SimMessage
 from pipeline.simulate.live import LiveDistrict, LiveStatus, local_midnight, produce_live
 from pipeline.stages.cases import CaseBook
 from pipeline.stages.casestage import LIVE_WITHIN, CaseStage
-from pipeline.stages.decode import InvalidEvent, default_decoder
+from pipeline.stages.decode import default_decoder
+from pipeline.stages.fields import InvalidEvent
 from pipeline.wire import book_key, decode_located, encode_located, encode_update
 from rules.engine import load_ruleset
 from rules.errors import RulesError

@@ -20,7 +20,8 @@ from pipeline.model.events import Event
 from pipeline.model.records import SinkBatch
 from pipeline.runtime.components import load_components
 from pipeline.runtime.ingest import IngestService
-from pipeline.stages.decode import Decoder, InvalidEvent
+from pipeline.stages.decode import Decoder
+from pipeline.stages.fields import InvalidEvent
 from pipeline.wire import Message, decode_located
 
 APP = sources.SourceSpec(name="app", topic="cityops.raw.app", path="reports", decoder="app_report", key="report",

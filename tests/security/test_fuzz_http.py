@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from pipeline.stages.decode import InvalidEvent
+from pipeline.stages.fields import InvalidEvent
 from pipeline.web.app import Centre, build_app
 from pipeline.web.archive import CaseArchive
 from pipeline.web.outbox import MemoryOutbox

@@ -10,7 +10,8 @@ import orjson
 from pipeline.simulate import simulate
 from pipeline.simulate.catalog import HOURLY_CURVE
 from pipeline.simulate.config import SHANGHAI
-from pipeline.stages.decode import InvalidEvent, default_decoder
+from pipeline.stages.decode import default_decoder
+from pipeline.stages.fields import InvalidEvent
 from pipeline.stages.registry import load_registry, load_types
 from tests.simulate.conftest import small_config
 

@@ -13,7 +13,8 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from pipeline.model.taxonomy import default_taxonomy
-from pipeline.stages.decode import MAX_MESSAGE_BYTES, default_decoder
+from pipeline.stages.decode import default_decoder
+from pipeline.stages.fields import MAX_MESSAGE_BYTES
 from pipeline.web.outbox import MemoryOutbox
 from pipeline.web.ratelimit import RateLimiter
 from tests.web.helpers import API_KEY, centre, run

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.model.taxonomy import default_taxonomy
-from pipeline.stages.decode import InvalidEvent
+from pipeline.stages.fields import InvalidEvent
 from pipeline.web.open311_services import (
     ATTRIBUTES_FILE,
     Attribute,
