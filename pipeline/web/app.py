@@ -46,7 +46,7 @@ from pipeline.config import Settings
 from pipeline.model.taxonomy import Taxonomy
 from pipeline.stages.decode import MAX_DESCRIPTION, Decoder
 from pipeline.stages.fields import InvalidEvent
-from pipeline.web import auth, evaluation_pages, street, viewcache
+from pipeline.web import auth, evaluation_pages, places, street, viewcache
 from pipeline.web.alerts import AlertPolicy, ConfigWatch, alerts
 from pipeline.web.archive import CaseArchive
 from pipeline.web.feed import BoardFeed, Item, LagProbe, LagReport, deliver_to_loop
@@ -388,10 +388,10 @@ def feed_view(centre: Centre, user: User) -> dict[str, Any]:
             board.is_open(c) or c.get("status") in ("resolved", "verified") or user.team == c.get("team")), 100)
     else:
         rows = []
-    rows += street.emergencies_beyond(board, user, rows)
+    rows += places.emergencies_beyond(board, user, rows)
     for row in rows:
         row["actions"] = auth.allowed_actions(user, board.cases[row["case_id"]])
-    street.decorate_feed(centre, rows)
+    places.decorate_feed(centre, rows)
     return {"version": board.version, "team": user.team, "patrol_team": user.patrol_team, "cases": rows}
 
 

@@ -8,9 +8,7 @@ Routes (added to the application by `register`; who may use them is decided with
     GET  /wall                  the wall screen (operators, analysts)
     GET  /api/wall              what the wall screen shows
 
-`decorate_feed` adds to each feed row what a person on the street needs: the category's name, and the place
-(sub-district, management grid, the nearest gazetteer address or landmark and how far it is from the case's
-point). Distance and direction from the phone are worked out on the phone (its position never leaves it).
+What a feed row says of the place is pipeline.web.places.
 """
 
 from __future__ import annotations
@@ -22,7 +20,6 @@ import time
 from collections import deque
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
-from functools import cache
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -42,6 +39,7 @@ from pipeline.web.photos import (
     photo_id_for,
     store_from_env,
 )
+from pipeline.web.places import after_photo_rule
 from pipeline.web.users import User
 
 log = logging.getLogger("cityops.web.street")
@@ -73,65 +71,6 @@ def _user(request: web.Request, allowed: Callable[[User], bool]) -> User:
     if not allowed(user):
         raise web.HTTPForbidden(text='{"error": "not allowed for your role or team"}', content_type="application/json")
     return user
-
-
-# -- places -----------------------------------------------------------------------------------------------
-
-@cache
-def _places() -> Any:
-    from pipeline.notify.place import Places
-
-    return Places.load()
-
-
-def place_of(case: Json, places: Any | None = None) -> Json:
-    """Where a case is, in words: sub-district name, management grid, cell, nearest address or landmark."""
-    p = places if places is not None else _places()
-    cell = str(case.get("cell") or "")
-    sub = str(case.get("subdistrict") or "")
-    lon, lat = case.get("lon"), case.get("lat")
-    spot = p.nearest(lon, lat) if isinstance(lon, int | float) and isinstance(lat, int | float) else None
-    return {"subdistrict": p.subdistrict(sub) if sub else "", "grid": cell[:12], "cell": cell,
-            "spot": spot.text if spot else "", "spot_m": round(spot.distance_m) if spot else None}
-
-
-_PLACE_CACHE: dict[tuple[Any, ...], Json] = {}      # a case's place never changes with its point
-
-
-def decorate_feed(centre: Any, rows: list[Json]) -> None:
-    """Add `category_name`, `place` and `after_photo_url` to feed rows (in place)."""
-    tax = centre.taxonomy
-    places = _places()
-    after = _after_photo(centre)
-    for row in rows:
-        case = centre.board.cases.get(row["case_id"], {})
-        cat = tax.categories.get(str(row.get("category")))
-        row["category_name"] = cat.name if cat is not None else ""
-        key = (row["case_id"], row.get("lon"), row.get("lat"))
-        place = _PLACE_CACHE.get(key)
-        if place is None:
-            if len(_PLACE_CACHE) > 50_000:
-                _PLACE_CACHE.clear()
-            place = _PLACE_CACHE[key] = place_of(row, places)
-        row["place"] = place
-        row["after_photo_url"] = case.get("after_photo_url")
-        row["after_photo_required"] = bool(after is not None and after.required(str(row.get("category"))))
-
-
-def emergencies_beyond(board: Any, user: User, rows: list[Json], limit: int = 50) -> list[Json]:
-    """The team's open priority-1 cases the feed's first rows left out: a team's emergencies are always in its
-    feed, however many overdue cases come before them in the order of urgency."""
-    if user.role != "member" or not user.team:
-        return []
-    shown = {r["case_id"] for r in rows}
-    return list(board.cases_where(lambda c: c.get("case_id") not in shown and c.get("priority") == 1
-                                  and board.is_open(c) and auth.may_view_case(user, c), limit))
-
-
-def _after_photo(centre: Any) -> Any:
-    """The running ruleset's `after_photo` (rules/photos.py), or None when the rules are not loaded."""
-    rules = getattr(getattr(centre, "config", None), "rules", None)
-    return getattr(getattr(rules, "current", None), "after_photo", None)
 
 
 # -- photos -----------------------------------------------------------------------------------------------
@@ -257,7 +196,7 @@ def check_action_photo(app: web.Application, user: User, case_id: str, case: Jso
             return "photo_url: not an after photo you uploaded for this case (POST /api/photos first)"
         return None
     if action == "resolve":
-        after = _after_photo(app[CENTRE_OF])
+        after = after_photo_rule(app[CENTRE_OF])
         if after is not None and after.required(str(case.get("category"))):
             return f"photo: a resolve of {case.get('category')} needs an after photo (the rules' after_photo)"
     return None

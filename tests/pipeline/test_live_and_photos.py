@@ -51,7 +51,7 @@ def test_only_a_resolve_carries_a_photo_and_it_must_be_a_link_or_a_store_path() 
 
 
 def test_the_after_photo_survives_the_located_topic() -> None:
-    u = CaseUpdate("u1", "C1", "resolve", "handling", "a", T0, "done", "/photos/abcdefgh12.jpg")
+    u = CaseUpdate("u1", "C1", "resolve", "handling", "a", T0, "done", photo_url="/photos/abcdefgh12.jpg")
     back = decode_located(encode_update(u))
     assert isinstance(back, CaseUpdate) and back.photo_url == "/photos/abcdefgh12.jpg"
 
@@ -100,7 +100,7 @@ def test_a_resolve_without_the_required_photo_is_refused_and_changes_nothing() -
     assert out.refusals and "needs an after photo" in out.refusals[0]
     assert book.cases[cid].to_dict() == before
     out = book.apply_update(CaseUpdate("u2", cid, "resolve", "handling", "a", T0 + timedelta(hours=1), "x",
-                                       "/photos/abcdefgh12.jpg"), router)
+                                       photo_url="/photos/abcdefgh12.jpg"), router)
     assert not out.refusals
     assert out.states[cid]["status"] == "resolved" and out.states[cid]["after_photo_url"] == "/photos/abcdefgh12.jpg"
     resolved = [t for t in out.transitions if t.status == "resolved"]
