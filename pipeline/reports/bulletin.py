@@ -16,28 +16,15 @@ and the definitions and weights used.
 from __future__ import annotations
 
 import html
-import re
-import subprocess
-import tempfile
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
-from pipeline.config import environ
 from pipeline.model.taxonomy import default_taxonomy
-from pipeline.reports.evaluation import (
-    DEPARTMENT,
-    PATROL,
-    REGION,
-    VERIFIER,
-    Period,
-    Unit,
-    evaluate,
-    previous_month,
-    region_values,
-)
+from pipeline.reports.evaluation import Period, Unit, evaluate, previous_month, region_values
+from pipeline.reports.indicators import DEPARTMENT, PATROL, REGION, VERIFIER
 from pipeline.reports.query import Filters, Queryable, as_date, problems, share
+from pipeline.reports.svgcharts import bar_chart, daily_chart
 from pipeline.reports.weights import Weights, load_weights
 
 TEAM_NAMES = {"enforcement": "综合执法", "handling": "综合处置", "supervision": "综合监督",
@@ -233,67 +220,6 @@ def _e(text: str) -> str:
     return html.escape(text, quote=True)
 
 
-def bar_chart(items: list[tuple[str, float | None]], title: str) -> str:
-    """Horizontal bars (0–100 %), one per item, as inline SVG."""
-    rows = [(label, v) for label, v in items if v is not None]
-    width, left, bar_h, gap = 640, 150, 14, 5
-    height = 30 + len(rows) * (bar_h + gap) + 20
-    out = [f'<svg class="chart" xmlns="http://www.w3.org/2000/svg" width="100%" viewBox="0 0 {width} {height}"'
-           f' role="img" aria-label="{_e(title)}">',
-           f'<text x="{width / 2}" y="16" text-anchor="middle" font-size="13" font-weight="600">{_e(title)}</text>']
-    span = width - left - 60
-    for i, (label, v) in enumerate(rows):
-        y = 28 + i * (bar_h + gap)
-        w = max(0.0, min(1.0, float(v or 0))) * span
-        colour = "#0a6b2e" if (v or 0) >= 0.9 else "#2f6f9f" if (v or 0) >= 0.75 else "#b35900" \
-            if (v or 0) >= 0.6 else "#b00000"
-        out.append(f'<text x="{left - 6}" y="{y + bar_h - 3}" text-anchor="end" font-size="11">{_e(label)}</text>')
-        out.append(f'<rect x="{left}" y="{y}" width="{w:.1f}" height="{bar_h}" fill="{colour}"/>')
-        out.append(f'<text x="{left + w + 4:.1f}" y="{y + bar_h - 3}" font-size="10">{float(v or 0) * 100:.1f}%'
-                   '</text>')
-    for pct in (0, 50, 100):
-        x = left + span * pct / 100
-        out.append(f'<line x1="{x}" y1="24" x2="{x}" y2="{height - 16}" stroke="#bbb" stroke-dasharray="2,2"/>')
-        out.append(f'<text x="{x}" y="{height - 4}" text-anchor="middle" font-size="9">{pct}%</text>')
-    out.append("</svg>")
-    return "".join(out)
-
-
-def daily_chart(daily: list[tuple[str, int, int]], title: str) -> str:
-    """Columns of cases filed per day, with the cases closed per day as a line, as inline SVG."""
-    width, height, left, bottom, top_ = 640, 220, 40, 30, 28
-    peak = max([max(f, c) for _, f, c in daily] + [1])
-    n = max(1, len(daily))
-    step = (width - left - 10) / n
-    plot_h = height - bottom - top_
-    out = [f'<svg class="chart" xmlns="http://www.w3.org/2000/svg" width="100%" viewBox="0 0 {width} {height}"'
-           f' role="img" aria-label="{_e(title)}">',
-           f'<text x="{width / 2}" y="16" text-anchor="middle" font-size="13" font-weight="600">{_e(title)}</text>']
-    for frac in (0, 0.5, 1):
-        y = top_ + plot_h * (1 - frac)
-        out.append(f'<line x1="{left}" y1="{y:.1f}" x2="{width - 10}" y2="{y:.1f}" stroke="#ddd"/>')
-        out.append(f'<text x="{left - 4}" y="{y + 3:.1f}" text-anchor="end" font-size="9">{round(peak * frac)}</text>')
-    pts = []
-    for i, (day, filed, closed) in enumerate(daily):
-        x = left + i * step
-        h = plot_h * filed / peak
-        out.append(f'<rect x="{x + 1:.1f}" y="{top_ + plot_h - h:.1f}" width="{max(1.0, step - 2):.1f}" '
-                   f'height="{h:.1f}" fill="#9bb7d4"/>')
-        pts.append(f"{x + step / 2:.1f},{top_ + plot_h * (1 - closed / peak):.1f}")
-        if i % 5 == 0 or i == len(daily) - 1:
-            out.append(f'<text x="{x + step / 2:.1f}" y="{height - bottom + 12}" text-anchor="middle" '
-                       f'font-size="9">{day[5:]}</text>')
-    if pts:
-        out.append(f'<polyline points="{" ".join(pts)}" fill="none" stroke="#b00000" stroke-width="1.5"/>')
-    out.append(f'<rect x="{width - 190}" y="{height - 14}" width="10" height="8" fill="#9bb7d4"/>'
-               f'<text x="{width - 176}" y="{height - 7}" font-size="9">立案数</text>'
-               f'<line x1="{width - 120}" y1="{height - 10}" x2="{width - 106}" y2="{height - 10}" '
-               f'stroke="#b00000" stroke-width="1.5"/><text x="{width - 102}" y="{height - 7}" font-size="9">结案数'
-               '（按结案日）</text>')
-    out.append("</svg>")
-    return "".join(out)
-
-
 def _kpi(name: str, value: str, note: str = "") -> str:
     return f'<div class="kpi"><div class="v">{value}</div><div class="n">{_e(name)}{note}</div></div>'
 
@@ -444,32 +370,3 @@ def to_html(b: Bulletin, css_href: str | None = None, nav: str = "") -> str:
 <footer>cityops · 城市运行管理 综合评价</footer>
 </body></html>
 """
-
-
-# ---- PDF ------------------------------------------------------------------------------------------------------
-
-def chromium() -> str:
-    return environ().get("CITYOPS_CHROMIUM", "chromium")
-
-
-def write_pdf(html_path: Path, pdf_path: Path, timeout: float = 120.0) -> None:
-    """Print the HTML file to PDF with headless Chromium (A4, no browser header or footer)."""
-    with tempfile.TemporaryDirectory(prefix="cityops-pdf-") as profile:
-        cmd = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-               f"--user-data-dir={profile}", "--no-pdf-header-footer", "--print-to-pdf-no-header",
-               f"--print-to-pdf={pdf_path}", html_path.resolve().as_uri()]
-        try:
-            res = subprocess.run(cmd, capture_output=True, timeout=timeout, check=False)
-        except FileNotFoundError as err:
-            raise BulletinError(f"no Chromium at {chromium()!r} to print the PDF (set CITYOPS_CHROMIUM, or run "
-                                "deploy/local/system-deps.sh); the HTML is written") from err
-        except subprocess.TimeoutExpired as err:
-            raise BulletinError(f"Chromium did not print the PDF within {timeout:g} s") from err
-    if res.returncode != 0 or not pdf_path.exists() or pdf_path.stat().st_size == 0:
-        raise BulletinError(f"Chromium failed to print the PDF (exit {res.returncode}): "
-                            f"{res.stderr.decode(errors='replace')[-400:]}")
-
-
-def pdf_pages(pdf_path: Path) -> int:
-    """The number of pages of a PDF (its page objects)."""
-    return len(re.findall(rb"/Type\s*/Page(?![a-zA-Z])", pdf_path.read_bytes()))

@@ -1,10 +1,10 @@
 """The standard evaluation (综合评价) of regions, departments and positions: indicators, scores and grades.
 
-Each indicator is defined once, here (`INDICATORS`: Chinese and English name, formula); the README and
-`cityops report evaluation --help` print this table. Problem cases only (device faults are the maintainers'
-work, docs/cases.md §1). A **period** is a range of Asia/Shanghai days [since, until); `as_of` (default: the
-period's end, or now when that is earlier) is when "closed", "resolved" and "verified" are judged. The lifecycle
-terms (round, rework, on time, credited to) are docs/cases.md §3, §4 and §8.
+Each indicator is defined once, in pipeline.reports.indicators (`INDICATORS`: Chinese and English name, formula);
+the README and `cityops report evaluation --help` print that table. Problem cases only (device faults are the
+maintainers' work, docs/cases.md §1). A **period** is a range of Asia/Shanghai days [since, until); `as_of`
+(default: the period's end, or now when that is earlier) is when "closed", "resolved" and "verified" are judged. The
+lifecycle terms (round, rework, on time, credited to) are docs/cases.md §3, §4 and §8.
 
 **Region** (district, sub-district, management grid; a case belongs to the region of its first report):
 
@@ -68,6 +68,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal
 
+from pipeline.reports.indicators import INDICATORS, REGION
 from pipeline.reports.patrols import Patrol, load_patrols
 from pipeline.reports.query import Filters, Queryable, ReportError, epoch, problems, share
 from pipeline.reports.weights import Weights, load_weights
@@ -75,69 +76,6 @@ from pipeline.reports.weights import Weights, load_weights
 SHANGHAI = timedelta(hours=8)
 Of = Literal["region", "department", "position"]
 
-
-@dataclass(frozen=True)
-class Indicator:
-    """One indicator: its id (CSV/JSON column), Chinese and English name, formula, and how it is scored."""
-
-    id: str
-    zh: str
-    en: str
-    formula: str
-    scored: Literal["more", "less", "count", "no"] = "no"
-
-
-def _ind(*items: Indicator) -> dict[str, Indicator]:
-    return {i.id: i for i in items}
-
-
-REGION = _ind(
-    Indicator("received", "受理数", "reports received", "reports of problem cases made in the period"),
-    Indicator("filed", "立案数", "cases filed", "problem cases created in the period", "count"),
-    Indicator("due", "应结案数", "cases due", "cases whose case_due_at falls in the period, closed or not"),
-    Indicator("closed", "结案数", "cases closed", "of due: closed before as-of"),
-    Indicator("close_rate", "结案率", "close rate", "closed / due", "more"),
-    Indicator("closed_on_time", "按期结案数", "closed on time",
-              "of due: resolved <= case_due_at and verified <= verify_due_at"),
-    Indicator("closed_on_time_rate", "按期结案率", "on-time close rate", "closed_on_time / due", "more"),
-    Indicator("overdue_unclosed", "超期未结案数", "overdue, not closed", "due - closed"),
-    Indicator("reworked", "返工数", "reworked", "of due: sent back after a failed check or a rejection"),
-    Indicator("rework_rate", "返工率", "rework rate", "reworked / due", "less"),
-    Indicator("public_report_rate", "监督举报率", "public report rate",
-              "filed first reported by the public / filed", "less"),
-    Indicator("discovery_rate", "主动发现率", "discovery rate",
-              "filed first found by a patrol or a sensor / filed", "more"),
-)
-DEPARTMENT = _ind(
-    Indicator("dispatched", "派遣数", "rounds dispatched", "rounds dispatched to the team in the period", "count"),
-    Indicator("due", "应处置数", "rounds due", "rounds held by the team whose due_at falls in the period"),
-    Indicator("resolved", "处置数", "resolved", "of due: resolved before as-of"),
-    Indicator("resolve_rate", "处置率", "resolve rate", "resolved / due", "more"),
-    Indicator("resolved_on_time", "按期处置数", "resolved on time", "of due: resolved <= due_at"),
-    Indicator("resolved_on_time_rate", "按期处置率", "on-time resolve rate", "resolved_on_time / due", "more"),
-    Indicator("overdue_open", "超期待处置数", "overdue, unresolved", "due - resolved"),
-    Indicator("reworked", "返工数", "reworked", "of due: the fix failed its check"),
-    Indicator("rework_rate", "返工率", "rework rate", "reworked / due", "less"),
-    Indicator("extended", "延期数", "extended", "of due: rounds whose deadline was extended"),
-    Indicator("rejected", "退回数", "rejected", "rounds the team rejected in the period (never due)"),
-)
-VERIFIER = _ind(
-    Indicator("verify_due", "应核查数", "checks due", "resolutions whose verify_due_at falls in the period"),
-    Indicator("checked", "核查数", "checked", "of verify_due: verified or sent back before as-of"),
-    Indicator("verify_rate", "核查率", "check rate", "checked / verify_due", "more"),
-    Indicator("checked_on_time", "按时核查数", "checked on time", "of verify_due: checked <= verify_due_at"),
-    Indicator("verified_on_time_rate", "按时核查率", "on-time check rate", "checked_on_time / verify_due", "more"),
-)
-PATROL = _ind(
-    Indicator("area_filed", "辖区立案数", "cases in its area",
-              "problem cases filed in the period in the team's grids and categories"),
-    Indicator("patrol_found", "巡查发现数", "found by a patrol", "of area_filed: first found by a patrol"),
-    Indicator("public_first", "公众首报数", "first reported by the public",
-              "of area_filed: first reported by the public"),
-    Indicator("miss_rate", "漏报率", "missed-report rate", "public_first / area_filed", "less"),
-)
-INDICATORS: dict[str, dict[str, Indicator]] = {"region": REGION, "department": DEPARTMENT,
-                                               "position.verifier": VERIFIER, "position.patrol": PATROL}
 
 # region level -> the SQL of a case's (or report's) region
 LEVELS: dict[str, str] = {
@@ -432,16 +370,3 @@ def month_range(text: str) -> tuple[date, date]:
 def previous_month(since: date) -> tuple[date, date]:
     a = date(since.year - (since.month == 1), (since.month - 2) % 12 + 1, 1)
     return a, since
-
-
-def help_text() -> str:
-    """The indicator table of `--help` and the README: id, Chinese, English, formula."""
-    lines = []
-    titles = {"region": "region (district | subdistrict | grid)", "department": "department (team)",
-              "position.verifier": "position: verifier (supervision; patrol for supervision's own fixes)",
-              "position.patrol": "position: patrol team (its grids and categories: --patrols FILE)"}
-    for of, defs in INDICATORS.items():
-        lines.append(f"{titles[of]}:")
-        for i in defs.values():
-            lines.append(f"  {i.zh} {i.id} ({i.en}) = {i.formula}")
-    return "\n".join(lines)

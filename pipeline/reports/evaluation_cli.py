@@ -16,16 +16,8 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
-from pipeline.reports.evaluation import (
-    INDICATORS,
-    LEVELS,
-    Indicator,
-    Unit,
-    evaluate,
-    help_text,
-    month_range,
-    periods,
-)
+from pipeline.reports.evaluation import LEVELS, Unit, evaluate, month_range, periods
+from pipeline.reports.indicators import INDICATORS, Indicator, help_text
 from pipeline.reports.patrols import PATROLS_FILE, PatrolsError, load_patrols
 from pipeline.reports.query import Filters, Queryable, ReportError, parse_instant
 from pipeline.reports.render import Table
@@ -201,6 +193,7 @@ def _instant(text: str) -> datetime:
 def run_bulletin(args: argparse.Namespace) -> int:
     """Write the month's bulletin as HTML (and PDF unless --no-pdf); print the paths, pages and time taken."""
     from pipeline.reports import bulletin as bl
+    from pipeline.reports import pdf
     from pipeline.sink.transport import QueryError
 
     started = time.perf_counter()
@@ -233,10 +226,10 @@ def run_bulletin(args: argparse.Namespace) -> int:
     if not args.no_pdf:
         pdf_path = out / f"{stem}.pdf"
         try:
-            bl.write_pdf(html_path, pdf_path)
+            pdf.write_pdf(html_path, pdf_path)
         except bl.BulletinError as err:
             print(f"report bulletin: {err}", file=sys.stderr)
             return 1
-        print(f"PDF: {pdf_path} ({bl.pdf_pages(pdf_path)} pages)")
+        print(f"PDF: {pdf_path} ({pdf.pdf_pages(pdf_path)} pages)")
     print(f"{time.perf_counter() - started:.1f} s, {doc.totals['filed']} cases filed in {args.month}")
     return 0

@@ -24,6 +24,7 @@ from typing import Any
 from aiohttp import web
 
 from pipeline.reports import bulletin as bl
+from pipeline.reports import pdf
 from pipeline.reports.evaluation import month_range, previous_month
 from pipeline.reports.query import ReportError
 from pipeline.web import auth
@@ -81,10 +82,10 @@ async def bulletin_pdf(access: Access, request: web.Request) -> web.Response:
 
     def render() -> bytes:
         with tempfile.TemporaryDirectory(prefix="cityops-bulletin-") as tmp:
-            page, pdf = Path(tmp) / "bulletin.html", Path(tmp) / "bulletin.pdf"
+            page, out = Path(tmp) / "bulletin.html", Path(tmp) / "bulletin.pdf"
             page.write_text(bl.to_html(doc), encoding="utf-8")
-            bl.write_pdf(page, pdf)
-            return pdf.read_bytes()
+            pdf.write_pdf(page, out)
+            return out.read_bytes()
 
     try:
         data = await access.centre(request).run_blocking(render, timeout=180)

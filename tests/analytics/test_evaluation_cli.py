@@ -115,7 +115,7 @@ def test_report_sla_names_its_denominators_and_has_both_closing_rates(
 
 
 def test_the_readme_and_help_define_every_indicator_as_the_code_does(capsys: pytest.CaptureFixture[str]) -> None:
-    from pipeline.reports.evaluation import INDICATORS
+    from pipeline.reports.indicators import INDICATORS
 
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
     with pytest.raises(SystemExit):
