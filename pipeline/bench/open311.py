@@ -127,8 +127,9 @@ async def measure(settings: Settings, case_states: dict[str, dict[str, Any]], un
     from pipeline.model.taxonomy import default_taxonomy
     from pipeline.stages.decode import default_decoder
     from pipeline.web import auth
-    from pipeline.web.app import Centre, build_app
+    from pipeline.web.app import build_app
     from pipeline.web.archive import open_archive
+    from pipeline.web.centre import Centre
     from pipeline.web.live import LiveBoard
     from pipeline.web.outbox import MemoryOutbox
     from pipeline.web.ratelimit import RateLimiter

@@ -75,8 +75,8 @@ def build_centre(settings: Settings) -> object:
     from pipeline.stages.decode import default_decoder
     from pipeline.web import auth
     from pipeline.web.alerts import ConfigWatch
-    from pipeline.web.app import Centre
     from pipeline.web.archive import open_archive
+    from pipeline.web.centre import Centre
     from pipeline.web.feed import BoardFeed, LagProbe
     from pipeline.web.live import LiveBoard
     from pipeline.web.mapdata import build_map, subdistrict_names

@@ -79,7 +79,7 @@ class RecentTickets:
 
 
 class Open311:
-    """The handlers; `centre` is the application's `pipeline.web.app.Centre`."""
+    """The handlers; `centre` is the application's `pipeline.web.centre.Centre`."""
 
     def __init__(self, centre: Any, catalogue: Catalogue | None = None) -> None:
         self.c = centre

@@ -17,8 +17,9 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from pipeline.stages.fields import InvalidEvent
-from pipeline.web.app import Centre, build_app
+from pipeline.web.app import build_app
 from pipeline.web.archive import CaseArchive
+from pipeline.web.centre import Centre
 from pipeline.web.outbox import MemoryOutbox
 from pipeline.web.ratelimit import RateLimiter
 from tests import fuzz

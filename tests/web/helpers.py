@@ -16,7 +16,8 @@ from pipeline.config import Settings
 from pipeline.model.taxonomy import default_taxonomy
 from pipeline.stages.decode import default_decoder
 from pipeline.web import auth
-from pipeline.web.app import Centre, build_app
+from pipeline.web.app import build_app
+from pipeline.web.centre import Centre
 from pipeline.web.live import LiveBoard
 from pipeline.web.outbox import MemoryOutbox
 from pipeline.web.users import User, Users, api_key_digest, hash_password

@@ -8,7 +8,7 @@ import orjson
 from aiohttp.test_utils import TestClient
 
 from pipeline.stages.decode import default_decoder
-from pipeline.web.app import Centre
+from pipeline.web.centre import Centre
 from pipeline.web.live import LiveBoard
 from pipeline.web.outbox import MemoryOutbox
 from tests.web.helpers import PASSWORD, case_state, centre, run, sign_in

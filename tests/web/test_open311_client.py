@@ -17,8 +17,9 @@ import requests
 from aiohttp import web
 from georeport import GeoReport
 
-from pipeline.web.app import Centre, build_app
+from pipeline.web.app import build_app
 from pipeline.web.archive import CaseArchive
+from pipeline.web.centre import Centre
 from tests.web.helpers import centre
 from tests.web.open311_data import District, chdb_database, hours_ago, iso, ticket
 

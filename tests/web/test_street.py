@@ -16,7 +16,7 @@ from PIL import ExifTags, Image
 
 from pipeline.stages.decode import default_decoder
 from pipeline.web.alerts import ConfigWatch
-from pipeline.web.app import Centre
+from pipeline.web.centre import Centre
 from pipeline.web.live import LiveBoard
 from pipeline.web.outbox import MemoryOutbox
 from pipeline.web.photos import PhotoError, S3PhotoStore, clean_photo
