@@ -16,6 +16,7 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
+from pipeline.reports.command import Command, parse_range
 from pipeline.reports.evaluation import LEVELS, Unit, evaluate, month_range, periods
 from pipeline.reports.indicators import INDICATORS, Indicator, help_text
 from pipeline.reports.patrols import PATROLS_FILE, PatrolsError, load_patrols
@@ -188,6 +189,17 @@ def add_evaluation_args(p: argparse.ArgumentParser) -> None:
 
 def _instant(text: str) -> datetime:
     return parse_instant(text)
+
+
+def _arguments(p: argparse.ArgumentParser) -> None:
+    add_evaluation_args(p)
+    p.add_argument("--compare", nargs=2, type=parse_range, metavar=("BEFORE", "AFTER"),
+                   help="evaluate two ranges SINCE..UNTIL and the change per unit")
+
+
+COMMAND = Command("evaluation", "综合评价: regions, departments, positions; indicators, scores, A-E grades",
+                  DESCRIPTION, run_evaluation, _arguments,
+                  as_table=lambda rows, args, title: as_table(rows, args.of, title))
 
 
 def run_bulletin(args: argparse.Namespace) -> int:
