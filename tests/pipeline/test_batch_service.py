@@ -216,3 +216,53 @@ def test_end_offsets_not_known_at_assignment_are_asked_again() -> None:
     assert consumer.asked == 2 and svc.aligner.lag(iot, consumer.highwater) == 500
     asyncio.run(svc._next_records())
     assert consumer.asked == 2                      # known: never asked again
+
+
+def test_nothing_is_fetched_before_the_assignment_is_owned() -> None:
+    """What CI met: the assignment's callback (restoring the tables) was slow, a fetch meanwhile took the
+    records of every partition the consumer had been given, and the patrol report went to the stage before the
+    aligner knew the readings' partition had a backlog. Until the stage owns its partitions nothing is fetched;
+    then the readings' backlog holds the patrol report back."""
+    import asyncio
+    from types import SimpleNamespace
+
+    import orjson
+    from aiokafka import TopicPartition
+
+    from pipeline.align import Aligner, time_reader
+    from pipeline.batch_service import BatchService
+    from pipeline.config import Settings
+    from pipeline.flow import Message
+
+    iot, patrol = TopicPartition("iot", 0), TopicPartition("patrol", 0)
+    report = Message("patrol", 0, 0, orjson.dumps({"at": "2026-11-01T02:10:00Z"}))
+
+    class Consumer:
+        fetches: list[tuple[TopicPartition, ...]] = []
+
+        async def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+            return {tp: 500 if tp == iot else 1 for tp in tps}
+
+        async def position(self, tp: TopicPartition) -> int:
+            return 0
+
+        def highwater(self, tp: TopicPartition) -> int | None:
+            return None
+
+        async def getmany(self, *parts: TopicPartition, timeout_ms: int,
+                          max_records: int) -> dict[TopicPartition, list[Message]]:
+            self.fetches.append(parts)
+            # the consumer was given both partitions; the patrol report is what the broker sends first
+            return {patrol: [report]} if not parts or patrol in parts else {}
+
+    svc = BatchService(SimpleNamespace(settings=Settings.from_env()))
+    svc.group = "cityops-test-ingest"
+    consumer = Consumer()
+    svc._consumer = consumer  # type: ignore[assignment]
+    svc.aligner = Aligner({"iot": time_reader("at"), "patrol": time_reader("at")})
+    assert asyncio.run(svc._next_records()) == ({}, False)
+    assert consumer.fetches == [], "fetched before the stage owned a partition"
+    svc.owned = {iot, patrol}                       # the assignment's callback is done
+    out, fetched = asyncio.run(svc._next_records())
+    assert fetched and out == {}, "the readings' backlog of 500 must hold the patrol report back"
+    assert svc.aligner.lag(iot, consumer.highwater) == 500
