@@ -229,10 +229,10 @@ def test_nothing_is_fetched_before_the_assignment_is_owned() -> None:
     import orjson
     from aiokafka import TopicPartition
 
-    from pipeline.align import Aligner, time_reader
-    from pipeline.batch_service import BatchService
+    from pipeline.runtime.align import Aligner, time_reader
+    from pipeline.runtime.consumer import BatchService
     from pipeline.config import Settings
-    from pipeline.flow import Message
+    from pipeline.wire import Message
 
     iot, patrol = TopicPartition("iot", 0), TopicPartition("patrol", 0)
     report = Message("patrol", 0, 0, orjson.dumps({"at": "2026-11-01T02:10:00Z"}))
