@@ -229,9 +229,9 @@ def test_nothing_is_fetched_before_the_assignment_is_owned() -> None:
     import orjson
     from aiokafka import TopicPartition
 
+    from pipeline.config import Settings
     from pipeline.runtime.align import Aligner, time_reader
     from pipeline.runtime.consumer import BatchService
-    from pipeline.config import Settings
     from pipeline.wire import Message
 
     iot, patrol = TopicPartition("iot", 0), TopicPartition("patrol", 0)
