@@ -23,10 +23,12 @@ every server: ClickHouse 18.16 has no `IF NOT EXISTS` there, so `migrate` looks 
 `system.columns` and sends the statement without those words only when the column is missing (on a cluster:
 as this node sees the table).
 
-On a cluster, an `ALTER TABLE` of a Distributed table (a `${ref:NAME}`) is sent to every node of the cluster in
-turn, without `ON CLUSTER`: with `internal_replication` ClickHouse 18.16 refuses `ON CLUSTER` ALTERs of tables
-that are not replicated ("Table isn't replicated, but shard is replicated according to its cluster definition"),
-and a Distributed table exists on every node. Each node's own columns decide whether it needs the statement.
+On a cluster, an `ALTER TABLE ... ON CLUSTER` is sent without `ON CLUSTER`, node by node: for a Distributed table
+(a `${ref:NAME}`) to every node, for a Replicated table to the first replica of each shard (the replicas take the
+ALTER from each other). With `internal_replication` ClickHouse 18.16 refuses `ON CLUSTER` ALTERs of tables that are
+not replicated ("Table isn't replicated, but shard is replicated according to its cluster definition"), and its
+DDL queue, executing a Replicated table's ALTER once per shard, sometimes fails with "Node exists: .../executed" and
+leaves the statement waiting out its 180 s. Each node's own columns decide whether it needs the statement.
 
 Only the database name from Settings is put into SQL text, and only after checking it is a plain identifier.
 """
@@ -221,7 +223,7 @@ _ALTER_ON_CLUSTER = re.compile(r"^\s*ALTER\s+TABLE\s+(?P<table>\w+\.\w+)\s+(?P<o
 
 
 def _execute_everywhere(db: ClickHouse, settings: Settings, sql: str, where: str) -> None:
-    """Run one statement; an ALTER of a Distributed table on every node of its cluster (see module doc)."""
+    """Run one statement; an ALTER ... ON CLUSTER node by node (see module doc)."""
     m = _ALTER_ON_CLUSTER.match(sql)
     if m is None:
         _execute(db, sql, where)
@@ -229,14 +231,16 @@ def _execute_everywhere(db: ClickHouse, settings: Settings, sql: str, where: str
     database, table = m.group("table").split(".")
     engine = db.execute("SELECT engine FROM system.tables WHERE database = %(d)s AND name = %(t)s",
                         {"d": database, "t": table})
-    if not engine or engine[0][0] != "Distributed":
+    if not engine:
         _execute(db, sql, where)
         return
     local = sql[:m.start("on")] + sql[m.end("on"):]
-    nodes = db.execute("SELECT DISTINCT host_address, port FROM system.clusters WHERE cluster = %(c)s",
-                       {"c": m.group("cluster")})
+    first_replicas = " AND replica_num = 1" if str(engine[0][0]).startswith("Replicated") else ""
+    nodes = db.execute("SELECT DISTINCT host_address, port FROM system.clusters WHERE cluster = %(c)s"
+                       + first_replicas, {"c": m.group("cluster")})
     for host, port in nodes:
-        node = ClickHouse(replace(settings, clickhouse_host=str(host), clickhouse_port=int(port)), database="default")
+        node = ClickHouse(replace(settings, clickhouse_host=str(host), clickhouse_port=int(port)), database="default",
+                          send_receive_timeout=240.0)
         try:
             _execute(node, local, f"{where} on {host}:{port}")
         finally:
@@ -275,7 +279,9 @@ def migrate(settings: Settings, cluster: str | None = None,
     """
     target = Target(settings.clickhouse_database, cluster)
     todo = load_migrations() if migrations is None else migrations
-    db = ClickHouse(settings, database="default")
+    # ON CLUSTER DDL answers once every node has run it (ClickHouse waits up to distributed_ddl_task_timeout,
+    # 180 s): on a busy machine that is more than the usual minute
+    db = ClickHouse(settings, database="default", send_receive_timeout=240.0 if cluster else 60.0)
     try:
         _bootstrap(db, target)
         done = applied_versions(db, target)
