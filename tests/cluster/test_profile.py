@@ -95,7 +95,9 @@ def test_every_node_lists_cityops_as_two_shards_of_two_replicas(cs: Settings) ->
 
 
 def test_migrate_twice_on_the_cluster(cs: Settings) -> None:
-    assert migrate(cs, cluster="cityops") == ["0001", "0002", "0003", "0004", "0005", "0006", "0007"]
+    every = sorted(f.name[:4] for f in (ROOT / "pipeline" / "sink" / "migrations").glob("*.sql"))
+    assert every[:2] == ["0001", "0002"] and len(every) >= 9
+    assert migrate(cs, cluster="cityops") == every
     assert migrate(cs, cluster="cityops") == []
     assert {r.state for r in status(cs, cluster="cityops")} == {"applied"}
     db = cs.clickhouse_database
