@@ -9,6 +9,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from kafka import KafkaAdminClient
 from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
@@ -58,8 +59,7 @@ def under_replicated(admin: KafkaAdminClient, names: list[str], rep: Replication
     topics = [t for t in admin.describe_topics(list(names)) if t.get("error_code", 0) == 0 and t["partitions"]]
     if not topics:
         return []
-    described = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, t["name"]) for t in topics],
-                                       config_filter="all").get("topic") or {}
+    described = _topic_configs(admin, [str(t["name"]) for t in topics])
     problems = []
     for t in sorted(topics, key=lambda t: str(t["name"])):
         copies = min(len(p["replica_nodes"]) for p in t["partitions"])
@@ -68,6 +68,23 @@ def under_replicated(admin: KafkaAdminClient, names: list[str], rep: Replication
             problems.append(f"{t['name']}: {copies} replica(s), min.insync.replicas={isr}; "
                             f"configured {rep.factor} and {rep.min_insync}")
     return problems
+
+
+def _topic_configs(admin: KafkaAdminClient, names: list[str], timeout_s: float = 10.0) -> dict[str, Any]:
+    """Each topic's configs (with the broker's defaults: config_filter="all"). A topic created a moment ago may
+    not be known yet to the broker that answers (on a cluster its configs reach every broker a little later): its
+    configs are asked again until they come, for up to `timeout_s`, rather than taken as the lowest setting."""
+    deadline = time.monotonic() + timeout_s
+    got: dict[str, Any] = {}
+    while True:
+        missing = [n for n in names if not got.get(n)]
+        if missing:
+            answer = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, n) for n in missing],
+                                            config_filter="all").get("topic") or {}
+            got.update({n: c for n, c in answer.items() if c})
+        if all(got.get(n) for n in names) or time.monotonic() >= deadline:
+            return got
+        time.sleep(0.2)
 
 
 def warn_under_replicated(admin: KafkaAdminClient, names: list[str], rep: Replication, who: str) -> list[str]:
