@@ -62,7 +62,7 @@ class IngestService(BatchService):
         ingest = self.c.ingest
         located: list[tuple[float, int, str, bytes]] = []
         for tp, batch in records.items():
-            # records are pipeline.wire.Message (consumer.LEAN) or aiokafka ConsumerRecords, with those fields
+            # records are pipeline.wire.Message (fastclient.LEAN) or aiokafka ConsumerRecords, with those fields
             if any(r.value is None for r in batch):     # a tombstone on a raw topic: an empty, invalid message
                 batch = [Message(r.topic, r.partition, r.offset, r.value or b"", r.key) for r in batch]
             source = self.sources[tp.topic]
