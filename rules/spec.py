@@ -40,7 +40,8 @@ from yaml.nodes import Node, SequenceNode
 
 from pipeline.model.events import TEAMS, Event
 from pipeline.model.taxonomy import Taxonomy, default_taxonomy
-from rules.conditions import All, Condition, names_fault
+from rules.combinators import All, names_fault
+from rules.conditions import Condition
 from rules.limits import DEFAULT_TIME_LIMITS, TimeLimits, parse_time_limits
 from rules.nodes import Entry, NodeReader, compose_file
 from rules.photos import NO_AFTER_PHOTO, AfterPhoto, parse_after_photo

@@ -40,15 +40,13 @@ from yaml.nodes import Node
 from pipeline.model.events import DEVICE_FAULTS
 from pipeline.model.sources import DISCOVERED_BY, SOURCES
 from pipeline.model.taxonomy import Taxonomy
+from rules.combinators import All, AnyOf, Not
 from rules.conditions import (
     WEEKDAYS,
-    All,
-    AnyOf,
     CodeMatch,
     Condition,
     Located,
     Membership,
-    Not,
     Recurrence,
     TextSearch,
     TimeOfDay,
