@@ -18,7 +18,7 @@ MAX_LINES = 400
 # (Sizes at the time, for reference.)
 STILL_OVER = {
     "pipeline/simulate/plan.py": 779, "pipeline/web/app.py": 665, "pipeline/stages/cases.py": 653,
-    "pipeline/reports/cli.py": 488, "pipeline/bench/naive.py": 482,
+    "pipeline/reports/cli.py": 488,
     "grid/index.py": 471, "pipeline/stages/ingest.py": 432, "rules/when.py": 413, "rules/spec.py": 410,
 }
 
