@@ -42,11 +42,12 @@ from pipeline.model.events import TEAMS, Event
 from pipeline.model.taxonomy import Taxonomy, default_taxonomy
 from rules.combinators import All, names_fault
 from rules.conditions import Condition
+from rules.leaves import WhenContext
 from rules.limits import DEFAULT_TIME_LIMITS, TimeLimits, parse_time_limits
 from rules.nodes import Entry, NodeReader, compose_file
 from rules.photos import NO_AFTER_PHOTO, AfterPhoto, parse_after_photo
 from rules.recurrence import RecurrenceCounter
-from rules.when import WhenContext, parse_when
+from rules.when import parse_when
 
 KIND = "dispatch-rules"
 DEFAULT_TZ = "Asia/Shanghai"
