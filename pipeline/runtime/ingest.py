@@ -28,7 +28,8 @@ from pipeline.runtime.align import Aligner, time_reader
 from pipeline.runtime.changelog import ChangelogTable, json_bytes
 from pipeline.runtime.components import Components, refresh
 from pipeline.runtime.consumer import EXIT_DEADLETTER_LIMIT, BatchService
-from pipeline.stages.ingest import DeadLetterLimitExceeded, IngestResult
+from pipeline.stages.deadletters import DeadLetterLimitExceeded
+from pipeline.stages.ingest import IngestResult
 from pipeline.stages.sensors import SensorState
 from pipeline.wire import Message
 
