@@ -28,7 +28,8 @@ from typing import Any, Protocol
 
 from pipeline.model.events import Event, GridKind, Location
 from pipeline.model.sources import SOURCES, Source
-from rules.conditions import Condition, Not, Recurrence
+from rules.combinators import Not
+from rules.conditions import Condition, Recurrence
 from rules.durations import format_duration
 from rules.engine import Dispatch, Ruleset
 from rules.recurrence import RecurrenceHistory

@@ -33,7 +33,8 @@ from typing import ClassVar
 from pipeline.model.events import DEVICE_FAULTS, Event
 from pipeline.model.sources import SOURCES
 from pipeline.model.taxonomy import Taxonomy
-from rules.conditions import All, AnyOf, CodeMatch, Condition, Consts, Membership, Not
+from rules.combinators import All, AnyOf, Not
+from rules.conditions import CodeMatch, Condition, Consts, Membership
 from rules.recurrence import RecurrenceCounter
 from rules.spec import Route, Rule
 

@@ -1,4 +1,5 @@
-"""The `when` conditions of a rule as a small typed tree, and the three things each node can do.
+"""The `when` conditions of a rule as a small typed tree, and the three things each node can do (this module
+holds the node type and the leaves; the inner nodes `all`, `any` and `not` are rules.combinators).
 
 - `test(event, recurrence)`: evaluate directly (used by `explain` and for reasons of `any` rules);
 - `code(consts)`: a Python expression over `ev` (the Event) and `rec` (the RecurrenceCounter or None) that the
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -32,7 +33,7 @@ COMPARATORS: dict[str, Any] = {
     "!=": lambda a, b: a != b,
 }
 # Cost ranks: compiled `all`/`any` evaluate cheap children first (explain keeps the file's order).
-_CHEAP, _TEXT, _CLOCK, _COUNT = 0, 1, 2, 3  # a regex search in C beats a zone conversion
+COST_CHEAP, COST_TEXT, COST_CLOCK, COST_COUNT = 0, 1, 2, 3  # a regex search in C beats a zone conversion
 
 
 class Consts:
@@ -90,7 +91,7 @@ class Condition(ABC):
 
     def cost(self) -> int:
         """Relative evaluation cost; `all` and `any` try cheaper children first in compiled code."""
-        return _CHEAP
+        return COST_CHEAP
 
     @abstractmethod
     def test(self, ev: Event, rec: RecurrenceCounter | None) -> bool: ...
@@ -231,7 +232,7 @@ class TimeOfDay(Condition):
     tz: ZoneInfo
 
     def cost(self) -> int:
-        return _CLOCK
+        return COST_CLOCK
 
     def test(self, ev: Event, rec: RecurrenceCounter | None) -> bool:
         return minute_in_windows(ev.occurred_at, self.tz, self.windows)
@@ -260,7 +261,7 @@ class Weekday(Condition):
     tz: ZoneInfo
 
     def cost(self) -> int:
-        return _CLOCK
+        return COST_CLOCK
 
     def test(self, ev: Event, rec: RecurrenceCounter | None) -> bool:
         return local_time(ev.occurred_at, self.tz).weekday() in self.days
@@ -284,7 +285,7 @@ class TextSearch(Condition):
     shown: tuple[str, ...]
 
     def cost(self) -> int:
-        return _TEXT
+        return COST_TEXT
 
     def test(self, ev: Event, rec: RecurrenceCounter | None) -> bool:
         return self.pattern.search(ev.description) is not None
@@ -337,7 +338,7 @@ class Recurrence(Condition):
     n: int
 
     def cost(self) -> int:
-        return _COUNT
+        return COST_COUNT
 
     def pattern_for(self, ev: Event) -> str:
         if self.category == "same":
@@ -383,127 +384,3 @@ class Recurrence(Condition):
             return "no case history given"
         found = self.count(ev, rec)
         return "no cell" if found is None else f"{found} earlier ({self.pattern_for(ev)})"
-
-
-@dataclass(frozen=True, eq=False)
-class All(Condition):
-    """Every child holds (an empty `all` always holds: a rule without `when` matches everything)."""
-
-    children: tuple[Condition, ...] = field(default_factory=tuple)
-
-    def cost(self) -> int:
-        return max((c.cost() for c in self.children), default=_CHEAP)
-
-    def test(self, ev: Event, rec: RecurrenceCounter | None) -> bool:
-        return all(c.test(ev, rec) for c in self.children)
-
-    def code(self, consts: Consts) -> str:
-        if not self.children:
-            return "True"
-        ordered = sorted(self.children, key=lambda c: c.cost())
-        return "(" + " and ".join(c.code(consts) for c in ordered) + ")"
-
-    def describe(self) -> str:
-        if not self.children:
-            return "always"
-        return " and ".join(_wrap(c) for c in self.children)
-
-    def why(self, ev: Event, rec: RecurrenceCounter | None) -> str:
-        if not self.children:
-            return "always"
-        return " and ".join(_wrap_text(c, c.why(ev, rec)) for c in self.children)
-
-    def has_choice(self) -> bool:
-        return any(c.has_choice() for c in self.children)
-
-    def trace(self, ev: Event, rec: RecurrenceCounter | None, depth: int = 0) -> tuple[bool, list[str]]:
-        if not self.children:
-            return True, [f"{'  ' * depth}[x] always"]
-        if len(self.children) == 1:
-            return self.children[0].trace(ev, rec, depth)
-        nested = depth > 0  # the top level is the rule itself
-        lines: list[str] = []
-        ok = True
-        for child in self.children:
-            child_ok, child_lines = child.trace(ev, rec, depth + 1 if nested else depth)
-            ok = ok and child_ok
-            lines += child_lines
-        if nested:
-            lines.insert(0, f"{'  ' * depth}[{'x' if ok else ' '}] all of:")
-        return ok, lines
-
-
-@dataclass(frozen=True, eq=False)
-class AnyOf(Condition):
-    """At least one child holds."""
-
-    children: tuple[Condition, ...]
-
-    def cost(self) -> int:
-        return max(c.cost() for c in self.children)
-
-    def test(self, ev: Event, rec: RecurrenceCounter | None) -> bool:
-        return any(c.test(ev, rec) for c in self.children)
-
-    def code(self, consts: Consts) -> str:
-        ordered = sorted(self.children, key=lambda c: c.cost())
-        return "(" + " or ".join(c.code(consts) for c in ordered) + ")"
-
-    def describe(self) -> str:
-        return "any of (" + "; ".join(c.describe() for c in self.children) + ")"
-
-    def why(self, ev: Event, rec: RecurrenceCounter | None) -> str:
-        for child in self.children:
-            if child.test(ev, rec):
-                return child.why(ev, rec)
-        return self.describe()
-
-    def has_choice(self) -> bool:
-        return True
-
-    def trace(self, ev: Event, rec: RecurrenceCounter | None, depth: int = 0) -> tuple[bool, list[str]]:
-        lines = [f"{'  ' * depth}any of:"]
-        ok = False
-        for child in self.children:
-            child_ok, child_lines = child.trace(ev, rec, depth + 1)
-            ok = ok or child_ok
-            lines += child_lines
-        lines[0] = f"{'  ' * depth}[{'x' if ok else ' '}] any of:"
-        return ok, lines
-
-
-@dataclass(frozen=True, eq=False)
-class Not(Condition):
-    """The child does not hold."""
-
-    child: Condition
-
-    def cost(self) -> int:
-        return self.child.cost()
-
-    def test(self, ev: Event, rec: RecurrenceCounter | None) -> bool:
-        return not self.child.test(ev, rec)
-
-    def code(self, consts: Consts) -> str:
-        return f"(not {self.child.code(consts)})"
-
-    def describe(self) -> str:
-        return f"not ({self.child.describe()})"
-
-    def trace(self, ev: Event, rec: RecurrenceCounter | None, depth: int = 0) -> tuple[bool, list[str]]:
-        child_ok, child_lines = self.child.trace(ev, rec, depth + 1)
-        return not child_ok, [f"{'  ' * depth}[{' ' if child_ok else 'x'}] not:"] + child_lines
-
-
-def names_fault(when: All) -> bool:
-    """Whether a rule's `when` has a `fault` condition (which rules/when.py allows only at its top level): such
-    a rule routes device-fault reports and no other rule ever does (docs/cases.md §6.3)."""
-    return any(isinstance(c, Membership) and c.attr == "fault" for c in when.children)
-
-
-def _wrap(c: Condition) -> str:
-    return _wrap_text(c, c.describe())
-
-
-def _wrap_text(c: Condition, text: str) -> str:
-    return f"({text})" if isinstance(c, All) and len(c.children) > 1 else text

@@ -44,8 +44,9 @@ from rules.errors import RulesError
 from rules.limits import TimeLimits
 from rules.photos import AfterPhoto
 from rules.recurrence import RecurrenceCounter
+from rules.ruleparser import parse_ruleset
 from rules.shadow import shadow_warnings
-from rules.spec import RulesetSpec, parse_ruleset
+from rules.spec import RulesetSpec
 
 DEFAULT_RULES = Path(__file__).resolve().parent / "hongkou.yaml"
 

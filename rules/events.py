@@ -15,7 +15,7 @@ from typing import Any
 
 from pipeline.model.events import DEVICE_FAULTS, SENSOR_SCOPES, Event, Location
 from pipeline.model.sources import SOURCES
-from rules.when import GRID_KINDS as GRID_KINDS_ALL
+from rules.leaves import GRID_KINDS as GRID_KINDS_ALL
 
 _EVENT_KEYS = {
     "event_id",

@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from rules.conditions import CodeMatch
+from rules.leaves import WhenContext, _category
 from rules.nodes import Entry, NodeReader
-from rules.when import WhenContext, _category
 
 
 @dataclass(frozen=True)

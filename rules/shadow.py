@@ -9,16 +9,8 @@ and weekdays included, other conditions identical.
 from __future__ import annotations
 
 from pipeline.model.taxonomy import Taxonomy
-from rules.conditions import (
-    All,
-    AnyOf,
-    CodeMatch,
-    Condition,
-    Located,
-    Membership,
-    TimeOfDay,
-    Weekday,
-)
+from rules.combinators import All, AnyOf
+from rules.conditions import CodeMatch, Condition, Located, Membership, TimeOfDay, Weekday
 from rules.spec import Rule, RulesetSpec
 
 

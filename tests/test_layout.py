@@ -18,9 +18,6 @@ MAX_LINES = 400
 # (Sizes at the time, for reference.)
 STILL_OVER = {
     "pipeline/simulate/plan.py": 779, "pipeline/stages/cases.py": 653,
-    "pipeline/notify/service.py": 625, "pipeline/notify/targets.py": 597, "pipeline/runtime/consumer.py": 527,
-    "rules/conditions.py": 509, "pipeline/bench/naive.py": 482,
-    "grid/index.py": 471, "pipeline/stages/ingest.py": 432, "rules/when.py": 413, "rules/spec.py": 410,
 }
 
 

@@ -148,7 +148,8 @@ def run_naive(base: Settings, raw: Topics, inp: BenchInput, world: Any, tag: str
     `routes`, when given, receives case id -> (team, rule id) of each first dispatch."""
     from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-    from pipeline.bench.naive import NaiveDecoder, NaiveLocator, NaivePipeline, run_from_kafka
+    from pipeline.bench.naive import NaivePipeline, run_from_kafka
+    from pipeline.bench.naiveparts import NaiveDecoder, NaiveLocator
     from pipeline.model.taxonomy import default_taxonomy
     from pipeline.sink.transport import ClickHouse
     from pipeline.stages.registry import load_registry, load_types

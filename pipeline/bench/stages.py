@@ -133,7 +133,7 @@ def run_chain(inp: BenchInput, world: Any) -> tuple[StageRun, dict[str, float]]:
 
 def time_stages(inp: BenchInput, world: Any, base: Settings, tag: str) -> tuple[list[StageRate], StageRun]:
     """Every stage of the worker's chain on the input, each next to the naive baseline's way of doing it."""
-    from pipeline.bench.naive import NaiveDecoder, NaiveLocator
+    from pipeline.bench.naiveparts import NaiveDecoder, NaiveLocator
     from pipeline.model.taxonomy import default_taxonomy
     from pipeline.stages.decode import default_decoder
     from pipeline.stages.fields import InvalidEvent

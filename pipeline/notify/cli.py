@@ -28,7 +28,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from pipeline.notify.targets import TargetsError, names_in_rules, parse_targets
+    from pipeline.notify.targets import TargetsError, names_in_rules
+    from pipeline.notify.targetsfile import parse_targets
     from rules.engine import load_ruleset
     from rules.errors import RulesError
 

@@ -46,13 +46,9 @@ reason; `raw` is the assignment (masked).
 from __future__ import annotations
 
 import asyncio
-import logging
-import random
 import signal
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -62,86 +58,25 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from pipeline.config import Settings
 from pipeline.model.privacy import mask_text
 from pipeline.notify.channels import Sender
+from pipeline.notify.delivery import Deliveries
 from pipeline.notify.ledger import Attempt, Entry, rows_of
 from pipeline.notify.plan import Delivery, delivery_id, plan
 from pipeline.notify.rows import RowWriter
-from pipeline.notify.targets import Channel, Target, TargetsHolder, TargetsSpec, names_in_rules
+from pipeline.notify.state import channel_of, group_of, log
+from pipeline.notify.targets import names_in_rules
+from pipeline.notify.targetsfile import TargetsHolder
 from pipeline.notify.templates import Message, Renderer
-
-log = logging.getLogger("cityops.notify")
 
 HANDOVER_WAIT_S = 15.0          # a rebalance or stop waits this long for requests on the wire
 MAX_IN_FLIGHT = 20_000          # unfinished deliveries before the notifier stops reading (backpressure)
-CHANNEL_CONCURRENCY = 16        # requests on the wire at once per channel: a receiver is not flooded, and few
-                                # requests are ever on the wire when a notifier dies
 PRUNE_EVERY_S = 60.0
 RELOAD_EVERY_S = 2.0
 
 
-def group_of(settings: Settings) -> str:
-    return f"{settings.app_id}-notify"
-
-
-def ledger_topic(settings: Settings) -> str:
-    return f"{settings.app_id}-notify-deliveries"
-
-
-class Limiter:
-    """A token bucket per target (generic cell rate): `take` says how long a message must wait to keep the
-    target's rate. Priority 1 never waits (a gas leak is not held behind a rate limit), but counts, so the
-    messages after it wait the longer."""
-
-    def __init__(self) -> None:
-        self._tat: dict[str, float] = {}      # theoretical arrival time of the next message, per target
-
-    def take(self, target: Target, priority: int, now: float) -> float:
-        interval = 1.0 / target.rate.per_second
-        tolerance = (target.rate.burst - 1) * interval
-        tat = max(self._tat.get(target.name, now), now)
-        wait = 0.0 if priority == 1 else max(0.0, tat - tolerance - now)
-        self._tat[target.name] = tat + interval
-        return wait
-
-
-@dataclass
-class Counters:
-    delivered: int = 0
-    retried: int = 0
-    dead: int = 0
-    replayed: int = 0          # deliveries skipped because the delivered set had them
-    resumed: int = 0           # unfinished deliveries taken over from the changelog
-    interrupted: int = 0       # of those, attempts that were on the wire when their notifier stopped
-    by_target: dict[tuple[str, str], int] = field(default_factory=dict)
-
-
-class Notifier:
-    """The notifier process's state and loop (module docstring). `sender` sends one message (tests may give
-    their own); `rows` stores attempts in ClickHouse."""
-
-    def __init__(self, settings: Settings, targets: TargetsHolder, rules: Any, renderer: Renderer,
-                 rows: RowWriter, *, attempts: int | None = None) -> None:
-        self.settings = settings
-        self.targets = targets
-        self.rules = rules                       # rules.engine.RulesHolder, or None
-        self.renderer = renderer
-        self.rows = rows
-        self.attempts = attempts or settings.notify_attempts
-        self.limiter = Limiter()
-        self.counters = Counters()
-        self.entries: dict[int, dict[str, Entry]] = {}
-        self.tasks: dict[str, asyncio.Task[None]] = {}
-        self.on_wire: set[str] = set()
-        self.owned: set[int] = set()
-        self.topic = settings.topics.assignments
-        self.ledger = ledger_topic(settings)
-        self._consumer: AIOKafkaConsumer | None = None
-        self._producer: AIOKafkaProducer | None = None
-        self._session: aiohttp.ClientSession | None = None
-        self.sender: Sender | None = None
-        self._lock = asyncio.Lock()
-        self._slots: dict[tuple[str, str], asyncio.Semaphore] = {}
-        self._last_reload = 0.0
-        self._last_prune = time.monotonic()
+class Notifier(Deliveries):
+    """The notifier process's loop (module docstring): accept assignments, take partitions over and hand them
+    back, upkeep; the deliveries themselves are pipeline.notify.delivery. `sender` sends one message (tests may
+    give their own); `rows` stores attempts in ClickHouse."""
 
     # -- lifecycle ------------------------------------------------------------------------------------------
 
@@ -219,7 +154,7 @@ class Notifier:
                 entry = Entry.new(d, str(a.get("kind") or "dispatch"), tp.partition, rec.offset, assigned_at)
                 entry.raw = raw
                 target = spec.targets[d.target]
-                channel = _channel(target, d.channel)
+                channel = channel_of(target, d.channel)
                 assert channel is not None
                 entry.message = _as_dict(self.renderer.render(a, target, channel, spec))
                 table[d.delivery_id] = entry
@@ -267,165 +202,6 @@ class Notifier:
             await self._consumer.commit(offsets)
         except Exception as err:     # a rebalance under way: the next owner re-reads; the ledger skips them
             log.warning("notify: commit of %s failed: %s", sorted((tp.topic, tp.partition) for tp in offsets), err)
-
-    def _first_slot(self, entry: Entry, target: Target, spec: TargetsSpec, now: float) -> bool:
-        """Set the new entry's state: `sending` (attempt 1) when it may go now, else `pending` until quiet hours
-        end or the rate limit allows. Returns whether its rate-limit slot is already taken."""
-        if entry.priority != 1 and target.quiet is not None:
-            release = target.quiet.release_at(datetime.fromtimestamp(now, UTC), spec.tz)
-            if release is not None:
-                entry.state, entry.not_before = "pending", release.timestamp()
-                return False
-        wait = self.limiter.take(target, entry.priority, now)
-        if wait > 0:
-            entry.state, entry.not_before = "pending", now + wait
-        else:
-            entry.state, entry.attempt, entry.not_before = "sending", 1, now
-        return True
-
-    # -- step 3-4: one delivery ------------------------------------------------------------------------------
-
-    def _slot(self, entry: Entry) -> asyncio.Semaphore:
-        """The channel's connections: a delivery holds one from its `sending` record to the end of the attempt."""
-        return self._slots.setdefault((entry.target, entry.channel), asyncio.Semaphore(CHANNEL_CONCURRENCY))
-
-    def _start(self, entry: Entry, reserved: bool, held: bool = False) -> None:
-        task = asyncio.ensure_future(self._deliver(entry, reserved, held))
-        self.tasks[entry.delivery_id] = task
-        key = entry.delivery_id
-        task.add_done_callback(lambda t: self._done(key, t))
-
-    def _done(self, key: str, task: asyncio.Task[None]) -> None:
-        if self.tasks.get(key) is task:
-            del self.tasks[key]
-        if not task.cancelled() and task.exception() is not None:
-            log.error("notify: delivery %s failed unexpectedly", key, exc_info=task.exception())
-
-    async def _deliver(self, entry: Entry, reserved: bool, held: bool) -> None:
-        """Attempt `entry` until it is delivered or dead (retries wait; quiet hours and rate limit hold).
-        `held`: the channel slot is already taken for the first attempt (its `sending` record is written)."""
-        if held:
-            await self._attempt(entry, held=True)
-            reserved = True
-        while not entry.final:
-            if entry.state == "pending":
-                await _sleep_until(entry.not_before)
-                spec = self.targets.current
-                target = spec.targets.get(entry.target)
-                if target is None or _channel(target, entry.channel) is None:
-                    await self._give_up(entry, f"{entry.target}/{entry.channel} is no longer in the targets file")
-                    return
-                if not reserved:
-                    now = time.time()
-                    release = None if entry.priority == 1 or target.quiet is None else \
-                        target.quiet.release_at(datetime.fromtimestamp(now, UTC), spec.tz)
-                    if release is not None:
-                        entry.not_before = release.timestamp()
-                        await self._write([entry])
-                        continue
-                    reserved = True
-                    wait = self.limiter.take(target, entry.priority, now)
-                    if wait > 0:
-                        entry.not_before = now + wait
-                        continue
-                slot = self._slot(entry)
-                await slot.acquire()
-                entry.state, entry.attempt = "sending", entry.attempt + 1
-                try:
-                    await self._write([entry])
-                except BaseException:
-                    slot.release()
-                    raise
-                await self._attempt(entry, held=True)
-            reserved = True          # a retry does not queue for the rate limit again
-
-    async def _attempt(self, entry: Entry, held: bool) -> None:
-        """One attempt of a `sending` entry, then its outcome recorded; releases the channel slot it holds."""
-        try:
-            spec = self.targets.current
-            target = spec.targets.get(entry.target)
-            channel = _channel(target, entry.channel) if target is not None else None
-            if channel is None or entry.message is None:
-                outcome = None
-            else:
-                assert self.sender is not None
-                started = time.time()
-                self.on_wire.add(entry.delivery_id)
-                try:
-                    outcome = await self.sender.send(channel, Message(**entry.message), entry.delivery(), spec.smtp)
-                finally:
-                    self.on_wire.discard(entry.delivery_id)
-        finally:
-            if held:
-                self._slot(entry).release()
-        if outcome is None:
-            await self._give_up(entry, f"{entry.target}/{entry.channel} is no longer in the targets file")
-            return
-        ended = time.time()
-        attempt = Attempt(entry.attempt, started, "delivered", "", round((ended - started) * 1000),
-                          max(0, round((ended - entry.assigned_at) * 1000)))
-        if outcome.ok:
-            entry.record(attempt)
-            entry.finish("delivered", ended)
-            await self._write([entry])
-            self.counters.delivered += 1
-            key = (entry.target, entry.channel)
-            self.counters.by_target[key] = self.counters.by_target.get(key, 0) + 1
-            log.info("notify: %s delivered to %s/%s (case %s, P%d) in %.2f s", entry.delivery_id, entry.target,
-                     entry.channel, entry.case_id, entry.priority, ended - entry.assigned_at)
-        elif outcome.retry and entry.attempt < self.attempts:
-            attempt.status, attempt.error = "retry", outcome.error
-            entry.record(attempt)
-            entry.state, entry.not_before = "pending", ended + self._backoff(entry.attempt)
-            await self._write([entry])
-            self.counters.retried += 1
-            log.warning("notify: %s to %s/%s failed (attempt %d: %s); retrying in %.1f s", entry.delivery_id,
-                        entry.target, entry.channel, entry.attempt, outcome.error, entry.not_before - ended)
-        else:
-            attempt.status, attempt.error = "failed", outcome.error
-            entry.record(attempt)
-            why = "no retry can fix it" if not outcome.retry else f"{entry.attempt} attempts"
-            await self._give_up(entry, f"{outcome.error} ({why})", recorded=True)
-            return
-        self.rows.add(rows_of(entry)[-1:])
-
-    async def _give_up(self, entry: Entry, reason: str, recorded: bool = False) -> None:
-        """Dead-letter `entry`, then record it `dead` (a crash between the two repeats the dead letter)."""
-        now = time.time()
-        if not recorded:
-            entry.record(Attempt(entry.attempt, now, "failed", mask_text(reason)[:300]))
-        await self._dead_letter(entry, reason)
-        entry.finish("dead", now)
-        await self._write([entry])
-        self.counters.dead += 1
-        self.rows.add(rows_of(entry)[-1:])
-        log.error("notify: %s to %s/%s (case %s, P%d) dead-lettered: %s", entry.delivery_id, entry.target,
-                  entry.channel, entry.case_id, entry.priority, reason)
-
-    def _backoff(self, attempt: int) -> float:
-        base = min(self.settings.notify_backoff_cap_s, self.settings.notify_backoff_s * 2.0 ** max(0, attempt - 1))
-        return float(base * random.uniform(0.8, 1.2))
-
-    # -- the records -----------------------------------------------------------------------------------------
-
-    async def _write(self, entries: Iterable[Entry]) -> None:
-        """Write the entries' records and wait until the broker has them all."""
-        assert self._producer is not None
-        sends = [await self._producer.send(self.ledger, value=e.to_bytes(), key=e.delivery_id.encode(),
-                                           partition=e.partition) for e in entries]
-        if sends:
-            await asyncio.gather(*sends)
-
-    async def _dead_letter(self, entry: Entry, reason: str) -> None:
-        assert self._producer is not None
-        at = datetime.now(UTC).isoformat().replace("+00:00", "Z")
-        body = {"source_topic": self.topic, "partition": entry.partition, "offset": entry.offset,
-                "reason": mask_text(f"notification to {entry.target}/{entry.channel} given up: {reason}")[:500],
-                "raw": entry.raw, "raw_encoding": "utf-8", "at": at, "kind": "notification",
-                "delivery_id": entry.delivery_id, "assignment_id": entry.assignment_id, "case_id": entry.case_id,
-                "target": entry.target, "channel": entry.channel, "priority": entry.priority,
-                "attempts": entry.attempt}
-        await (await self._producer.send(self.settings.topics.deadletter, value=orjson.dumps(body), key=b"notify"))
 
     # -- partitions come and go ------------------------------------------------------------------------------
 
@@ -557,20 +333,8 @@ def _assignment(raw: bytes | None) -> dict[str, Any] | None:
     return a if isinstance(a, dict) and isinstance(a.get("assignment_id"), str) else None
 
 
-def _channel(target: Target | None, name: str) -> Channel | None:
-    if target is None:
-        return None
-    return next((c for c in target.channels if c.name == name), None)
-
-
 def _as_dict(m: Message) -> dict[str, Any]:
     return {"subject": m.subject, "text": m.text, "fields": m.fields}
-
-
-async def _sleep_until(at: float) -> None:
-    wait = at - time.time()
-    if wait > 0:
-        await asyncio.sleep(wait)
 
 
 def build(settings: Settings) -> Notifier:

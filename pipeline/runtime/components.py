@@ -20,8 +20,9 @@ from pipeline.model.privacy import pii_key
 from pipeline.model.records import SinkBatch
 from pipeline.sink.sink import ClickHouseSink
 from pipeline.stages.casestage import CaseStage
+from pipeline.stages.deadletters import DeadLetterLimit
 from pipeline.stages.decode import default_decoder
-from pipeline.stages.ingest import DeadLetterLimit, Ingest
+from pipeline.stages.ingest import Ingest
 from pipeline.stages.registry import RegistryHolder
 from rules.engine import RulesHolder
 

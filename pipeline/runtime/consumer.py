@@ -31,19 +31,15 @@ partitions it gets from their changelog before reading them.
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import logging
 import os
-import socket
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.partitioner import DefaultPartitioner, murmur2
 from mode import Service
 
 from pipeline.config import Settings
@@ -51,7 +47,9 @@ from pipeline.model.records import SinkBatch
 from pipeline.runtime.align import Aligner
 from pipeline.runtime.changelog import ChangelogTable
 from pipeline.runtime.components import Components
-from pipeline.wire import Message
+from pipeline.runtime.fastclient import LEAN, KeyPartitioner, install_lean_records
+from pipeline.runtime.instance import TRANSACTION_TIMEOUT_MS, InstanceSlot
+from pipeline.runtime.restore import restore_changelog
 
 log = logging.getLogger("cityops.worker")
 
@@ -59,66 +57,6 @@ EXIT_DEADLETTER_LIMIT = 3      # the worker's exit status when the dead-letter c
 EXIT_STAGE_FAILED = 4          # a batch failed (e.g. an output could not be delivered): exit, replay after restart
 CHANGELOG_BATCH_BYTES = 512 * 1024  # a checkpoint's state changes go out in record batches of up to this size
 # (the broker takes messages, that is batches, of up to 1 MiB by default)
-TRANSACTION_TIMEOUT_MS = 60_000  # a transaction left open by a process that died and was not restarted is
-                                 # aborted after this long (a restarted one is aborted at once, see InstanceSlot)
-
-
-class LeanRecords:
-    """Given as a consumer's `key_deserializer` (it returns the key unchanged), this asks for the consumer's
-    records as `pipeline.wire.Message` (topic, partition, offset, value, key) instead of aiokafka's
-    `ConsumerRecord`: that one is a dataclass of 11 fields in a `__dict__`, and building it took about a quarter
-    of the consumer's CPU time per record (`make bench` input read alone: 6.0 µs a record, 4.3 with these).
-    Stages read only those five fields. Other consumers in the process get `ConsumerRecord` as before."""
-
-    def __call__(self, key: bytes | None) -> bytes | None:
-        return key
-
-
-LEAN = LeanRecords()
-
-
-def install_lean_records() -> bool:
-    """Route aiokafka's per-record constructor (`PartitionRecords._consumer_record`, aiokafka 0.11-0.14) to
-    `Message` for consumers marked with `LEAN`; False when this aiokafka has no such method (records stay
-    `ConsumerRecord`, which stages read just as well). Idempotent."""
-    from aiokafka.consumer import fetcher
-
-    original = getattr(fetcher.PartitionRecords, "_consumer_record", None)
-    if original is None:
-        return False
-    if getattr(original, "cityops_lean", False):
-        return True
-
-    def _consumer_record(self: Any, tp: TopicPartition, rec: Any) -> Any:
-        if self._key_deserializer is LEAN:
-            return Message(tp.topic, tp.partition, rec.offset, rec.value, rec.key)
-        return original(self, tp, rec)
-
-    _consumer_record.cityops_lean = True  # type: ignore[attr-defined]
-    fetcher.PartitionRecords._consumer_record = _consumer_record
-    return True
-
-
-class KeyPartitioner:
-    """The default partitioner (murmur2 of the key, as the Java client computes it) with each key's hash kept:
-    aiokafka's murmur2 is pure Python, and the keys a stage sends (grid keys, source topics) repeat. It took
-    about 5 % of a worker's CPU before (py-spy, `make bench` throughput run). Keyless messages go to a random
-    available partition, as with the default."""
-
-    def __init__(self, limit: int = 100_000) -> None:
-        self.limit = limit
-        self._hashes: dict[bytes, int] = {}
-        self._default = DefaultPartitioner()
-
-    def __call__(self, key: bytes | None, all_partitions: list[int], available: list[int]) -> int:
-        if key is None:
-            return int(self._default(key, all_partitions, available))
-        h = self._hashes.get(key)
-        if h is None:
-            if len(self._hashes) >= self.limit:
-                self._hashes.clear()
-            h = self._hashes[key] = murmur2(key) & 0x7FFFFFFF
-        return all_partitions[h % len(all_partitions)]
 
 
 @dataclass
@@ -408,58 +346,8 @@ class BatchService(Service):
             for topic, table in self.tables.items():
                 new = sorted(tp.partition for tp in assigned if tp.topic == topic and tp not in self.owned)
                 if new:
-                    self.restored += await self._restore(table, new)
+                    self.restored += await restore_changelog(self.settings, self.group, table, new)
             self.owned = set(assigned)
-
-    async def _restore(self, table: ChangelogTable[Any], partitions: list[int]) -> int:
-        """Load `partitions` of `table` from its changelog, from the beginning to the end offsets of now."""
-        consumer = AIOKafkaConsumer(client_id=f"{self.group}-restore", enable_auto_commit=False,
-                                    isolation_level="read_committed",
-                                    **({"key_deserializer": LEAN} if install_lean_records() else {}),
-                                    fetch_max_bytes=64 * 1024 * 1024, max_partition_fetch_bytes=16 * 1024 * 1024,
-                                    **self.settings.aiokafka_options())
-        await consumer.start()
-        n = 0
-        try:
-            tps = [TopicPartition(table.topic, p) for p in partitions]
-            consumer.assign(tps)
-            ends = await self._settled_ends(consumer, tps)
-            await consumer.seek_to_beginning(*tps)
-            left = {tp for tp in tps if ends[tp] > 0}
-            while left:
-                for tp, batch in (await consumer.getmany(*left, timeout_ms=500, max_records=50_000)).items():
-                    records = [(r.key or b"", r.value) for r in batch if r.offset < ends[tp]]
-                    table.load(tp.partition, records)
-                    n += len(records)
-                for tp in list(left):
-                    if await consumer.position(tp) >= ends[tp]:
-                        left.discard(tp)
-        finally:
-            await consumer.stop()
-        log.info("%s: restored %d changelog records of %s partitions %s", self.group, n, table.topic, partitions)
-        return n
-
-    async def _settled_ends(self, consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> dict[Any, int]:
-        """Where to restore up to: the last stable offsets (`consumer` reads committed), once every transaction
-        on `tps` has ended. The previous owner's last checkpoint may still be committing when its partitions
-        arrive here: Kafka writes the commit markers after the commit returns, and until they land the stable
-        offset stops short of that checkpoint's state. Restoring then would lose that state while the group
-        resumes after it. A transaction left open by a dead process ends within the transaction timeout."""
-        probe = AIOKafkaConsumer(client_id=f"{self.group}-restore-probe", **self.settings.aiokafka_options())
-        await probe.start()
-        try:
-            highs = await probe.end_offsets(tps)              # read uncommitted: markers included
-        finally:
-            await probe.stop()
-        deadline = time.monotonic() + TRANSACTION_TIMEOUT_MS / 1000 + 10
-        ends = await consumer.end_offsets(tps)
-        while any(ends[tp] < highs[tp] for tp in tps) and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-            ends = await consumer.end_offsets(tps)
-        if any(ends[tp] < highs[tp] for tp in tps):
-            log.warning("%s: a transaction on %s is still open after the transaction timeout; restoring what "
-                        "is committed", self.group, sorted(tp.partition for tp in tps if ends[tp] < highs[tp]))
-        return dict(ends)
 
     def _ensure_topics(self) -> None:
         """The cityops topics, and each table's compacted changelog partitioned like its input topic."""
@@ -468,34 +356,6 @@ class BatchService(Service):
         counts, self.under_replicated = ensure_derived(
             self.settings, {table.topic: source for source, table in self.tables.items()}, self.group)
         self.partition_counts.update(counts)
-
-
-class InstanceSlot:
-    """This process's slot among the live workers of `group` on this host: the lowest number whose lock file no
-    live process holds (the kernel releases a dead process's lock). Gives a stable transactional id."""
-
-    def __init__(self, path: Path, fd: int, number: int, group: str) -> None:
-        self.path, self._fd, self.number = path, fd, number
-        self.transactional_id = f"{group}-{socket.gethostname()}-{number}"
-
-    @classmethod
-    def take(cls, directory: Path, group: str, limit: int = 1024) -> InstanceSlot:
-        directory.mkdir(parents=True, exist_ok=True)
-        for number in range(limit):
-            path = directory / f"{group}.{number}.lock"
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                continue
-            return cls(path, fd, number, group)
-        raise RuntimeError(f"more than {limit} workers of {group} on this host")
-
-    def release(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)      # closing releases the lock
-            self._fd = -1
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]

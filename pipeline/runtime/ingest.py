@@ -28,7 +28,8 @@ from pipeline.runtime.align import Aligner, time_reader
 from pipeline.runtime.changelog import ChangelogTable, json_bytes
 from pipeline.runtime.components import Components, refresh
 from pipeline.runtime.consumer import EXIT_DEADLETTER_LIMIT, BatchService
-from pipeline.stages.ingest import DeadLetterLimitExceeded, IngestResult
+from pipeline.stages.deadletters import DeadLetterLimitExceeded
+from pipeline.stages.ingest import IngestResult
 from pipeline.stages.sensors import SensorState
 from pipeline.wire import Message
 
@@ -62,7 +63,7 @@ class IngestService(BatchService):
         ingest = self.c.ingest
         located: list[tuple[float, int, str, bytes]] = []
         for tp, batch in records.items():
-            # records are pipeline.wire.Message (consumer.LEAN) or aiokafka ConsumerRecords, with those fields
+            # records are pipeline.wire.Message (fastclient.LEAN) or aiokafka ConsumerRecords, with those fields
             if any(r.value is None for r in batch):     # a tombstone on a raw topic: an empty, invalid message
                 batch = [Message(r.topic, r.partition, r.offset, r.value or b"", r.key) for r in batch]
             source = self.sources[tp.topic]

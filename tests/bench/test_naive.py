@@ -11,7 +11,8 @@ from typing import Any
 import orjson
 import pytest
 
-from pipeline.bench.naive import NaiveDecoder, NaiveLocator, NaivePipeline
+from pipeline.bench.naive import NaivePipeline
+from pipeline.bench.naiveparts import NaiveDecoder, NaiveLocator
 from pipeline.config import Topics
 from pipeline.model.cases import CorrelationPolicy
 from pipeline.model.taxonomy import default_taxonomy

@@ -10,7 +10,8 @@ from pipeline.config import ROOT
 from pipeline.model.taxonomy import default_taxonomy
 from pipeline.notify.place import Places
 from pipeline.notify.plan import plan, recipients
-from pipeline.notify.targets import TargetsSpec, names_in_rules, parse_targets
+from pipeline.notify.targets import TargetsSpec, names_in_rules
+from pipeline.notify.targetsfile import parse_targets
 from pipeline.notify.templates import Renderer
 from rules.engine import load_ruleset
 from tests.notify.support import assignment, targets_yaml, write_targets

@@ -20,7 +20,7 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 
 from pipeline.config import ROOT, Settings
-from pipeline.notify.service import ledger_topic
+from pipeline.notify.state import ledger_topic
 from pipeline.runtime.topics import ensure_topics
 from pipeline.sink.migrate import migrate
 from pipeline.sink.transport import ClickHouse

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import ROOT
-from pipeline.notify.targets import TargetsError, TargetsHolder, names_in_rules, parse_targets
+from pipeline.notify.targets import TargetsError, names_in_rules
+from pipeline.notify.targetsfile import TargetsHolder, parse_targets
 from rules.engine import load_ruleset
 from tests.notify.support import targets_yaml, write_targets
 
@@ -73,7 +74,7 @@ def test_quiet_hours_hold_until_their_end_in_local_time() -> None:
     from datetime import UTC, datetime
     from zoneinfo import ZoneInfo
 
-    from pipeline.notify.targets import _parse_quiet
+    from pipeline.notify.targetparser import _parse_quiet
 
     q = _parse_quiet("22:00-07:00")
     assert q is not None

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from pipeline.runtime.changelog import ChangelogTable
-from pipeline.runtime.consumer import InstanceSlot
+from pipeline.runtime.instance import InstanceSlot
 
 
 def table() -> ChangelogTable[dict[str, int]]:
@@ -53,7 +53,7 @@ def test_slots_are_the_lowest_free_and_freed_by_release(tmp_path: Path) -> None:
 
 def test_a_dead_process_frees_its_slot(tmp_path: Path) -> None:
     """The kernel releases a killed process's lock: the worker started after a crash gets the same id."""
-    code = ("import time; from pathlib import Path; from pipeline.runtime.consumer import InstanceSlot; "
+    code = ("import time; from pathlib import Path; from pipeline.runtime.instance import InstanceSlot; "
             f"s = InstanceSlot.take(Path({str(tmp_path)!r}), 'g'); print(s.number, flush=True); time.sleep(60)")
     holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
@@ -111,7 +111,7 @@ def test_the_key_partitioner_agrees_with_the_default_and_the_java_client() -> No
 
     from aiokafka.partitioner import DefaultPartitioner
 
-    from pipeline.runtime.consumer import KeyPartitioner
+    from pipeline.runtime.fastclient import KeyPartitioner
 
     kp, default = KeyPartitioner(limit=50), DefaultPartitioner()
     rng = random.Random(7)
@@ -153,7 +153,7 @@ def _partition_records(key_deserializer: object) -> list[object]:
 def test_marked_consumers_get_lean_records_with_the_same_fields() -> None:
     from aiokafka.structs import ConsumerRecord
 
-    from pipeline.runtime.consumer import LEAN, install_lean_records
+    from pipeline.runtime.fastclient import LEAN, install_lean_records
     from pipeline.wire import Message
 
     assert install_lean_records(), "aiokafka's PartitionRecords._consumer_record is gone: see LeanRecords"

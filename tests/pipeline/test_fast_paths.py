@@ -16,9 +16,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.model.records import ReadingColumns
+from pipeline.stages.deadletters import DeadLetterLimit, DeadLetterLimitExceeded
 from pipeline.stages.decode import Decoder, default_decoder
 from pipeline.stages.fields import InvalidEvent
-from pipeline.stages.ingest import DeadLetterLimit, DeadLetterLimitExceeded, Ingest
+from pipeline.stages.ingest import Ingest
 from pipeline.stages.registry import load_registry
 from pipeline.stages.sensors import SensorState
 from pipeline.wire import Message
