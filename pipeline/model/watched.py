@@ -16,6 +16,7 @@ import logging
 import os
 import threading
 import time
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import ClassVar, Generic, TypeVar
 
@@ -24,7 +25,7 @@ log = logging.getLogger("cityops.watched")
 Signature = tuple[int, int, int, int]
 
 
-class WatchedFile(Generic[T]):
+class WatchedFile(ABC, Generic[T]):
     """Subclasses say how to `load` the file and which errors mean "refuse this version" (`refused`); they may
     start from something else than the file (`first`), call two versions the same (`same`: no swap), and word
     the refusal (`problem`) and the log lines (`label`, `on_refused`, `on_installed`). A subclass sets what its
@@ -46,8 +47,9 @@ class WatchedFile(Generic[T]):
 
     # -- what a subclass says --------------------------------------------------------------------------------
 
+    @abstractmethod
     def load(self) -> T:
-        raise NotImplementedError
+        """Read and check the file at `self.path`; raise one of `refused` to refuse this version."""
 
     def first(self) -> T:
         return self.load()
