@@ -41,7 +41,7 @@ class NaiveRuleset:
         return [self.dispatch(ev, recurrence) for ev in events]
 
     def decide(self, ev: Event, rec: RecurrenceCounter | None = None) -> Dispatch:
-        """What a case book asks a router (pipeline.stages.cases.Router): here simply the full dispatch."""
+        """What a case book asks a router (pipeline.stages.lifecycle.Router): here simply the full dispatch."""
         return self.dispatch(ev, rec)
 
     def dispatch(self, ev: Event, rec: RecurrenceCounter | None = None) -> Dispatch:

@@ -31,9 +31,10 @@ from pipeline.config import Topics
 from pipeline.model.cases import CorrelationPolicy
 from pipeline.model.events import CaseUpdate, Event
 from pipeline.model.privacy import mask_text
-from pipeline.stages.cases import CaseBook, Outcome
+from pipeline.stages.cases import CaseBook
 from pipeline.stages.decode import Reading
 from pipeline.stages.fields import InvalidEvent
+from pipeline.stages.lifecycle import Outcome
 from pipeline.stages.registry import Sensor, SensorRegistry
 from pipeline.stages.sensors import (
     ALARM,

@@ -30,7 +30,7 @@ from typing import Any
 
 from pipeline.notify.targets import TargetsSpec
 
-COMMAND = "command"         # pipeline.stages.cases.COMMAND: where what nobody else may take escalates
+COMMAND = "command"         # pipeline.stages.lifecycle.COMMAND: where what nobody else may take escalates
 
 
 @dataclass(frozen=True)

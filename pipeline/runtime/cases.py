@@ -25,7 +25,8 @@ from pipeline.model.events import CaseUpdate
 from pipeline.runtime.changelog import ChangelogTable, json_bytes
 from pipeline.runtime.components import Components, refresh
 from pipeline.runtime.consumer import BatchService
-from pipeline.stages.cases import CaseBook, Outcome
+from pipeline.stages.cases import CaseBook
+from pipeline.stages.lifecycle import Outcome
 from pipeline.wire import case_book_key, decode_located, encode_update, refusal_json
 
 PARKED = "#parked"   # table key suffix: updates that arrived before their case, kept with the grid's cases

@@ -12,7 +12,8 @@ from typing import Any, Literal
 
 from pipeline.model.cases import CorrelationPolicy
 from pipeline.model.events import CaseUpdate
-from pipeline.stages.cases import CaseBook, Outcome, Router
+from pipeline.stages.cases import CaseBook
+from pipeline.stages.lifecycle import Outcome, Router
 from pipeline.wire import decode_located
 
 SlaClock = Literal["stream", "wall", "live"]

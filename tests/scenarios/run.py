@@ -23,10 +23,11 @@ import orjson
 from pipeline.model.cases import Case, CorrelationPolicy
 from pipeline.model.records import SinkBatch
 from pipeline.model.taxonomy import default_taxonomy
-from pipeline.stages.cases import CaseBook, Outcome
+from pipeline.stages.cases import CaseBook
 from pipeline.stages.casestage import CaseStage
 from pipeline.stages.decode import Decoder, TimeWindow
 from pipeline.stages.ingest import Ingest, IngestResult
+from pipeline.stages.lifecycle import Outcome
 from pipeline.stages.registry import SensorRegistry, load_registry, load_types
 from pipeline.stages.sensors import SensorState
 from pipeline.wire import Message

@@ -12,9 +12,9 @@ import pytest
 
 from pipeline.simulate import Simulation, simulate
 from pipeline.simulate.model import Incident
-from pipeline.simulate.plan import Zone, Zones
 from pipeline.simulate.spec import RECURRENCE_DAYS, VERIFY_LIMIT, family, verifier
 from pipeline.simulate.world import World, metres
+from pipeline.simulate.zones import Zone, Zones
 from tests.simulate import speccheck
 from tests.simulate.conftest import small_config
 

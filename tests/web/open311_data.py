@@ -19,10 +19,11 @@ import orjson
 
 from pipeline.model.cases import CorrelationPolicy
 from pipeline.model.records import SinkBatch
-from pipeline.stages.cases import CaseBook, Outcome
+from pipeline.stages.cases import CaseBook
 from pipeline.stages.casestage import CaseStage
 from pipeline.stages.decode import default_decoder
 from pipeline.stages.ingest import Ingest
+from pipeline.stages.lifecycle import Outcome
 from pipeline.stages.registry import SensorRegistry, load_types
 from pipeline.wire import Message
 from rules.engine import Ruleset, load_ruleset
