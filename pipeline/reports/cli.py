@@ -13,8 +13,7 @@ import sys
 from pathlib import Path
 
 from pipeline.config import Settings
-from pipeline.reports import ReportError
-from pipeline.reports.command import Command, parse_day, parse_range, today
+from pipeline.reports.command import Command, on_database, parse_day, parse_range, today
 from pipeline.reports.commands import discovery, health, recurrence, sla, workload
 from pipeline.reports.evaluation_cli import BULLETIN_DESCRIPTION, run_bulletin
 from pipeline.reports.evaluation_cli import COMMAND as EVALUATION
@@ -42,23 +41,14 @@ def _connect() -> Queryable:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from pipeline.sink.transport import QueryError, quiet_driver_logs
+    from pipeline.sink.transport import quiet_driver_logs
 
     quiet_driver_logs()
     command = REPORTS[args.report]
-    db = args.connect()
-    try:
-        rows, title = command.run(db, args)
-    except ReportError as err:
-        print(f"report {args.report}: {err}", file=sys.stderr)
-        return 2
-    except QueryError as err:
-        print(f"report {args.report}: {err}", file=sys.stderr)
-        return 1
-    finally:
-        close = getattr(db, "close", None)
-        if close is not None:
-            close()
+    done, code = on_database(args, args.report, lambda db: command.run(db, args))
+    if done is None:
+        return code
+    rows, title = done
     if command.as_table is not None and args.format == "table":
         sys.stdout.write(command.as_table(rows, args, title))
     else:

@@ -1,15 +1,20 @@
 """What every report command shares: the `Command` line of the reports table (pipeline.reports.cli), the
-filters and the calendar of the reports (Asia/Shanghai days)."""
+filters and the calendar of the reports (Asia/Shanghai days), running a report on the database with its exit
+codes, and the tables of `--compare` and of a trend."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from typing import Any, TypeVar
 
-from pipeline.reports.query import KINDS, Filters, Queryable, parse_instant
-from pipeline.reports.render import Table
+from pipeline.reports.query import KINDS, Filters, Queryable, ReportError, parse_instant
+from pipeline.reports.render import Table, plot_trend
+
+T = TypeVar("T")
 
 SHANGHAI = timedelta(hours=8)
 
@@ -67,3 +72,42 @@ def parse_range(text: str) -> tuple[date, date]:
 def filters_of(args: argparse.Namespace) -> Filters:
     return Filters(args.since, args.until, args.subdistrict, args.grid, args.cell, args.category, args.team,
                    getattr(args, "kind", None))
+
+
+def on_database(args: argparse.Namespace, name: str, run: Callable[[Queryable], T]) -> tuple[T | None, int]:
+    """Connect (`args.connect`), run `run` on the database and close the connection: (what it returned, 0), or
+    (None, the exit code) with the error printed: 2 for the report's own (`ReportError`: bad arguments, nothing
+    to report), 1 for the database's (`QueryError`)."""
+    from pipeline.sink.transport import QueryError
+
+    db = args.connect()
+    try:
+        return run(db), 0
+    except ReportError as err:
+        print(f"report {name}: {err}", file=sys.stderr)
+        return None, 2
+    except QueryError as err:
+        print(f"report {name}: {err}", file=sys.stderr)
+        return None, 1
+    finally:
+        close = getattr(db, "close", None)
+        if close is not None:
+            close()
+
+
+def compare_rows(ranges: list[dict[str, Any]], change: dict[str, Any]) -> Table:
+    """The table of `--compare`: a row per range (its `range` first), then the row `change` with the change's
+    own columns; each row leaves the other kind's columns empty."""
+    rows: Table = [{**r, **dict.fromkeys(change)} for r in ranges]
+    rows.append({**dict.fromkeys(ranges[0]), "range": "change", **change})
+    return rows
+
+
+def trend_rows(rows: Table, args: argparse.Namespace, title: str) -> None:
+    """Rows by period (and by `--by`): the `none` column dropped when not grouped; with `--plot`, the rate drawn
+    as a trend per group."""
+    if args.by == "none":
+        for r in rows:
+            del r["none"]
+    if args.plot:
+        plot_trend(args.plot, rows, "period", "rate", None if args.by == "none" else args.by, title, "share of cases")

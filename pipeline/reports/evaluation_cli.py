@@ -16,7 +16,7 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
-from pipeline.reports.command import Command, parse_range
+from pipeline.reports.command import Command, on_database, parse_range
 from pipeline.reports.evaluation import LEVELS, Unit, evaluate, month_range, periods
 from pipeline.reports.indicators import INDICATORS, Indicator, help_text
 from pipeline.reports.patrols import PATROLS_FILE, PatrolsError, load_patrols
@@ -206,7 +206,6 @@ def run_bulletin(args: argparse.Namespace) -> int:
     """Write the month's bulletin as HTML (and PDF unless --no-pdf); print the paths, pages and time taken."""
     from pipeline.reports import bulletin as bl
     from pipeline.reports import pdf
-    from pipeline.sink.transport import QueryError
 
     started = time.perf_counter()
     try:
@@ -215,20 +214,10 @@ def run_bulletin(args: argparse.Namespace) -> int:
     except ReportError as err:
         print(f"report bulletin: {err}", file=sys.stderr)
         return 2
-    db = args.connect()
-    try:
-        f = Filters(None, None, args.subdistrict, args.grid, args.cell, args.category, None)
-        doc = bl.build(db, since, until, f, weights, args.as_of)
-    except ReportError as err:
-        print(f"report bulletin: {err}", file=sys.stderr)
-        return 2
-    except QueryError as err:
-        print(f"report bulletin: {err}", file=sys.stderr)
-        return 1
-    finally:
-        close = getattr(db, "close", None)
-        if close is not None:
-            close()
+    f = Filters(None, None, args.subdistrict, args.grid, args.cell, args.category, None)
+    doc, code = on_database(args, "bulletin", lambda db: bl.build(db, since, until, f, weights, args.as_of))
+    if doc is None:
+        return code
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     stem = f"bulletin-{args.month}"

@@ -13,6 +13,9 @@ import pytest
 from pipeline.cli import build_parser
 from pipeline.reports import Filters, discovery
 from pipeline.reports.cli import parse_day, parse_range, today
+from pipeline.reports.command import compare_rows, on_database
+from pipeline.reports.query import ReportError
+from pipeline.sink.transport import QueryError
 from tests.analytics.conftest import history
 from tests.analytics.engines import ChdbDatabase
 
@@ -99,3 +102,43 @@ def test_dates_and_ranges_parse_or_explain() -> None:
         parse_range("2024-02-01..2024-01-01")
     with pytest.raises(SystemExit):
         build_parser().parse_args(["report", "discovery", "--period", "decade"])
+
+
+def test_compare_rows_put_each_kind_of_column_in_its_own_rows() -> None:
+    """`--compare`: the ranges' rows leave the change's columns empty and the change's row theirs, in one order."""
+    rows = compare_rows([{"range": "a", "cases": 4, "rate": 0.5}, {"range": "b", "cases": 6, "rate": 0.25}],
+                        {"relative_change": -0.5, "points": -25.0})
+    assert rows == [
+        {"range": "a", "cases": 4, "rate": 0.5, "relative_change": None, "points": None},
+        {"range": "b", "cases": 6, "rate": 0.25, "relative_change": None, "points": None},
+        {"range": "change", "cases": None, "rate": None, "relative_change": -0.5, "points": -25.0},
+    ]
+    assert all(list(r) == list(rows[0]) for r in rows)
+
+
+class ClosingDatabase:
+    closed = 0
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+@pytest.mark.parametrize(("error", "code"), [(None, 0), (ReportError("no month"), 2), (QueryError("down"), 1)])
+def test_a_report_on_the_database_closes_it_and_says_what_failed(
+    error: Exception | None, code: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The connection is closed whatever happens; the report's own error exits 2, the database's 1."""
+    database = ClosingDatabase()
+    args = build_parser().parse_args(["report", "sla"])
+    args.connect = lambda: database
+
+    def run(db: object) -> str:
+        assert db is database
+        if error is not None:
+            raise error
+        return "done"
+
+    assert on_database(args, "sla", run) == ((None, code) if error else ("done", 0))
+    assert database.closed == 1
+    assert capsys.readouterr().err == (f"report sla: {error}\n" if error else "")
+

@@ -9,9 +9,9 @@ from pipeline.reports import (
     discovery,
     discovery_change,
 )
-from pipeline.reports.command import Command, filters_of, parse_range
+from pipeline.reports.command import Command, compare_rows, filters_of, parse_range, trend_rows
 from pipeline.reports.query import DIMENSIONS, PERIODS, Queryable
-from pipeline.reports.render import Table, plot_bars, plot_trend
+from pipeline.reports.render import Table, plot_bars
 
 DESCRIPTION = """\
 Problem cases (device faults are not problems) created in the range, by the day, place and first source of
@@ -25,31 +25,11 @@ def run_discovery(db: Queryable, args: argparse.Namespace) -> tuple[Table, str]:
     f = filters_of(args)
     if args.compare:
         ch = discovery_change(db, args.compare[0], args.compare[1], f)
-        rows = [
-            {
-                "range": r.key,
-                "cases": r.total,
-                "citizen": r.citizen,
-                "patrol": r.patrol,
-                "sensor": r.sensor,
-                "rate": r.rate,
-            }
-            for r in (ch.before, ch.after)
-        ]
-        rows.append(
-            {
-                "range": "change",
-                "cases": None,
-                "citizen": None,
-                "patrol": None,
-                "sensor": None,
-                "rate": None,
-                "relative_change": ch.change,
-                "points": ch.points,
-            }
+        rows = compare_rows(
+            [{"range": r.key, "cases": r.total, "citizen": r.citizen, "patrol": r.patrol, "sensor": r.sensor,
+              "rate": r.rate} for r in (ch.before, ch.after)],
+            {"relative_change": ch.change, "points": ch.points},
         )
-        for r in rows[:2]:
-            r.update(relative_change=None, points=None)
         if args.plot:
             plot_bars(
                 args.plot,
@@ -74,19 +54,7 @@ def run_discovery(db: Queryable, args: argparse.Namespace) -> tuple[Table, str]:
         }
         for r in got
     ]
-    if args.by == "none":
-        for r in rows:
-            del r["none"]
-    if args.plot:
-        plot_trend(
-            args.plot,
-            rows,
-            "period",
-            "rate",
-            None if args.by == "none" else args.by,
-            "Discovery rate (patrol + sensor share of cases)",
-            "share of cases",
-        )
+    trend_rows(rows, args, "Discovery rate (patrol + sensor share of cases)")
     return rows, f"Discovery rate by {args.period}" + ("" if args.by == "none" else f" and {args.by}")
 
 

@@ -9,9 +9,9 @@ from pipeline.reports import (
     recurrence,
     recurrence_change,
 )
-from pipeline.reports.command import Command, filters_of, parse_range
+from pipeline.reports.command import Command, compare_rows, filters_of, parse_range, trend_rows
 from pipeline.reports.query import DIMENSIONS, PERIODS, Queryable
-from pipeline.reports.render import Table, category_label, place_label, plot_bars, plot_trend
+from pipeline.reports.render import Table, category_label, place_label, plot_bars
 
 DESCRIPTION = """\
 A problem case is recurrent when an earlier problem case of the same category in the same cell was closed
@@ -48,19 +48,8 @@ def run_recurrence(db: Queryable, args: argparse.Namespace) -> tuple[Table, str]
         return rows, f"Hot spots: cell x category with at least {args.min_cases} cases"
     if args.compare:
         ch = recurrence_change(db, args.compare[0], args.compare[1], f, args.within_days)
-        rows = [
-            {
-                "range": r.key,
-                "cases": r.cases,
-                "recurrent": r.recurrent,
-                "rate": r.rate,
-                "relative_change": None,
-            }
-            for r in (ch.before, ch.after)
-        ]
-        rows.append(
-            {"range": "change", "cases": None, "recurrent": None, "rate": None, "relative_change": ch.change}
-        )
+        rows = compare_rows([{"range": r.key, "cases": r.cases, "recurrent": r.recurrent, "rate": r.rate}
+                             for r in (ch.before, ch.after)], {"relative_change": ch.change})
         if args.plot:
             plot_bars(
                 args.plot,
@@ -75,19 +64,7 @@ def run_recurrence(db: Queryable, args: argparse.Namespace) -> tuple[Table, str]
         {"period": r.period, args.by: r.key, "cases": r.cases, "recurrent": r.recurrent, "rate": r.rate}
         for r in got
     ]
-    if args.by == "none":
-        for r in rows:
-            del r["none"]
-    if args.plot:
-        plot_trend(
-            args.plot,
-            rows,
-            "period",
-            "rate",
-            None if args.by == "none" else args.by,
-            f"Recurrence rate (within {args.within_days} days)",
-            "share of cases",
-        )
+    trend_rows(rows, args, f"Recurrence rate (within {args.within_days} days)")
     return rows, f"Recurrence within {args.within_days} days, by {args.period}"
 
 
