@@ -1,10 +1,11 @@
 """A simulated month through the worker's own processing chain (in process, no Kafka), into a SinkBatch.
 
 `month_rows(...)` simulates one Asia/Shanghai calendar month of Hongkou, runs every message through the same
-decoder, grid, sensor registry, case books and rules the worker uses (in time order, per topic run, as
-tests/simulate/test_through_pipeline.py does), and returns the latest rows (cases, rounds, events) and the
-simulation (its truth is the oracle's input). `python -m tests.analytics.simmonth 2024-05` loads such a month
-into the ClickHouse server of the environment (CITYOPS_CLICKHOUSE_*), for `cityops report bulletin`.
+decoder, grid, sensor registry, case books and rules the worker uses (in time order, per topic run:
+tests/simulate/chain.py, as tests/simulate/test_through_pipeline.py does), and returns the latest rows (cases,
+rounds, events) and the simulation (its truth is the oracle's input). `python -m tests.analytics.simmonth 2024-05`
+loads such a month into the ClickHouse server of the environment (CITYOPS_CLICKHOUSE_*), for `cityops report
+bulletin`.
 """
 
 from __future__ import annotations
@@ -13,22 +14,12 @@ import sys
 import tempfile
 import time
 from datetime import UTC, datetime, timedelta
-from itertools import groupby
 from pathlib import Path
 
-from pipeline.model.cases import CorrelationPolicy
 from pipeline.model.records import SinkBatch
 from pipeline.simulate import SimConfig, Simulation, simulate
 from pipeline.simulate.world import World
-from pipeline.stages.cases import CaseBook
-from pipeline.stages.casestage import CaseStage
-from pipeline.stages.decode import default_decoder
-from pipeline.stages.ingest import Ingest
-from pipeline.stages.registry import load_registry, load_types
-from pipeline.stages.sensors import SensorState
-from pipeline.wire import Message
-
-SOURCE = {"raw_hotline": "hotline", "raw_patrol": "patrol"}
+from tests.simulate.chain import through_the_chain, worker_ingest
 
 
 def month_config(year: int, month: int, seed: int = 20, scale: float = 0.1, **changes: object) -> SimConfig:
@@ -50,26 +41,10 @@ def run_month(sim: Simulation, world: World, strict: bool = True) -> tuple[SinkB
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "sensors.csv"
         sim.write_registry(path)
-        ingest = Ingest(decoder=default_decoder(), grid=world.index, gazetteer=world.gazetteer,
-                        sensors=load_registry(path, load_types()))
-    stage = CaseStage(world.rules, CorrelationPolicy())
-    books: dict[str, CaseBook] = {}
-    states: dict[str, SensorState] = {}
+        ingest = worker_ingest(world, path)
     cases, rounds, events = {}, {}, {}
     refusals: list[str] = []
-    offset = 0
-    for topic, run in groupby(sim.messages(), key=lambda m: m.topic):
-        batch = []
-        for m in run:
-            batch.append(Message(topic, 0, offset, m.value, m.key))
-            offset += 1
-        if topic in SOURCE:
-            res = ingest.reports(SOURCE[topic], batch)  # type: ignore[arg-type]
-        elif topic == "raw_iot":
-            res = ingest.readings(batch, states)
-        else:
-            res = ingest.updates(batch)
-        out = stage.apply(res.located, books)
+    for _, _, out in through_the_chain(ingest, world.rules, sim.messages()):
         refusals += out.refusals
         cases.update(out.cases)
         rounds.update(out.rounds)

@@ -4,7 +4,6 @@ letters, on a small simulated day processed in process (no Kafka, no ClickHouse)
 from __future__ import annotations
 
 from collections import Counter
-from itertools import groupby
 from pathlib import Path
 from typing import Any
 
@@ -14,22 +13,15 @@ import pytest
 from pipeline.bench.naive import NaivePipeline
 from pipeline.bench.naiveparts import NaiveDecoder, NaiveLocator
 from pipeline.config import Topics
-from pipeline.model.cases import CorrelationPolicy
 from pipeline.model.taxonomy import default_taxonomy
 from pipeline.simulate import Simulation
 from pipeline.simulate.world import World
-from pipeline.stages.cases import CaseBook
-from pipeline.stages.casestage import CaseStage
-from pipeline.stages.decode import default_decoder
-from pipeline.stages.ingest import Ingest
 from pipeline.stages.registry import load_registry, load_types
-from pipeline.stages.sensors import SensorState
-from pipeline.wire import Message
 from rules.engine import DEFAULT_RULES
 from rules.naive import NaiveRuleset
+from tests.simulate.chain import through_the_chain, worker_ingest
 
 TOPICS = Topics()
-SOURCE = {"raw_hotline": "hotline", "raw_patrol": "patrol"}
 
 
 class Rows:
@@ -56,29 +48,13 @@ class Sent:
 
 def worker_chain(sim: Simulation, world: World, registry: Path) -> dict[str, Any]:
     """The worker's pure stages over the messages, runs of one topic at a time in time order."""
-    ingest = Ingest(decoder=default_decoder(), grid=world.index, gazetteer=world.gazetteer,
-                    sensors=load_registry(registry, load_types()))
-    stage = CaseStage(world.rules, CorrelationPolicy())
-    books: dict[str, CaseBook] = {}
-    states: dict[str, SensorState] = {}
     routes: dict[str, tuple[str, str]] = {}
     dead: Counter[str] = Counter()
     unlocated = 0
-    offset = 0
-    for topic, run in groupby(sim.messages(), key=lambda m: m.topic):
-        batch = []
-        for m in run:
-            batch.append(Message(getattr(TOPICS, topic), 0, offset, m.value, m.key))
-            offset += 1
-        if topic in SOURCE:
-            res = ingest.reports(SOURCE[topic], batch)  # type: ignore[arg-type]
-        elif topic == "raw_iot":
-            res = ingest.readings(batch, states)
-        else:
-            res = ingest.updates(batch)
+    for topic, res, out in through_the_chain(worker_ingest(world, registry), world.rules, sim.messages(), TOPICS):
         dead[getattr(TOPICS, topic)] += len(res.deadletters)
         unlocated += len(res.unlocated)
-        for a in stage.apply(res.located, books).assignments:
+        for a in out.assignments:
             if a.kind == "dispatch":
                 routes.setdefault(a.case_id, (a.team, a.rule_id))
     return {"routes": routes, "dead": dead, "unlocated": unlocated}

@@ -9,49 +9,23 @@ patrol's verification refused, no device faults): it is marked as an expected fa
 from __future__ import annotations
 
 from collections import Counter
-from itertools import groupby
 
 import orjson
 
-from pipeline.model.cases import CorrelationPolicy
-from pipeline.stages.cases import CaseBook
-from pipeline.stages.casestage import CaseStage
-from pipeline.stages.decode import default_decoder
-from pipeline.stages.ingest import Ingest
-from pipeline.stages.registry import load_registry, load_types
 from pipeline.stages.sensors import SensorState
 from pipeline.wire import Message
-
-SOURCE = {"raw_hotline": "hotline", "raw_patrol": "patrol"}
+from tests.simulate.chain import through_the_chain, worker_ingest
 
 
 def _run(sim, messages, world, tmp_path):  # type: ignore[no-untyped-def]
     path = tmp_path / "sensors.csv"
     sim.write_registry(path)
-    ingest = Ingest(decoder=default_decoder(), grid=world.index, gazetteer=world.gazetteer,
-                    sensors=load_registry(path, load_types()))
-    stage = CaseStage(world.rules, CorrelationPolicy())
-    books: dict[str, CaseBook] = {}
-    states: dict[str, SensorState] = {}
     dead = Counter()
     unlocated = 0
     cases: dict = {}
-    offset = 0
-    # runs of one topic at a time, in time order: what a worker sees when nothing lags
-    for topic, run in groupby(messages, key=lambda m: m.topic):
-        batch = []
-        for m in run:
-            batch.append(Message(topic, 0, offset, m.value, m.key))
-            offset += 1
-        if topic in SOURCE:
-            res = ingest.reports(SOURCE[topic], batch)  # type: ignore[arg-type]
-        elif topic == "raw_iot":
-            res = ingest.readings(batch, states)
-        else:
-            res = ingest.updates(batch)
+    for topic, res, out in through_the_chain(worker_ingest(world, path), world.rules, messages):
         dead[topic] += len(res.deadletters)
         unlocated += len(res.unlocated)
-        out = stage.apply(res.located, books)
         assert not out.refusals, out.refusals[:3]
         cases.update(out.states)
     return cases, dead, unlocated
@@ -94,8 +68,7 @@ def test_readings_into_column_builders_equal_readings_as_rows(sim, messages, wor
 
     path = tmp_path / "sensors.csv"
     sim.write_registry(path)
-    ingest = Ingest(decoder=default_decoder(), grid=world.index, gazetteer=world.gazetteer,
-                    sensors=load_registry(path, load_types()))
+    ingest = worker_ingest(world, path)
     readings = [Message("raw_iot", 0, n, m.value, m.key) for n, m in enumerate(messages) if m.topic == "raw_iot"]
     assert len(readings) > 5000
     by_rows: dict[str, SensorState] = {}
