@@ -1,18 +1,28 @@
-"""Builders for web tests: a Centre with in-memory Kafka, known users, and case states shaped like the worker's."""
+"""Builders for web tests: a Centre with in-memory Kafka, known users, and case states shaped like the worker's.
+For the tests against the real stack (browser, live Open311): a web server of the test's own beside a worker,
+its health check, Debian's Chromium (found, launched) and signing in on the sign-in page."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import re
-from collections.abc import Awaitable, Callable
+import socket
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from pipeline.config import Settings
+from pipeline.config import ROOT, Settings
 from pipeline.model.taxonomy import default_taxonomy
 from pipeline.stages.decode import default_decoder
 from pipeline.web import auth
@@ -21,6 +31,7 @@ from pipeline.web.centre import Centre
 from pipeline.web.live import LiveBoard
 from pipeline.web.outbox import MemoryOutbox
 from pipeline.web.users import User, Users, api_key_digest, hash_password
+from tests.support import running_worker, stop_process, wait_for
 
 PASSWORD = "correct horse battery"
 API_KEY = "test-ingest-key-0123456789"
@@ -101,3 +112,60 @@ async def sign_in(client: TestClient[Any, Any], name: str, password: str = PASSW
     meta = re.search(r'name="csrf-token" content="([^"]*)"', await home.text())
     assert meta is not None
     return meta.group(1)
+
+
+# -- against the real stack ---------------------------------------------------------------------------------
+
+CHROMIUM = os.environ.get("CITYOPS_CHROMIUM", "/usr/bin/chromium")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def healthy(base: str) -> bool:
+    try:
+        with urllib.request.urlopen(base + "/healthz", timeout=2) as r:
+            return bool(r.status == 200)
+    except OSError:
+        return False
+
+
+@contextmanager
+def serving_web(settings: Settings, tmp_path: Path, env: dict[str, str]) -> Iterator[str]:
+    """A worker and `cityops web` on a free port, over `settings` with `env` added (users file, secret, ...);
+    yields the base URL once /healthz answers (logs: worker.log and web.log in `tmp_path`)."""
+    port = free_port()
+    full_env = {**os.environ, **settings.to_env(), **env}
+    with running_worker(settings, tmp_path / "worker.log"):
+        log = (tmp_path / "web.log").open("ab")
+        web = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "web", "--port", str(port)], cwd=ROOT,
+                               env=full_env, stdout=log, stderr=subprocess.STDOUT)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            assert wait_for(lambda: healthy(base), 90), (tmp_path / "web.log").read_text()[-3000:]
+            yield base
+        finally:
+            stop_process(web)
+            log.close()
+
+
+def require_chromium() -> None:
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} not found: install Debian's chromium (apt-get install chromium)")
+
+
+def launch_chromium(pw: Any) -> Any:
+    """Headless Chromium through playwright's driver (`pw`: a sync_playwright() session)."""
+    return pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+
+
+def browser_sign_in(page: Any, base: str, name: str, password: str) -> None:
+    """Sign in on the sign-in page in a browser `page` (playwright)."""
+    page.goto(base + "/signin")
+    page.fill("#name", name)
+    page.fill("#password", password)
+    page.click("#signin")
+    page.wait_for_load_state("networkidle")

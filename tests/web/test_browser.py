@@ -10,11 +10,6 @@ download). Marked kafka + clickhouse: `make test` runs them with the local stack
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,19 +20,13 @@ import pytest
 
 from pipeline.config import ROOT, Settings
 from pipeline.web.users import User, Users, hash_password, write_users
-from tests.support import produce, running_worker, stop_process, wait_for
+from tests.support import produce
+from tests.web.helpers import browser_sign_in, launch_chromium, require_chromium, serving_web
 
 pytestmark = [pytest.mark.kafka, pytest.mark.clickhouse]
-CHROMIUM = os.environ.get("CITYOPS_CHROMIUM", "/usr/bin/chromium")
 SHOTS = ROOT / "var" / "screenshots"
 PASSWORD = "browser-test-pass"
 TEAM_OF = {"enforcement": "enf", "handling": "hand", "supervision": "sup"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
@@ -46,8 +35,7 @@ def stack(isolated_settings: Settings, tmp_path: Path) -> Iterator[tuple[Setting
     from pipeline.runtime.topics import ensure_topics
     from pipeline.sink.migrate import migrate
 
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} not found: install Debian's chromium (apt-get install chromium)")
+    require_chromium()
     s = isolated_settings
     ensure_topics(s)
     migrate(s)
@@ -56,36 +44,13 @@ def stack(isolated_settings: Settings, tmp_path: Path) -> Iterator[tuple[Setting
              *[User(name, "member", team=team, password_hash=h) for team, name in TEAM_OF.items()]]
     users_file = tmp_path / "users.yaml"
     write_users(users_file, Users({u.name: u for u in users}))
-    port = _free_port()
-    env = {**os.environ, **s.to_env(), "CITYOPS_USERS": str(users_file), "CITYOPS_SECRET": "t" * 40,
-           "CITYOPS_WEB_LOOKBACK_H": "1"}
-    with running_worker(s, tmp_path / "worker.log"):
-        log = (tmp_path / "web.log").open("ab")
-        web = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "web", "--port", str(port)], cwd=ROOT,
-                               env=env, stdout=log, stderr=subprocess.STDOUT)
-        base = f"http://127.0.0.1:{port}"
-        try:
-            assert wait_for(lambda: _healthy(base), 90), (tmp_path / "web.log").read_text()[-3000:]
-            yield s, base
-        finally:
-            stop_process(web)
-            log.close()
-
-
-def _healthy(base: str) -> bool:
-    try:
-        with urllib.request.urlopen(base + "/healthz", timeout=2) as r:
-            return bool(r.status == 200)
-    except OSError:
-        return False
+    env = {"CITYOPS_USERS": str(users_file), "CITYOPS_SECRET": "t" * 40, "CITYOPS_WEB_LOOKBACK_H": "1"}
+    with serving_web(s, tmp_path, env) as base:
+        yield s, base
 
 
 def _sign_in(page: Any, base: str, name: str) -> None:
-    page.goto(base + "/signin")
-    page.fill("#name", name)
-    page.fill("#password", PASSWORD)
-    page.click("#signin")
-    page.wait_for_load_state("networkidle")
+    browser_sign_in(page, base, name, PASSWORD)
 
 
 def _open_count(page: Any, team: str) -> str:
@@ -98,7 +63,7 @@ def test_ticket_to_resolution_live_in_the_browser(stack: tuple[Settings, str]) -
     settings, base = stack
     SHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        browser = launch_chromium(pw)
         try:
             ops = browser.new_context(viewport={"width": 1500, "height": 1000}).new_page()
             _sign_in(ops, base, "ops")

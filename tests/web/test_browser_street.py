@@ -24,7 +24,9 @@ from PIL import ExifTags, Image
 from pipeline.config import ROOT, Settings
 from pipeline.web.users import User, Users, hash_password, write_users
 from tests.support import produce, running_worker, stop_process, wait_for
-from tests.web.test_browser import CHROMIUM, _free_port, _healthy
+from tests.web.helpers import CHROMIUM, browser_sign_in
+from tests.web.helpers import free_port as _free_port
+from tests.web.helpers import healthy as _healthy
 
 pytestmark = [pytest.mark.kafka, pytest.mark.clickhouse]
 SHOTS = ROOT / "var" / "screenshots"
@@ -68,11 +70,7 @@ def street(isolated_settings: Settings, tmp_path: Path) -> Iterator[tuple[Settin
 
 
 def _sign_in(page: Any, base: str, name: str) -> None:
-    page.goto(base + "/signin")
-    page.fill("#name", name)
-    page.fill("#password", PASSWORD)
-    page.click("#signin")
-    page.wait_for_load_state("networkidle")
+    browser_sign_in(page, base, name, PASSWORD)
 
 
 def _photo_with_gps() -> bytes:

@@ -6,10 +6,6 @@ straight from the hotline topic answers with its own time; a team's acceptance s
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.parse
@@ -23,19 +19,14 @@ from xml.etree import ElementTree as ET
 import orjson
 import pytest
 
-from pipeline.config import ROOT, Settings
+from pipeline.config import Settings
 from pipeline.web.users import User, Users, api_key_digest, write_users
-from tests.support import produce, running_worker, stop_process, wait_for
+from tests.support import produce
+from tests.web.helpers import serving_web
 from tests.web.open311_data import LAT, LON, iso
 
 pytestmark = [pytest.mark.kafka, pytest.mark.clickhouse]
 KEY = "live-ingest-key-0123456789abcdef"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def call(url: str, data: bytes | None = None) -> tuple[int, bytes]:
@@ -61,20 +52,9 @@ def stack(isolated_settings: Settings, tmp_path: Path) -> Iterator[tuple[Setting
     migrate(s)
     users_file = tmp_path / "users.yaml"
     write_users(users_file, Users({"gateway": User("gateway", "ingest", api_key_sha256=api_key_digest(KEY))}))
-    port = _free_port()
-    env = {**os.environ, **s.to_env(), "CITYOPS_USERS": str(users_file), "CITYOPS_SECRET": "t" * 40,
-           "CITYOPS_WEB_LOOKBACK_H": "1"}
-    with running_worker(s, tmp_path / "worker.log"):
-        log = (tmp_path / "web.log").open("ab")
-        web = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "web", "--port", str(port)], cwd=ROOT,
-                               env=env, stdout=log, stderr=subprocess.STDOUT)
-        base = f"http://127.0.0.1:{port}"
-        try:
-            assert wait_for(lambda: call(base + "/healthz")[0] == 200, 90), (tmp_path / "web.log").read_text()[-3000:]
-            yield s, base + "/open311/v2"
-        finally:
-            stop_process(web)
-            log.close()
+    env = {"CITYOPS_USERS": str(users_file), "CITYOPS_SECRET": "t" * 40, "CITYOPS_WEB_LOOKBACK_H": "1"}
+    with serving_web(s, tmp_path, env) as base:
+        yield s, base + "/open311/v2"
 
 
 def until(fetch: Callable[[], tuple[int, bytes]], ok: Callable[[int, bytes], bool], timeout_s: float = 90.0) \
