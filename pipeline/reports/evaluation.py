@@ -70,6 +70,7 @@ from typing import Any, Literal
 
 from pipeline.reports.indicators import INDICATORS, REGION
 from pipeline.reports.patrols import Patrol, load_patrols
+from pipeline.reports.positions import inspector_values
 from pipeline.reports.query import Filters, Queryable, ReportError, epoch, problems, share
 from pipeline.reports.weights import Weights, load_weights
 
@@ -323,7 +324,7 @@ def evaluate(db: Queryable, of: Of, filters: Filters, since: date, until: date, 
              patrols: list[Patrol] | None = None) -> list[Unit]:
     """Every unit's indicators, scores and grade for one period [since, until) (Shanghai days); `of` is
     region (at `level`), department, or position (the verifiers, then the patrol teams of `patrols`, default
-    the shipped assignment file)."""
+    the shipped assignment file, then the patrol inspectors: pipeline.reports.positions)."""
     w = weights or load_weights()
     p = Period.of(since, until, as_of)
     if of == "region":
@@ -333,7 +334,8 @@ def evaluate(db: Queryable, of: Of, filters: Filters, since: date, until: date, 
     if of == "position":
         teams = load_patrols() if patrols is None else patrols
         return (score_units("position.verifier", p, verifier_values(db, filters, p), w)
-                + score_units("position.patrol", p, patrol_values(db, filters, p, teams), w))
+                + score_units("position.patrol", p, patrol_values(db, filters, p, teams), w)
+                + score_units("position.inspector", p, inspector_values(db, filters, p), w))
     raise ReportError(f"unknown evaluation {of!r}; choose region, department or position")
 
 

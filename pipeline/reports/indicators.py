@@ -67,8 +67,16 @@ PATROL = _ind(
               "of area_filed: first reported by the public"),
     Indicator("miss_rate", "漏报率", "missed-report rate", "public_first / area_filed", "less"),
 )
+INSPECTOR = _ind(
+    Indicator("reports", "上报数", "reports", "distinct patrol reports the inspector observed in the period"),
+    Indicator("valid", "有效上报数", "valid reports", "of reports: opened a case or joined one"),
+    Indicator("refused", "作废数", "refused", "of reports: refused at ingest and never applied"),
+    Indicator("duplicates", "重复数", "sent again", "of reports: the same report id sent again (counted once)"),
+    Indicator("valid_rate", "有效上报率", "valid-report rate", "valid / reports", "more"),
+)
 INDICATORS: dict[str, dict[str, Indicator]] = {"region": REGION, "department": DEPARTMENT,
-                                               "position.verifier": VERIFIER, "position.patrol": PATROL}
+                                               "position.verifier": VERIFIER, "position.patrol": PATROL,
+                                               "position.inspector": INSPECTOR}
 
 
 def help_text() -> str:
@@ -76,7 +84,8 @@ def help_text() -> str:
     lines = []
     titles = {"region": "region (district | subdistrict | grid)", "department": "department (team)",
               "position.verifier": "position: verifier (supervision; patrol for supervision's own fixes)",
-              "position.patrol": "position: patrol team (its grids and categories: --patrols FILE)"}
+              "position.patrol": "position: patrol team (its grids and categories: --patrols FILE)",
+              "position.inspector": "position: patrol inspector (监督员: their patrol reports)"}
     for of, defs in INDICATORS.items():
         lines.append(f"{titles[of]}:")
         for i in defs.values():

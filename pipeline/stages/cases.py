@@ -43,7 +43,7 @@ from pipeline.model.cases import (
     partition_key,
 )
 from pipeline.model.events import CaseUpdate, Event
-from pipeline.model.records import CaseRow, EventRow, RoundRow, TransitionRow
+from pipeline.model.records import CaseRow, EventRow, PatrolReportRow, RoundRow, TransitionRow
 from pipeline.model.sources import DISCOVERED_BY
 from rules.compiled import Decision
 from rules.limits import DEFAULT_TIME_LIMITS, TimeLimits
@@ -73,6 +73,7 @@ class Outcome:
     rounds: dict[tuple[str, int], RoundRow] = field(default_factory=dict)   # latest row per (case, round)
     refusals: list[str] = field(default_factory=list)
     duplicates: int = 0
+    patrol_reports: list[PatrolReportRow] = field(default_factory=list)   # pipeline.stages.patrolreports
 
     def extend(self, other: Outcome) -> None:
         self.assignments += other.assignments
@@ -83,6 +84,7 @@ class Outcome:
         self.rounds.update(other.rounds)
         self.refusals += other.refusals
         self.duplicates += other.duplicates
+        self.patrol_reports += other.patrol_reports
 
 
 _BUCKET_DEG = 0.002            # correlation buckets: about 220 m north-south, 190 m east-west at 31 N

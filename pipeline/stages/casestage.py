@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pipeline.model.cases import CorrelationPolicy
 from pipeline.model.events import CaseUpdate
 from pipeline.stages.cases import CaseBook, Outcome, Router
+from pipeline.stages.patrolreports import applied
 from pipeline.wire import decode_located
 
 SlaClock = Literal["stream", "wall", "live"]
@@ -74,7 +75,11 @@ class CaseStage:
             if isinstance(item, CaseUpdate):
                 book.apply_update(item, router, out, now)
             else:
+                stored = len(out.events)
                 book.add_event(item, router, out, now)
+                patrol = applied(item, out.events[-1] if len(out.events) > stored else None)
+                if patrol is not None:
+                    out.patrol_reports.append(patrol)
             book.escalate_overdue(now, out)
         for book in touched.values():
             book.expire_parked(out)

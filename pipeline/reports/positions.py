@@ -1,0 +1,66 @@
+"""Position indicators of the people who report (issue #20): the patrol inspectors' 有效上报率.
+
+**Position: inspector** (监督员, by the `inspector` of their patrol reports; table `patrol_reports`, migration
+0010, written by the worker: pipeline/stages/patrolreports.py):
+
+- 上报数 `reports`: distinct patrol report ids the inspector observed in the period (Shanghai days), whatever
+  became of them;
+- 有效上报数 `valid`: of them, reports that opened a case or joined one (a report refused first and sent again
+  corrected counts once, as valid);
+- 作废数 `refused`: of them, refused at ingest and never applied (malformed, unknown category, outside the
+  district's grid);
+- 重复数 `duplicates`: of them, report ids that came again after they were applied (not a second report: counted
+  in `reports` once);
+- **有效上报率 `valid_rate` = valid / reports**.
+
+Inspectors are evaluated over all their reports: `--team` keeps the inspectors of one patrol team, `--subdistrict`
+those with a report located there; the other place and category filters do not apply (a refused report may have
+no place or category). Dialect: ClickHouse 18.16 and current releases; no FINAL needed (distinct ids).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline.reports.query import Filters, Queryable, share
+
+VALID = ("filed", "joined")
+
+
+def inspector_values(db: Queryable, filters: Filters, period: Any) -> dict[str, dict[str, int | float | None]]:
+    """Each inspector's reports, valid reports, refusals, duplicates and 有效上报率 in `period`
+    (pipeline.reports.evaluation.Period)."""
+    params: dict[str, Any] = {"i_since": period.since.isoformat(), "i_until": period.until.isoformat()}
+    cond = ("toDate(observed_at, 'Asia/Shanghai') >= toDate(%(i_since)s)"
+            " AND toDate(observed_at, 'Asia/Shanghai') < toDate(%(i_until)s)")
+    if filters.team:
+        cond += " AND team = %(i_team)s"
+        params["i_team"] = filters.team
+    if filters.subdistrict:
+        cond += " AND inspector IN (SELECT inspector FROM patrol_reports WHERE subdistrict = %(i_sub)s)"
+        params["i_sub"] = filters.subdistrict
+    sql = f"""
+        SELECT inspector AS unit,
+            uniqExact(report_id) AS reports,
+            uniqExactIf(report_id, outcome IN ('filed', 'joined')) AS valid,
+            uniqExactIf(report_id, outcome = 'duplicate') AS duplicates
+        FROM patrol_reports
+        WHERE {cond}
+        GROUP BY unit"""
+    refused_sql = f"""
+        SELECT inspector AS unit, count() AS refused
+        FROM (
+            SELECT inspector, report_id, sum(outcome IN ('filed', 'joined')) AS applied,
+                sum(outcome = 'dead_letter') AS dead
+            FROM patrol_reports
+            WHERE {cond}
+            GROUP BY inspector, report_id)
+        WHERE dead > 0 AND applied = 0
+        GROUP BY unit"""
+    refused = {str(r["unit"]): int(r["refused"]) for r in db.query_dicts(refused_sql, params)}
+    out: dict[str, dict[str, int | float | None]] = {}
+    for r in db.query_dicts(sql, params):
+        unit, n, valid = str(r["unit"]), int(r["reports"]), int(r["valid"])
+        out[unit] = {"reports": n, "valid": valid, "refused": refused.get(unit, 0),
+                     "duplicates": int(r["duplicates"]), "valid_rate": share(valid, n)}
+    return out
