@@ -58,8 +58,9 @@ better: 100 × (1 − rate); a count: 100 × count / the largest count among the
 composite score is the weighted sum (weights: pipeline/data/evaluation_weights.yaml; an indicator with
 nothing to divide is left out and the others scaled up); the grade is A–E by the file's bands.
 
-Dialect: ClickHouse 18.16 and current releases (no window functions or CTEs); every value is a bound
-parameter; the only variable SQL text is chosen by key from `LEVELS`.
+Dialect: ClickHouse 18.16 and current releases (no window functions or CTEs); a subquery of a table is
+`GLOBAL IN` (on the cluster layout the shards cannot resolve it themselves); every value is a bound parameter;
+the only variable SQL text is chosen by key from `LEVELS`.
 """
 
 from __future__ import annotations
@@ -183,7 +184,7 @@ def region_values(db: Queryable, filters: Filters, period: Period, level: str = 
         WHERE toDate(received_at, 'Asia/Shanghai') >= toDate(%(e_since)s)
             AND toDate(received_at, 'Asia/Shanghai') < toDate(%(e_until)s)
             AND {econd}
-            AND case_id IN (SELECT case_id FROM v_cases WHERE is_problem)
+            AND case_id GLOBAL IN (SELECT case_id FROM v_cases WHERE is_problem)
         GROUP BY unit"""
     for r in db.query_dicts(esql, eparams):
         unit = str(r["unit"])

@@ -37,8 +37,13 @@ def inspector_values(db: Queryable, filters: Filters, period: Any) -> dict[str, 
         cond += " AND team = %(i_team)s"
         params["i_team"] = filters.team
     if filters.subdistrict:
-        cond += " AND inspector IN (SELECT inspector FROM patrol_reports WHERE subdistrict = %(i_sub)s)"
-        params["i_sub"] = filters.subdistrict
+        # asked first, then bound: an IN subquery nested in the FROM subquery below is refused on the cluster
+        there = db.query_dicts("SELECT DISTINCT inspector FROM patrol_reports WHERE subdistrict = %(i_sub)s",
+                               {"i_sub": filters.subdistrict})
+        if not there:
+            return {}
+        cond += " AND inspector IN %(i_there)s"
+        params["i_there"] = tuple(sorted(str(r["inspector"]) for r in there))
     sql = f"""
         SELECT inspector AS unit,
             uniqExact(report_id) AS reports,
