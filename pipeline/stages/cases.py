@@ -45,6 +45,7 @@ from pipeline.model.cases import (
 from pipeline.model.events import CaseUpdate, Event
 from pipeline.model.records import CaseRow, EventRow, PatrolReportRow, RoundRow, TransitionRow
 from pipeline.model.sources import DISCOVERED_BY
+from pipeline.stages.checks import CHECK_ACTIONS, answer_check, check_refusal, needs_check, start_check
 from rules.compiled import Decision
 from rules.limits import DEFAULT_TIME_LIMITS, TimeLimits
 from rules.photos import AfterPhoto
@@ -246,7 +247,7 @@ class CaseBook:
             if rework:
                 self._rework(case, now, "system", "", f"new {event.source} report {event.event_id} after the "
                              f"resolution", router, out)
-            elif case.status in OPEN_STATES:
+            elif case.status in OPEN_STATES and case.status != "checking":
                 self._reroute_if_more_urgent(case, event, router, out, now)
         loc = event.location
         out.events.append(EventRow(
@@ -386,9 +387,10 @@ class CaseBook:
         self._transition(case, "new", "", "system", event.occurred_at, f"opened from {event.event_id}", out)
         # dispatch before indexing: the recurrence condition counts the cell's *earlier* cases (§5.1)
         decision = router.decide(event, self.recurrence())
-        due = now + decision.sla
-        case.case_due_at, case.first_dispatched_at = due, now
-        self._new_round(case, decision.team, "dispatch", decision, now, due, decision.reason, router, out)
+        if needs_check(router, event, case):
+            start_check(self, case, decision, router, out, now)      # 核实 first (pipeline.stages.checks)
+        else:
+            self._file(case, decision, router, out, now)
         self._index(case)
         if case.kind == "problem" and self._recurrence is not None:
             self._recurrence.record(case.cell, case.category, case.created_at)
@@ -396,6 +398,12 @@ class CaseBook:
             self.parked_dirty.add(case.case_id)
             self.apply_update(update, router, out, now)
         return case
+
+    def _file(self, case: Case, decision: Decision, router: Router, out: Outcome, now: datetime) -> None:
+        """File the case: its first dispatch by `decision`, its case deadline counted from `now`."""
+        due = now + decision.sla
+        case.case_due_at, case.first_dispatched_at = due, now
+        self._new_round(case, decision.team, "dispatch", decision, now, due, decision.reason, router, out)
 
     def _link_recurrence(self, case: Case) -> None:
         """§5: the most recently closed problem case of the kind in the cell (a sensor's: the same sensor's)
@@ -489,6 +497,10 @@ class CaseBook:
                                      out, now)
         elif u.action == "reopen":
             self._rework(case, now, u.actor, u.team, note or "verification failed", router, out, at=at)
+        elif u.action in CHECK_ACTIONS:
+            if answer_check(self, case, u, out):
+                decision = router.decide(event_from_dict(case.first_event), _Without(self.recurrence(), case))
+                self._file(case, decision, router, out, now)
         elif u.action == "extend":
             assert u.until is not None
             before = r.due_at
@@ -511,6 +523,8 @@ class CaseBook:
             return f"at {iso(u.at)} is before the case was created ({iso(case.created_at)})"
         if case.last_update_at is not None and u.at < case.last_update_at:
             return f"at {iso(u.at)} is before the case's last update ({iso(case.last_update_at)})"
+        if s == "checking" or u.action in CHECK_ACTIONS:
+            return check_refusal(case, u)
         if u.action in ("accept", "resolve", "reject", "extend") and u.team != case.team:
             return f"case is assigned to {case.team}, not {u.team}"
         if u.action == "accept":
@@ -672,7 +686,8 @@ class CaseBook:
             return []
         self._next_prune = self.clock + _PRUNE_EVERY
         keep = self.clock - timedelta(days=self.policy.keep_days)
-        gone = [c.case_id for c in self.cases.values() if c.status == "closed" and c.closed_at and c.closed_at < keep]
+        gone = [c.case_id for c in self.cases.values()
+                if c.status in ("closed", "void") and c.closed_at and c.closed_at < keep]
         for cid in gone:
             case = self.cases.pop(cid)
             self._unplace(case)
