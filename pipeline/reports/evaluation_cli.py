@@ -43,7 +43,7 @@ def defs_of(of: str) -> dict[str, Indicator]:
     where they do not apply), so CSV and JSON have one header."""
     if of == "position":
         return {**INDICATORS["position.verifier"], **INDICATORS["position.patrol"],
-                **INDICATORS["position.inspector"]}
+                **INDICATORS["position.inspector"], **INDICATORS["position.checker"]}
     return INDICATORS[of]
 
 
