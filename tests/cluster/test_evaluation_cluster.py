@@ -2,10 +2,11 @@
 cluster.sh) gives what it gives on a single server with the same rows (issue #20).
 
 The rows: the hand-built month of tests/analytics/test_evaluation.py (every case kind the formulas distinguish),
-a generated history of 400 cases over April to June 2024 in several sub-districts, and the inspectors' scenario
-of tests/analytics/test_evaluation_inspectors.py (March 2026). They are written by the sink to a database
-migrated on the cluster (inserts into the Distributed tables, each row to its shard) and to one on the local
-server; every evaluation (region at each level, department, position), per month, must be equal on both.
+a generated history of 400 cases over April to June 2024 in several sub-districts, and the inspectors' and the
+checks' scenarios of tests/analytics/test_evaluation_inspectors.py and test_evaluation_checks.py (March 2026).
+They are written by the sink to a database migrated on the cluster (inserts into the Distributed tables, each
+row to its shard) and to one on the local server; every evaluation (region at each level, department,
+position), per month, must be equal on both.
 Needs the local stack (`make up`) and starts the cluster profile when it is not running.
 """
 
@@ -29,6 +30,7 @@ from pipeline.sink.sink import ClickHouseSink
 from pipeline.sink.transport import ClickHouse
 from tests.analytics.history import generate
 from tests.analytics.test_evaluation import month
+from tests.analytics.test_evaluation_checks import run_scenario as checks_scenario
 from tests.analytics.test_evaluation_inspectors import run_scenario
 from tests.cluster.test_profile import NODE_PORTS, cluster_sh, node
 
@@ -62,7 +64,7 @@ def cluster_settings() -> Iterator[Settings]:
 def rows() -> list[SinkBatch]:
     history = generate(seed=11, n_cases=400, start=datetime(2024, 4, 1), days=90, device_faults=0.05,
                        refirsts=0.05)
-    return [*history.batches, month(), run_scenario()]
+    return [*history.batches, month(), run_scenario(), checks_scenario()]
 
 
 def load(s: Settings, batches: list[SinkBatch], cluster: str | None) -> ClickHouse:
@@ -117,5 +119,5 @@ def test_the_evaluation_on_the_cluster_equals_the_single_server(cluster_settings
     may, march = date(2024, 5, 1), date(2026, 3, 1)
     assert len(expected["region", "subdistrict", may]) >= 2
     assert {u[0] for u in expected["department", may]} == {"department"}
-    assert {u[0] for u in expected["position", march]} >= {"position.inspector"}
+    assert {u[0] for u in expected["position", march]} >= {"position.inspector", "position.checker"}
     assert {u[1] for u in expected["position filtered", march] if u[0] == "position.inspector"} == {"I1"}
