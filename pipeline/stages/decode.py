@@ -26,6 +26,7 @@ from pipeline.stages.fields import (
     answers,
     coords,
     json_object,
+    masked_link,
     number,
     opt_enum,
     opt_photo,
@@ -119,7 +120,7 @@ class Decoder:
             event_id=f"hotline:{ticket}", source="hotline", category=code, occurred_at=at, lon=lon, lat=lat,
             address=mask_text(address, names) if address else None, description=mask_text(description, names),
             request_type=request_type, channel=channel, caller_hash=phone_hash,
-            media_url=mask_text(media_url, names) if media_url else None,
+            media_url=masked_link(media_url, names) if media_url else None,
             address_id=mask_text(address_id, names) if address_id else None,
             attributes=attributes,
         )
@@ -138,7 +139,7 @@ class Decoder:
         photo = opt_string(obj, "photo_url", MAX_URL)
         return Event(event_id=f"patrol:{report}", source="patrol", category=code, occurred_at=at, lon=lon,
                      lat=lat, description=mask_text(note), team=team, actor=inspector,
-                     media_url=mask_text(photo) if photo else None)
+                     media_url=masked_link(photo) if photo else None)
 
     def reading(self, raw: bytes) -> Reading:
         """A sensor reading, validated, as a light tuple: readings are the bulk of the input and most of them

@@ -103,6 +103,13 @@ def opt_photo(obj: dict[str, Any], key: str) -> str | None:
     return opt_url(obj, key)
 
 
+def masked_link(link: str, names: tuple[str, ...] = ()) -> str:
+    """A media link as stored: a path of this centre's photo store as it is (its id is a hash of an upload, no
+    personal data, and masking a run of its hex digits as a "phone number" breaks the link); any other link
+    masked like free text (an external URL may carry a caller's number)."""
+    return link if _PHOTO_PATH.fullmatch(link) else mask_text(link, names)
+
+
 def answers(obj: dict[str, Any], names: tuple[str, ...]) -> str | None:
     """The answers to a service's attributes (`attributes`: {code: text or [texts]}) as canonical JSON text,
     values masked like free text; None when there are none. Only their shape is checked here: whether a service

@@ -10,6 +10,7 @@ never matters. Descriptions are masked again before they leave (they were masked
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -43,6 +44,22 @@ def _answers(category: str, text: str) -> list[Json]:
     return [{"code": str(k), "label": labels.label(category, str(k)),
              "value": mask_text(",".join(map(str, v)) if isinstance(v, list) else str(v))}
             for k, v in sorted(given.items())]
+
+
+# an event id in a system-written reason ("opened from patrol:WEB-20261203-..."): stored in clear in `events`,
+# and a date or a ticket number in it must not be masked as a phone number (the id would point nowhere)
+_EVENT_ID = re.compile(r"\b(?:hotline|patrol|iot):[A-Za-z0-9_.:@-]+")
+
+
+def mask_reason(text: str) -> str:
+    """A transition's reason masked like free text (a handler's note may hold a number), its event ids kept."""
+    out: list[str] = []
+    at = 0
+    for m in _EVENT_ID.finditer(text):
+        out += [mask_text(text[at:m.start()]), m.group()]
+        at = m.end()
+    out.append(mask_text(text[at:]))
+    return "".join(out)
 
 
 class CaseArchive:
@@ -83,7 +100,7 @@ class CaseArchive:
         for r in rows:
             steps[int(r["seq"])] = {"seq": int(r["seq"]), "status": r["status"], "team": r["team"],
                                     "actor": r["actor"], "at": _iso(r["at_epoch"]),
-                                    "reason": mask_text(str(r["reason"] or "")),
+                                    "reason": mask_reason(str(r["reason"] or "")),
                                     "photo_url": r.get("photo_url") or None}    # a resolve's after photo (0009)
         return [steps[k] for k in sorted(steps)]
 

@@ -38,6 +38,19 @@ def test_a_patrol_photo_is_kept_as_the_report_media_link() -> None:
     assert decoder.patrol(raw(patrol())).media_url is None
 
 
+def test_a_stored_photo_path_is_not_masked_but_an_external_link_is() -> None:
+    # the web's photo ids are hex hashes: this one holds "5234771", which reads as a local phone number
+    # (CI once stored "/photos/2c****771c...": the case page's photo was then a broken link)
+    decoder = default_decoder()
+    path = "/photos/2c5234771c0a6ada42e87b07.jpg"
+    assert decoder.patrol(raw(patrol() | {"photo_url": path})).media_url == path
+    outside = decoder.patrol(raw(patrol() | {"photo_url": "https://oss.example.cn/p/13812345678.jpg"})).media_url
+    assert outside is not None and "13812345678" not in outside and outside.startswith("https://oss.example.cn/p/")
+    ticket = {"service_request_id": "T-1", "requested_datetime": iso(T0), "service_code": "E0501",
+              "lat": 31.26, "long": 121.49, "media_url": "https://oss.example.cn/p/13812345678.jpg"}
+    assert "13812345678" not in (decoder.hotline(raw(ticket)).media_url or "")
+
+
 def test_only_a_resolve_carries_a_photo_and_it_must_be_a_link_or_a_store_path() -> None:
     decoder = default_decoder()
     ok = decoder.case_update(raw(update("C1", "resolve", "handling") | {"photo_url": "/photos/abcdefgh12.jpg"}))
