@@ -8,8 +8,8 @@ patrol's 按时核实率.
   became of them;
 - 有效上报数 `valid`: of them, reports that opened a case or joined one (a report refused first and sent again
   corrected counts once, as valid);
-- 作废数 `refused`: of them, refused at ingest and never applied (malformed, unknown category, outside the
-  district's grid);
+- 作废数 `refused`: of them, refused at ingest and never applied (malformed, a category not in the
+  taxonomy, a position that is no WGS84 point; a report outside the grid is kept, as a case outside the grid);
 - 重复数 `duplicates`: of them, report ids that came again after they were applied (not a second report: counted
   in `reports` once);
 - **有效上报率 `valid_rate` = valid / reports**.

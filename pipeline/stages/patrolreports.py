@@ -1,9 +1,10 @@
 """What became of each patrol report, per inspector (migration 0010 `patrol_reports`; the evaluation's 有效上报率).
 
-The ingest stage records the patrol reports it refuses (`refused`: dead letters, among them reports outside the
-district's grid, 作废), when their inspector can still be read; the cases stage records the ones that opened or
-joined a case, and report ids that came again after they were applied (`applied`). Inspectors are staff: their
-ids are stored; a patrol report carries no caller's personal data, and a refusal's reason is masked.
+The ingest stage records the patrol reports it refuses (`refused`: dead letters: malformed, a category not in
+the taxonomy, a position that is no WGS84 point), when their inspector can still be read; the cases stage
+records the ones that opened or joined a case, and report ids that came again after they were applied
+(`applied`). Inspectors are staff: their ids are stored; a patrol report carries no caller's personal data, and
+a refusal's reason is masked.
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 --   filed        the report opened a case (cases stage)
 --   joined       the report was merged into an existing case (cases stage)
 --   duplicate    the same report id came again after it was applied (cases stage; counted once per report id)
---   dead_letter  the report was refused at ingest (malformed, unknown category, outside the district's grid:
---                作废), with the refusal's reason; only when its inspector can still be read from it
+--   dead_letter  the report was refused at ingest (malformed, a category not in the taxonomy, a position that
+--                is no WGS84 point), with the refusal's reason; only when its inspector can still be read from it
 -- Inspectors are staff: their ids are stored; a patrol report carries no caller's personal data. A report id
 -- that has no readable id in a dead letter is keyed `dead:<topic>:<partition>:<offset>`.
 -- ReplacingMergeTree by (inspector, report_id, outcome): a replayed batch writes the same keys again.
