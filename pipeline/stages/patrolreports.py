@@ -27,12 +27,20 @@ def _field(obj: dict[str, object], key: str) -> str:
     return v.strip()[:MAX_FIELD] if isinstance(v, str) else ""
 
 
+_EARLIEST, _LATEST = datetime(2000, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC)
+
+
 def _time(text: str, fallback: datetime) -> datetime:
+    """The refused report's own time when it is a readable time with an offset that a DateTime column holds;
+    else `fallback` (the refusal's): a hostile time must never make the row unstorable."""
     try:
         t = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
+        if t.tzinfo is None:
+            return fallback
+        t = t.astimezone(UTC)
+    except (ValueError, OverflowError):
         return fallback
-    return t.astimezone(UTC) if t.tzinfo is not None else fallback
+    return t if _EARLIEST <= t < _LATEST else fallback
 
 
 def refused(deadletters: Iterable[DeadLetter]) -> list[PatrolReportRow]:

@@ -140,3 +140,19 @@ def test_a_replayed_batch_changes_no_figure(engine: Engine) -> None:
     engine.write(batch)
     assert inspectors(engine, MARCH)["I1"]["reports"] == 3
     assert inspectors(engine, MARCH)["I1"]["valid_rate"] == pytest.approx(2 / 3)
+
+
+@pytest.mark.parametrize("observed_at", ["0001-01-01T00:00:00+00:00", "9999-12-31T23:59:59-14:00",
+                                         "1969-12-31T23:59:59Z", "2026-03-02T02:00:00", "soon", ""])
+def test_a_refused_reports_unstorable_time_becomes_the_refusal_time(observed_at: str) -> None:
+    """A hostile `observed_at` (out of DateTime's range, without an offset, not a time) never makes the row
+    unstorable: the row takes the refusal's time."""
+    raw = orjson.dumps({"report_id": "R9", "inspector": "I9", "observed_at": observed_at})
+    (row,) = refused([DeadLetter(TOPIC, 0, 1, "category: required", raw, at(60))])
+    assert row.observed_at == at(60)
+
+
+def test_a_refused_reports_readable_time_is_kept() -> None:
+    raw = orjson.dumps({"report_id": "R9", "inspector": "I9", "observed_at": "2026-03-02T02:00:00+08:00"})
+    (row,) = refused([DeadLetter(TOPIC, 0, 1, "category: required", raw, at(60))])
+    assert row.observed_at == at(0)
