@@ -27,6 +27,7 @@ from pathlib import Path
 from pipeline.model.events import Event
 from pipeline.model.taxonomy import Taxonomy, default_taxonomy
 from pipeline.model.watched import WatchedFile
+from rules.checkfirst import CheckFirst
 from rules.compiled import (
     ChooserFactory,
     CompiledRule,
@@ -135,6 +136,7 @@ class Ruleset:
         self.name = spec.name
         self.time_limits: TimeLimits = spec.time_limits
         self.after_photo: AfterPhoto = spec.after_photo      # rules/photos.py
+        self.check_first: CheckFirst = spec.check_first      # rules/checkfirst.py
         self.warnings: list[str] = shadow_warnings(spec, taxonomy)
         self.rules: tuple[CompiledRule, ...] = tuple(compile_rule(r, self.version) for r in spec.rules)
         self.default = compile_default(spec.default, self.version)

@@ -13,6 +13,7 @@ from yaml.nodes import Node, SequenceNode
 
 from pipeline.model.events import TEAMS
 from pipeline.model.taxonomy import Taxonomy, default_taxonomy
+from rules.checkfirst import parse_check_first
 from rules.combinators import All
 from rules.conditions import Condition
 from rules.leaves import WhenContext
@@ -25,7 +26,7 @@ from rules.when import parse_when
 _RULE_ID = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 _NAME = re.compile(r"^[\w.:@-]+$")
 _TOP_KEYS = ("version", "kind", "name", "description", "timezone", "teams", "rules", "default", "time_limits",
-             "after_photo")
+             "after_photo", "check_first")
 _TEAM_KEYS = ("label", "sla", "priority", "escalate_to", "notify")
 _RULE_KEYS = ("id", "order", "description", "enabled", "when", "then")
 _THEN_KEYS = ("team", "priority", "sla", "escalate_to", "notify", "tags")
@@ -82,15 +83,16 @@ class RulesetParser:
         used = None if rules is None or default is None else _priorities(rules, default)
         limits = parse_time_limits(self.r, top.get("time_limits"), PRIORITY_RANGE, used)
         after_photo = parse_after_photo(self.r, top.get("after_photo"), ctx)
-        if self.r.problems or None in (version, name, teams, rules, default, tz, limits, after_photo):
+        check_first = parse_check_first(self.r, top.get("check_first"), ctx)
+        if self.r.problems or None in (version, name, teams, rules, default, tz, limits, after_photo, check_first):
             return None
         assert version and name and teams is not None and rules is not None and default and tz and limits
-        assert after_photo is not None
+        assert after_photo is not None and check_first is not None
         enabled = tuple(sorted((r for r in rules if r.enabled), key=lambda r: r.order))
         disabled = tuple(r for r in rules if not r.enabled)
         digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:10]
         return RulesetSpec(path, name, version, digest, description, tz, teams, enabled, disabled, default, limits,
-                           after_photo)
+                           after_photo, check_first)
 
     def _text(self, entry: Entry | None, key: str) -> str | None:
         return None if entry is None else self.r.text(entry.value, key)

@@ -20,6 +20,7 @@ File shape (see rules/hongkou.yaml for a full example):
     default: {team: handling}     # required: the route when no rule matches (same keys as `then`)
     time_limits: {...}            # optional (rules/limits.py): dispatch, accept and verify limits
     after_photo: [P01*, ...]      # optional (rules/photos.py): categories whose resolve needs an after photo
+    check_first: {categories: [...], within: 1h}   # optional (rules/checkfirst.py): 核实 before filing
 
 `then` keys other than `team` fall back to the team's defaults; `notify` adds to the team's notify list.
 
@@ -34,6 +35,7 @@ from datetime import timedelta
 from zoneinfo import ZoneInfo
 
 from pipeline.model.events import Event
+from rules.checkfirst import NO_CHECK_FIRST, CheckFirst
 from rules.combinators import All, names_fault
 from rules.limits import DEFAULT_TIME_LIMITS, TimeLimits
 from rules.photos import NO_AFTER_PHOTO, AfterPhoto
@@ -125,6 +127,7 @@ class RulesetSpec:
     default: Route
     time_limits: TimeLimits = DEFAULT_TIME_LIMITS
     after_photo: AfterPhoto = NO_AFTER_PHOTO
+    check_first: CheckFirst = NO_CHECK_FIRST
 
     @property
     def version(self) -> str:

@@ -16,7 +16,7 @@ from pipeline.model.events import Event, Location, record
 from pipeline.model.records import CaseRow, RoundRow
 
 OUTSIDE_KEY = "outside"
-OPEN_STATES = frozenset({"dispatched", "accepted"})     # the team still has to act (docs/cases.md §3)
+OPEN_STATES = frozenset({"dispatched", "accepted", "checking"})   # the team (checking: the patrol) has to act (§3)
 HANDLED_STATES = frozenset({"resolved", "closed"})
 VERIFIERS = ("supervision", "patrol")
 

@@ -126,6 +126,21 @@ class TransitionRow:
 
 
 @record
+class PatrolReportRow:
+    """One patrol report and what became of it (migration 0010; 有效上报率): (inspector, report_id, outcome) is
+    its stable key. Inspectors are staff; a patrol report has no caller."""
+
+    report_id: str
+    inspector: str
+    team: str
+    observed_at: datetime
+    outcome: str                  # filed | joined | duplicate | dead_letter
+    reason: str = ""              # a dead letter's reason (masked)
+    case_id: str = ""
+    subdistrict: str = ""
+
+
+@record
 class SensorReadingRow:
     """Per-sensor aggregate for analysts: one row per sensor and minute (readings are not cases)."""
 
@@ -309,7 +324,9 @@ class SinkBatch:
     rounds: list[RoundRow] = field(default_factory=list)
     event_columns: EventColumns = field(default_factory=EventColumns)
     reading_columns: ReadingColumns = field(default_factory=ReadingColumns)
+    patrol_reports: list[PatrolReportRow] = field(default_factory=list)
 
     def __len__(self) -> int:
         return (len(self.cases) + len(self.events) + len(self.transitions) + len(self.readings)
-                + len(self.rounds) + len(self.event_columns) + len(self.reading_columns))
+                + len(self.rounds) + len(self.event_columns) + len(self.reading_columns)
+                + len(self.patrol_reports))

@@ -22,7 +22,7 @@ from typing import Any
 
 from pipeline.model.taxonomy import default_taxonomy
 from pipeline.reports.evaluation import Period, Unit, evaluate, previous_month, region_values
-from pipeline.reports.indicators import DEPARTMENT, PATROL, REGION, VERIFIER
+from pipeline.reports.indicators import CHECKER, DEPARTMENT, INSPECTOR, PATROL, REGION, VERIFIER
 from pipeline.reports.query import Filters, Queryable, as_date, problems, share
 from pipeline.reports.svgcharts import bar_chart, daily_chart
 from pipeline.reports.weights import Weights, load_weights
@@ -58,6 +58,8 @@ class Bulletin:
     names: dict[str, str]
     weights: Weights
     generated_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    inspectors: list[Unit] = field(default_factory=list)     # patrol inspectors (有效上报率)
+    checkers: list[Unit] = field(default_factory=list)       # checks before filing (按时核实率)
 
 
 def area_names() -> dict[str, str]:
@@ -100,6 +102,7 @@ def build(db: Queryable, since: date, until: date, filters: Filters | None = Non
     title = f"{'、'.join(dnames)} 城市运行 绩效通报（{since.year}年{since.month}月）"
     cases_f = replace(problems(f), team=None, since=since, until=until)
     cond, params = cases_f.where("day", prefix="b_")
+    cond += " AND status NOT IN ('checking', 'void')"    # filed only: as 立案数 (核实, docs/cases.md §2.4)
     sources = {str(r["src"]): int(r["n"]) for r in db.query_dicts(
         f"SELECT discovered_by AS src, count() AS n FROM v_cases WHERE {cond} GROUP BY src", params)}
     tax = default_taxonomy()
@@ -117,6 +120,7 @@ def build(db: Queryable, since: date, until: date, filters: Filters | None = Non
         return out[:10]
 
     ucond, uparams = replace(cases_f, since=None, until=None).where("day", prefix="u_")
+    ucond += " AND status NOT IN ('checking', 'void')"
     uparams.update(period.params())
     daily_rows = db.query_dicts(f"""
         SELECT toString(d) AS d, sum(f) AS filed, sum(c) AS closed FROM (
@@ -142,7 +146,9 @@ def build(db: Queryable, since: date, until: date, filters: Filters | None = Non
         {u.unit: u for u in evaluate(db, "department", f, *before, weights=w)},
         [u for u in positions if u.of == "position.verifier"],
         [u for u in positions if u.of == "position.patrol" and u.values["area_filed"]],
-        top("E"), top("P"), daily, names, w)
+        top("E"), top("P"), daily, names, w,
+        inspectors=[u for u in positions if u.of == "position.inspector"],
+        checkers=[u for u in positions if u.of == "position.checker"])
 
 
 # ---- HTML ----------------------------------------------------------------------------------------------------
@@ -267,6 +273,14 @@ def department_table(b: Bulletin) -> str:
     return _table(head, rows, wide=True)
 
 
+def checker_table(b: Bulletin) -> str:
+    head = ["核实岗位", "应核实数", "核实数", "作废数", "按时核实数", "按时核实率", "得分", "等级"]
+    rows = [[_td(_e(TEAM_NAMES.get(u.unit, u.unit)), "l")] + [_td(_num(u.values[k])) for k in CHECKER][:4]
+            + [_td(_pct(u.values["check_in_time_rate"])), _td(_score(u.score)), _td(_grade(u.grade), "g")]
+            for u in b.checkers]
+    return _table(head, rows) if rows else ""
+
+
 def verifier_table(b: Bulletin) -> str:
     head = ["核查岗位", "应核查数", "核查数", "核查率", "按时核查数", "按时核查率", "得分", "等级"]
     rows = [[_td(_e(TEAM_NAMES.get(u.unit, u.unit)), "l"), _td(_num(u.values["verify_due"])),
@@ -291,6 +305,14 @@ def patrol_table(b: Bulletin) -> str:
     return _table(head, rows)
 
 
+def inspector_table(b: Bulletin) -> str:
+    head = ["监督员", "上报数", "有效上报数", "作废数", "重复上报", "有效上报率", "得分", "等级"]
+    rows = [[_td(_e(u.unit), "l")] + [_td(_num(u.values[k])) for k in INSPECTOR][:4]
+            + [_td(_pct(u.values["valid_rate"])), _td(_score(u.score)), _td(_grade(u.grade), "g")]
+            for u in sorted(b.inspectors, key=lambda u: (-(u.score or -1), u.unit))]
+    return _table(head, rows)
+
+
 def top_table(items: list[tuple[str, str, int]], total: int) -> str:
     rows = [[_td(str(i)), _td(_e(code), "l"), _td(_e(name), "l"), _td(_num(n)), _td(_pct(share(n, total)))]
             for i, (code, name, n) in enumerate(items, 1)]
@@ -298,7 +320,8 @@ def top_table(items: list[tuple[str, str, int]], total: int) -> str:
 
 
 def definitions() -> str:
-    items = [f"<b>{_e(i.zh)}</b>（{_e(i.en)}）= {_e(i.formula)}" for defs in (REGION, DEPARTMENT, VERIFIER, PATROL)
+    items = [f"<b>{_e(i.zh)}</b>（{_e(i.en)}）= {_e(i.formula)}" for defs in (REGION, DEPARTMENT, VERIFIER, PATROL,
+                                                                                            INSPECTOR, CHECKER)
              for i in defs.values() if "/" in i.formula or i.id in ("due", "filed", "received", "verify_due")]
     return "；".join(items)
 
@@ -317,7 +340,9 @@ def to_html(b: Bulletin, css_href: str | None = None, nav: str = "") -> str:
         f"{label}：" + "，".join(f"{ind[k].zh} {v:g}" for k, v in w.of(of).items())
         for of, label, ind in (("region", "街道", REGION), ("department", "部门", DEPARTMENT),
                                ("position.verifier", "核查岗位", VERIFIER),
-                               ("position.patrol", "巡查队", PATROL)) if of in w.evaluations)
+                               ("position.patrol", "巡查队", PATROL), ("position.inspector", "监督员", INSPECTOR),
+                               ("position.checker", "核实岗位", CHECKER))
+        if of in w.evaluations)
     bands = "，".join(f"{g} ≥ {w.grades[g]:g}" for g in ("A", "B", "C", "D")) + f"，E < {w.grades['D']:g}"
     kpis = "".join([
         _kpi("受理数", _num(t["received"])), _kpi("立案数", _num(t["filed"])), _kpi("应结案数", _num(t["due"])),
@@ -354,10 +379,13 @@ def to_html(b: Bulletin, css_href: str | None = None, nav: str = "") -> str:
 {chart1}
 <h2>三、部门综合评价</h2>
 {department_table(b)}
-<h2>四、岗位评价（核查、巡查）</h2>
+<h2>四、岗位评价（核查、核实、巡查、监督员）</h2>
 {verifier_table(b)}
+{checker_table(b)}
 <p class="note">巡查队按责任网格内、巡查类别中的立案计：漏报率 = 公众首报数 / 辖区立案数。</p>
 {patrol_table(b)}
+<p class="note">监督员按本人巡查上报计：有效上报率 = 立案或并入案件的上报 / 上报数（同一上报重发只计一次）。</p>
+{inspector_table(b)}
 <h2>五、高发问题</h2>
 <div class="twocol"><div><b>事件类（前 10）</b>{top_table(b.top_events, filed)}</div>
 <div><b>部件类（前 10）</b>{top_table(b.top_parts, filed)}</div></div>

@@ -9,7 +9,8 @@ lifecycle terms (round, rework, on time, credited to) are docs/cases.md §3, §4
 **Region** (district, sub-district, management grid; a case belongs to the region of its first report):
 
 - 受理数 `received`: reports (hotline, patrol, sensor alarm) of problem cases made in the period, in the region;
-- 立案数 `filed`: problem cases created (first report) in the period;
+- 立案数 `filed`: problem cases created (first report) in the period, except those still being checked before
+  filing or voided by the check (核实, pipeline.reports.positions);
 - 应结案数 `due`: problem cases whose deadline `case_due_at` falls in the period (and before as-of), whenever
   they were created, closed or not (the standard's denominator: leaving a case open never helps);
 - 结案数 `closed`: of `due`, closed (verified) before as-of; **结案率 `close_rate` = closed / due**;
@@ -23,7 +24,8 @@ lifecycle terms (round, rework, on time, credited to) are docs/cases.md §3, §4
 
 **Department** (each team the rules dispatch to; rounds credited to their own team, §8):
 
-- 派遣数 `dispatched`: rounds dispatched to the team in the period (rejected and superseded ones included);
+- 派遣数 `dispatched`: rounds dispatched to the team in the period (rejected and superseded ones included; the
+  patrol's checks before filing are the checker's, pipeline.reports.positions);
 - 应处置数 `due`: rounds held by the team (not rejected or superseded) whose `due_at` falls in the period;
 - 处置数 `resolved`: of `due`, resolved before as-of (a fix that later failed its check included);
   **处置率 `resolve_rate` = resolved / due**;
@@ -58,8 +60,9 @@ better: 100 × (1 − rate); a count: 100 × count / the largest count among the
 composite score is the weighted sum (weights: pipeline/data/evaluation_weights.yaml; an indicator with
 nothing to divide is left out and the others scaled up); the grade is A–E by the file's bands.
 
-Dialect: ClickHouse 18.16 and current releases (no window functions or CTEs); every value is a bound
-parameter; the only variable SQL text is chosen by key from `LEVELS`.
+Dialect: ClickHouse 18.16 and current releases (no window functions or CTEs); a subquery of a table is
+`GLOBAL IN` (on the cluster layout the shards cannot resolve it themselves); every value is a bound parameter;
+the only variable SQL text is chosen by key from `LEVELS`.
 """
 
 from __future__ import annotations
@@ -70,6 +73,7 @@ from typing import Any, Literal
 
 from pipeline.reports.indicators import INDICATORS, REGION
 from pipeline.reports.patrols import Patrol, load_patrols
+from pipeline.reports.positions import check_values, inspector_values
 from pipeline.reports.query import Filters, Queryable, ReportError, epoch, problems, share
 from pipeline.reports.weights import Weights, load_weights
 
@@ -147,7 +151,8 @@ def region_values(db: Queryable, filters: Filters, period: Period, level: str = 
     params.update(period.params())
     due = _in("case_due_at")
     closed = f"is_closed AND {_before_as_of('closed_at')}"
-    filed = "day >= toDate(%(p_since)s) AND day < toDate(%(p_until)s)"
+    # a case still being checked, or voided by the check, is not filed (核实, docs/cases.md §2.4)
+    filed = "day >= toDate(%(p_since)s) AND day < toDate(%(p_until)s) AND status NOT IN ('checking', 'void')"
     sql = f"""
         SELECT {key} AS unit,
             countIf({filed}) AS filed,
@@ -182,7 +187,7 @@ def region_values(db: Queryable, filters: Filters, period: Period, level: str = 
         WHERE toDate(received_at, 'Asia/Shanghai') >= toDate(%(e_since)s)
             AND toDate(received_at, 'Asia/Shanghai') < toDate(%(e_until)s)
             AND {econd}
-            AND case_id IN (SELECT case_id FROM v_cases WHERE is_problem)
+            AND case_id GLOBAL IN (SELECT case_id FROM v_cases WHERE is_problem)
         GROUP BY unit"""
     for r in db.query_dicts(esql, eparams):
         unit = str(r["unit"])
@@ -210,7 +215,7 @@ def department_values(db: Queryable, filters: Filters, period: Period) -> dict[s
             countIf({due} AND is_extended) AS extended,
             countIf(outcome = 'rejected' AND {_in('ended_at')}) AS rejected
         FROM v_rounds
-        WHERE case_kind = 'problem' AND {cond}
+        WHERE case_kind = 'problem' AND kind != 'check' AND {cond}
         GROUP BY unit
         HAVING dispatched > 0 OR due > 0 OR rejected > 0"""
     out: dict[str, dict[str, int | float | None]] = {}
@@ -323,7 +328,7 @@ def evaluate(db: Queryable, of: Of, filters: Filters, since: date, until: date, 
              patrols: list[Patrol] | None = None) -> list[Unit]:
     """Every unit's indicators, scores and grade for one period [since, until) (Shanghai days); `of` is
     region (at `level`), department, or position (the verifiers, then the patrol teams of `patrols`, default
-    the shipped assignment file)."""
+    the shipped assignment file, then the patrol inspectors: pipeline.reports.positions)."""
     w = weights or load_weights()
     p = Period.of(since, until, as_of)
     if of == "region":
@@ -333,7 +338,9 @@ def evaluate(db: Queryable, of: Of, filters: Filters, since: date, until: date, 
     if of == "position":
         teams = load_patrols() if patrols is None else patrols
         return (score_units("position.verifier", p, verifier_values(db, filters, p), w)
-                + score_units("position.patrol", p, patrol_values(db, filters, p, teams), w))
+                + score_units("position.patrol", p, patrol_values(db, filters, p, teams), w)
+                + score_units("position.inspector", p, inspector_values(db, filters, p), w)
+                + score_units("position.checker", p, check_values(db, filters, p), w))
     raise ReportError(f"unknown evaluation {of!r}; choose region, department or position")
 
 

@@ -39,10 +39,11 @@ department and verifier evaluations with grades, the top categories of events an
 definitions and weights. Written as HTML and PDF (printed by headless Chromium) into --out."""
 
 def defs_of(of: str) -> dict[str, Indicator]:
-    """The indicators of `--of`: a position row carries the verifiers' and the patrols' columns (None where they
-    do not apply), so CSV and JSON have one header."""
+    """The indicators of `--of`: a position row carries the verifiers', patrols' and inspectors' columns (None
+    where they do not apply), so CSV and JSON have one header."""
     if of == "position":
-        return {**INDICATORS["position.verifier"], **INDICATORS["position.patrol"]}
+        return {**INDICATORS["position.verifier"], **INDICATORS["position.patrol"],
+                **INDICATORS["position.inspector"], **INDICATORS["position.checker"]}
     return INDICATORS[of]
 
 
@@ -175,7 +176,8 @@ def as_table(rows: Table, of: str, title: str) -> str:
 
 def add_evaluation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--of", choices=("region", "department", "position"), default="region",
-                   help="what is evaluated: regions, departments (teams) or positions (verifiers)")
+                   help="what is evaluated: regions, departments (teams) or positions (verifiers, patrol "
+                   "teams, inspectors)")
     p.add_argument("--level", choices=tuple(LEVELS), default="subdistrict", help="region level (with --of region)")
     p.add_argument("--month", help="the period: a month YYYY-MM (or --since and --until)")
     p.add_argument("--period", choices=("day", "week", "month", "all"), default="all",

@@ -24,7 +24,8 @@ def _ind(*items: Indicator) -> dict[str, Indicator]:
 
 REGION = _ind(
     Indicator("received", "受理数", "reports received", "reports of problem cases made in the period"),
-    Indicator("filed", "立案数", "cases filed", "problem cases created in the period", "count"),
+    Indicator("filed", "立案数", "cases filed",
+              "problem cases created in the period, not being checked or voided by the check", "count"),
     Indicator("due", "应结案数", "cases due", "cases whose case_due_at falls in the period, closed or not"),
     Indicator("closed", "结案数", "cases closed", "of due: closed before as-of"),
     Indicator("close_rate", "结案率", "close rate", "closed / due", "more"),
@@ -67,8 +68,24 @@ PATROL = _ind(
               "of area_filed: first reported by the public"),
     Indicator("miss_rate", "漏报率", "missed-report rate", "public_first / area_filed", "less"),
 )
+INSPECTOR = _ind(
+    Indicator("reports", "上报数", "reports", "distinct patrol reports the inspector observed in the period"),
+    Indicator("valid", "有效上报数", "valid reports", "of reports: opened a case or joined one"),
+    Indicator("refused", "作废数", "refused", "of reports: refused at ingest and never applied"),
+    Indicator("duplicates", "重复数", "sent again", "of reports: the same report id sent again (counted once)"),
+    Indicator("valid_rate", "有效上报率", "valid-report rate", "valid / reports", "more"),
+)
+CHECKER = _ind(
+    Indicator("check_due", "应核实数", "checks due", "checks before filing whose deadline falls in the period"),
+    Indicator("check_done", "核实数", "checked", "of check_due: confirmed or voided before as-of"),
+    Indicator("check_void", "作废数", "voided", "of check_due: voided (not a problem, never filed)"),
+    Indicator("check_in_time", "按时核实数", "checked in time", "of check_due: answered <= the check deadline"),
+    Indicator("check_in_time_rate", "按时核实率", "on-time check-before-filing rate", "check_in_time / check_due",
+              "more"),
+)
 INDICATORS: dict[str, dict[str, Indicator]] = {"region": REGION, "department": DEPARTMENT,
-                                               "position.verifier": VERIFIER, "position.patrol": PATROL}
+                                               "position.verifier": VERIFIER, "position.patrol": PATROL,
+                                               "position.inspector": INSPECTOR, "position.checker": CHECKER}
 
 
 def help_text() -> str:
@@ -76,7 +93,9 @@ def help_text() -> str:
     lines = []
     titles = {"region": "region (district | subdistrict | grid)", "department": "department (team)",
               "position.verifier": "position: verifier (supervision; patrol for supervision's own fixes)",
-              "position.patrol": "position: patrol team (its grids and categories: --patrols FILE)"}
+              "position.patrol": "position: patrol team (its grids and categories: --patrols FILE)",
+              "position.inspector": "position: patrol inspector (监督员: their patrol reports)",
+              "position.checker": "position: checker (核实: the patrol checking public reports before filing)"}
     for of, defs in INDICATORS.items():
         lines.append(f"{titles[of]}:")
         for i in defs.values():

@@ -23,6 +23,8 @@ WEIGHABLE: dict[str, tuple[str, ...]] = {
     "department": ("dispatched", "resolve_rate", "resolved_on_time_rate", "rework_rate"),
     "position.verifier": ("verified_on_time_rate", "verify_rate"),
     "position.patrol": ("miss_rate",),
+    "position.inspector": ("valid_rate",),
+    "position.checker": ("check_in_time_rate",),
 }
 GRADES = ("A", "B", "C", "D")
 TOLERANCE = 1e-6
@@ -165,7 +167,7 @@ def load_weights(path: Path = WEIGHTS_FILE, text: str | None = None) -> Weights:
             for pos, (knode, vnode) in positions.items():
                 key = f"position.{pos}"
                 if key not in WEIGHABLE:
-                    r.problem(knode, key, "unknown position; choose among verifier, patrol")
+                    r.problem(knode, key, "unknown position; choose among verifier, patrol, inspector, checker")
                     continue
                 got = r.weights(vnode, key, WEIGHABLE[key])
                 if got is not None:

@@ -148,6 +148,7 @@ class CasesService(BatchService):
         rows.events.extend(out.events)
         rows.transitions.extend(out.transitions)
         rows.rounds.extend(out.rounds.values())
+        rows.patrol_reports.extend(out.patrol_reports)
         counters = self.c.counters
         counters.assignments += len(out.assignments)
         counters.refusals += len(out.refusals)

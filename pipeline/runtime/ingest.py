@@ -30,6 +30,7 @@ from pipeline.runtime.components import Components, refresh
 from pipeline.runtime.consumer import EXIT_DEADLETTER_LIMIT, BatchService
 from pipeline.stages.deadletters import DeadLetterLimitExceeded
 from pipeline.stages.ingest import IngestResult
+from pipeline.stages.patrolreports import refused
 from pipeline.stages.sensors import SensorState
 from pipeline.wire import Message
 
@@ -72,6 +73,8 @@ class IngestService(BatchService):
                               self.pending.rows.reading_columns)
             if readings and res.touched:
                 self.sensor_states.changed(tp.partition, res.touched)
+            if source.name == "patrol" and res.deadletters:
+                self.pending.rows.patrol_reports.extend(refused(res.deadletters))
             located += [(at, len(located) + i, key, value)
                         for i, (at, (key, value)) in enumerate(zip(res.located_at, res.located, strict=True))]
             await self._publish(res)

@@ -18,6 +18,7 @@ from pipeline.model.records import (
     CaseRow,
     Columns,
     EventRow,
+    PatrolReportRow,
     RoundRow,
     SensorReadingRow,
     SinkBatch,
@@ -25,7 +26,7 @@ from pipeline.model.records import (
     epoch_seconds,
 )
 
-Row = TypeVar("Row", CaseRow, EventRow, TransitionRow, SensorReadingRow, RoundRow)
+Row = TypeVar("Row", CaseRow, EventRow, TransitionRow, SensorReadingRow, RoundRow, PatrolReportRow)
 
 
 _EPOCH = datetime(1970, 1, 1)
@@ -107,6 +108,14 @@ _READINGS = TableSpec(
     ("sensor_id", "sensor_type", "minute", "readings", "last_value", "max_value", "cell", "registered"),
     # registered stays a bool, like events' snapped/merged (the UInt8 writer packs True/False as 1/0)
     key=attrgetter("sensor_id", "minute"), convert={"minute": _epoch}, key_columns=("sensor_id", "minute"),
+)
+
+
+_PATROL_REPORTS = TableSpec(
+    "patrol_reports",
+    ("report_id", "inspector", "team", "observed_at", "outcome", "reason", "case_id", "subdistrict"),
+    key=attrgetter("inspector", "report_id", "outcome"), convert={"observed_at": _epoch},
+    key_columns=("inspector", "report_id", "outcome"),
 )
 
 
@@ -209,6 +218,7 @@ def batch_columns(batch: SinkBatch) -> list[tuple[TableSpec, list[list[Any]]]]:
         (_EVENTS, _table_columns(_EVENTS, batch.events, batch.event_columns)),
         (_TRANSITIONS, _table_columns(_TRANSITIONS, batch.transitions)),
         (_READINGS, _table_columns(_READINGS, batch.readings, batch.reading_columns)),
+        (_PATROL_REPORTS, _table_columns(_PATROL_REPORTS, batch.patrol_reports)),
         (_ROUNDS, to_columns(_ROUNDS, rounds)),
         (_CASES, to_columns(_CASES, cases)),
     ]
@@ -218,12 +228,14 @@ def batch_blocks(batch: SinkBatch) -> list[tuple[TableSpec, list[Any]]]:
     """The batch's rows per table, de-duplicated by stable key, in the order they are written.
 
     Rounds, then cases go last: a report that sees a case's latest state will then also see its events,
-    transitions and dispatch rounds (the service-level figures join a case's state to its rounds).
+    transitions and dispatch rounds (the service-level figures join a case's state to its rounds). The patrol
+    reports are read on their own, never joined to a case's state.
     """
     return [
         (_EVENTS, dedup(batch.events, _EVENTS.key)),
         (_TRANSITIONS, dedup(batch.transitions, _TRANSITIONS.key)),
         (_READINGS, dedup(batch.readings, _READINGS.key)),
+        (_PATROL_REPORTS, dedup(batch.patrol_reports, _PATROL_REPORTS.key)),
         (_ROUNDS, dedup(batch.rounds, _ROUNDS.key, attrgetter("revision"))),
         (_CASES, dedup(batch.cases, _CASES.key, attrgetter("revision"))),
     ]

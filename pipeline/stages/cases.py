@@ -32,6 +32,7 @@ from pipeline.model.cases import OPEN_STATES, Case, CorrelationPolicy, case_id_f
 from pipeline.model.events import CaseUpdate, Event
 from pipeline.model.records import EventRow
 from pipeline.model.sources import DISCOVERED_BY
+from pipeline.stages.checks import needs_check, start_check
 from pipeline.stages.lifecycle import CaseLifecycle, Outcome, Router
 
 _PRUNE_EVERY = timedelta(hours=1)
@@ -106,7 +107,7 @@ class CaseBook(CaseLifecycle):
             if rework:
                 self._rework(case, now, "system", "", f"new {event.source} report {event.event_id} after the "
                              f"resolution", router, out)
-            elif case.status in OPEN_STATES:
+            elif case.status in OPEN_STATES and case.status != "checking":
                 self._reroute_if_more_urgent(case, event, router, out, now)
         loc = event.location
         out.events.append(EventRow(
@@ -138,9 +139,10 @@ class CaseBook(CaseLifecycle):
         self._transition(case, "new", "", "system", event.occurred_at, f"opened from {event.event_id}", out)
         # dispatch before indexing: the recurrence condition counts the cell's *earlier* cases (§5.1)
         decision = router.decide(event, self.recurrence())
-        due = now + decision.sla
-        case.case_due_at, case.first_dispatched_at = due, now
-        self._new_round(case, decision.team, "dispatch", decision, now, due, decision.reason, router, out)
+        if needs_check(router, event, case):
+            start_check(self, case, decision, router, out, now)      # 核实 first (pipeline.stages.checks)
+        else:
+            self._file(case, decision, router, out, now)
         self._index(case)
         if case.kind == "problem" and self._recurrence is not None:
             self._recurrence.record(case.cell, case.category, case.created_at)
@@ -159,7 +161,8 @@ class CaseBook(CaseLifecycle):
             return []
         self._next_prune = self.clock + _PRUNE_EVERY
         keep = self.clock - timedelta(days=self.policy.keep_days)
-        gone = [c.case_id for c in self.cases.values() if c.status == "closed" and c.closed_at and c.closed_at < keep]
+        gone = [c.case_id for c in self.cases.values()
+                if c.status in ("closed", "void") and c.closed_at and c.closed_at < keep]
         for cid in gone:
             case = self.cases.pop(cid)
             self._unplace(case)

@@ -14,6 +14,7 @@ from pipeline.model.cases import CorrelationPolicy
 from pipeline.model.events import CaseUpdate
 from pipeline.stages.cases import CaseBook
 from pipeline.stages.lifecycle import Outcome, Router
+from pipeline.stages.patrolreports import applied
 from pipeline.wire import decode_located
 
 SlaClock = Literal["stream", "wall", "live"]
@@ -75,7 +76,11 @@ class CaseStage:
             if isinstance(item, CaseUpdate):
                 book.apply_update(item, router, out, now)
             else:
+                stored = len(out.events)
                 book.add_event(item, router, out, now)
+                patrol = applied(item, out.events[-1] if len(out.events) > stored else None)
+                if patrol is not None:
+                    out.patrol_reports.append(patrol)
             book.escalate_overdue(now, out)
         for book in touched.values():
             book.expire_parked(out)

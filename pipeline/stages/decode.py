@@ -40,7 +40,7 @@ MAX_ID = 128
 MAX_SHORT_TEXT = 200
 REQUEST_TYPES = frozenset({"consult", "help", "complaint", "report", "suggestion"})
 CHANNELS = frozenset({"phone", "app", "web", "wechat"})
-ACTIONS = frozenset({"accept", "resolve", "verify", "reject", "reopen", "extend"})
+ACTIONS = frozenset({"accept", "resolve", "verify", "reject", "reopen", "extend", "confirm", "void"})
 TEAMS = frozenset({"enforcement", "handling", "supervision"})
 # who may send a case update: the three teams, and a patrol verifying what supervision itself handled
 # (docs/cases.md §4)

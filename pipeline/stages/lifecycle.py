@@ -24,7 +24,8 @@ from pipeline.model.cases import (
     iso,
 )
 from pipeline.model.events import CaseUpdate, Event
-from pipeline.model.records import CaseRow, EventRow, RoundRow, TransitionRow
+from pipeline.model.records import CaseRow, EventRow, PatrolReportRow, RoundRow, TransitionRow
+from pipeline.stages.checks import CHECK_ACTIONS, answer_check, check_refusal
 from pipeline.stages.correlate import CaseIndex
 from rules.compiled import Decision
 from rules.limits import DEFAULT_TIME_LIMITS, TimeLimits
@@ -54,6 +55,7 @@ class Outcome:
     rounds: dict[tuple[str, int], RoundRow] = field(default_factory=dict)   # latest row per (case, round)
     refusals: list[str] = field(default_factory=list)
     duplicates: int = 0
+    patrol_reports: list[PatrolReportRow] = field(default_factory=list)   # pipeline.stages.patrolreports
 
     def extend(self, other: Outcome) -> None:
         self.assignments += other.assignments
@@ -64,6 +66,7 @@ class Outcome:
         self.rounds.update(other.rounds)
         self.refusals += other.refusals
         self.duplicates += other.duplicates
+        self.patrol_reports += other.patrol_reports
 
 
 def _needs_photo(case: Case, u: CaseUpdate, router: Router) -> str | None:
@@ -196,6 +199,10 @@ class CaseLifecycle(CaseIndex):
                                      out, now)
         elif u.action == "reopen":
             self._rework(case, now, u.actor, u.team, note or "verification failed", router, out, at=at)
+        elif u.action in CHECK_ACTIONS:
+            if answer_check(self, case, u, out):
+                decision = router.decide(event_from_dict(case.first_event), _Without(self.recurrence(), case))
+                self._file(case, decision, router, out, now)
         elif u.action == "extend":
             assert u.until is not None
             before = r.due_at
@@ -218,6 +225,8 @@ class CaseLifecycle(CaseIndex):
             return f"at {iso(u.at)} is before the case was created ({iso(case.created_at)})"
         if case.last_update_at is not None and u.at < case.last_update_at:
             return f"at {iso(u.at)} is before the case's last update ({iso(case.last_update_at)})"
+        if s == "checking" or u.action in CHECK_ACTIONS:
+            return check_refusal(case, u)
         if u.action in ("accept", "resolve", "reject", "extend") and u.team != case.team:
             return f"case is assigned to {case.team}, not {u.team}"
         if u.action == "accept":
@@ -242,6 +251,12 @@ class CaseLifecycle(CaseIndex):
         return f"unknown action {u.action}"
 
     # -- rounds (§3.1) ------------------------------------------------------------------------------------
+
+    def _file(self, case: Case, decision: Decision, router: Router, out: Outcome, now: datetime) -> None:
+        """File the case: its first dispatch by `decision`, its case deadline counted from `now`."""
+        due = now + decision.sla
+        case.case_due_at, case.first_dispatched_at = due, now
+        self._new_round(case, decision.team, "dispatch", decision, now, due, decision.reason, router, out)
 
     def _new_round(self, case: Case, team: str, kind: str, decision: Decision | None, at: datetime,
                    due: datetime, reason: str, router: Router, out: Outcome) -> None:

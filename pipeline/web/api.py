@@ -49,6 +49,8 @@ def feed_view(centre: Centre, user: User) -> dict[str, Any]:
             board.is_open(c) or c.get("status") in ("resolved", "verified") or user.team == c.get("team")), 100)
     else:
         rows = []
+    if user.can_patrol:     # public reports waiting for a patrol's check before filing (核实)
+        rows += board.cases_where(lambda c: c.get("status") == "checking", 100)
     rows += places.emergencies_beyond(board, user, rows)
     for row in rows:
         row["actions"] = auth.allowed_actions(user, board.cases[row["case_id"]])
@@ -131,11 +133,13 @@ async def _send(centre: Centre, topic: str, key: str, raw: bytes, kind: str) -> 
 
 
 async def api_action(request: web.Request) -> web.Response:
-    user = require(request, lambda u: u.role == "member")
+    user = require(request, lambda u: u.role == "member" or u.can_patrol)
     centre = centre_of(request)
     case_id = request.match_info["case_id"]
     body = await read_body(request)
     case = centre.board.cases.get(case_id)
+    if user.role != "member" and (case is None or case.get("status") != "checking"):
+        return problem(403, "a patrol answers only checks before filing (核实)")
     if case is None or not auth.may_view_case(user, case):
         return problem(404, f"no case {case_id} visible to you")
     action = str(body.get("action", ""))
@@ -147,6 +151,8 @@ async def api_action(request: web.Request) -> web.Response:
         return problem(400, "note: a rejection needs a reason")
     if action == "resolve" and not note:
         return problem(400, "note: say what was done")
+    if action == "void" and not note:
+        return problem(400, "note: say why it is not a problem")
     if len(note) > MAX_DESCRIPTION:
         return problem(400, f"note: too long (limit {MAX_DESCRIPTION})")
     photo_url = str(body.get("photo_url") or "")
@@ -154,7 +160,8 @@ async def api_action(request: web.Request) -> web.Response:
     if refused:
         return problem(400, refused)
     try:
-        raw = case_update(centre.decoder, case_id=case_id, action=action, team=str(user.team), actor=user.name,
+        team = "patrol" if action in ("confirm", "void") else str(user.team)   # a check's answer is the patrol's
+        raw = case_update(centre.decoder, case_id=case_id, action=action, team=team, actor=user.name,
                           note=note, update_id=str(body["update_id"]) if body.get("update_id") else None,
                           photo_url=photo_url)
     except InvalidEvent as err:

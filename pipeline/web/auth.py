@@ -136,9 +136,12 @@ VERIFY_STATES = frozenset({"resolved", "verified", "closed"})
 def may_view_case(user: User, case: dict[str, object]) -> bool:
     """Operators and analysts see every case; a member only the cases of their own team, except that
     supervision also sees handled (resolved / verified / closed) cases of any team: checking them is its job
-    (DOMAIN.md, "Closing is not the handler's word alone")."""
+    (DOMAIN.md, "Closing is not the handler's word alone"); a patrol (a user who files patrol reports) sees the
+    public reports waiting for its check before filing (status checking)."""
     if may_view_ops(user):
         return True
+    if case.get("status") == "checking":       # 核实 before filing: any patrol may check (docs/cases.md §2.4)
+        return user.can_patrol
     if user.role != "member" or user.team is None:
         return False
     if user.team == case.get("team"):
@@ -148,6 +151,8 @@ def may_view_case(user: User, case: dict[str, object]) -> bool:
 
 def allowed_actions(user: User, case: dict[str, object]) -> list[str]:
     """The case-update actions this user may send for this case now (the worker re-checks them)."""
+    if case.get("status") == "checking":       # the patrol's answer to a check before filing
+        return ["confirm", "void"] if user.can_patrol else []
     if user.role != "member" or not may_view_case(user, case):
         return []
     status = case.get("status")

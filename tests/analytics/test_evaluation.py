@@ -275,8 +275,8 @@ def test_the_shipped_weights_load_and_add_up() -> None:
      ["w.yaml:1:9: grades: each grade's lowest score must be above the next one's"]),
     (GOOD.replace("rework_rate: 0.5", "rework_rate: half"),
      ["w.yaml:3:44: department.rework_rate: expected a number, got half"]),
-    (GOOD.replace("verifier:", "inspector:"),
-     ["w.yaml:5:3: position.inspector: unknown position; choose among verifier, patrol",
+    (GOOD.replace("verifier:", "auditor:"),
+     ["w.yaml:5:3: position.auditor: unknown position; choose among verifier, patrol, inspector, checker",
       "w.yaml:5:3: position.verifier: missing"]),
 ])
 def test_a_bad_weights_file_is_refused_with_file_line_and_key(text: str, problems: list[str]) -> None:

@@ -13,7 +13,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pipeline.config import Settings
-from pipeline.model.records import CaseRow, EventRow, RoundRow, SensorReadingRow, SinkBatch, TransitionRow
+from pipeline.model.records import (
+    CaseRow,
+    EventRow,
+    PatrolReportRow,
+    RoundRow,
+    SensorReadingRow,
+    SinkBatch,
+    TransitionRow,
+)
 from pipeline.sink.sink import Backoff, ClickHouseSink, SinkBuffer, SinkStopped
 from pipeline.sink.tables import SinkRejected, batch_blocks, to_columns
 from tests.analytics.history import generate
@@ -166,6 +174,6 @@ def test_backoff_grows_exponentially_and_is_capped() -> None:
 
 def test_row_fields_match_the_table_columns() -> None:
     """Every field of each row type is a column (a field added in records.py must be added to the schema)."""
-    row_types = [EventRow, TransitionRow, SensorReadingRow, RoundRow, CaseRow]
+    row_types = [EventRow, TransitionRow, SensorReadingRow, PatrolReportRow, RoundRow, CaseRow]
     for (spec, _), row_type in zip(batch_blocks(SinkBatch()), row_types, strict=True):
         assert set(spec.columns) == set(row_type.__dataclass_fields__), spec.table

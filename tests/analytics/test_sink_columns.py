@@ -25,7 +25,8 @@ from tests.analytics.test_sink_http import TABLES, edge_batch, stored
 
 def as_columns(batch: SinkBatch) -> SinkBatch:
     """The same batch with its events and readings moved into column builders (as a stage would fill them)."""
-    out = SinkBatch(cases=list(batch.cases), transitions=list(batch.transitions), rounds=list(batch.rounds))
+    out = SinkBatch(cases=list(batch.cases), transitions=list(batch.transitions), rounds=list(batch.rounds),
+                    patrol_reports=list(batch.patrol_reports))
     for e in batch.events:
         out.event_columns.add(e)
     for r in batch.readings:
@@ -222,7 +223,7 @@ def test_the_native_transport_leaves_the_builders_lists_as_they_were() -> None:
 @pytest.mark.clickhouse
 def test_rows_and_columns_on_both_transports_store_what_the_old_path_stores(settings: Settings) -> None:
     """The same awkward batch stored four ways (rows or builders; HTTP or native) leaves exactly the rows the
-    old path (rows through the driver) leaves, in all five tables."""
+    old path (rows through the driver) leaves, in all six tables."""
     from pipeline.sink.migrate import migrate
     from pipeline.sink.transport import ClickHouse
 
@@ -252,7 +253,9 @@ def test_rows_and_columns_on_both_transports_store_what_the_old_path_stores(sett
             assert got[table] == old[table], (key, table)
     assert "🚧" in old["events"] and "nan" in old["events"] and "None" in old["events"]
     keys: list[set[Any]] = [{e.event_id for e in batch.events}, {(t.case_id, t.seq) for t in batch.transitions},
-            {(r.sensor_id, r.minute) for r in batch.readings}, {(r.case_id, r.round) for r in batch.rounds},
+            {(r.sensor_id, r.minute) for r in batch.readings},
+            {(p.inspector, p.report_id, p.outcome) for p in batch.patrol_reports},
+            {(r.case_id, r.round) for r in batch.rounds},
             {c.case_id for c in batch.cases}]
     assert set(map(tuple, counts.values())) == {tuple(len(k) for k in keys)}
 

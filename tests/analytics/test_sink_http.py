@@ -13,13 +13,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pipeline.config import Settings
-from pipeline.model.records import SinkBatch
+from pipeline.model.records import PatrolReportRow, SinkBatch
 from pipeline.sink.native import encode_block, encode_column, encode_strings
 from pipeline.sink.tables import batch_blocks, to_columns
 from pipeline.sink.transport import _server_error, http_port, is_retryable
 from tests.analytics.history import generate
 
-TABLES = ("events", "case_transitions", "sensor_readings", "case_rounds", "cases")
+TABLES = ("events", "case_transitions", "sensor_readings", "patrol_reports", "case_rounds", "cases")
 
 
 def reference_strings(values: list[str]) -> bytes:
@@ -162,6 +162,12 @@ def edge_batch() -> SinkBatch:
     from pipeline.bench.sink import make_readings
 
     b.readings = make_readings(500)
+    b.patrol_reports = [
+        PatrolReportRow("patrol:R1", "insp-7", "patrol-310109009-1", datetime(2024, 3, 2, 1), "filed", "", "c1",
+                        "310109009"),
+        PatrolReportRow("dead:cityops.raw.patrol:0:7", "监督员 007", "巡查", datetime(2024, 3, 2, 8,
+                        tzinfo=timezone(timedelta(hours=8))), "dead_letter", "category: 'E9999' \t 中文"),
+    ]
     return b
 
 
@@ -172,7 +178,7 @@ def stored(db: Any, table: str) -> str:
 
 @pytest.mark.clickhouse
 def test_http_and_native_paths_store_identical_rows(settings: Settings, tmp_path: Path) -> None:
-    """The same batches written over HTTP and with the driver leave the same rows in all five tables of the
+    """The same batches written over HTTP and with the driver leave the same rows in all six tables of the
     18.16 server."""
     import uuid
 

@@ -269,3 +269,31 @@ def test_two_workers_in_one_group_lose_and_double_nothing(pipeline: Pipeline, tm
     for a in dispatches:
         by_case.setdefault(a["case_id"], set()).add(a["assignment_id"])
     assert all(len(v) == 1 for v in by_case.values())   # a repeat (after the rebalance) has the same id
+
+
+def test_the_worker_stores_what_became_of_each_patrol_report_per_inspector(pipeline: Pipeline) -> None:
+    """有效上报率 (issue #20): of one inspector's four messages, one opens a case, then comes again, one names no
+    category of the taxonomy and one has a latitude of 95: 3 reports, 1 valid, 2 refused, 1 sent again."""
+    from datetime import date
+
+    from pipeline.reports.evaluation import evaluate
+    from pipeline.reports.query import Filters
+
+    inspector, ok = uid("INSP"), uid("PR")
+    topic = pipeline.settings.topics.raw_patrol
+    pipeline.send(topic, patrol(ok, code="E0102", lon=EAST[0], lat=EAST[1], inspector=inspector))
+    pipeline.case_ids({f"patrol:{ok}"})
+    pipeline.send(topic, patrol(ok, code="E0102", lon=EAST[0], lat=EAST[1], inspector=inspector),
+                  patrol(uid("PR"), code="E9999", inspector=inspector),
+                  patrol(uid("PR"), lat=95.0, inspector=inspector))
+
+    def outcomes() -> list[str]:
+        rows = pipeline.ch.query_dicts("SELECT outcome FROM patrol_reports FINAL WHERE inspector = %(i)s "
+                                       "ORDER BY outcome", {"i": inspector})
+        return [str(r["outcome"]) for r in rows]
+    assert wait_for(lambda: len(outcomes()) == 4, 60), (outcomes(), pipeline.tail())
+    assert outcomes() == ["dead_letter", "dead_letter", "duplicate", "filed"]
+    units = evaluate(pipeline.ch, "position", Filters(team="patrol-ouyang"), date(2026, 11, 1), date(2026, 12, 1),
+                     patrols=[])
+    (got,) = [u.values for u in units if u.of == "position.inspector" and u.unit == inspector]
+    assert got == {"reports": 3, "valid": 1, "refused": 2, "duplicates": 1, "valid_rate": pytest.approx(1 / 3)}

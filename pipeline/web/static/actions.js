@@ -3,9 +3,9 @@
 const caseActions = (() => {
   const {el, api} = cityops;
   const LABEL = {accept: "接单 Accept", resolve: "办结 Resolve", reject: "退回 Reject", verify: "核查通过 Verify",
-    reopen: "重新派遣 Reopen"};
+    reopen: "重新派遣 Reopen", confirm: "核实属实 Confirm", void: "作废 Void"};
   const NEEDS_NOTE = {resolve: "处置情况 What was done", reject: "退回理由 Reason for rejecting",
-    reopen: "核查不通过原因 Why it is not fixed"};
+    reopen: "核查不通过原因 Why it is not fixed", void: "作废理由 Why it is not a problem"};
 
   // One update_id per rendered button: a double click sends the same id, which the worker applies once.
   function buttons(c, actions, onDone, onError) {

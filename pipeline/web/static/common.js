@@ -6,7 +6,8 @@ const cityops = (() => {
     command: "指挥中心 command", patrol: "综合巡查 patrol"};
   const STATUS = {new: "新建 new", dispatched: "已派遣 dispatched", accepted: "处置中 accepted",
     resolved: "已处置 resolved", verified: "已核查 verified", closed: "已结案 closed", rejected: "退回 rejected",
-    reopened: "返工 rework", escalated: "超期升级 escalated"};
+    reopened: "返工 rework", escalated: "超期升级 escalated", checking: "待核实 checking", confirmed: "核实属实 confirmed",
+    void: "作废 void"};
   const SOURCES = {hotline: "12345热线 hotline", patrol: "巡查 patrol", iot: "传感 sensor"};
 
   function el(tag, attrs, ...children) {

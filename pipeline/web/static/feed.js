@@ -7,9 +7,9 @@
 (() => {
   const {el, api, fmtTime, TEAMS, STATUS, SOURCES} = cityops;
   const LABEL = {accept: "接单 Accept", resolve: "办结 Resolve", reject: "退回 Reject", verify: "核查通过 Verify",
-    reopen: "重新派遣 Reopen"};
+    reopen: "重新派遣 Reopen", confirm: "核实属实 Confirm", void: "作废 Void"};
   const NEEDS_NOTE = {resolve: "处置情况 What was done", reject: "退回理由 Reason for rejecting",
-    reopen: "核查不通过原因 Why it is not fixed"};
+    reopen: "核查不通过原因 Why it is not fixed", void: "作废理由 Why it is not a problem"};
   let me = null, phone = null, last = null, pending = null;
   const open = new Set();                   // cases whose details are shown
   const sentFor = new Map();                // case id -> action queued from this phone (shown until the feed moves)
@@ -105,8 +105,8 @@
       el("div", {class: "head"},
         el("strong", {class: "cat-name"}, c.category_name || c.category), el("span", {class: "cat"}, c.category),
         el("span", {class: "prio"}, "P" + c.priority), el("span", {class: "status s-" + c.status}, STATUS[c.status] || c.status)),
-      el("div", {class: "countdown " + cd.cls, dataset: {due: c.status === "dispatched" || c.status === "accepted" ? c.due_at : ""}},
-        c.status === "dispatched" || c.status === "accepted" ? cd.text : "期限 due " + fmtTime(c.due_at)),
+      el("div", {class: "countdown " + cd.cls, dataset: {due: ["dispatched", "accepted", "checking"].includes(c.status) ? c.due_at : ""}},
+        ["dispatched", "accepted", "checking"].includes(c.status) ? cd.text : "期限 due " + fmtTime(c.due_at)),
       el("div", {class: "place"},
         el("div", {class: "spot"}, (p.spot || "（无附近地址 no address nearby）") + (p.spot_m != null ? " · " + p.spot_m + " m" : "")),
         el("div", {class: "where"}, (p.subdistrict || "") + " · 网格 grid " + (p.grid || "—") + " · 单元 cell " + (p.cell || "—")),
