@@ -63,10 +63,12 @@ _isfinite, _fromisoformat = math.isfinite, datetime.fromisoformat
 _FLOATS = (float, int)
 
 
-class _ReadingWire(msgspec.Struct, gc=False):
+class _ReadingWire(msgspec.Struct, gc=False, forbid_unknown_fields=True):
     """A reading's fields as `reading_fields` takes them: msgspec checks the types while it parses (an int value or
-    coordinate comes as a float; a bool, a string or null where a number must be fails), and ignores other keys.
-    Anything it refuses goes to `reading`, which says why."""
+    coordinate comes as a float; a bool, a string or null where a number must be fails). Anything it refuses goes
+    to `reading`, which says why; so does a message with other keys (orjson and msgspec disagree on values
+    nobody reads here, such as 1e999 or a deep nesting) or with bytes outside ASCII (msgspec does not check the
+    UTF-8 of keys it skips)."""
 
     sensor_id: str
     sensor_type: str
@@ -77,7 +79,10 @@ class _ReadingWire(msgspec.Struct, gc=False):
     lat: float | None = None
 
 
-_wire_reading, _WireError = msgspec.json.Decoder(_ReadingWire).decode, msgspec.MsgspecError
+_wire_reading = msgspec.json.Decoder(_ReadingWire).decode
+# what msgspec raises on input it refuses: its own errors, UnicodeDecodeError (a ValueError) for a string that is
+# not UTF-8, RecursionError for deep nesting
+_WireError = (msgspec.MsgspecError, ValueError, RecursionError)
 
 
 class Reading(NamedTuple):
@@ -184,7 +189,7 @@ class Decoder:
         """`reading`'s fast path for the worker's batches: the same checks, in one function, on a reading that
         passes them all, returned as plain fields (with its time as POSIX seconds). None whenever anything is
         off or unusual (a time near the window's edges included): then `reading` decides, and says why."""
-        if len(raw) > MAX_MESSAGE_BYTES:
+        if len(raw) > MAX_MESSAGE_BYTES or not raw.isascii():
             return None
         try:
             r = _wire_reading(raw)
