@@ -27,7 +27,14 @@ its own ClickHouse database, dropped at the end; the run's topics are deleted wh
 6. state (`--month-days`, default 30, 0 to skip): a worker fed a month of a whole district: reports and
    feedback of that many simulated days and one reading a day from each of `--month-sensors` sensors
    (default 61,000, Hongkou's installed base), so every sensor has state; its peak memory (VmHWM) with a
-   month of cases, sensor states and recurrence history.
+   month of cases, sensor states and recurrence history;
+7. recovery (phase `recovery`, issue #23): that worker killed (SIGKILL) once it is done, a tail of the month
+   held back is produced, and a new worker started: seconds until its first output and until its lag is zero
+   again (`recovery_s`; pipeline.bench.recovery).
+
+Each throughput run keeps its workers' CPU-µs per message (`cpu_us_per_message`, CPU between first and last
+output over messages) and, once the naive phase ran, its rate over the baseline's (`vs_naive`); the naive
+phase keeps its own CPU-µs per message (the bench process's CPU while it runs).
 
 The results are printed as a table and written to var/bench/<stamp>.json with library versions and machine
 facts. Stage and end-to-end figures are medians or whole-run rates measured in this run; ratios compare
@@ -43,7 +50,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from contextlib import suppress
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -73,7 +80,8 @@ from pipeline.bench.latency import (
     run_latency,
 )
 from pipeline.bench.notify import run_phase
-from pipeline.bench.report import render, targets
+from pipeline.bench.recovery import run_month
+from pipeline.bench.report import annotate, render, targets
 from pipeline.bench.stages import (
     run_chain,
     time_stages,
@@ -82,21 +90,6 @@ from pipeline.bench.watch import Watcher, distinct_counts, retrying
 from pipeline.config import ROOT, Settings, Topics, environ
 
 SINK_ROWS, SINK_BATCH = 200_000, 50_000       # the sink phase: pipeline.bench.sink at this size
-
-
-# -- the input --------------------------------------------------------------------------------------------
-
-
-# -- isolation: a prefix, a group and a database per phase -------------------------------------------------
-
-
-# -- the worker as a subprocess ---------------------------------------------------------------------------
-
-
-# -- watching a run ---------------------------------------------------------------------------------------
-
-
-# -- stages, in process -----------------------------------------------------------------------------------
 
 
 # -- end to end: throughput --------------------------------------------------------------------------------
@@ -133,6 +126,7 @@ def run_throughput(base: Settings, inp: BenchInput, n_workers: int, tag: str, cf
         "seconds": done.seconds, "events_per_s": processed / done.seconds, "finished": done.finished,
         "peak_rss_mib": memory,
         "worker_cpu_s": cpu, "worker_busy": [c / done.seconds for c in cpu],
+        "cpu_us_per_message": sum(cpu) / processed * 1e6 if processed and cpu else float("nan"),
         "stored": stored, "assignments": done.counts.get(s.topics.assignments, 0),
         "deadletters": done.counts.get(s.topics.deadletter, 0), "prefix": s.topic_prefix,
         "worker_exit_codes": [e for e in exits if e is not None],
@@ -172,7 +166,9 @@ def run_naive(base: Settings, raw: Topics, inp: BenchInput, world: Any, tag: str
                                  locator=NaiveLocator(world.index), gazetteer=world.gazetteer,
                                  sensors=load_registry(inp.registry, load_types()),
                                  router=NaiveRuleset(DEFAULT_RULES), db=db, sender=producer)
+            cpu0 = time.process_time()       # the bench process is the naive pipeline (and its clients' threads)
             counts = run_from_kafka(pipe, consumer, ends, producer, timeout_s=cfg.timeout_s)
+            cpu = time.process_time() - cpu0
         finally:
             consumer.close()
             producer.close()
@@ -182,12 +178,10 @@ def run_naive(base: Settings, raw: Topics, inp: BenchInput, world: Any, tag: str
         routes.update(counts.routes)
     seconds = max(1e-3, counts.last_at - (counts.first_at or counts.last_at))
     return {"messages": counts.consumed, "seconds": seconds, "finished": counts.finished,
-            "events_per_s": counts.consumed / seconds,
+            "events_per_s": counts.consumed / seconds, "cpu_s": cpu,
+            "cpu_us_per_message": cpu / counts.consumed * 1e6 if counts.consumed else float("nan"),
             "assignments": counts.assignments, "deadletters": counts.deadletters, "inserts": counts.inserts,
             "rows": counts.rows, "stored": stored, "routes": len(counts.routes)}
-
-
-# -- end to end: latency --------------------------------------------------------------------------------
 
 
 # -- machine facts and the report -----------------------------------------------------------------------
@@ -308,15 +302,16 @@ def _run_phases(cfg: BenchConfig, base: Settings, stamp: str, tag: str,
     if "web" in phases:                      # the web under a district's load (pipeline.bench.web)
         result["web"] = web_phase.run_phase(base, inp, tag + "web", cfg)
         write_result(result, cfg.out_dir)    # a cut run keeps the phases it finished
-    if cfg.month_days > 0 and "month" in phases:
+    if cfg.month_days > 0 and phases & {"month", "recovery"}:
         log(f"  a worker with {cfg.month_days:g} simulated days of state, {cfg.month_sensors:,} sensors...")
         month = build_input(month_config(cfg.month_days, cfg.month_sensors, cfg.seed), world, cfg.out_dir,
                             tag + "-month")
-        log(f"  {len(month.messages):,} messages")
-        # a month is many times a day's input: the phase's time limit grows with it (at 5,000 messages/s)
-        run = run_throughput(base, month, 1, tag + "mo",
-                             replace(cfg, timeout_s=max(cfg.timeout_s, len(month.messages) / 5000)))
+        log(f"  {len(month.messages):,} messages" + ("; then killed (SIGKILL) and restarted"
+                                                     if "recovery" in phases else ""))
+        run, back = run_month(base, month, tag + "mo", cfg, recovery="recovery" in phases)
         result["month"] = {"days": cfg.month_days, "sensors": cfg.month_sensors, **run}
+        if back is not None:
+            result["recovery"] = back
     result["targets"] = targets(result)
     result["machine"]["loadavg_end"] = os.getloadavg()
     result["wall_s"] = time.monotonic() - t0
@@ -330,6 +325,7 @@ def _jsonable(v: Any) -> Any:
 def write_result(result: dict[str, Any], out_dir: Path) -> Path:
     """Write (or overwrite) var/bench/<stamp>.json, with the targets as far as the run got."""
     if "input" in result:
+        annotate(result)
         result["targets"] = targets(result)
     path = out_dir / f"{result['stamp']}.json"
     path.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS,

@@ -79,10 +79,38 @@ class ChangelogTable(Generic[V]):
 
     def load(self, partition: int, records: list[tuple[bytes, bytes | None]]) -> None:
         """Replay changelog records (key, value or None) into `partition`, oldest first."""
-        values = self.data.setdefault(partition, {})
+        latest = Latest()
+        latest.add(records)
+        latest.apply(self, partition)
+
+
+class Latest:
+    """Changelog records of one partition reduced to each key's last value as they arrive (a restore reads every
+    version a key has until the topic is compacted: a month of a sensor's state is 30 of them), so that only the
+    survivors are decoded, once, by `apply`. The table ends as replaying the records one by one leaves it: the
+    same keys, values and key order."""
+
+    __slots__ = ("values", "deleted", "records")
+
+    def __init__(self) -> None:
+        self.values: dict[str, bytes] = {}
+        self.deleted: set[str] = set()      # keys with a deletion among the records (gone unless set again)
+        self.records = 0
+
+    def add(self, records: list[tuple[bytes, bytes | None]]) -> None:
+        values, deleted = self.values, self.deleted
         for raw_key, value in records:
             key = raw_key.decode()
             if value is None:
                 values.pop(key, None)
+                deleted.add(key)
             else:
-                values[key] = self.decode(value)
+                values[key] = value
+        self.records += len(records)
+
+    def apply(self, table: ChangelogTable[Any], partition: int) -> None:
+        target, decode = table.data.setdefault(partition, {}), table.decode
+        for key in self.deleted:
+            target.pop(key, None)
+        for key, value in self.values.items():
+            target[key] = decode(value)

@@ -11,7 +11,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from pipeline.config import Settings
-from pipeline.runtime.changelog import ChangelogTable
+from pipeline.runtime.changelog import ChangelogTable, Latest
 from pipeline.runtime.fastclient import LEAN, install_lean_records
 from pipeline.runtime.instance import TRANSACTION_TIMEOUT_MS
 
@@ -33,14 +33,16 @@ async def restore_changelog(settings: Settings, group: str, table: ChangelogTabl
         ends = await settled_ends(settings, group, consumer, tps)
         await consumer.seek_to_beginning(*tps)
         left = {tp for tp in tps if ends[tp] > 0}
+        latest = {tp: Latest() for tp in left}      # each key's last version, decoded once at the end
         while left:
             for tp, batch in (await consumer.getmany(*left, timeout_ms=500, max_records=50_000)).items():
-                records = [(r.key or b"", r.value) for r in batch if r.offset < ends[tp]]
-                table.load(tp.partition, records)
-                n += len(records)
+                latest[tp].add([(r.key or b"", r.value) for r in batch if r.offset < ends[tp]])
             for tp in list(left):
                 if await consumer.position(tp) >= ends[tp]:
                     left.discard(tp)
+        for tp, one in latest.items():
+            one.apply(table, tp.partition)
+            n += one.records
     finally:
         await consumer.stop()
     log.info("%s: restored %d changelog records of %s partitions %s", group, n, table.topic, partitions)

@@ -107,13 +107,13 @@ def _result(eps: float, naive: float, p99: float, mem: float) -> dict[str, Any]:
                                                          "messages": 100},
             "latency": {"rate": 2000.0, "paced_rate": 1999.0, "max_offered_rate": 9000.0,
                         "paced": {"n": 50, "p50_ms": p99 / 2, "p99_ms": p99, "max_ms": p99},
-                        "max": {"n": 0, "p50_ms": float("nan"), "p99_ms": float("nan"), "max_ms": float("nan")}},
+                        "max": {"n": 40, "p50_ms": p99, "p99_ms": 2 * p99, "max_ms": 2 * p99}},
             "month": {"days": 30.0, "peak_rss_mib": [mem], "stored": {"cases": 5}}}
 
 
 @pytest.mark.parametrize(("eps", "naive", "p99", "mem", "met"), [
-    (31_000, 7_000, 100.0, 500.0, [True, True, True, True]),
-    (29_000, 8_000, 300.0, 1500.0, [False, False, False, False]),
+    (31_000, 3_000, 90.0, 500.0, [True, True, True, True]),
+    (29_000, 8_000, 300.0, 600.0, [False, False, False, False]),
 ])
 def test_targets_compare_this_run_with_the_issue(eps: float, naive: float, p99: float, mem: float,
                                                  met: list[bool]) -> None:
@@ -123,6 +123,31 @@ def test_targets_compare_this_run_with_the_issue(eps: float, naive: float, p99: 
     result["targets"] = got
     text = render(result)
     assert f"{eps:,.0f}" in text and f"{eps / naive:.1f}x" in text
+
+
+def test_the_paced_p99_must_also_be_a_share_of_the_full_speed_p99() -> None:
+    result = _result(31_000, 3_000, 90.0, 500.0)
+    result["latency"]["max"]["p99_ms"] = 120.0            # 90 ms is 75 % of it: over the issue's 60 %
+    latency = [t for t in targets(result) if t["what"].startswith("p99 produce")]
+    assert [t["met"] for t in latency] == [False] and "75 %" in latency[0]["measured"]
+
+
+@pytest.mark.parametrize(("seconds", "met"), [(4.2, True), (10.5, False), (None, False)])
+def test_recovery_and_cpu_per_message_are_printed_beside_their_targets(seconds: float | None, met: bool) -> None:
+    result = _result(31_000, 3_000, 90.0, 500.0)
+    result["throughput"][0]["cpu_us_per_message"] = 20.0
+    result["naive"]["cpu_us_per_message"] = 150.0
+    result["recovery"] = {"tail_messages": 2000, "first_output_s": 3.0, "recovery_s": seconds,
+                          "peak_rss_mib": [300.0], "finished": seconds is not None}
+    got = targets(result)
+    recovery = [t for t in got if t["what"].startswith("current again")]
+    assert [t["met"] for t in recovery] == [met]
+    cpu = [t for t in got if t["what"].startswith("worker CPU per message")]
+    assert len(cpu) == 1 and cpu[0]["met"] is None and "20.0 us (naive 150.0 us, 7.5x more)" in cpu[0]["measured"]
+    result["targets"] = got
+    text = render(result)
+    assert "10.3x" in text and "20.0" in text and "current again <= 10 s" in text
+    assert result["throughput"][0]["vs_naive"] == pytest.approx(31_000 / 3_000)
 
 
 @pytest.mark.kafka
@@ -188,3 +213,24 @@ def test_a_tiny_run_of_the_two_process_layout_stores_everything(tiny_input: Benc
     assert run["finished"] and run["complete"] and not run["worker_exit_codes"], run
     assert run["stored"]["events"] == expected["events"] and run["stages"] == ["ingest", "cases"]
     assert len(run["peak_rss_mib"]) == len(run["worker_cpu_s"]) == 2 and all(c > 0 for c in run["worker_cpu_s"])
+
+
+@pytest.mark.kafka
+@pytest.mark.clickhouse
+def test_a_worker_killed_with_state_is_restarted_and_catches_up_without_losing_input(
+        tiny_input: BenchInput, world: World, settings: Settings, tmp_path: Path) -> None:
+    """The recovery phase on the real stack: the worker goes through all but the tail, is SIGKILLed, the tail is
+    produced, a new worker restores and takes it; every report of the whole input is stored once it is current."""
+    from pipeline.bench.recovery import run_month
+
+    cfg = BenchConfig(timeout_s=240, out_dir=tmp_path)
+    small = BenchInput(tiny_input.simulation, tiny_input.messages, tiny_input.registry)
+    expected = run_chain(small, world)[0].expected
+    month, back = run_month(settings, small, f"t{random.randrange(16**8):08x}r", cfg, tail=300)
+    assert month["finished"] and month["messages"] == len(small.messages) - 300, month
+    assert month["cpu_us_per_message"] > 0 and month["peak_rss_mib"][0] > 0
+    assert back is not None and back["finished"] and back["tail_messages"] == 300, back
+    assert back["lag_at_restart"] == 300
+    assert 0 < back["first_output_s"] <= back["recovery_s"]
+    assert month["worker_exit_codes"] == [] and back["worker_exit_codes"] == []   # alive until measured
+    assert month["stored"]["events"] == expected["events"]

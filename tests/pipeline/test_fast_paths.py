@@ -78,6 +78,23 @@ def test_the_fast_path_defers_whatever_reading_rejects(decoder: Decoder, obj: di
     assert check_same(decoder, payload) is None
 
 
+@pytest.mark.parametrize("tail", [b'"\x80x"', b'"x\\ud800"', b"1e999", b"[" * 2000 + b"]" * 2000, b'"\xe6\x97\xa5"'])
+def test_hostile_bytes_in_a_reading_never_break_the_fast_path(decoder: Decoder, tail: bytes) -> None:
+    """Invalid UTF-8, a lone surrogate, an infinite number or a deep nesting, in a known field or an extra one:
+    the fast path defers (never raises), and `reading` decides (the chaos suite's hostile messages found a
+    UnicodeDecodeError from the typed decoder)."""
+    head = raw(reading("S-1", 3))[:-1]
+    for payload in (head + b',"extra":' + tail + b"}", raw(reading("S-1", 3)).replace(b'"S-1"', tail, 1),
+                    raw({**reading("S-1", 3), "unit": "%"}).replace(b'"%"', tail, 1)):
+        assert check_same(decoder, payload) is None or slow(decoder, payload) is not None
+
+
+@settings(max_examples=300)
+@given(st.binary(max_size=200))
+def test_any_bytes_after_a_reading_s_start_never_break_the_fast_path(decoder: Decoder, junk: bytes) -> None:
+    check_same(decoder, raw(reading("S-1", 3))[:-1] + junk)
+
+
 def test_the_fast_path_defers_non_objects_and_huge_messages(decoder: Decoder) -> None:
     for payload in (b"", b"[1, 2]", b'"x"', b"{", b"\xff\xfe", raw({**reading(), "pad": "x" * 70_000}),
                     orjson.dumps(reading()).replace(b"1.0", b"1e999")):
