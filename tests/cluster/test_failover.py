@@ -98,6 +98,22 @@ def databases(cluster_env: dict[str, str]) -> Iterator[list[str]]:
         db.close()
 
 
+FAILED_AT: dict[str, float] = {}
+
+
+@contextmanager
+def broken(kind: str, name: str = "") -> Iterator[None]:
+    """`kind` `name` SIGKILLed for the block; restarted afterwards, also when the block fails (the next tests and
+    modules need the whole profile)."""
+    kill(kind, name)
+    FAILED_AT[kind] = time.monotonic()
+    try:
+        yield
+    finally:
+        restart()
+        print(f"\n{kind} {name}: restarted {time.monotonic() - FAILED_AT[kind]:.0f} s after the kill")
+
+
 @contextmanager
 def on_cluster(tmp: Path, cluster_env: dict[str, str], database: str, name: str,
                **env: str) -> Iterator[ChaosPipeline]:
@@ -153,8 +169,10 @@ def first_half_then_break(p: ChaosPipeline, workers: int) -> tuple[Expected, lis
     return expected, messages[len(messages) // 2:]
 
 
-def finish(p: ChaosPipeline, expected: Expected, alive: list[subprocess.Popen[bytes]]) -> None:
+def finish(p: ChaosPipeline, expected: Expected, alive: list[subprocess.Popen[bytes]], since: float) -> None:
+    """Drained, then accounted for; prints (does not assert) how long after the failure the backlog was drained."""
     wait_drained(p, timeout_s=300, alive=alive)
+    print(f"\n{p.settings.topic_prefix[:3]}: every input committed {time.monotonic() - since:.0f} s after the failure")
     problems = replicas_differ(p) + all_problems(p, expected)
     assert not problems, "\n".join(problems) + "\n" + p.logs()[-3000:]
     assert "Traceback" not in p.logs(), p.logs()[-4000:]
@@ -180,11 +198,11 @@ def test_the_broker_leading_most_partitions_killed_mid_stream(tmp_path: Path, cl
         expected, rest = first_half_then_break(p, workers=2)
         counts = leader_counts(p)
         victim = max(counts, key=lambda b: counts[b])
-        kill("kafka", str(victim))
-        produce_stream(p.settings, rest)
-        wait_drained(p, timeout_s=300, alive=p.workers)
-        restart()
-        finish(p, expected, alive=p.workers)
+        failed = time.monotonic()
+        with broken("kafka", str(victim)):
+            produce_stream(p.settings, rest)
+            wait_drained(p, timeout_s=300, alive=p.workers)
+        finish(p, expected, alive=p.workers, since=failed)
 
 
 def test_a_clickhouse_replica_killed_mid_stream_catches_up(tmp_path: Path, cluster_env: dict[str, str],
@@ -193,11 +211,11 @@ def test_a_clickhouse_replica_killed_mid_stream_catches_up(tmp_path: Path, clust
     until the replica is back; the restarted replica then holds the same rows as the other one."""
     with on_cluster(tmp_path, cluster_env, databases.pop(), "rep", CITYOPS_INSERT_QUORUM="2") as p:
         expected, rest = first_half_then_break(p, workers=1)
-        kill("clickhouse", "s2r2")
-        produce_stream(p.settings, rest)
-        assert wait_for(lambda: "failed" in p.logs(), 120), p.logs()[-3000:]   # the sink waits for the quorum
-        restart()
-        finish(p, expected, alive=p.workers)
+        failed = time.monotonic()
+        with broken("clickhouse", "s2r2"):
+            produce_stream(p.settings, rest)
+            assert wait_for(lambda: "failed" in p.logs(), 120), p.logs()[-3000:]   # the sink waits for the quorum
+        finish(p, expected, alive=p.workers, since=failed)
 
 
 def test_zookeeper_stopped_for_twenty_seconds_mid_stream(tmp_path: Path, cluster_env: dict[str, str],
@@ -206,11 +224,11 @@ def test_zookeeper_stopped_for_twenty_seconds_mid_stream(tmp_path: Path, cluster
     restarted and every row is stored once."""
     with on_cluster(tmp_path, cluster_env, databases.pop(), "zk") as p:
         expected, rest = first_half_then_break(p, workers=1)
-        kill("zookeeper")
-        produce_stream(p.settings, rest)
-        time.sleep(20)
-        restart()
-        finish(p, expected, alive=p.workers)
+        failed = time.monotonic()
+        with broken("zookeeper"):
+            produce_stream(p.settings, rest)
+            time.sleep(20)
+        finish(p, expected, alive=p.workers, since=failed)
 
 
 def test_a_worker_killed_and_another_added_mid_stream(tmp_path: Path, cluster_env: dict[str, str],
@@ -219,7 +237,8 @@ def test_a_worker_killed_and_another_added_mid_stream(tmp_path: Path, cluster_en
     worker's open transaction is aborted, not committed twice."""
     with on_cluster(tmp_path, cluster_env, databases.pop(), "wrk") as p:
         expected, rest = first_half_then_break(p, workers=2)
+        failed = time.monotonic()
         p.kill(p.workers[0])
         third = p.start_worker(2)
         produce_stream(p.settings, rest)
-        finish(p, expected, alive=[p.workers[1], third])
+        finish(p, expected, alive=[p.workers[1], third], since=failed)
