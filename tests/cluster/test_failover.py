@@ -172,7 +172,7 @@ def first_half_then_break(p: ChaosPipeline, workers: int) -> tuple[Expected, lis
 def finish(p: ChaosPipeline, expected: Expected, alive: list[subprocess.Popen[bytes]], since: float) -> None:
     """Drained, then accounted for; prints (does not assert) how long after the failure the backlog was drained."""
     wait_drained(p, timeout_s=300, alive=alive)
-    print(f"\n{p.settings.topic_prefix[:3]}: every input committed {time.monotonic() - since:.0f} s after the failure")
+    print(f"\n{p.settings.topic_prefix}: every input committed {time.monotonic() - since:.0f} s after the failure")
     problems = replicas_differ(p) + all_problems(p, expected)
     assert not problems, "\n".join(problems) + "\n" + p.logs()[-3000:]
     assert "Traceback" not in p.logs(), p.logs()[-4000:]
