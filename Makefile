@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STACK := bash deploy/local/stack.sh
 PYTEST_ARGS ?=
 
-.PHONY: setup up down status cluster-up cluster-down cluster-status run test test-unit lint bench bench-grid clean
+.PHONY: setup up down status cluster-up cluster-down cluster-status run test test-unit lint bench bench-cluster bench-grid clean
 
 setup: $(VENV)/.installed
 
@@ -56,6 +56,12 @@ lint: setup
 
 bench: setup
 	$(STACK) run-with $(PY) -m pipeline.bench
+
+# The throughput phase on the single-node stack and on the cluster profile (1, 2, 4 workers), in one run; the
+# cluster profile is started when it is not running (and left running: `make cluster-down` stops it).
+bench-cluster: setup
+	bash deploy/local/cluster.sh up
+	$(STACK) run-with $(PY) -m pipeline.bench.cluster $(BENCH_ARGS)
 
 bench-grid: setup
 	$(PY) -m pipeline.bench.grid

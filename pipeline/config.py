@@ -245,6 +245,9 @@ class Settings:
             "CITYOPS_REPLICATION_FACTOR": str(self.replication_factor or ""),
             "CITYOPS_MIN_INSYNC_REPLICAS": str(self.min_insync_replicas or ""),
             "CITYOPS_CLUSTER": self.clickhouse_cluster,
+            # a child process must not take the parent environment's HTTP port to another server's native one
+            "CITYOPS_CLICKHOUSE_HTTP_PORT": None if self.clickhouse_http_port is None
+            else str(self.clickhouse_http_port),
         }
         env.update({k: v for k, v in optional.items() if v})
         return env

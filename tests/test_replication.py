@@ -72,3 +72,15 @@ def test_under_replicated_topics_are_named_with_what_they_have() -> None:
     admin.broker_isr = None     # Kafka's own default, 1, is below 2
     assert under_replicated(admin, ["broker-isr"], Replication(3, 2)) == [  # type: ignore[arg-type]
         "broker-isr: 3 replica(s), min.insync.replicas=1; configured 3 and 2"]
+
+
+def test_a_child_process_gets_the_http_port_of_the_server_it_is_pointed_at() -> None:
+    """The cluster's settings (a node's native and HTTP ports) handed to a worker over an environment that names
+    the single-node stack's HTTP port: the worker must write to the cluster node (make bench-cluster's first run
+    wrote to the other server and got UNKNOWN_DATABASE)."""
+    cluster = Settings.from_env({"CITYOPS_CLICKHOUSE_PORT": "24000", "CITYOPS_CLICKHOUSE_HTTP_PORT": "24123"})
+    child = Settings.from_env({"CITYOPS_CLICKHOUSE_HTTP_PORT": "14123", **cluster.to_env()})
+    assert (child.clickhouse_port, child.clickhouse_http_port) == (24000, 24123)
+    native_only = Settings.from_env({"CITYOPS_CLICKHOUSE_HTTP_PORT": "14123",
+                                     **Settings.from_env({"CITYOPS_CLICKHOUSE_HTTP_PORT": "0"}).to_env()})
+    assert native_only.clickhouse_http_port == 0

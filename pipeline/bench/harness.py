@@ -125,7 +125,7 @@ def prepared(settings: Settings) -> Iterator[Settings]:
     from pipeline.sink.migrate import migrate
 
     retrying(lambda: ensure_topics(settings))
-    retrying(lambda: migrate(settings))
+    retrying(lambda: migrate(settings, cluster=settings.clickhouse_cluster))   # ON CLUSTER on the cluster profile
     try:
         yield settings
     finally:
@@ -139,7 +139,8 @@ def drop_database(settings: Settings) -> None:
         try:
             db = ClickHouse(settings, database="default")
             try:
-                db.execute(f"DROP DATABASE IF EXISTS {settings.clickhouse_database}")
+                on = f" ON CLUSTER {settings.clickhouse_cluster}" if settings.clickhouse_cluster else ""
+                db.execute(f"DROP DATABASE IF EXISTS {settings.clickhouse_database}{on}")
                 return
             finally:
                 db.close()

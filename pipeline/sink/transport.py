@@ -45,11 +45,16 @@ _RETRYABLE_CODES = frozenset({
     203,  # NO_FREE_CONNECTION
     209,  # SOCKET_TIMEOUT
     210,  # NETWORK_ERROR
+    225,  # NO_ZOOKEEPER (a replica whose ZooKeeper session is gone: the cluster's coordinator is down)
     241,  # MEMORY_LIMIT_EXCEEDED
     242,  # TABLE_IS_READ_ONLY
     252,  # TOO_MANY_PARTS
+    279,  # ALL_CONNECTION_TRIES_FAILED (a synchronous Distributed insert found no replica of a shard up)
+    285,  # TOO_FEW_LIVE_REPLICAS (insert_quorum: a replica of the shard is down; it comes back or is replaced)
+    286,  # UNSATISFIED_QUORUM_FOR_PREVIOUS_WRITE (the previous quorum insert is still being copied)
     319,  # UNKNOWN_STATUS_OF_INSERT
     425,  # SYSTEM_ERROR
+    999,  # KEEPER_EXCEPTION (ZooKeeper connection lost or session expired during the insert)
 })
 
 

@@ -132,6 +132,15 @@ def test_server_errors_keep_their_codes_for_the_retry_decision() -> None:
     assert not is_retryable(_server_error(403, b"Forbidden", "h"))
 
 
+def test_a_cluster_missing_a_replica_or_its_zookeeper_is_waited_for() -> None:
+    """What 18.16 answers while a replica of the shard is down under insert_quorum (285) or ZooKeeper is (999,
+    225): the failover tests (tests/cluster/test_failover.py) saw the first stop the worker before it was retried."""
+    down = b"Code: 285, e.displayText() = DB::Exception: Number of alive replicas (1) is less than requested quorum (2)"
+    assert is_retryable(_server_error(500, down, "h"))
+    assert is_retryable(_server_error(500, b"Code: 999, e.displayText() = Coordination: Connection loss", "h"))
+    assert is_retryable(_server_error(500, b"Code: 225, e.displayText() = DB: ZooKeeper session expired", "h"))
+
+
 def edge_batch() -> SinkBatch:
     """A generated history plus the awkward values: NULLs, NaN, aware and naive times, unicode, escapes,
     long text, empty and three-element arrays."""

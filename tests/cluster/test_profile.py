@@ -1,12 +1,11 @@
 """The local cluster profile (deploy/local/cluster.sh, README "Running a city: the cluster"), live: three KRaft
-brokers, ZooKeeper and ClickHouse 2 shards x 2 replicas. The module starts the profile when it is not running and
-stops it at the end (the last test checks that `down` leaves nothing running)."""
+brokers, ZooKeeper and ClickHouse 2 shards x 2 replicas, started by tests/cluster/conftest.py (once per session); the
+last test checks that `down` leaves nothing running (the module sorts after test_failover)."""
 
 from __future__ import annotations
 
 import logging
 import os
-import subprocess
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
@@ -21,29 +20,13 @@ from pipeline.config import ROOT, Settings, Topics
 from pipeline.runtime.topics import ensure_derived, ensure_topics, replication, under_replicated, wait_visible
 from pipeline.sink.migrate import migrate, status
 from pipeline.sink.transport import ClickHouse
+from tests.cluster.conftest import cluster_sh
 from tests.pipeline.factories import hotline, raw
 from tests.support import produce, running_worker, wait_for
 
 pytestmark = [pytest.mark.cluster]
-SCRIPT = ROOT / "deploy" / "local" / "cluster.sh"
 SITE = deploy.load("local", int(os.environ.get("CITYOPS_CLUSTER_BASE_PORT") or 0) or None)
 NODE_PORTS = tuple(n.native_port for n in SITE.nodes)     # shard 1 replicas 1, 2; shard 2 replicas 1, 2
-
-
-def cluster_sh(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, timeout=900, check=check)
-
-
-@pytest.fixture(scope="module")
-def cluster_env() -> Iterator[dict[str, str]]:
-    was_running = cluster_sh("status", check=False).returncode == 0
-    if not was_running:
-        up = cluster_sh("up", check=False)
-        assert up.returncode == 0, up.stderr[-4000:]
-    exports = cluster_sh("env").stdout.split()
-    yield dict(e.split("=", 1) for e in exports if "=" in e)
-    if not was_running:
-        cluster_sh("down", check=False)
 
 
 @pytest.fixture
