@@ -89,7 +89,11 @@ def test_a_caller_repeating_the_phone_in_another_form_is_masked_downstream(writt
     ticket = fuzz.valid("hotline", random.Random(3)) | {"description": f"回电{written}，谢谢"}
     event = default_decoder().hotline(orjson.dumps(ticket))
     secrets = (PHONE, FULL_WIDTH, written, PHONE[3:7], FULL_WIDTH[3:7])
-    assert leaks(encode_located(event), secrets) == []
+    located = orjson.loads(encode_located(event))
+    assert leaks(encode_located(event), secrets[:3]) == []
+    # the 4 middle digits alone, in what is text: a number field (the time, from the clock) may hold them by chance
+    # (1796287654.0 did, and the test failed for 10 s)
+    assert leaks(orjson.dumps({k: v for k, v in located.items() if not isinstance(v, float)}), secrets) == []
     assert leaks(dead_letter(orjson.dumps(ticket | {"service_code": "E9999"})), secrets) == []
     assert leaks(dead_letter(orjson.dumps(ticket)[:-3] + b"\xff"), secrets) == []
     assert event.caller_hash == default_decoder().hotline(orjson.dumps(ticket | {
