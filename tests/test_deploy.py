@@ -70,7 +70,11 @@ for i in $(seq 1 40); do
 done
 wait
 """
-    run = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120, check=True)
+    # from a file: with `bash -c`, the forked shell's command line (the script) holds the marker, so a server
+    # not yet exec'd, or one exiting at once, was taken for the server on a busy machine
+    (tmp_path / "starts.sh").write_text(script, encoding="utf-8")
+    run = subprocess.run(["bash", str(tmp_path / "starts.sh")], capture_output=True, text=True, timeout=120,
+                         check=True)
     return run.stdout.split()
 
 
