@@ -9,9 +9,6 @@ Screenshots go to var/screenshots/ (look at them).
 from __future__ import annotations
 
 import io
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,10 +20,8 @@ from PIL import ExifTags, Image
 
 from pipeline.config import ROOT, Settings
 from pipeline.web.users import User, Users, hash_password, write_users
-from tests.support import produce, running_worker, stop_process, wait_for
-from tests.web.helpers import CHROMIUM, browser_sign_in
-from tests.web.helpers import free_port as _free_port
-from tests.web.helpers import healthy as _healthy
+from tests.support import produce, wait_for
+from tests.web.helpers import browser_sign_in, launch_chromium, require_chromium, serving_web
 
 pytestmark = [pytest.mark.kafka, pytest.mark.clickhouse]
 SHOTS = ROOT / "var" / "screenshots"
@@ -41,8 +36,7 @@ def street(isolated_settings: Settings, tmp_path: Path) -> Iterator[tuple[Settin
     from pipeline.runtime.topics import ensure_topics
     from pipeline.sink.migrate import migrate
 
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} not found: install Debian's chromium (apt-get install chromium)")
+    require_chromium()
     s = isolated_settings
     ensure_topics(s)
     migrate(s)
@@ -52,21 +46,11 @@ def street(isolated_settings: Settings, tmp_path: Path) -> Iterator[tuple[Settin
              User("walker", "patrol", patrol_team="patrol-beiwaitan", password_hash=h)]
     users_file = tmp_path / "users.yaml"
     write_users(users_file, Users({u.name: u for u in users}))
-    port = _free_port()
     photos = tmp_path / "photos"
-    env = {**os.environ, **s.to_env(), "CITYOPS_USERS": str(users_file), "CITYOPS_SECRET": "s" * 40,
-           "CITYOPS_WEB_LOOKBACK_H": "1", "CITYOPS_PHOTO_DIR": str(photos)}
-    with running_worker(s, tmp_path / "worker.log"):
-        log = (tmp_path / "web.log").open("ab")
-        web = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "web", "--port", str(port)], cwd=ROOT,
-                               env=env, stdout=log, stderr=subprocess.STDOUT)
-        base = f"http://127.0.0.1:{port}"
-        try:
-            assert wait_for(lambda: _healthy(base), 90), (tmp_path / "web.log").read_text()[-3000:]
-            yield s, base, photos
-        finally:
-            stop_process(web)
-            log.close()
+    env = {"CITYOPS_USERS": str(users_file), "CITYOPS_SECRET": "s" * 40, "CITYOPS_WEB_LOOKBACK_H": "1",
+           "CITYOPS_PHOTO_DIR": str(photos)}
+    with serving_web(s, tmp_path, env) as base:
+        yield s, base, photos
 
 
 def _sign_in(page: Any, base: str, name: str) -> None:
@@ -100,7 +84,7 @@ def test_the_street_and_the_wall_in_the_browser(street: tuple[Settings, str, Pat
     settings, base, photos = street
     SHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        browser = launch_chromium(pw)
         try:
             wall = browser.new_context(viewport={"width": 1920, "height": 1080}).new_page()
             _sign_in(wall, base, "ops")
