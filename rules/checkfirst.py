@@ -19,8 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
-from rules.conditions import CodeMatch
-from rules.leaves import WhenContext, _category
+from rules.categorylist import CategoryList, read_categories
+from rules.leaves import WhenContext
 from rules.nodes import Entry, NodeReader
 
 DEFAULT_WITHIN = timedelta(hours=1)
@@ -28,18 +28,14 @@ _KEYS = ("categories", "within")
 
 
 @dataclass(frozen=True)
-class CheckFirst:
+class CheckFirst(CategoryList):
     """The categories of public reports checked before filing, and the time the patrol has for it."""
 
-    exact: frozenset[str] = frozenset()
-    prefixes: tuple[str, ...] = ()
     within: timedelta = DEFAULT_WITHIN
 
     def required(self, source: str, category: str) -> bool:
         """Whether a report of `source` (hotline | patrol | iot) and `category` is checked before filing."""
-        if source != "hotline":
-            return False
-        return category in self.exact or (bool(self.prefixes) and category.startswith(self.prefixes))
+        return source == "hotline" and self.covers(category)
 
 
 NO_CHECK_FIRST = CheckFirst()
@@ -54,7 +50,7 @@ def parse_check_first(reader: NodeReader, entry: Entry | None, ctx: WhenContext 
     top = reader.mapping(entry.value, "check_first", allowed=_KEYS, required=("categories",))
     if top is None or "categories" not in top:
         return None
-    match = _category(reader, top["categories"].value, "check_first.categories", ctx)
+    match = read_categories(reader, top["categories"].value, "check_first.categories", ctx)
     within = DEFAULT_WITHIN
     if "within" in top:
         got = reader.duration(top["within"].value, "check_first.within")
@@ -64,6 +60,6 @@ def parse_check_first(reader: NodeReader, entry: Entry | None, ctx: WhenContext 
             reader.problem(top["within"].value, "check_first.within", "must be longer than zero")
             return None
         within = got
-    if not isinstance(match, CodeMatch):
+    if match is None:
         return None
     return CheckFirst(frozenset(match.exact), tuple(match.prefixes), within)

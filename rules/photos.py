@@ -12,21 +12,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rules.conditions import CodeMatch
-from rules.leaves import WhenContext, _category
+from rules.categorylist import CategoryList, read_categories
+from rules.leaves import WhenContext
 from rules.nodes import Entry, NodeReader
 
 
 @dataclass(frozen=True)
-class AfterPhoto:
+class AfterPhoto(CategoryList):
     """The categories that need an after photo: exact codes and prefixes (`P01` for `P01*`)."""
 
-    exact: frozenset[str] = frozenset()
-    prefixes: tuple[str, ...] = ()
     shown: tuple[str, ...] = ()
 
     def required(self, category: str) -> bool:
-        return category in self.exact or (bool(self.prefixes) and category.startswith(self.prefixes))
+        return self.covers(category)
 
 
 NO_AFTER_PHOTO = AfterPhoto()
@@ -38,7 +36,7 @@ def parse_after_photo(reader: NodeReader, entry: Entry | None, ctx: WhenContext 
         return NO_AFTER_PHOTO
     if ctx is None:           # the time zone was bad: that problem is recorded already
         return None
-    match = _category(reader, entry.value, "after_photo", ctx)
-    if not isinstance(match, CodeMatch):
+    match = read_categories(reader, entry.value, "after_photo", ctx)
+    if match is None:
         return None
     return AfterPhoto(frozenset(match.exact), tuple(match.prefixes), tuple(match.shown))
