@@ -48,6 +48,15 @@ class RecurrenceHistory:
             insort(times, at)
         self._size += 1
 
+    def forget(self, cell: str, category: str, at: datetime) -> None:
+        """Take back one `record` (a case voided on its check before filing was no problem: 核实)."""
+        times = self._cells.get(cell, {}).get(category)
+        if times:
+            i = bisect_left(times, at)
+            if i < len(times) and times[i] == at:
+                del times[i]
+                self._size -= 1
+
     def count(self, cell: str, category_pattern: str, window: timedelta, at: datetime) -> int:
         # called for many events of a dispatch batch: the usual answers (no history here) return first
         by_category = self._cells.get(cell)

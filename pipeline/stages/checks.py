@@ -73,5 +73,7 @@ def answer_check(book: Any, case: Case, u: CaseUpdate, out: Any) -> bool:
         return True
     r.outcome = "void"
     case.closed_at = u.at
+    if book._recurrence is not None and case.kind == "problem":    # no problem: not a case of the cell's history
+        book._recurrence.forget(case.cell, case.category, case.created_at)
     book._transition(case, "void", u.team, u.actor, u.at, u.note or "作废 not a problem", out)
     return False

@@ -194,7 +194,7 @@ class CaseIndex:
         if self._recurrence is None:
             self._recurrence = RecurrenceHistory()
             for case in self.cases.values():
-                if case.kind == "problem":
+                if case.kind == "problem" and case.status != "void":    # a voided report was no problem
                     self._recurrence.record(case.cell, case.category, case.created_at)
         return self._recurrence
 

@@ -6,6 +6,7 @@ filed. Minute 0 is 2 March 2026 02:00 Shanghai (tests.pipeline.test_case_semanti
 from __future__ import annotations
 
 import tempfile
+from datetime import timedelta
 from functools import cache
 from pathlib import Path
 
@@ -80,6 +81,22 @@ def test_a_void_ends_the_case_unfiled_and_a_later_report_is_a_new_case() -> None
     assert out.rounds[(cid, 1)].outcome == "void"
     again = stage.apply(stage_items(report("hotline:T3", 60, "E0501")), books)
     assert only(again.cases) != cid
+
+
+def test_a_voided_report_is_not_in_the_cells_recurrence_history_and_a_confirmed_one_is() -> None:
+    stage, books, cid = opened()
+    (book,) = books.values()
+    case = book.cases[cid]
+    history = book.recurrence()
+    assert history.count(case.cell, "E0501", timedelta(days=30), at(10)) == 1
+    stage.apply(stage_items(upd(cid, "void", "patrol", 20)), books)
+    assert history.count(case.cell, "E0501", timedelta(days=30), at(30)) == 0
+    book._recurrence = None              # rebuilt from the cases, as after a restart
+    assert book.recurrence().count(case.cell, "E0501", timedelta(days=30), at(30)) == 0
+    stage2, books2, cid2 = opened()
+    stage2.apply(stage_items(upd(cid2, "confirm", "patrol", 20)), books2)
+    (book2,) = books2.values()
+    assert book2.recurrence().count(book2.cases[cid2].cell, "E0501", timedelta(days=30), at(30)) == 1
 
 
 @pytest.mark.parametrize("action, team, minutes, reason", [
