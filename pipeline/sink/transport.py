@@ -58,9 +58,17 @@ _RETRYABLE_CODES = frozenset({
 })
 
 
+# ATTEMPT_TO_READ_AFTER_EOF: retryable only when the server lost another server mid-insert (a synchronous
+# Distributed insert whose shard replica died: "... while receiving packet from 127.0.0.1:9000 ..."); from the
+# server reading our own body it means the block is cut, and a retry would send the same bad block again.
+_REMOTE_EOF = 32
+
+
 def is_retryable(err: BaseException) -> bool:
     """True when `err` means the server is unreachable, slow or busy (retry), not that the data is wrong."""
     if isinstance(err, ch_errors.ServerException):
+        if err.code == _REMOTE_EOF:
+            return "while receiving packet from" in str(err)
         return err.code in _RETRYABLE_CODES
     return isinstance(err, ch_errors.NetworkError | ch_errors.SocketTimeoutError | EOFError | OSError
                       | ch_errors.UnexpectedPacketFromServerError | http.client.HTTPException)

@@ -128,6 +128,12 @@ def test_server_errors_keep_their_codes_for_the_retry_decision() -> None:
     """A 'too many parts' answer is retried, a type error is not; a proxy's 503 without a code is retried."""
     assert is_retryable(_server_error(500, b"Code: 252, e.displayText() = DB::Exception: Too many parts", "h"))
     assert not is_retryable(_server_error(500, b"Code: 53, e.displayText() = DB::Exception: Type mismatch", "h"))
+    # a shard's replica killed under a synchronous Distributed insert (seen in the cluster failover test)
+    assert is_retryable(_server_error(500, b"Code: 32, e.displayText() = DB::Exception: Attempt to read after eof: "
+                                           b"while receiving packet from 127.0.0.1:23300: Insertion status: ...", "h"))
+    # the server reading a cut body of ours: the same block would fail again
+    assert not is_retryable(_server_error(500, b"Code: 32, e.displayText() = DB::Exception: Attempt to read after "
+                                               b"eof: while reading Native block", "h"))
     assert is_retryable(_server_error(503, b"<html>Service Unavailable</html>", "h"))
     assert not is_retryable(_server_error(403, b"Forbidden", "h"))
 
