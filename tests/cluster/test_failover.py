@@ -28,7 +28,7 @@ from kafka import KafkaAdminClient
 from pipeline.config import Settings, Topics
 from pipeline.runtime.topics import ensure_topics
 from pipeline.sink.migrate import migrate
-from pipeline.sink.transport import ClickHouse
+from pipeline.sink.transport import ClickHouse, QueryError
 from tests.chaos.harness import (
     ChaosPipeline,
     Expected,
@@ -132,6 +132,20 @@ def on_cluster(tmp: Path, cluster_env: dict[str, str], database: str, name: str,
         p.stop_all()
 
 
+def _sync_replica(ch: ClickHouse, table: str, within_s: float = 120.0) -> None:
+    """SYSTEM SYNC REPLICA, waiting while the replica is still read-only or without its ZooKeeper session (for a
+    while after ZooKeeper is back, each replica's restarting thread has not reconnected yet)."""
+    give_up = time.monotonic() + within_s
+    while True:
+        try:
+            ch.execute(f"SYSTEM SYNC REPLICA {table}")
+            return
+        except QueryError as err:
+            if time.monotonic() > give_up or getattr(err.__cause__, "code", None) not in (164, 225, 242, 999):
+                raise
+            time.sleep(2.0)
+
+
 def replicas_differ(p: ChaosPipeline) -> list[str]:
     """Per replicated table, shards whose two replicas hold different rows (after SYNC REPLICA on each)."""
     db = p.settings.clickhouse_database
@@ -144,7 +158,7 @@ def replicas_differ(p: ChaosPipeline) -> list[str]:
             tables = [r[0] for r in ch.execute("SELECT name FROM system.tables WHERE database = %(d)s "
                                                "AND engine LIKE 'Replicated%%'", {"d": db})]
             for t in tables:
-                ch.execute(f"SYSTEM SYNC REPLICA {db}.{t}")
+                _sync_replica(ch, f"{db}.{t}")
                 cols = [r[0] for r in ch.execute("SELECT name FROM system.columns WHERE database = %(d)s "
                                                  "AND table = %(t)s", {"d": db, "t": t})]
                 digest = ", ".join(f"toString({c})" for c in cols)
