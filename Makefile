@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STACK := bash deploy/local/stack.sh
 PYTEST_ARGS ?=
 
-.PHONY: setup up down status cluster-up cluster-down cluster-status run test test-unit lint bench bench-cluster bench-grid clean
+.PHONY: setup up down status cluster-up cluster-down cluster-status cluster-run run test test-unit lint bench bench-cluster bench-grid clean
 
 setup: $(VENV)/.installed
 
@@ -35,6 +35,11 @@ cluster-down:
 
 cluster-status:
 	bash deploy/local/cluster.sh status
+
+# `make run` on the cluster profile: the same day, two ingest and two cases worker processes, the web UI and the
+# reports on the Distributed tables; starts the profile when it is not running and then stops it.
+cluster-run: setup
+	bash deploy/local/cluster.sh run-with $(PY) -m pipeline.cli run --workers 2 $(RUN_ARGS)
 
 # Starts what is not running, feeds a simulated day, waits for Ctrl-C, stops what it started.
 run: setup

@@ -6,6 +6,9 @@ notifier (with the local inbox its targets point at) and the web UI as child pro
 until now at full speed, waits until the worker has worked through it, prints where to look, and then keeps the
 district living in real time. Ctrl-C (or SIGTERM) stops the feed and the children it started; `make run` then
 stops the stack it started. `--no-live` feeds `--days` simulated days at `--speed` instead, and stops feeding.
+`--workers N` starts N processes of each stage (one consumer group per stage shares the partitions); with
+CITYOPS_CLUSTER set (`make cluster-run`, deploy/local/cluster.sh) the schema is the cluster's and every reader (web
+UI, reports) reads its Distributed tables through the node the settings name.
 """
 
 from __future__ import annotations
@@ -59,7 +62,7 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 60.0)
     return False
 
 
-def _wait_caught_up(settings: Settings, expected_events: int, worker: subprocess.Popen[bytes],
+def _wait_caught_up(settings: Settings, expected_events: int, workers: list[subprocess.Popen[bytes]],
                     timeout_s: float) -> int:
     """Wait until ClickHouse holds `expected_events` located reports (or the count stops growing)."""
     from pipeline.sink.transport import ClickHouse
@@ -67,7 +70,7 @@ def _wait_caught_up(settings: Settings, expected_events: int, worker: subprocess
     ch = ClickHouse(settings)
     deadline = time.monotonic() + timeout_s
     last, still = -1, 0
-    while time.monotonic() < deadline and worker.poll() is None:
+    while time.monotonic() < deadline and all(w.poll() is None for w in workers):
         n = int(ch.query_dicts("SELECT uniqExact(event_id) AS n FROM events")[0]["n"])
         if n >= expected_events:
             return n
@@ -79,6 +82,11 @@ def _wait_caught_up(settings: Settings, expected_events: int, worker: subprocess
     return max(last, 0)
 
 
+def worker_logs(stage: str, n: int) -> list[str]:
+    """The log file names of a stage's `n` worker processes under the run's directory."""
+    return [f"worker-{stage}.log"] if n == 1 else [f"worker-{stage}-{i + 1}.log" for i in range(n)]
+
+
 def run(args: argparse.Namespace) -> int:
     from pipeline.runtime.topics import ensure_topics
     from pipeline.simulate.config import SimConfig
@@ -87,10 +95,13 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.simulate.produce import Progress, produce_simulation
     from pipeline.sink.migrate import migrate
 
+    if args.workers < 1:
+        print("--workers: at least 1 process per stage", file=sys.stderr)
+        return 2
     settings = Settings.from_env()
-    run_dir = settings.var_dir / "run"
+    run_dir = settings.var_dir / ("cluster-run" if settings.clickhouse_cluster else "run")
     ensure_topics(settings)
-    migrate(settings)
+    migrate(settings, cluster=settings.clickhouse_cluster)
     registry = run_dir / "sensors.csv"
     live = not args.no_live
     district = None
@@ -117,10 +128,11 @@ def run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     try:
-        # the two stages as two processes: the bulk of sensor readings never delays the cases, and both cores work
-        worker = _start(["worker", "--stage", "cases"], run_dir / "worker-cases.log", env)
-        procs.append(worker)
-        procs.append(_start(["worker", "--stage", "ingest"], run_dir / "worker-ingest.log", env))
+        # the two stages as processes of their own: the bulk of sensor readings never delays the cases, and both
+        # cores work; --workers N: N of each, sharing their stage's partitions
+        workers = [_start(["worker", "--stage", stage], run_dir / log, env)
+                   for stage in ("cases", "ingest") for log in worker_logs(stage, args.workers)]
+        procs.extend(workers)
         # the notifier delivers the rules' notify lists; the local targets point at the local inbox
         procs.append(_start(["notify", "inbox", "--log", str(run_dir / "notify-inbox.ndjson"),
                              *[f"--dingtalk={kv}" for kv in LOCAL_DINGTALK_ROBOTS]], run_dir / "notify-inbox.log",
@@ -165,9 +177,9 @@ def run(args: argparse.Namespace) -> int:
         # every report of a problem, and the fault report of each device fault the period surely raises, made by now
         expected = sum(1 for c in sim.truth.cases if c["kind"] == "problem" or c["certain"]
                        for r in c["reports"] if datetime.fromisoformat(r["at"].replace("Z", "+00:00")) <= cut)
-        stored = _wait_caught_up(settings, expected, worker, args.wait)
-        if worker.poll() is not None:
-            print(f"the worker stopped; see {run_dir / 'worker-cases.log'}", file=sys.stderr)
+        stored = _wait_caught_up(settings, expected, workers, args.wait)
+        if any(w.poll() is not None for w in workers):
+            print(f"a worker stopped; see {run_dir}/worker-*.log", file=sys.stderr)
             return 1
         creds = settings.var_dir / "web" / "demo-credentials.txt"
         print("\n".join([
@@ -181,10 +193,13 @@ def run(args: argparse.Namespace) -> int:
             f"  health, metrics   : {base}/healthz  {base}/metrics",
             "  reports           : .venv/bin/cityops report discovery --period day   (also: recurrence, sla, "
             "workload, health)",
-            f"  this run          : {stored:,} reports stored; truth of the planned days in {run_dir / 'truth.json'}",
+            f"  this run          : {stored:,} reports stored; truth of the planned days in {run_dir / 'truth.json'}"
+            + (f"; on the cluster `{settings.clickhouse_cluster}`, {args.workers} worker(s) per stage"
+               if settings.clickhouse_cluster else ""),
             f"  notifications     : {run_dir / 'notify-inbox.ndjson'} (what the local inbox received; "
             "targets in deploy/notify/targets.yaml)",
-            f"  logs              : {run_dir}/worker-ingest.log, worker-cases.log, notify.log, web.log",
+            f"  logs              : {run_dir}/{', '.join(worker_logs('ingest', args.workers))}, "
+            f"{', '.join(worker_logs('cases', args.workers))}, notify.log, web.log",
             "Press Ctrl-C to stop.",
         ]), flush=True)
         if args.exit_after_feed:
@@ -224,4 +239,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--port", type=int, default=Settings.from_env().web_port)
     p.add_argument("--wait", type=float, default=600.0, help="seconds to wait for the worker to catch up")
     p.add_argument("--exit-after-feed", action="store_true", help="stop everything once the day is processed")
+    p.add_argument("--workers", type=int, default=1,
+                   help="worker processes per stage (ingest, cases); `make cluster-run` starts 2 (default 1)")
     p.set_defaults(func=run)

@@ -7,6 +7,7 @@
 #   cluster.sh down     stop what this profile started (pid files under var/cluster), nothing else
 #   cluster.sh status   each process, its pid and resident memory; exit 3 when any is not running
 #   cluster.sh env      the CITYOPS_* settings that point cityops at the cluster (eval "$(cluster.sh env)")
+#   cluster.sh run-with CMD...   up, CMD with those settings, then down when this call started the profile
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 D="$ROOT/deploy/local"
 CL="$VAR/cluster"
@@ -166,10 +167,25 @@ status() {
   return $rc
 }
 
+# A global, not a local: the EXIT trap runs after run_with has returned.
+STARTED_CLUSTER=0
+cleanup() { if [ "$STARTED_CLUSTER" = 1 ]; then down || true; fi; }
+
+run_with() {  # as stack.sh run-with, on the cluster (what `make cluster-run` does)
+  local rc=0
+  status >/dev/null 2>&1 || STARTED_CLUSTER=1
+  trap cleanup EXIT
+  trap 'exit 130' INT TERM
+  up
+  (eval "$(env_lines)"; "$@") || rc=$?
+  return $rc
+}
+
 case "${1:-}" in
   up) up ;;
+  run-with) shift; run_with "$@" ;;
   down) down ;;
   status) status ;;
   env) [ -f "$NODES" ] || "$PYTHON" -m pipeline.deploy render local "$CL" --base-port "$BASE" > "$NODES"; env_lines ;;
-  *) echo "usage: $0 up|down|status|env" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|status|env|run-with CMD..." >&2; exit 2 ;;
 esac

@@ -146,14 +146,14 @@ def _sync_replica(ch: ClickHouse, table: str, within_s: float = 120.0) -> None:
             time.sleep(2.0)
 
 
-def replicas_differ(p: ChaosPipeline) -> list[str]:
+def replicas_differ(s: Settings) -> list[str]:
     """Per replicated table, shards whose two replicas hold different rows (after SYNC REPLICA on each)."""
-    db = p.settings.clickhouse_database
+    db = s.clickhouse_database
     ports = node_ports()
     problems = []
     sums: dict[tuple[str, int], tuple[int, int]] = {}
     for i, port in enumerate(ports):
-        ch = ClickHouse(replace(p.settings, clickhouse_port=port), database="default")
+        ch = ClickHouse(replace(s, clickhouse_port=port), database="default")
         try:
             tables = [r[0] for r in ch.execute("SELECT name FROM system.tables WHERE database = %(d)s "
                                                "AND engine LIKE 'Replicated%%'", {"d": db})]
@@ -190,7 +190,7 @@ def finish(p: ChaosPipeline, expected: Expected, alive: list[subprocess.Popen[by
     # replicas converge, they are not in step: after ZooKeeper is back a replica pulls the shard's log some
     # seconds later (SYNC REPLICA returns at once while its queue is still empty); 2 minutes to agree
     agree_by = time.monotonic() + 120
-    while (differ := replicas_differ(p)) and time.monotonic() < agree_by:
+    while (differ := replicas_differ(p.settings)) and time.monotonic() < agree_by:
         time.sleep(3)
     problems = differ + all_problems(p, expected)
     assert not problems, "\n".join(problems) + "\n" + p.logs()[-3000:]

@@ -1,0 +1,117 @@
+"""A simulated district day on the cluster profile through two ingest and two cases worker processes (what `make
+cluster-run` runs), against the simulator's truth with the single-node oracle (tests/integration/simday.py),
+against the same day through the single-node stack (one process per stage, as `make run`): every report's figures
+equal; and every row of every Distributed table lies on exactly one shard, the one its sharding key hashes to, and
+on both replicas of it.
+
+Needs the single-node stack (`make up`, the `isolated_settings` of tests/conftest.py) and the cluster profile
+(tests/cluster/conftest.py starts it when it is not running)."""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import Settings, Topics
+from pipeline.runtime.topics import ensure_topics
+from pipeline.simulate import Simulation
+from pipeline.sink.migrate import load_migrations, migrate
+from pipeline.sink.transport import ClickHouse
+from tests.chaos.harness import stream_config
+from tests.cluster.test_failover import replicas_differ
+from tests.cluster.test_profile import NODE_PORTS, SITE, node
+from tests.integration.simday import check_against_truth, report_figures, run_day
+
+pytestmark = [pytest.mark.cluster, pytest.mark.kafka, pytest.mark.clickhouse]
+DAY = (120, 300, 11)       # sensors, hotline tickets, seed: ~13,000 messages
+
+
+def sharding_keys() -> dict[str, str]:
+    """Each Distributed table of the schema and its sharding key, as the migrations declare them."""
+    found = re.compile(r"\$\{distributed:([a-z_]+):([^}]*)\}")
+    return {m.group(1): m.group(2).strip() for mig in load_migrations() for m in found.finditer(mig.sql)}
+
+
+def misplaced(s: Settings) -> list[str]:
+    """Per Distributed table: rows on a shard their key does not hash to, rows on no shard or on two, and replicas of
+    a shard that hold other rows than each other (tests/cluster/test_failover.py's comparison)."""
+    db, shards = s.clickhouse_database, SITE.shards
+    ch = node(s, NODE_PORTS[0])
+    try:
+        distributed = {r[0] for r in ch.execute("SELECT name FROM system.tables WHERE database = %(d)s "
+                                                "AND engine = 'Distributed'", {"d": db})}
+    finally:
+        ch.close()
+    keys = sharding_keys()
+    assert {"events", "cases", "case_transitions"} <= distributed <= set(keys), distributed
+    problems = []
+    for table, key in keys.items():
+        if table not in distributed:      # made by one migration, dropped by a later one
+            continue
+        per_shard: dict[int, int] = {}
+        for i, port in enumerate(NODE_PORTS):
+            shard = i // SITE.replicas + 1
+            ch = node(s, port)
+            try:
+                n, wrong = ch.execute(f"SELECT count(), countIf(modulo({key}, {shards}) + 1 != {shard}) "
+                                      f"FROM {db}.{table}_local")[0]
+            finally:
+                ch.close()
+            if wrong:
+                problems.append(f"{table}: {wrong} of {n} rows on shard {shard} (node {port}) hash to another")
+            per_shard[shard] = int(n)
+        ch = node(s, NODE_PORTS[0])
+        try:
+            total = int(ch.execute(f"SELECT count() FROM {db}.{table}")[0][0])
+        finally:
+            ch.close()
+        if sum(per_shard.values()) != total:       # each row on one shard: the shards add up to the whole table
+            problems.append(f"{table}: the shards hold {per_shard} rows, the Distributed table {total}")
+    return problems + replicas_differ(s)
+
+
+def test_a_simulated_day_through_two_workers_per_stage_on_the_cluster(
+        cluster_env: dict[str, str], isolated_settings: Settings, tmp_path: Path) -> None:
+    from pipeline.simulate.generate import simulate
+
+    sim: Simulation = simulate(stream_config(*DAY))
+    tag = "d" + uuid.uuid4().hex[:10]
+    cs = replace(Settings.from_env({**os.environ, **cluster_env}), clickhouse_database=f"cityops_{tag}",
+                 topic_prefix=tag, topics=Topics.with_prefix(tag), app_id=f"cityops-{tag}", var_dir=tmp_path)
+    ensure_topics(cs)
+    migrate(cs, cluster="cityops")
+    single = isolated_settings
+    ensure_topics(single)
+    migrate(single)
+    (tmp_path / "cluster").mkdir()
+    (tmp_path / "single").mkdir()
+    clustered, alone = ClickHouse(cs), ClickHouse(single)
+    try:
+        run_day(cs, sim, tmp_path / "cluster", workers=2, env=cluster_env)
+        run_day(single, sim, tmp_path / "single", workers=1)
+        check_against_truth(clustered, cs, sim)
+        got, want = report_figures(clustered, sim), report_figures(alone, sim)
+        assert got == want
+        assert want["discovery --period all --by subdistrict"], "the reports found nothing to compare"
+        problems = misplaced(cs)
+        assert not problems, "\n".join(problems)
+        # the rows did spread: each shard holds part of the cases
+        for port in (NODE_PORTS[0], NODE_PORTS[SITE.replicas]):
+            ch = node(cs, port)
+            try:
+                assert ch.execute(f"SELECT count() FROM {cs.clickhouse_database}.cases_local")[0][0] > 0, port
+            finally:
+                ch.close()
+    finally:
+        clustered.close()
+        alone.close()
+        db = ClickHouse(cs, database="default")
+        try:
+            db.execute(f"DROP DATABASE IF EXISTS {cs.clickhouse_database} ON CLUSTER cityops")
+        finally:
+            db.close()
