@@ -262,3 +262,87 @@ def test_the_lag_is_what_the_broker_has_beyond_the_next_offset() -> None:
     assert a.lag(IOT, lambda tp: 55) == 0
     a.drop([IOT])
     assert a.lag(IOT, unknown) is None
+
+
+# -- several processes of a stage (pipeline.runtime.peers) ---------------------------------------------------------
+
+IOT1, UPD1 = TopicPartition("iot", 1), TopicPartition("upd", 1)
+
+
+def disorder(sent: list[Message]) -> float:
+    """The most minutes by which a record was sent on before one that happened earlier."""
+    latest, worst = float("-inf"), 0.0
+    for m in sent:
+        t = minutes_of(m)
+        worst = max(worst, latest - t)
+        latest = max(latest, t)
+    return worst
+
+
+def test_two_processes_sharing_their_fronts_send_their_records_on_level_in_event_time() -> None:
+    """Two processes with one partition of each source each, one reading 50 records a fetch and the other 1 (fewer
+    cores, more readings): what they send on, interleaved as it reaches the located topic, stays within the skew of
+    event time order, because each waits for the other's fronts as for its own partitions'. Alone, the fast one sends
+    hours ahead of the slow one (a case's closing feedback before the reports that came hours after it)."""
+    day = {tp: [msg(tp, i, minutes=i * (3 if tp.topic == "iot" else 17)) for i in range(480 if tp.topic == "iot"
+                                                                                       else 85)]
+           for tp in (IOT, UPD, IOT1, UPD1)}
+    sent: dict[bool, list[Message]] = {}
+    for share in (True, False):
+        fast, slow = aligner(skew_minutes=1), aligner(skew_minutes=1)
+        backlogs = {"fast": {IOT: day[IOT], UPD: day[UPD]}, "slow": {IOT1: day[IOT1], UPD1: day[UPD1]}}
+        procs = {"fast": (fast, 50, slow), "slow": (slow, 1, fast)}
+        pos = {tp: 0 for b in backlogs.values() for tp in b}
+        out: list[Message] = []
+        if share:       # as after an assignment: nothing released until the peers have said where they stand
+            fast.hold(60)
+            slow.hold(60)
+        for r in range(20_000):
+            if r == 1:
+                fast.hold(0)
+                slow.hold(0)
+            if all(pos[tp] == len(day[tp]) for tp in pos) and not fast.held and not slow.held:
+                break
+            for name, (a, n, other) in procs.items():
+                backlog = backlogs[name]
+                fetched = {}
+                for tp in a.fetchable(backlog):
+                    if pos[tp] < len(backlog[tp]):
+                        fetched[tp] = backlog[tp][pos[tp]: pos[tp] + n]
+                        pos[tp] += len(fetched[tp])
+                a.add(fetched)
+                released = a.release(lambda tp: len(day[tp]))
+                out += sorted((m for batch in released.values() for m in batch), key=minutes_of)
+                if share:
+                    other.peer(name, a.own)
+        else:
+            raise AssertionError("the processes did not finish")
+        assert sorted(m.value for m in out) == sorted(m.value for b in day.values() for m in b)   # all, once
+        sent[share] = out
+    assert disorder(sent[True]) <= 2
+    assert disorder(sent[False]) > 600          # without: the fast process ran ten hours ahead
+
+
+def test_a_peer_not_heard_of_for_its_silence_is_not_waited_for() -> None:
+    from pipeline.runtime.align import PEER_SILENCE_S
+
+    a = aligner(skew_minutes=1)
+    a.add({IOT: [msg(IOT, 0, 0), msg(IOT, 1, 30)], UPD: [msg(UPD, 0, 0), msg(UPD, 1, 30)]})
+    a.peer("b", {"iot": (T0 + timedelta(minutes=5)).timestamp()}, age_s=0.0)
+    out = a.release(caught_up(a))
+    assert sorted(minutes_of(m) for b in out.values() for m in b) == [0, 0]     # 30 waits for b's iot at 5
+    a.peer("b", {"iot": (T0 + timedelta(minutes=5)).timestamp()}, age_s=PEER_SILENCE_S + 1)
+    out = a.release(caught_up(a))
+    assert sorted(minutes_of(m) for b in out.values() for m in b) == [30, 30]   # b is presumed dead
+    a.add({IOT: [msg(IOT, 2, 60)], UPD: [msg(UPD, 2, 60)]})
+    a.peer("b", {"iot": float("-inf")}, age_s=0.0)      # assigned a partition, not fetched yet: may be anything
+    assert a.release(caught_up(a)) == {}                # its own topic waits too (the earlier report first)
+    a.peer("b", {})                                     # caught up: nothing to wait for
+    assert sorted(minutes_of(m) for b in a.release(caught_up(a)).values() for m in b) == [60, 60]
+
+
+def test_the_fronts_a_process_publishes_read_back() -> None:
+    from pipeline.runtime.peers import decode, encode
+
+    front, age = decode(encode({"iot": float("-inf"), "upd": 1.5e9, "x": float("inf")}))
+    assert front == {"iot": float("-inf"), "upd": 1.5e9} and 0 <= age < 5
