@@ -106,6 +106,7 @@ class Aligner:
         self.peer_grace_s = 0.0
         self._quiet_until = 0.0
         self.alone: Callable[[], bool] = lambda: False   # owns every partition of its topics: no peer to wait for
+        self.on_own: Callable[[], None] = lambda: None    # `own` changed (pipeline.runtime.peers publishes it)
 
     def _within(self, read: Callable[[bytes], float | None]) -> Callable[[bytes], float | None]:
         def checked(value: bytes) -> float | None:
@@ -184,7 +185,9 @@ class Aligner:
         if self.window is not None:
             self._lo, self._hi = self.window()
         front, end = self._fronts(highwater)
-        self.own = dict(front)
+        if front != self.own:
+            self.own = dict(front)
+            self.on_own()
         if not self.held or (time.monotonic() < self._quiet_until and not self.alone()):
             return {}
         inf = float("inf")

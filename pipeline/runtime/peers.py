@@ -49,7 +49,7 @@ def decode(value: bytes) -> tuple[dict[str, float], float]:
 class AlignPeers:
     """Publishes `aligner.own` and feeds the other processes' fronts into `aligner.peer` (see the module's text)."""
 
-    def __init__(self, settings: Settings, stage: str, aligner: Aligner, interval_s: float = 0.25) -> None:
+    def __init__(self, settings: Settings, stage: str, aligner: Aligner, interval_s: float = 0.05) -> None:
         self.settings = settings
         self.topic = topic_of(settings, stage)
         self.aligner = aligner
@@ -58,7 +58,7 @@ class AlignPeers:
         self._producer: AIOKafkaProducer | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._sent: dict[str, float] | None = None
-        aligner.peer_grace_s = max(aligner.peer_grace_s, 4 * interval_s + 1.0)
+        aligner.peer_grace_s = max(aligner.peer_grace_s, 2.0)
 
     async def start(self) -> None:
         opts = self.settings.aiokafka_options()
@@ -83,16 +83,30 @@ class AlignPeers:
         raise RuntimeError(f"{self.topic}: no partitions")
 
     async def run(self, stopping: Any) -> None:
-        """Until `stopping()`: publish when the fronts changed (and at least every second), read the others'."""
+        """Until `stopping()`: publish the fronts as soon as they change (and at least every second), read the
+        others' as soon as they come (a stage waiting for a peer goes on within milliseconds of its word)."""
         assert self._producer is not None and self._consumer is not None
-        quiet = 0.0
+        changed = asyncio.Event()
+        self.aligner.on_own = changed.set
+        reader = asyncio.ensure_future(self._read(stopping))
+        try:
+            while not stopping():
+                own = self.aligner.own
+                if own != self._sent:
+                    await self._producer.send(self.topic, encode(own), key=self.name)
+                    self._sent = own
+                changed.clear()
+                try:
+                    await asyncio.wait_for(changed.wait(), 1.0)
+                except TimeoutError:
+                    self._sent = None       # said again every second: the others' silence clock
+        finally:
+            reader.cancel()
+
+    async def _read(self, stopping: Any) -> None:
+        assert self._consumer is not None
         while not stopping():
-            own = self.aligner.own
-            if own != self._sent or quiet >= 1.0:
-                await self._producer.send(self.topic, encode(own), key=self.name)
-                self._sent, quiet = own, 0.0
             fetched = await self._consumer.getmany(timeout_ms=int(self.interval * 1000), max_records=1000)
-            quiet += self.interval
             for records in fetched.values():
                 for r in records:
                     if r.key is None or r.key == self.name:

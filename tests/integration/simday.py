@@ -3,7 +3,7 @@ read *through the reports* (how many cases, problems and device faults, who foun
 recur, where each case ended up), and every report's figures over the day, to compare two runs of the same day.
 
 Shared by tests/integration/test_simulated_day.py (the single-node stack, one process per stage) and
-tests/cluster/test_simulated_day_cluster.py (the cluster profile, two per stage, against the single node).
+tests/cluster/test_day_on_the_cluster.py (the cluster profile, two per stage, against the single node).
 """
 
 from __future__ import annotations

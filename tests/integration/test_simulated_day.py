@@ -2,7 +2,7 @@
 reports*: how many cases (problems and device faults), who found each first, which hot spots recur, and where
 each case ended up. The truth (format 2) follows docs/cases.md; a device fault it is not `certain` of (a silence
 near the end of the day) may be raised or not. The run and the oracle: tests/integration/simday.py (the cluster's
-day, tests/cluster/test_simulated_day_cluster.py, uses them too)."""
+day, tests/cluster/test_day_on_the_cluster.py, uses them too)."""
 
 from __future__ import annotations
 
