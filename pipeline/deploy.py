@@ -228,9 +228,7 @@ def _broker_properties(site: Site, i: int, d: Path) -> str:
         f"transaction.state.log.replication.factor={rf}", f"transaction.state.log.min.isr={isr}",
         "transaction.state.log.num.partitions=8",
         f"unclean.leader.election.enable={str(site.kafka['unclean_leader_election']).lower()}",
-        # Kafka's default: the workers of a stage started together get their partitions in one rebalance (with 0
-        # the first to join takes every partition and runs ahead until the others have joined)
-        "group.initial.rebalance.delay.ms=3000", "log.retention.hours=168", "message.max.bytes=4194304",
+        "group.initial.rebalance.delay.ms=0", "log.retention.hours=168", "message.max.bytes=4194304",
         "num.network.threads=2", "num.io.threads=2", "background.threads=2", "log.cleaner.threads=1",
         "num.replica.fetchers=1", ""])
 

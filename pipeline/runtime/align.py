@@ -26,24 +26,11 @@ Which partitions hold the others back, by what is known of their backlog at the 
   fetching for it.
 
 Held records are not processed, so their offsets are not committed: a crash or a rebalance re-reads them.
-
-Several processes of a stage (`make cluster-run`: two ingest workers) each own some partitions of every source, and
-their outputs meet in the located topic: each would keep only its own partitions level, and one that reads faster
-(fewer sensor readings on its partitions) would run hours ahead of the other in event time while both catch up,
-so the case books would see a case's closing feedback after reports made long after it and merge them into it.
-The processes therefore share where they stand (pipeline.runtime.peers): each publishes `own`, the fronts of its
-sources (per topic, the earliest event time it has not sent on), and `peer()` takes the others'; a peer's front
-holds this process's records back as a partition of its own that is waited for (records on their way from there),
-those of its own topic too (two reports of one problem read by two processes: the earlier must open the case).
-A peer not heard of for `PEER_SILENCE_S` seconds (the group's session timeout: it is presumed dead) is not waited
-for. After an assignment a process that does not own every partition of its topics releases nothing for
-`peer_grace_s`, until the peers' fronts have come.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
@@ -53,7 +40,6 @@ import orjson
 from aiokafka import TopicPartition
 
 log = logging.getLogger("cityops.align")
-PEER_SILENCE_S = 10.0
 
 TIME_FIELDS = {            # logical topic -> the field with the event's time (CONTRACTS.md)
     "raw_hotline": "requested_datetime",
@@ -97,16 +83,6 @@ class Aligner:
         self.end: dict[TopicPartition, int] = {}        # end offsets known from before the first fetch
         self.waived: set[TopicPartition] = set()        # partitions the others stopped waiting for (logged once)
         self._heads: dict[TopicPartition, float | None] = {}   # event time of each held partition's first record
-        # this process's fronts per topic as of the last release, before it: every record it has not sent on yet is
-        # at or after them (what its peers wait for); and the peers' own, with when each was heard of
-        self.own: dict[str, float] = {}
-        self.peers: dict[str, tuple[dict[str, float], float]] = {}
-        # with peers: after an assignment nothing is released for this long, so that the peers' fronts have come
-        # (a peer that started with this process has not said anything yet, and the first fetch spans the backlog)
-        self.peer_grace_s = 0.0
-        self._quiet_until = 0.0
-        self.alone: Callable[[], bool] = lambda: False   # owns every partition of its topics: no peer to wait for
-        self.on_own: Callable[[], None] = lambda: None    # `own` changed (pipeline.runtime.peers publishes it)
 
     def _within(self, read: Callable[[bytes], float | None]) -> Callable[[bytes], float | None]:
         def checked(value: bytes) -> float | None:
@@ -123,8 +99,6 @@ class Aligner:
         nothing is known of where its backlog starts in event time, so the other sources wait for it, unless it
         is caught up."""
         if tp not in self.next_offset:
-            if self.peer_grace_s:
-                self.hold(self.peer_grace_s)
             self.next_offset[tp] = position
             self.last[tp] = float("-inf")
             self.starved[tp] = 0.0
@@ -180,50 +154,11 @@ class Aligner:
         Partitions of one topic do not wait for each other: a topic's order across partitions does not matter
         (readings of different sensors; reports of one batch are sorted by time downstream), its order against
         the other sources does. Releasing one source lets the others go further, so each topic goes as far as
-        the others can follow with what was fetched: a batch spans the fetched backlog, not one skew of it.
-        The peers' fronts (other processes of the stage) count as partitions of this one."""
+        the others can follow with what was fetched: a batch spans the fetched backlog, not one skew of it."""
+        if not self.held:
+            return {}
         if self.window is not None:
             self._lo, self._hi = self.window()
-        front, end = self._fronts(highwater)
-        if front != self.own:
-            self.own = dict(front)
-            self.on_own()
-        if not self.held or (time.monotonic() < self._quiet_until and not self.alone()):
-            return {}
-        inf = float("inf")
-        heard = time.monotonic() - PEER_SILENCE_S
-        peers: dict[str, float] = {}    # per topic, the earliest record a peer has not sent on
-        for peer_front, at in self.peers.values():
-            if at >= heard:
-                for x, t in peer_front.items():     # records on their way from about t, as a partition waited for
-                    front[x] = min(front.get(x, inf), t)
-                    end[x] = min(end.get(x, inf), t)
-                    peers[x] = min(peers.get(x, inf), t)
-        # reach[x] = max(front[x], min(end[x], min over other topics y of reach[y] + skew)): the greatest
-        # solution, by relaxation from the ends down (at most one round per topic, as for shortest paths)
-        reach = {x: max(front[x], end.get(x, inf)) for x in front}
-        for _ in range(len(reach) + 1):
-            changed = False
-            for x in reach:
-                r = max(front[x], min(end.get(x, inf), _others(reach, x) + self.skew))
-                if r < reach[x]:
-                    reach[x], changed = r, True
-            if not changed:
-                break
-        return self._release_within(reach, peers)
-
-    def hold(self, seconds: float) -> None:
-        """Release nothing for the next `seconds` (the fronts are still computed and published)."""
-        self._quiet_until = time.monotonic() + seconds
-
-    def peer(self, name: str, front: dict[str, float], age_s: float = 0.0) -> None:
-        """The fronts another process of the stage published `age_s` seconds ago (pipeline.runtime.peers): per
-        topic, the earliest event time it has not sent on; empty: nothing to wait for."""
-        self.peers[name] = (front, time.monotonic() - max(age_s, 0.0))
-
-    def _fronts(self, highwater: Callable[[TopicPartition], int | None]) -> tuple[dict[str, float], dict[str, float]]:
-        """Per topic of this process: its earliest record not yet released (held, or on its way from a partition
-        the others wait for), and how far it can get without another fetch."""
         inf = float("inf")
         front: dict[str, float] = {}   # each topic's earliest record not yet released
         end: dict[str, float] = {}     # how far each topic can get without another fetch
@@ -239,18 +174,24 @@ class Aligner:
             if tp not in self.held and self._waits_for(tp, self.lag(tp, highwater)):
                 front[tp.topic] = min(front.get(tp.topic, inf), t)      # it delivers more soon, from about t
                 end[tp.topic] = min(end.get(tp.topic, inf), t)
-        return front, end
-
-    def _release_within(self, reach: dict[str, float], peers: dict[str, float]) -> dict[TopicPartition, list[Any]]:
-        """Per held partition, the prefix within the skew of the other topics' reach and of the peers' front of its
-        own topic (two reports of one problem read by two processes: the earlier one opens the case)."""
+        # reach[x] = max(front[x], min(end[x], min over other topics y of reach[y] + skew)): the greatest
+        # solution, by relaxation from the ends down (at most one round per topic, as for shortest paths)
+        reach = {x: max(front[x], end.get(x, inf)) for x in front}
+        for _ in range(len(reach) + 1):
+            changed = False
+            for x in reach:
+                r = max(front[x], min(end.get(x, inf), _others(reach, x) + self.skew))
+                if r < reach[x]:
+                    reach[x], changed = r, True
+            if not changed:
+                break
         out: dict[TopicPartition, list[Any]] = {}
         for tp, records in list(self.held.items()):
             read = self.time_of.get(tp.topic)
             if read is None:
                 k, released = len(records), None
             else:
-                limit = min(_others(reach, tp.topic), peers.get(tp.topic, float("inf"))) + self.skew
+                limit = _others(reach, tp.topic) + self.skew
                 head = self._head(tp)
                 if head is not None and head > limit:
                     continue

@@ -349,15 +349,12 @@ class BatchService(Service):
                     self.restored += await restore_changelog(self.settings, self.group, table, new)
             self.owned = set(assigned)
 
-    def derived_topics(self) -> dict[str, str]:
-        """The stage's compacted topics, each with the topic it is partitioned like: each table's changelog."""
-        return {table.topic: source for source, table in self.tables.items()}
-
     def _ensure_topics(self) -> None:
-        """The cityops topics, and the stage's compacted topics (`derived_topics`)."""
+        """The cityops topics, and each table's compacted changelog partitioned like its input topic."""
         from pipeline.runtime.topics import ensure_derived
 
-        counts, self.under_replicated = ensure_derived(self.settings, self.derived_topics(), self.group)
+        counts, self.under_replicated = ensure_derived(
+            self.settings, {table.topic: source for source, table in self.tables.items()}, self.group)
         self.partition_counts.update(counts)
 
 

@@ -2,8 +2,7 @@
 sensor-minute rows out (see pipeline.runtime.consumer for batches, checkpoints and recovery).
 
 Partitions ahead in event time wait while the others catch up on a backlog (pipeline.runtime.align;
-`CITYOPS_ALIGN_SKEW` seconds, default 60, `off` to read them as they come), also those of the other ingest
-processes of the group (pipeline.runtime.peers, through the compacted topic `<app id>-ingest-align`).
+`CITYOPS_ALIGN_SKEW` seconds, default 60, `off` to read them as they come).
 
 State: each sensor's alarm and fault state and current-minute aggregate, per raw.iot partition, in the compacted
 changelog `<app id>-ingest-sensor-state`. A replayed reading is not newer than its sensor's state and is skipped
@@ -29,7 +28,6 @@ from pipeline.runtime.align import Aligner, time_reader
 from pipeline.runtime.changelog import ChangelogTable, json_bytes
 from pipeline.runtime.components import Components, refresh
 from pipeline.runtime.consumer import EXIT_DEADLETTER_LIMIT, BatchService
-from pipeline.runtime.peers import AlignPeers, topic_of
 from pipeline.stages.deadletters import DeadLetterLimitExceeded
 from pipeline.stages.ingest import IngestResult
 from pipeline.stages.patrolreports import refused
@@ -59,40 +57,6 @@ class IngestService(BatchService):
             self.aligner = Aligner({topic: time_reader(src.time_field) for topic, src in self.sources.items()},
                                    skew_s=s.align_skew_s, idle_s=s.align_idle_s, stall_s=s.align_stall_s,
                                    window=components.ingest.decoder.reading_bounds)
-        self.align_peers: AlignPeers | None = None
-
-    def derived_topics(self) -> dict[str, str]:
-        derived = super().derived_topics()
-        if self.aligner is not None:
-            derived[topic_of(self.settings, "ingest")] = self.settings.topics.raw_hotline
-        return derived
-
-    async def on_start(self) -> None:
-        await super().on_start()
-        if self.aligner is not None:
-            self.align_peers = AlignPeers(self.settings, "ingest", self.aligner)
-            await self.align_peers.start()
-            self.aligner.alone = self._owns_every_partition
-
-    def _owns_every_partition(self) -> bool:
-        consumer = self._consumer
-        if consumer is None:
-            return False
-        owned = [tp.topic for tp in self.owned]
-        return all(owned.count(topic) == len(consumer.partitions_for_topic(topic) or ()) for topic in self.topics)
-
-    async def on_stop(self) -> None:
-        if self.align_peers is not None:
-            await self.align_peers.stop()
-        await super().on_stop()
-
-    @Service.task
-    async def _share_alignment(self) -> None:
-        """The other ingest processes' alignment in, this one's out (pipeline.runtime.peers)."""
-        while self.align_peers is None and not self.should_stop:
-            await self.sleep(0.1)
-        if self.align_peers is not None:
-            await self.align_peers.run(lambda: self.should_stop)
 
     async def process(self, records: dict[TopicPartition, list[Any]]) -> None:
         refresh(self.c)
