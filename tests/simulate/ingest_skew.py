@@ -1,0 +1,92 @@
+"""How much case merging depends on two ingest processes being level in event time (README "Running a city: the
+cluster", "Two ingest processes are not level in event time"):
+
+    python -m tests.simulate.ingest_skew [SEED]
+
+A small simulated day (tests/chaos/harness.stream_config(120, 300, SEED)) through the worker's own ingest stage
+twice, as two processes would take it: one with the even partitions of every raw topic (4 partitions, Kafka's key
+partitioner), one with the odd ones, each emitting its located items in event-time order; the two streams are then
+interleaved as they reach a located partition with the second process `lag` minutes of event time behind, and go
+through the case books. Prints, per lag, how many cases (as sets of reports, with their status) differ from one
+process taking everything."""
+
+from __future__ import annotations
+
+import heapq
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from aiokafka.partitioner import murmur2
+
+from pipeline.model.cases import CorrelationPolicy
+from pipeline.simulate import SimMessage
+from pipeline.simulate.generate import simulate
+from pipeline.simulate.world import World
+from pipeline.stages.cases import CaseBook
+from pipeline.stages.casestage import CaseStage
+from pipeline.wire import Message
+from tests.chaos.harness import stream_config
+from tests.simulate.chain import SOURCE, worker_ingest
+
+PARTITIONS = 4
+
+
+def partition(m: SimMessage) -> int:
+    return int(murmur2(m.key) & 0x7FFFFFFF) % PARTITIONS if m.key else 0
+
+
+def located(world: World, registry: Path, messages: list[SimMessage]) -> list[tuple[float, str, bytes]]:
+    """(event time, book key, located item) of every message, as one ingest process emits them."""
+    ingest = worker_ingest(world, registry)
+    states: dict[str, Any] = {}
+    out = []
+    for i, m in enumerate(messages):
+        batch = [Message(m.topic, 0, i, m.value, m.key)]
+        if m.topic in SOURCE:
+            res = ingest.reports(SOURCE[m.topic], batch)  # type: ignore[arg-type]
+        elif m.topic == "raw_iot":
+            res = ingest.readings(batch, states)
+        else:
+            res = ingest.updates(batch)
+        out += [(at, key, value) for at, (key, value) in zip(res.located_at, res.located, strict=True)]
+    return out
+
+
+def cases(world: World, items: list[tuple[float, str, bytes]]) -> dict[frozenset[str], str]:
+    """The cases the books make of `items` in this order: {its reports: its status}."""
+    stage = CaseStage(world.rules, CorrelationPolicy())
+    books: dict[str, CaseBook] = {}
+    states: dict[str, Any] = {}
+    member: dict[str, str] = {}
+    for _, key, value in items:
+        out = stage.apply([(key, value)], books)
+        states.update(out.states)
+        member.update({e.event_id: e.case_id for e in out.events})
+    groups: dict[str, set[str]] = {}
+    for event, case in member.items():
+        groups.setdefault(case, set()).add(event)
+    return {frozenset(g): str(states[c]["status"]) for c, g in groups.items()}
+
+
+def main(seed: int = 11) -> None:
+    world = World()
+    sim = simulate(stream_config(120, 300, seed))
+    with tempfile.TemporaryDirectory() as tmp:
+        registry = Path(tmp) / "sensors.csv"
+        sim.write_registry(registry)
+        messages = list(sim.messages())
+        alone = cases(world, sorted(located(world, registry, messages), key=lambda x: x[0]))
+        a = located(world, registry, [m for m in messages if partition(m) % 2 == 0])
+        b = located(world, registry, [m for m in messages if partition(m) % 2 == 1])
+    print(f"{len(messages):,} messages; one ingest process: {len(alone)} cases")
+    for lag in (0, 1, 5, 15, 60, 240):
+        merged = heapq.merge([(t, 0, k, v) for t, k, v in a], [(t + lag * 60, 1, k, v) for t, k, v in b])
+        got = cases(world, [(t, k, v) for t, _, k, v in merged])
+        differ = sum(1 for c in set(got) | set(alone) if got.get(c) != alone.get(c))
+        print(f"second process {lag:>3} min behind: {len(got)} cases, {differ} differ from one process")
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 11)
