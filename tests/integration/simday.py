@@ -26,10 +26,10 @@ from tests.chaos.harness import json_messages, lag
 from tests.support import running_worker, wait_for
 
 
-def run_day(s: Settings, sim: Simulation, tmp_path: Path, workers: int = 1,
+def run_day(s: Settings, sim: Simulation, tmp_path: Path, ingest: int = 1, cases: int = 1,
             env: dict[str, str] | None = None) -> None:
-    """Feed the whole day, then run `workers` processes of each stage until everything is stored and committed and
-    the case transitions stop changing. The topics and schema of `s` must exist.
+    """Feed the whole day, then run `ingest` and `cases` processes of the two stages until everything is stored and
+    committed and the case transitions stop changing. The topics and schema of `s` must exist.
 
     The whole day is at the broker before the workers start: they catch up on a backlog of known size, which the
     aligner (pipeline.runtime.align) reads level in event time across the sources, so the stage sees each book's
@@ -42,7 +42,7 @@ def run_day(s: Settings, sim: Simulation, tmp_path: Path, workers: int = 1,
     truth = sim.truth.to_json()
     expected_reports = sum(len(c["reports"]) for c in truth["cases"] if c["certain"])
     produce_simulation(s, sim, "max")
-    logs = [tmp_path / f"{stage}-{i}.log" for i in range(workers) for stage in ("cases", "ingest")]
+    logs = [tmp_path / f"{stage}-{i}.log" for stage, n in (("cases", cases), ("ingest", ingest)) for i in range(n)]
     ch = ClickHouse(s)
     try:
         with ExitStack() as running:
