@@ -35,5 +35,9 @@ def test_kill_9_mid_stream_then_restart_loses_and_doubles_nothing(tmp_path: Path
         p.kill(first)
         second = p.start_worker(1)
         wait_drained(p, timeout_s=400, alive=[second])
+        # the new worker took the killed one's slot and removed its member from each group at once, rather
+        # than waiting for its session to time out (issue #23's recovery)
+        for group in p.groups:
+            assert f"{group}: the previous process of this slot was still a member" in p.tail(1, 100_000), p.tail(1)
         problems = all_problems(p, expected)
         assert not problems, "\n".join(problems) + "\n" + p.tail(1)
