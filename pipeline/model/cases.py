@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import sys
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -301,18 +302,63 @@ def _round_to_dict(r: Round) -> dict[str, Any]:
     return d
 
 
+# Decoded cases share what a month of cases repeats (issue #23: a worker keeps every open and recently closed case
+# of its books in memory, and each decoded string or time was an object of its own): the strings of these fields
+# are interned, and a case's equal times are one datetime.
+_SHARED_CASE = ("category", "cell", "subdistrict", "grid_kind", "discovered_by", "kind", "scope", "team", "status",
+                "rule_id", "reason", "escalate_to", "ruleset_version", "grid_version")
+_SHARED_ROUND = ("team", "kind", "rule_id", "outcome", "verified_by")
+_SHARED_EVENT = ("source", "category", "request_type", "channel", "sensor_type", "scope", "fault")
+
+
+def _shared(value: Any) -> Any:
+    if type(value) is str:
+        return sys.intern(value)
+    if type(value) is list:
+        return [_shared(v) for v in value]
+    return value
+
+
 def _case_from_dict(d: dict[str, Any]) -> Case:
     # unknown keys (a newer writer) are dropped and missing ones take their defaults (an older writer)
     d = {k: v for k, v in d.items() if k in _CASE_FIELDS}
+    times: dict[float, datetime] = {}
     for k in _CASE_TIMES:
         if k in d:
-            d[k] = _dt(d[k])
-    rounds = [_round_from_dict(r) for r in d.pop("rounds", ())]
+            d[k] = _dt_shared(d[k], times)
+    for k in _SHARED_CASE:
+        if k in d:
+            d[k] = _shared(d[k])
+    for k in ("sources", "dispatched_at_place"):
+        if k in d:
+            d[k] = _shared(d[k])
+    event = d.get("first_event")
+    if event:
+        for k in _SHARED_EVENT:
+            if k in event:
+                event[k] = _shared(event[k])
+        if "location" in event:
+            event["location"] = _shared(event["location"])
+    rounds = [_round_from_dict(r, times) for r in d.pop("rounds", ())]
     return Case(**d, rounds=rounds)
 
 
-def _round_from_dict(d: dict[str, Any]) -> Round:
-    values: dict[str, Any] = {k: (_dt(v) if k in _ROUND_TIMES else v) for k, v in d.items() if k in _ROUND_FIELDS}
+def _dt_shared(ts: float | None, times: dict[float, datetime]) -> datetime | None:
+    if ts is None:
+        return None
+    at = times.get(ts)
+    if at is None:
+        at = times[ts] = datetime.fromtimestamp(ts, UTC)
+    return at
+
+
+def _round_from_dict(d: dict[str, Any], times: dict[float, datetime] | None = None) -> Round:
+    times = {} if times is None else times
+    values: dict[str, Any] = {k: (_dt_shared(v, times) if k in _ROUND_TIMES else v) for k, v in d.items()
+                              if k in _ROUND_FIELDS}
+    for k in _SHARED_ROUND:
+        if k in values:
+            values[k] = _shared(values[k])
     return Round(**values)
 
 
