@@ -67,7 +67,7 @@ class CorrelationPolicy:
 
 # -- the case -----------------------------------------------------------------------------------------------
 
-@dataclass
+@dataclass(slots=True)
 class Round:
     """One dispatch of the case to a team (docs/cases.md §3.1)."""
 
@@ -91,7 +91,7 @@ class Round:
     extensions: int = 0            # deadline extensions granted (延期, §4.6)
 
 
-@dataclass
+@dataclass(slots=True)      # a worker holds a month of cases (issue #23): no __dict__ of 49 fields each
 class Case:
     case_id: str
     category: str
@@ -283,12 +283,14 @@ _CASE_TIMES = ("created_at", "due_at", "case_due_at", "first_dispatched_at", "cl
                "verify_due_at", "last_report_at", "last_update_at", "previous_closed_at")
 _ROUND_TIMES = ("dispatched_at", "due_at", "accept_due_at", "accepted_at", "resolved_at", "ended_at",
                 "escalated_at", "verify_due_at", "verified_at", "verify_escalated_at")
-_CASE_FIELDS = frozenset(f.name for f in fields(Case))
-_ROUND_FIELDS = frozenset(f.name for f in fields(Round))
+_CASE_NAMES = tuple(f.name for f in fields(Case))
+_ROUND_NAMES = tuple(f.name for f in fields(Round))
+_CASE_FIELDS = frozenset(_CASE_NAMES)
+_ROUND_FIELDS = frozenset(_ROUND_NAMES)
 
 
 def _case_to_dict(case: Case) -> dict[str, Any]:
-    d = dict(case.__dict__)
+    d = {name: getattr(case, name) for name in _CASE_NAMES}
     for k in _CASE_TIMES:
         d[k] = _ts(d[k])
     d["rounds"] = [_round_to_dict(r) for r in case.rounds]
@@ -296,7 +298,7 @@ def _case_to_dict(case: Case) -> dict[str, Any]:
 
 
 def _round_to_dict(r: Round) -> dict[str, Any]:
-    d = dict(r.__dict__)
+    d = {name: getattr(r, name) for name in _ROUND_NAMES}
     for k in _ROUND_TIMES:
         d[k] = _ts(d[k])
     return d
