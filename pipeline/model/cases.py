@@ -13,6 +13,9 @@ from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import msgspec
+import orjson
+
 from pipeline.model.events import Event, Location, record
 from pipeline.model.records import CaseRow, RoundRow
 
@@ -283,6 +286,8 @@ _CASE_TIMES = ("created_at", "due_at", "case_due_at", "first_dispatched_at", "cl
                "verify_due_at", "last_report_at", "last_update_at", "previous_closed_at")
 _ROUND_TIMES = ("dispatched_at", "due_at", "accept_due_at", "accepted_at", "resolved_at", "ended_at",
                 "escalated_at", "verify_due_at", "verified_at", "verify_escalated_at")
+# numbers as times: the records hold POSIX seconds (`_case_to_dict`); msgspec gives the same aware UTC datetime
+_CASE_JSON = msgspec.json.Decoder(Case, strict=False)
 _CASE_NAMES = tuple(f.name for f in fields(Case))
 _ROUND_NAMES = tuple(f.name for f in fields(Round))
 _CASE_FIELDS = frozenset(_CASE_NAMES)
@@ -334,15 +339,47 @@ def _case_from_dict(d: dict[str, Any]) -> Case:
     for k in ("sources", "dispatched_at_place"):
         if k in d:
             d[k] = _shared(d[k])
-    event = d.get("first_event")
+    _share_event(d.get("first_event"))
+    rounds = [_round_from_dict(r, times) for r in d.pop("rounds", ())]
+    return Case(**d, rounds=rounds)
+
+
+def case_from_json(raw: bytes) -> Case:
+    """A case from its JSON (`to_dict`), as `Case.from_dict(orjson.loads(raw))` makes it, decoded typed: a restarted
+    worker decodes a month of cases before its first batch (65,592 in the bench's month; 0.24 against 1.14 CPU-s
+    for 10,807). Lax, as the records hold times as numbers: a number written as text is taken as the number. A
+    record the types refuse (an older writer's, say) takes `from_dict`'s way."""
+    try:
+        case = _CASE_JSON.decode(raw)
+    except msgspec.ValidationError:
+        return _case_from_dict(orjson.loads(raw))
+    times: dict[datetime, datetime] = {}
+    for k in _CASE_TIMES:
+        at = getattr(case, k)
+        if at is not None:
+            setattr(case, k, times.setdefault(at, at))
+    for k in _SHARED_CASE:
+        setattr(case, k, _shared(getattr(case, k)))
+    case.sources = _shared(case.sources)
+    case.dispatched_at_place = _shared(case.dispatched_at_place)
+    _share_event(case.first_event)
+    for r in case.rounds:
+        for k in _ROUND_TIMES:
+            at = getattr(r, k)
+            if at is not None:
+                setattr(r, k, times.setdefault(at, at))
+        for k in _SHARED_ROUND:
+            setattr(r, k, _shared(getattr(r, k)))
+    return case
+
+
+def _share_event(event: dict[str, Any] | None) -> None:
     if event:
         for k in _SHARED_EVENT:
             if k in event:
                 event[k] = _shared(event[k])
         if "location" in event:
             event["location"] = _shared(event["location"])
-    rounds = [_round_from_dict(r, times) for r in d.pop("rounds", ())]
-    return Case(**d, rounds=rounds)
 
 
 def _dt_shared(ts: float | None, times: dict[float, datetime]) -> datetime | None:

@@ -11,6 +11,7 @@ are recognised by their stable ids (pipeline.stages.cases), so a replay changes 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -20,7 +21,7 @@ from aiokafka import TopicPartition
 from aiokafka.partitioner import murmur2
 from mode import Service
 
-from pipeline.model.cases import Case, CorrelationPolicy
+from pipeline.model.cases import Case, CorrelationPolicy, case_from_json
 from pipeline.model.events import CaseUpdate
 from pipeline.runtime.changelog import ChangelogTable, json_bytes
 from pipeline.runtime.components import Components, refresh
@@ -97,7 +98,7 @@ class BookCache:
                     if cid.endswith(PARKED):
                         assert isinstance(value, bytes)
                         continue
-                    case = value if isinstance(value, Case) else Case.from_dict(orjson.loads(value))
+                    case = value if isinstance(value, Case) else case_from_json(value)
                     live[cid] = case
                     cases.append(case)
                 book = CaseBook.from_cases(key, cases, self.policy)
@@ -150,7 +151,15 @@ class CasesService(BatchService):
     async def process(self, records: dict[TopicPartition, list[Any]]) -> None:
         refresh(self.c)
         items = [(r.key.decode(), r.value) for batch in records.values() for r in batch]
-        books = self.books.load({key for key, _ in items})
+        books: dict[str, CaseBook] = {}
+        for key in {key for key, _ in items}:
+            if key not in self.books.books:
+                # A book not in memory yet is decoded from the table (after a start or a rebalance): a month of a
+                # sub-district's cases takes seconds on a busy machine. The event loop runs between books, so the
+                # group heartbeats of both stages go on (a 15 s first batch after a restart, all eight books of
+                # the bench's month at once, cost the ingest stage its membership: issue #23).
+                await asyncio.sleep(0)
+            books.update(self.books.load([key]))
         out = self.c.cases.apply(items, books)
         self.books.adopt(books)
         await self._emit(out)

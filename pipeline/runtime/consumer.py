@@ -173,8 +173,9 @@ class BatchService(Service):
         if resp.error_code == 0:        # the previous process of this slot died in the group: worth a line
             log.warning("%s: the previous process of this slot was still a member (%s), removed from the group",
                         self.group, member)
-        else:
-            log.info("%s: previous member %s of this slot already gone: %s", self.group, member, self.evicted)
+        else:                           # it timed out already (or the coordinator says why not)
+            log.warning("%s: the previous process of this slot had left the group already (%s: %s)", self.group,
+                        member, self.evicted)
 
     async def on_stop(self) -> None:
         if self._consumer is not None:
