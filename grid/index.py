@@ -108,6 +108,11 @@ class GridIndex:
     def __len__(self) -> int:
         return len(self._cols)
 
+    def __setstate__(self, state: dict[str, object]) -> None:
+        # an index read back from the grid cache (grid.cache): shapely does not keep the prepared state
+        self.__dict__.update(state)
+        shapely.prepare(self._geoms)
+
     def _classify_sub_squares(self) -> tuple[npt.NDArray[np.uint8], IntArray]:
         """For each clipped cell, a SUB×SUB array of sub-square classes; slot per cell (-1 for whole squares)."""
         clipped = np.flatnonzero(~self._full)
@@ -315,36 +320,55 @@ class GridHolder(WatchedFile[GridIndex]):
     see a half-loaded grid). `reload()` validates and swaps; on any problem it keeps the old index, records
     `last_error` and returns False. `maybe_reload()` is cheap (one `stat`) and reloads only when the file
     changed since the last attempt, so a bad file is reported once, not every few seconds. A file of the grid
-    version already running is not indexed again.
+    version already running is not indexed again. With `cache_dir`, the index of a file that passed validation
+    is kept there, and a worker started again on the same file reads it back instead (grid.cache).
     """
 
     label = "grid"
     refused = (ValueError,)          # GridFileError is one too
 
-    def __init__(self, path: Path | None = None, snap_tolerance_m: float = DEFAULT_SNAP_TOLERANCE_M) -> None:
+    def __init__(self, path: Path | None = None, snap_tolerance_m: float = DEFAULT_SNAP_TOLERANCE_M,
+                 cache_dir: Path | None = None) -> None:
         self.snap_tolerance_m = snap_tolerance_m
+        self.cache_dir = cache_dir      # where validated indexes are kept (grid.cache); None: no cache
         super().__init__(Path(path) if path is not None else CELLS_FILE)
 
     def first(self) -> GridIndex:
-        from grid.validate import validate_parsed
-
-        grid = read_grid_file(self.file())
-        problems = validate_parsed(grid)
-        if problems:
-            raise ValueError(f"{self.path}: invalid grid, refusing to start: {'; '.join(problems[:5])}")
-        return GridIndex(grid, self.snap_tolerance_m)
+        return self._load(first=True)
 
     def load(self) -> GridIndex:
+        return self._load(first=False)
+
+    def _load(self, first: bool) -> GridIndex:
+        from grid import cache
+        from grid.gridfile import GridFileError, parse_grid_bytes
         from grid.validate import validate_parsed
 
-        grid = read_grid_file(self.file())
+        path = self.file()
+        try:
+            data = path.read_bytes()
+        except OSError as err:
+            raise GridFileError(f"{path}: cannot read: {err.strerror}") from None
+        key = cache.cache_key(data, str(path), self.snap_tolerance_m) if self.cache_dir is not None else None
+        if key is not None and self.cache_dir is not None:
+            kept = cache.load_cached(self.cache_dir, key)
+            if isinstance(kept, GridIndex):       # this very file passed validation when it was stored
+                if not first and kept.version == self.current.version:
+                    return self.current
+                return kept
+        grid = parse_grid_bytes(data, str(path))
         problems = validate_parsed(grid)
         if problems:
+            if first:
+                raise ValueError(f"{self.path}: invalid grid, refusing to start: {'; '.join(problems[:5])}")
             more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
             raise ValueError(f"refused {self.path}: " + "; ".join(problems[:3]) + more)
-        if grid.version == self.current.version:
+        if not first and grid.version == self.current.version:
             return self.current
-        return GridIndex(grid, self.snap_tolerance_m)
+        index = GridIndex(grid, self.snap_tolerance_m)
+        if key is not None and self.cache_dir is not None:
+            cache.store(self.cache_dir, key, index)
+        return index
 
     def same(self, old: GridIndex, new: GridIndex) -> bool:
         return old is new

@@ -56,7 +56,8 @@ def test_configured_values_win_and_impossible_ones_are_refused() -> None:
 def test_new_topics_carry_the_factor_and_min_isr() -> None:
     topic = new_topic("x", 4, Replication(3, 2), compact=True)
     assert topic.replication_factor == 3 and topic.num_partitions == 4
-    assert topic.topic_configs == {"min.insync.replicas": "2", "cleanup.policy": "compact"}
+    assert topic.topic_configs == {"min.insync.replicas": "2", "cleanup.policy": "compact",
+                                   "segment.bytes": str(8 * 1024 * 1024), "segment.ms": "3600000"}
 
 
 def test_under_replicated_topics_are_named_with_what_they_have() -> None:

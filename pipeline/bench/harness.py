@@ -176,7 +176,8 @@ def workers(settings: Settings, n: int, registry: Path, log_dir: Path, extra_env
                 name = f"{settings.topic_prefix}-worker{k}" + ("" if stage == "all" else f"-{stage}")
                 with (log_dir / f"{name}.log").open("ab") as log:
                     procs.append(subprocess.Popen(
-                        [sys.executable, "-m", "pipeline.cli", "worker", "--loglevel", "warn", "--stage", stage],
+                        [sys.executable, "-m", "pipeline.cli", "worker", "--loglevel",
+                         os.environ.get("CITYOPS_BENCH_WORKER_LOGLEVEL", "warn"), "--stage", stage],
                         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
         yield procs
     finally:

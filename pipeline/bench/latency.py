@@ -70,6 +70,7 @@ class AssignmentClock:
         from kafka import KafkaConsumer, TopicPartition
 
         self.arrived: dict[str, float] = {}
+        self.stamped: dict[str, float] = {}    # the dispatch record's CreateTime: when the worker sent it
         self._stop = threading.Event()
         opts = settings.kafka_client_options()
         self.consumer = KafkaConsumer(group_id=None, fetch_max_wait_ms=10, **opts)
@@ -88,6 +89,7 @@ class AssignmentClock:
                     a = orjson.loads(m.value)
                     if a.get("kind", "dispatch") == "dispatch":
                         self.arrived.setdefault(a["case_id"], now)
+                        self.stamped.setdefault(a["case_id"], m.timestamp / 1000)
 
     def close(self) -> None:
         self._stop.set()
@@ -158,6 +160,13 @@ def run_latency(base: Settings, inp: BenchInput, tag: str, cfg: BenchConfig) -> 
     for name, sent in (("paced", sent_paced), ("max", sent_max)):
         lat = [(clock.arrived[c] - t) * 1000 for c, t in sent.items() if c in clock.arrived
                and (name == "max" or t >= warm)]
+        # where the time goes: until the worker sent the dispatch (the record's CreateTime, same clock: this
+        # machine), and from there to the consumer (the producer's linger and acks, the broker, the fetch)
+        worker = [(clock.stamped[c] - t) * 1000 for c, t in sent.items() if c in clock.stamped
+                  and (name == "max" or t >= warm)]
+        delivery = [(clock.arrived[c] - clock.stamped[c]) * 1000 for c, t in sent.items() if c in clock.stamped
+                    and (name == "max" or t >= warm)]
         result[name] = {**percentiles(lat), "cases_sent": len(sent),
-                        "cases_seen": sum(1 for c in sent if c in clock.arrived)}
+                        "cases_seen": sum(1 for c in sent if c in clock.arrived),
+                        "to_send": percentiles(worker), "send_to_arrival": percentiles(delivery)}
     return result

@@ -71,6 +71,12 @@ def render(result: dict[str, Any]) -> str:
             r = lat[name]
             lines.append(f"{label:<46}{r['n']:>8,}{_num(r['p50_ms']):>10}{_num(r['p99_ms']):>10}"
                          f"{_num(r['max_ms']):>10}")
+            for part, text in (("to_send", "  of which until the worker sent it"),
+                               ("send_to_arrival", "  of which from its send to the consumer")):
+                q = r.get(part)
+                if q:
+                    lines.append(f"{text:<46}{q['n']:>8,}{_num(q['p50_ms']):>10}{_num(q['p99_ms']):>10}"
+                                 f"{_num(q['max_ms']):>10}")
     nt = result.get("notify")
     if nt:
         lines.append("")

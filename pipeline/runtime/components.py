@@ -70,7 +70,7 @@ def load_components(settings: Settings, sink: Sink | None = None) -> Components:
     """Load grid, gazetteer, rules, sensor registry and the sink; fail loudly when any is invalid."""
     # a missing or weak key in production stops the worker before it reads a single ticket
     key = pii_key(settings.pii_key, settings.production)
-    grid_holder = GridHolder(settings.grid_path) if settings.grid_path else GridHolder()
+    grid_holder = GridHolder(settings.grid_path or None, cache_dir=settings.var_dir / "cache" / "grid")
     rules_holder = RulesHolder(settings.rules_path)
     registry = RegistryHolder(settings.sensors_path)
     decoder = default_decoder(timedelta(seconds=settings.max_ahead_s), pii_key=key)

@@ -102,6 +102,7 @@ class BatchService(Service):
         self._ends_unknown: set[TopicPartition] = set()     # assigned partitions whose end offset is not known
         self._ends_retry_at = 0.0
         self._stalled = False
+        self.evicted: str | None = None     # the answer to removing this slot's previous member, if one was left
 
     # -- what a stage implements -------------------------------------------------------------------------------
 
@@ -141,7 +142,40 @@ class BatchService(Service):
             max_partition_fetch_bytes=self.settings.fetch_partition_bytes,
             **opts)
         await self._consumer.start()
+        await self._evict_predecessor()
         self._consumer.subscribe(list(self.topics), listener=_Listener(self))
+
+    async def _evict_predecessor(self) -> None:
+        """Take a killed predecessor's place in the group at once. A process killed without leaving (SIGKILL,
+        OOM, a lost machine) stays a member until its session times out (10 s), and the group assigns nothing
+        until then: a restarted worker waited for it before it could restore anything (issue #23's recovery
+        phase). The lock file of this process's slot holds the member id its last holder had, and the kernel
+        released that lock, so that process is gone: a LeaveGroup in its name removes it now. A member id
+        the group no longer knows (it timed out, or left cleanly) is answered with an error and nothing else
+        happens. Static membership (KIP-345) would do the same but keeps a cleanly stopped worker's partitions
+        until its session times out too: aiokafka sends no LeaveGroup for a static member."""
+        assert self._slot is not None and self._consumer is not None
+        member = self._slot.predecessor
+        client = getattr(self._consumer, "_client", None)
+        if not member or client is None:
+            return
+        from aiokafka.client import CoordinationType
+        from aiokafka.errors import for_code
+        from aiokafka.protocol.group import LeaveGroupRequest
+
+        try:
+            coordinator = await asyncio.wait_for(client.coordinator_lookup(CoordinationType.GROUP, self.group), 10)
+            resp = await asyncio.wait_for(client.send(coordinator, LeaveGroupRequest(self.group, member)), 10)
+        except Exception as err:        # the session timeout removes it instead
+            log.warning("%s: could not remove the previous member %s of this slot: %s", self.group, member, err)
+            return
+        self.evicted = for_code(resp.error_code).__name__
+        if resp.error_code == 0:        # the previous process of this slot died in the group: worth a line
+            log.warning("%s: the previous process of this slot was still a member (%s), removed from the group",
+                        self.group, member)
+        else:                           # it timed out already (or the coordinator says why not)
+            log.warning("%s: the previous process of this slot had left the group already (%s: %s)", self.group,
+                        member, self.evicted)
 
     async def on_stop(self) -> None:
         if self._consumer is not None:
@@ -150,7 +184,9 @@ class BatchService(Service):
                     await self._checkpoint()
                 except Exception as err:   # the replay after the restart covers what this did not store
                     log.warning("%s: last checkpoint at shutdown failed: %s", self.group, err)
-            await self._consumer.stop()
+            await self._consumer.stop()     # leaves the group
+            if self._slot is not None:
+                self._slot.forget_member()
         for producer in (self._producer, self._txn):
             if producer is not None:
                 await producer.stop()
@@ -348,6 +384,9 @@ class BatchService(Service):
                 if new:
                     self.restored += await restore_changelog(self.settings, self.group, table, new)
             self.owned = set(assigned)
+            member = getattr(getattr(self._consumer, "_coordinator", None), "member_id", None)
+            if self._slot is not None and isinstance(member, str):
+                self._slot.remember_member(member)
 
     def _ensure_topics(self) -> None:
         """The cityops topics, and each table's compacted changelog partitioned like its input topic."""

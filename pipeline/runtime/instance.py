@@ -1,5 +1,6 @@
-"""A worker process's transactional identity: its slot among the live workers of its group on this host, so a
-restarted worker takes over its predecessor's transactional id (pipeline.runtime.consumer)."""
+"""A worker process's identity: its slot among the live workers of its group on this host, so a restarted worker
+takes over its predecessor's transactional id and evicts its predecessor's group membership at once
+(pipeline.runtime.consumer)."""
 
 from __future__ import annotations
 
@@ -14,11 +15,39 @@ TRANSACTION_TIMEOUT_MS = 60_000  # a transaction left open by a process that die
 
 class InstanceSlot:
     """This process's slot among the live workers of `group` on this host: the lowest number whose lock file no
-    live process holds (the kernel releases a dead process's lock). Gives a stable transactional id."""
+    live process holds (the kernel releases a dead process's lock). Gives a stable transactional id.
+
+    The lock file also holds the consumer group member id of the process holding the slot (`remember_member`,
+    cleared by `forget_member` when it leaves the group cleanly): a process taking the slot over finds there the
+    member id its killed predecessor left in the group (`predecessor`)."""
 
     def __init__(self, path: Path, fd: int, number: int, group: str) -> None:
         self.path, self._fd, self.number = path, fd, number
         self.transactional_id = f"{group}-{socket.gethostname()}-{number}"
+        self.predecessor = self._read()     # the member id the slot's last holder left behind, or ""
+        self._member = self.predecessor
+
+    def _read(self) -> str:
+        try:
+            return os.pread(self._fd, 512, 0).decode("utf-8", "replace").strip()
+        except OSError:
+            return ""
+
+    def remember_member(self, member_id: str) -> None:
+        """Record this process's group member id (written when it changes; a write error only costs the next
+        process's quick takeover)."""
+        if member_id == self._member or self._fd < 0:
+            return
+        try:
+            os.ftruncate(self._fd, 0)
+            os.pwrite(self._fd, member_id.encode(), 0)
+            self._member = member_id
+        except OSError:
+            pass
+
+    def forget_member(self) -> None:
+        """This process left the group cleanly: there is nothing to evict after it."""
+        self.remember_member("")
 
     @classmethod
     def take(cls, directory: Path, group: str, limit: int = 1024) -> InstanceSlot:

@@ -46,10 +46,20 @@ def replication(settings: Settings, admin: KafkaAdminClient) -> Replication:
     return Replication(factor, min_insync)
 
 
+# A compacted topic is cleaned only in its closed segments, and Kafka closes a segment at 1 GiB or after 7 days:
+# a stage's changelog (a month of a district's sensor states is 30 versions of each) was never compacted, and a
+# restarted worker read every version before it could process anything (issue #23). Segments of 8 MiB or an
+# hour leave at most that much uncompacted behind the log cleaner.
+COMPACTED_SEGMENT_BYTES = 8 * 1024 * 1024
+COMPACTED_SEGMENT_MS = 3_600_000
+
+
 def new_topic(name: str, partitions: int, rep: Replication, compact: bool = False) -> NewTopic:
     configs = {"min.insync.replicas": str(rep.min_insync)}
     if compact:
         configs["cleanup.policy"] = "compact"
+        configs["segment.bytes"] = str(COMPACTED_SEGMENT_BYTES)
+        configs["segment.ms"] = str(COMPACTED_SEGMENT_MS)
     return NewTopic(name=name, num_partitions=partitions, replication_factor=rep.factor, topic_configs=configs)
 
 

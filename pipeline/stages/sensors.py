@@ -79,6 +79,10 @@ class SensorState:
     def from_dict(cls, d: dict[str, Any]) -> SensorState:
         """A state from `to_dict`, or from an older version's (fields it lacks take their defaults; an alarm
         restored without its time counts from the sensor's last reading, so it re-alarms `realarm` later)."""
+        if d.keys() == _STATE_NAMES:        # this version's own (a restore decodes every sensor's, issue #23)
+            if d["minute_max"] is None:
+                d["minute_max"] = -math.inf
+            return cls(**d)
         known = {k: v for k, v in d.items() if k in _STATE_NAMES}
         known["minute_max"] = -math.inf if known.get("minute_max") is None else known["minute_max"]
         if known.get("alarm") and "alarm_at" not in known:

@@ -155,3 +155,54 @@ def test_holder_refuses_to_start_on_an_invalid_grid(tmp_path: Path) -> None:
     feats[1]["properties"]["code"] = feats[0]["properties"]["code"]
     with pytest.raises(ValueError, match="invalid grid"):
         GridHolder(write_grid(tmp_path / "g.geojson", feats))
+
+
+def test_a_cached_index_answers_as_the_file_and_follows_its_bytes(tmp_path: Path) -> None:
+    """A worker started again on the same grid file reads its validated index back from the cache (grid.cache):
+    the same answers, prepared geometries included; a changed file misses the cache and is validated again,
+    so an invalid one is still refused; a damaged entry is a miss."""
+    cache = tmp_path / "cache"
+    path = write_grid(tmp_path / "cells.geojson", _copy())
+    first = GridHolder(path, cache_dir=cache).current
+    entries = list(cache.glob("*.pickle"))
+    assert len(entries) == 1
+    again = GridHolder(path, cache_dir=cache).current
+    assert again is not first and again.version == first.version and len(again) == len(first)
+    lons = [121.4815, 121.49, 121.5, 121.47, 0.0, 121.52]
+    lats = [31.279, 31.26, 31.27, 31.28, 0.0, 31.25]
+    # repr: a point outside every cell has distance NaN, which equals nothing
+    assert [repr(again.locate(x, y)) for x, y in zip(lons, lats, strict=True)] == \
+        [repr(first.locate(x, y)) for x, y in zip(lons, lats, strict=True)]
+    feats = _copy()
+    feats[1]["properties"]["code"] = feats[0]["properties"]["code"]
+    write_grid(path, feats)
+    with pytest.raises(ValueError, match="invalid grid"):
+        GridHolder(path, cache_dir=cache)
+    assert list(cache.glob("*.pickle")) == entries          # an invalid file is never stored
+    write_grid(path, _copy(), edition="2025-06-01")
+    assert GridHolder(path, cache_dir=cache).current.version.startswith("2025-06-01.")
+    assert len(list(cache.glob("*.pickle"))) == 2
+    for entry in cache.glob("*.pickle"):
+        entry.write_bytes(b"not a pickle")
+    assert GridHolder(path, cache_dir=cache).current.version.startswith("2025-06-01.")
+
+
+def test_a_reload_through_the_cache_still_refuses_and_swaps(tmp_path: Path) -> None:
+    """With a cache, a running holder still keeps its grid for an invalid file and swaps for a valid one, also
+    when that file's index was stored by another process before."""
+    cache = tmp_path / "cache"
+    path = write_grid(tmp_path / "cells.geojson", _copy())
+    holder = GridHolder(path, cache_dir=cache)
+    before = holder.current
+    feats = _copy()
+    feats[1]["properties"]["code"] = feats[0]["properties"]["code"]
+    write_grid(path, feats)
+    _bump_mtime(path)
+    assert holder.maybe_reload() is False and holder.current is before
+    write_grid(path, _copy(), edition="2025-06-01")
+    GridHolder(path, cache_dir=cache)                       # another process stores the new edition's index
+    _bump_mtime(path)
+    assert holder.maybe_reload() is True
+    assert holder.current.version.startswith("2025-06-01.")
+    _bump_mtime(path)
+    assert holder.maybe_reload() is False                   # the same version again: no swap

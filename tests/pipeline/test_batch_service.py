@@ -266,3 +266,23 @@ def test_nothing_is_fetched_before_the_assignment_is_owned() -> None:
     out, fetched = asyncio.run(svc._next_records())
     assert fetched and out == {}, "the readings' backlog of 500 must hold the patrol report back"
     assert svc.aligner.lag(iot, consumer.highwater) == 500
+
+
+def test_a_slot_hands_its_member_id_to_the_process_that_takes_it_over(tmp_path: Path) -> None:
+    """The lock file keeps the group member id of its holder: a process killed without leaving the group leaves
+    it to its successor in the slot (which removes it from the group at once); a clean leave clears it."""
+    code = ("import time; from pathlib import Path; from pipeline.runtime.instance import InstanceSlot; "
+            f"s = InstanceSlot.take(Path({str(tmp_path)!r}), 'g'); s.remember_member('m-1'); "
+            "s.remember_member('m-2'); print(s.predecessor or '-', flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "-"
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+    after = InstanceSlot.take(tmp_path, "g")
+    assert after.number == 0 and after.predecessor == "m-2"
+    after.remember_member("m-3")
+    after.forget_member()
+    after.release()
+    assert InstanceSlot.take(tmp_path, "g").predecessor == ""

@@ -103,3 +103,31 @@ def test_registry_holder_swaps_a_valid_file_and_refuses_a_corrupt_one(tmp_path: 
     assert not holder.maybe_reload()
     assert set(holder.current.sensors) == {"S-1", "S-2"} and holder.refusals == 1
     assert holder.last_error and "unknown sensor type 'teleporter'" in holder.last_error
+
+
+def test_a_restored_state_is_the_state_that_was_stored_whatever_its_version() -> None:
+    """The changelog's sensor states decode typed (the restore's fast path) to exactly what `from_dict` makes of
+    them: this version's states, an older version's without `alarm_at` (its alarm counts from the last reading),
+    a state with no reading this minute (`minute_max` null), one with fields of a newer version."""
+    import math
+
+    import orjson
+
+    from pipeline.runtime.ingest import _decode_state, _encode_state
+
+    states = [SensorState(), SensorState(alarm=True, streak=3, last_at=1.7e9 + 0.25, last_value=-2.5, alarms=7,
+                                         minute=1.7e9, minute_readings=4, minute_max=12.75, late=2,
+                                         extra={"k": [1, "x"]}, alarm_at=1.6e9, errors=1, repeats=5,
+                                         same_since=1.5e9, fault="stuck", faults=2, fault_kind="stuck",
+                                         fault_at=1.55e9, fault_value=3.0)]
+    for state in states:
+        raw = _encode_state(state)
+        assert _decode_state(raw) == SensorState.from_dict(orjson.loads(raw)) == state
+    old = {"alarm": True, "streak": 0, "last_at": 1.7e9, "last_value": 9.0, "alarms": 1, "minute": 1.7e9,
+           "minute_readings": 1, "minute_max": 9.0, "late": 0, "extra": {}}
+    restored = _decode_state(orjson.dumps(old))
+    assert restored.alarm_at == 1.7e9 and restored == SensorState.from_dict(dict(old))
+    empty = {**SensorState(last_at=5.0).to_dict(), "minute_max": None}
+    assert _decode_state(orjson.dumps(empty)).minute_max == -math.inf
+    newer = {**states[1].to_dict(), "battery": 0.5}
+    assert _decode_state(orjson.dumps(newer)) == states[1]

@@ -13,6 +13,7 @@ import csv
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from dataclasses import fields as dataclass_fields
 from datetime import UTC, datetime, timedelta
 from functools import cache
 from pathlib import Path
@@ -249,7 +250,8 @@ def check(r: Run) -> list[str]:
             problems.append(f"case {label}: the same case as {[k for k, v in r.labels.items() if v == case.case_id]}")
         problems += _diff(f"case {label}", want, _case_fields(case, r), s)
         for i, (rw, rg) in enumerate(zip(s.expect.rounds.get(label, ()), case.rounds, strict=False)):
-            problems += _diff(f"case {label} round {i + 1}", rw, dict(rg.__dict__), s)
+            got_round = {f.name: getattr(rg, f.name) for f in dataclass_fields(rg)}
+            problems += _diff(f"case {label} round {i + 1}", rw, got_round, s)
         if label in s.expect.rounds and len(s.expect.rounds[label]) != len(case.rounds):
             problems.append(f"case {label}: expected {len(s.expect.rounds[label])} rounds, got {len(case.rounds)}")
     got = r.outcome.assignments
