@@ -177,7 +177,7 @@ def workers(settings: Settings, n: int, registry: Path, log_dir: Path, extra_env
                 with (log_dir / f"{name}.log").open("ab") as log:
                     procs.append(subprocess.Popen(
                         [sys.executable, "-m", "pipeline.cli", "worker", "--loglevel",
-                         os.environ.get("CITYOPS_BENCH_WORKER_LOGLEVEL", "warn"), "--stage", stage],
+                         env.get("CITYOPS_BENCH_WORKER_LOGLEVEL", "warn"), "--stage", stage],
                         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
         yield procs
     finally:

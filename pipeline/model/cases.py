@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import math
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 import msgspec
 import orjson
 
-from pipeline.model.events import Event, Location, record
+from pipeline.model.events import Event, Location
 from pipeline.model.records import CaseRow, RoundRow
 
 OUTSIDE_KEY = "outside"
@@ -200,49 +201,6 @@ class Case:
         )
 
 
-@record
-class Assignment:
-    """One message on `cityops.assignments` (CONTRACTS.md), keyed by team."""
-
-    assignment_id: str
-    case_id: str
-    team: str
-    priority: int
-    due_at: datetime
-    category: str
-    cell: str
-    subdistrict: str
-    lat: float | None
-    lon: float | None
-    rule_id: str
-    reason: str
-    sources: tuple[str, ...]
-    created_at: datetime
-    kind: str = "dispatch"          # dispatch | reroute | rework | escalation
-    escalate_to: str | None = None
-    notify: tuple[str, ...] = ()
-    tags: tuple[str, ...] = ()
-    ruleset_version: str = ""
-    grid_version: str = ""
-    round: int = 1
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "assignment_id": self.assignment_id, "case_id": self.case_id, "team": self.team,
-            "priority": self.priority, "due_at": iso(self.due_at), "category": self.category,
-            "cell": self.cell, "subdistrict": self.subdistrict, "lat": self.lat, "lon": self.lon,
-            "rule_id": self.rule_id, "reason": self.reason, "sources": list(self.sources),
-            "created_at": iso(self.created_at), "kind": self.kind, "escalate_to": self.escalate_to,
-            "notify": list(self.notify), "tags": list(self.tags), "ruleset_version": self.ruleset_version,
-            "grid_version": self.grid_version, "round": self.round,
-        }
-
-
-def assignment_id(case_id: str, round_no: int, kind: str) -> str:
-    """Stable: the same round's dispatch (or escalation) replayed gives the same id."""
-    return "A" + hashlib.sha1(f"{case_id}#{round_no}#{kind}".encode()).hexdigest()[:20]
-
-
 # -- distances ----------------------------------------------------------------------------------------------
 
 M_PER_DEG_LAT = 111_194.93   # metres per degree on the 6,371,008.8 m mean sphere
@@ -354,23 +312,24 @@ def case_from_json(raw: bytes) -> Case:
     except msgspec.ValidationError:
         return _case_from_dict(orjson.loads(raw))
     times: dict[datetime, datetime] = {}
-    for k in _CASE_TIMES:
-        at = getattr(case, k)
-        if at is not None:
-            setattr(case, k, times.setdefault(at, at))
-    for k in _SHARED_CASE:
-        setattr(case, k, _shared(getattr(case, k)))
+    _share_fields(case, _CASE_TIMES, _SHARED_CASE, times)
     case.sources = _shared(case.sources)
     case.dispatched_at_place = _shared(case.dispatched_at_place)
     _share_event(case.first_event)
     for r in case.rounds:
-        for k in _ROUND_TIMES:
-            at = getattr(r, k)
-            if at is not None:
-                setattr(r, k, times.setdefault(at, at))
-        for k in _SHARED_ROUND:
-            setattr(r, k, _shared(getattr(r, k)))
+        _share_fields(r, _ROUND_TIMES, _SHARED_ROUND, times)
     return case
+
+
+def _share_fields(obj: Any, time_fields: Iterable[str], shared_fields: Iterable[str],
+                  times: dict[datetime, datetime]) -> None:
+    """Equal times of `obj` become one object (through `times`), and its repeated strings are interned."""
+    for k in time_fields:
+        at = getattr(obj, k)
+        if at is not None:
+            setattr(obj, k, times.setdefault(at, at))
+    for k in shared_fields:
+        setattr(obj, k, _shared(getattr(obj, k)))
 
 
 def _share_event(event: dict[str, Any] | None) -> None:

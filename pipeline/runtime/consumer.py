@@ -48,7 +48,7 @@ from pipeline.runtime.align import Aligner
 from pipeline.runtime.changelog import ChangelogTable
 from pipeline.runtime.components import Components
 from pipeline.runtime.fastclient import LEAN, KeyPartitioner, install_lean_records
-from pipeline.runtime.instance import TRANSACTION_TIMEOUT_MS, InstanceSlot
+from pipeline.runtime.instance import TRANSACTION_TIMEOUT_MS, InstanceSlot, evict_predecessor
 from pipeline.runtime.restore import restore_changelog
 
 log = logging.getLogger("cityops.worker")
@@ -146,36 +146,9 @@ class BatchService(Service):
         self._consumer.subscribe(list(self.topics), listener=_Listener(self))
 
     async def _evict_predecessor(self) -> None:
-        """Take a killed predecessor's place in the group at once. A process killed without leaving (SIGKILL,
-        OOM, a lost machine) stays a member until its session times out (10 s), and the group assigns nothing
-        until then: a restarted worker waited for it before it could restore anything (issue #23's recovery
-        phase). The lock file of this process's slot holds the member id its last holder had, and the kernel
-        released that lock, so that process is gone: a LeaveGroup in its name removes it now. A member id
-        the group no longer knows (it timed out, or left cleanly) is answered with an error and nothing else
-        happens. Static membership (KIP-345) would do the same but keeps a cleanly stopped worker's partitions
-        until its session times out too: aiokafka sends no LeaveGroup for a static member."""
+        """Take a killed predecessor's place in the group at once (pipeline.runtime.instance.evict_predecessor)."""
         assert self._slot is not None and self._consumer is not None
-        member = self._slot.predecessor
-        client = getattr(self._consumer, "_client", None)
-        if not member or client is None:
-            return
-        from aiokafka.client import CoordinationType
-        from aiokafka.errors import for_code
-        from aiokafka.protocol.group import LeaveGroupRequest
-
-        try:
-            coordinator = await asyncio.wait_for(client.coordinator_lookup(CoordinationType.GROUP, self.group), 10)
-            resp = await asyncio.wait_for(client.send(coordinator, LeaveGroupRequest(self.group, member)), 10)
-        except Exception as err:        # the session timeout removes it instead
-            log.warning("%s: could not remove the previous member %s of this slot: %s", self.group, member, err)
-            return
-        self.evicted = for_code(resp.error_code).__name__
-        if resp.error_code == 0:        # the previous process of this slot died in the group: worth a line
-            log.warning("%s: the previous process of this slot was still a member (%s), removed from the group",
-                        self.group, member)
-        else:                           # it timed out already (or the coordinator says why not)
-            log.warning("%s: the previous process of this slot had left the group already (%s: %s)", self.group,
-                        member, self.evicted)
+        self.evicted = await evict_predecessor(self._consumer, self.group, self._slot)
 
     async def on_stop(self) -> None:
         if self._consumer is not None:

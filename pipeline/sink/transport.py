@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import http.client
 import logging
-import os
 import re
 import ssl
 import threading
@@ -20,16 +19,14 @@ from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlencode
 
-# clickhouse-driver fills two tables of every date from 1900 to 2299 when it is imported, unless this names a
-# range to fill ahead (not a range here: none): 0.15 CPU-s and 22 MiB of every worker process, a share of a
-# restarted worker's start-up (issue #23). The lazy tables give the same dates, each computed on first use.
-os.environ.setdefault("CLICKHOUSE_DRIVER_LASY_DATE_LUT", "lazy")   # (sic: the driver's spelling)
+from pipeline.config import Settings, lazy_driver_dates
+
+lazy_driver_dates()     # before the driver is imported
 
 from clickhouse_driver import Client  # noqa: E402
 from clickhouse_driver import errors as ch_errors  # noqa: E402
 
-from pipeline.config import Settings
-from pipeline.sink.native import (
+from pipeline.sink.native import (  # noqa: E402
     encode_block,
 )
 

@@ -13,13 +13,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
+from pipeline.model.assignments import Assignment, assignment_id
 from pipeline.model.cases import (
     OPEN_STATES,
-    Assignment,
     Case,
     CorrelationPolicy,
     Round,
-    assignment_id,
     event_from_dict,
     iso,
 )

@@ -102,7 +102,7 @@ def write_targets(path: Path, text: str) -> Path:
 def assignment(n: int, *, kind: str = "dispatch", priority: int = 1, notify: tuple[str, ...] = (
         "gas-company", "district-command"), rule_id: str = "gas-leak", team: str = "handling",
         reason: str = "gas-leak: category E0403", at: datetime | None = None) -> dict[str, Any]:
-    """An assignment as the cases stage writes it (pipeline.model.cases.Assignment.to_json)."""
+    """An assignment as the cases stage writes it (pipeline.model.assignments.Assignment.to_json)."""
     at = at or datetime(2026, 11, 5, 6, 0, tzinfo=UTC) + timedelta(seconds=n)
     return {
         "assignment_id": f"A{n:020d}", "case_id": f"C310109018001-{n:012x}", "team": team, "priority": priority,
