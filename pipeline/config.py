@@ -143,6 +143,8 @@ class Settings:
     grid_path: Path | None = None         # CITYOPS_GRID
     sensors_path: Path | None = None      # CITYOPS_SENSORS
     pii_key: str = field(default="", repr=False)   # CITYOPS_PII_KEY (pipeline.model.privacy)
+    heap_report: Path | None = None       # CITYOPS_HEAP_REPORT: a worker's heap report (pipeline.runtime.heap)
+    heap_trace: int = 0                   # CITYOPS_HEAP_TRACE: tracemalloc from the start, frames a traceback
     # the web server (README "The web UI")
     web_port: int = 8080                  # CITYOPS_WEB_PORT (`cityops run`)
     web_users: Path | None = None         # CITYOPS_USERS
@@ -206,6 +208,8 @@ class Settings:
             grid_path=Path(e["CITYOPS_GRID"]) if e.get("CITYOPS_GRID") else None,
             sensors_path=Path(e["CITYOPS_SENSORS"]) if e.get("CITYOPS_SENSORS") else None,
             pii_key=e.get("CITYOPS_PII_KEY", ""),
+            heap_report=Path(e["CITYOPS_HEAP_REPORT"]) if e.get("CITYOPS_HEAP_REPORT") else None,
+            heap_trace=int(e.get("CITYOPS_HEAP_TRACE") or 0),
             web_port=int(e.get("CITYOPS_WEB_PORT", "8080")),
             web_users=Path(e["CITYOPS_USERS"]) if e.get("CITYOPS_USERS") else None,
             web_secret=e.get("CITYOPS_SECRET", ""),

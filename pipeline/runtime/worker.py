@@ -68,9 +68,16 @@ def run_worker(settings: Settings, loglevel: str = "warn", stage: str = "all") -
     which checkpoints and leaves the groups cleanly."""
     from mode import Worker
 
+    if settings.heap_report is not None:
+        from pipeline.runtime.heap import start_tracing
+        start_tracing(settings.heap_trace)
     components = load_components(settings)
     tune_gc()
-    Worker(*stage_services(components, stage), loglevel=loglevel).execute_from_commandline()
+    services = stage_services(components, stage)
+    if settings.heap_report is not None:
+        from pipeline.runtime.heap import HeapReporter
+        services.append(HeapReporter(settings.heap_report))
+    Worker(*services, loglevel=loglevel).execute_from_commandline()
 
 
 def _cmd(args: argparse.Namespace) -> int:
