@@ -1,5 +1,6 @@
 """A worker's heap report, for finding what holds its memory (issue #23: a month of state peaked about 300 MiB
-above what its state accounts for). Off unless `CITYOPS_HEAP_REPORT` names a file (Settings.heap_report).
+above what its state accounts for). Off unless `CITYOPS_HEAP_REPORT` names a file (Settings.heap_report; `{pid}`
+in it becomes the process id).
 
 The report is written when the resident set passes its previous high by `STEP_MIB` (checked every `EVERY_S`),
 and when the worker stops (to `<file>.stop`): so the report of a killed worker is the one nearest its peak. It
@@ -131,7 +132,7 @@ class HeapReporter(Service):
 
     def __init__(self, path: Path, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.path = path
+        self.path = Path(str(path).replace("{pid}", str(os.getpid())))
         self.high = 0.0
 
     @Service.timer(EVERY_S)

@@ -267,6 +267,9 @@ def test_a_case_decoded_typed_is_the_case_from_dict_makes(book: CaseBook) -> Non
         assert orjson.dumps(typed.to_dict()) == raw
         if typed.rounds:
             assert typed.rounds[0].dispatched_at is typed.first_dispatched_at
+            again = case_from_json(raw)         # repeated strings are one object across decoded cases
+            assert again.rounds[0].team is typed.rounds[0].team and again.rounds[0].kind is typed.rounds[0].kind
+        assert case_from_json(raw).category is typed.category and case_from_json(raw).status is typed.status
         odd = {**orjson.loads(raw), "from_a_newer_writer": 1}
         del odd["after_photo_url"]
         assert case_from_json(orjson.dumps(odd)) == Case.from_dict(dict(odd)) == replace(case, after_photo_url="")
