@@ -74,6 +74,9 @@ def run_worker(settings: Settings, loglevel: str = "warn", stage: str = "all") -
     components = load_components(settings)
     tune_gc()
     services = stage_services(components, stage)
+    if settings.malloc_trim_s > 0:
+        from pipeline.runtime.malloc import Trimmer
+        services.append(Trimmer(settings.malloc_trim_s))
     if settings.heap_report is not None:
         from pipeline.runtime.heap import HeapReporter
         services.append(HeapReporter(settings.heap_report))
