@@ -26,6 +26,7 @@ from pipeline.model.events import CaseUpdate
 from pipeline.runtime.changelog import ChangelogTable, json_bytes
 from pipeline.runtime.components import Components, refresh
 from pipeline.runtime.consumer import BatchService
+from pipeline.runtime.malloc import trim
 from pipeline.stages.cases import CaseBook
 from pipeline.stages.lifecycle import Outcome
 from pipeline.wire import case_book_key, decode_located, encode_update, refusal_json
@@ -157,8 +158,14 @@ class CasesService(BatchService):
                 # A book not in memory yet is decoded from the table (after a start or a rebalance): a month of a
                 # sub-district's cases takes seconds on a busy machine. The event loop runs between books, so the
                 # group heartbeats of both stages go on (a 15 s first batch after a restart, all eight books of
-                # the bench's month at once, cost the ingest stage its membership: issue #23).
+                # the bench's month at once, cost the ingest stage its membership: issue #23). The changelog
+                # bytes a book's decode dropped go back to the system before the next book's cases are made, or
+                # the worker's peak holds a month of them beside a month of cases (pipeline.runtime.malloc).
                 await asyncio.sleep(0)
+                books.update(self.books.load([key]))
+                if self.settings.malloc_trim_s > 0:
+                    trim()
+                continue
             books.update(self.books.load([key]))
         out = self.c.cases.apply(items, books)
         self.books.adopt(books)
