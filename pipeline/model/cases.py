@@ -17,7 +17,8 @@ from typing import Any
 import msgspec
 import orjson
 
-from pipeline.model.events import Event, Location
+from pipeline.model.events import Location
+from pipeline.model.firstevent import FirstEvent, first_as_dict, first_from_dict, shared
 from pipeline.model.records import CaseRow, RoundRow
 
 OUTSIDE_KEY = "outside"
@@ -135,7 +136,7 @@ class Case:
     revision: int = 0
     transitions: int = 0
     rounds: list[Round] = field(default_factory=list)
-    first_event: dict[str, Any] = field(default_factory=dict)
+    first_event: FirstEvent | None = None    # the first report (pipeline.model.firstevent)
     # where and from which sources the current round was dispatched: an escalation repeats it, so that its
     # content does not depend on when the overdue check ran (a replay after a crash re-sends the same content)
     dispatched_at_place: list[Any] = field(default_factory=list)      # [lat, lon, cell, subdistrict, sources]
@@ -257,6 +258,7 @@ def _case_to_dict(case: Case) -> dict[str, Any]:
     for k in _CASE_TIMES:
         d[k] = _ts(d[k])
     d["rounds"] = [_round_to_dict(r) for r in case.rounds]
+    d["first_event"] = first_as_dict(case.first_event)
     return d
 
 
@@ -273,7 +275,6 @@ def _round_to_dict(r: Round) -> dict[str, Any]:
 _SHARED_CASE = ("category", "cell", "subdistrict", "grid_kind", "discovered_by", "kind", "scope", "team", "status",
                 "rule_id", "reason", "escalate_to", "ruleset_version", "grid_version")
 _SHARED_ROUND = ("team", "kind", "rule_id", "outcome", "verified_by")
-_SHARED_EVENT = ("source", "category", "request_type", "channel", "sensor_type", "scope", "fault")
 
 
 def _shared(value: Any) -> Any:
@@ -297,7 +298,8 @@ def _case_from_dict(d: dict[str, Any]) -> Case:
     for k in ("sources", "dispatched_at_place"):
         if k in d:
             d[k] = _shared(d[k])
-    _share_event(d.get("first_event"))
+    if "first_event" in d:
+        d["first_event"] = first_from_dict(d["first_event"])
     rounds = [_round_from_dict(r, times) for r in d.pop("rounds", ())]
     return Case(**d, rounds=rounds)
 
@@ -315,7 +317,8 @@ def case_from_json(raw: bytes) -> Case:
     _share_case(case, times)
     case.sources = _shared(case.sources)
     case.dispatched_at_place = _shared(case.dispatched_at_place)
-    _share_event(case.first_event)
+    if case.first_event is not None:
+        shared(case.first_event)
     for r in case.rounds:
         _share_round(r, times)
     return case
@@ -339,15 +342,6 @@ _share_case = _sharer("_share_case", _CASE_TIMES, _SHARED_CASE)
 _share_round = _sharer("_share_round", _ROUND_TIMES, _SHARED_ROUND)
 
 
-def _share_event(event: dict[str, Any] | None) -> None:
-    if event:
-        for k in _SHARED_EVENT:
-            if k in event:
-                event[k] = _shared(event[k])
-        if "location" in event:
-            event["location"] = _shared(event["location"])
-
-
 def _dt_shared(ts: float | None, times: dict[float, datetime]) -> datetime | None:
     if ts is None:
         return None
@@ -365,29 +359,3 @@ def _round_from_dict(d: dict[str, Any], times: dict[float, datetime] | None = No
         if k in values:
             values[k] = _shared(values[k])
     return Round(**values)
-
-
-def event_to_dict(event: Event) -> dict[str, Any]:
-    loc = event.location
-    return {
-        "event_id": event.event_id, "source": event.source, "category": event.category,
-        "occurred_at": event.occurred_at.timestamp(), "lon": event.lon, "lat": event.lat,
-        "description": event.description, "request_type": event.request_type, "channel": event.channel,
-        "sensor_id": event.sensor_id, "sensor_type": event.sensor_type, "value": event.value,
-        "scope": event.scope, "fault": event.fault,
-        "location": None if loc is None else [loc.cell, loc.subdistrict, loc.grid_kind, loc.grid_version,
-                                              loc.snapped],
-    }
-
-
-def event_from_dict(d: dict[str, Any]) -> Event:
-    loc = d.get("location")
-    return Event(
-        event_id=d["event_id"], source=d["source"], category=d["category"],
-        occurred_at=datetime.fromtimestamp(d["occurred_at"], UTC), lon=d["lon"], lat=d["lat"],
-        description=d.get("description") or "", request_type=d.get("request_type"), channel=d.get("channel"),
-        sensor_id=d.get("sensor_id"), sensor_type=d.get("sensor_type"), value=d.get("value"),
-        scope=d.get("scope"), fault=d.get("fault"),
-        location=None if loc is None else Location(cell=loc[0], subdistrict=loc[1], grid_kind=loc[2],
-                                                   grid_version=loc[3], snapped=bool(loc[4])),
-    )

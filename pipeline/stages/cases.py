@@ -28,8 +28,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
-from pipeline.model.cases import OPEN_STATES, Case, CorrelationPolicy, case_id_for, event_to_dict, partition_key
+from pipeline.model.cases import OPEN_STATES, Case, CorrelationPolicy, case_id_for, partition_key
 from pipeline.model.events import CaseUpdate, Event
+from pipeline.model.firstevent import first_event
 from pipeline.model.records import EventRow
 from pipeline.model.sources import DISCOVERED_BY
 from pipeline.stages.checks import needs_check, start_check
@@ -132,7 +133,7 @@ class CaseBook(CaseLifecycle):
             discovered_by=DISCOVERED_BY[event.source], created_at=event.occurred_at, kind=event.kind,
             scope=event.scope, sensor_id=event.sensor_id, last_report_at=event.occurred_at, reports=1,
             sources=[event.source], grid_version=loc.grid_version if loc else "",
-            first_event=event_to_dict(event), event_ids=[event.event_id],
+            first_event=first_event(event), event_ids=[event.event_id],
         )
         if case.kind == "problem":
             self._link_recurrence(case)

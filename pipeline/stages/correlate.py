@@ -12,8 +12,9 @@ import math
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
-from pipeline.model.cases import M_PER_DEG_LAT, OPEN_STATES, Case, CorrelationPolicy, distance_m, event_to_dict
+from pipeline.model.cases import M_PER_DEG_LAT, OPEN_STATES, Case, CorrelationPolicy, distance_m
 from pipeline.model.events import Event
+from pipeline.model.firstevent import first_event
 from pipeline.model.sources import DISCOVERED_BY
 from rules.recurrence import RecurrenceHistory
 
@@ -86,7 +87,7 @@ class CaseIndex:
         case.lon, case.lat = event.lon, event.lat
         if loc is not None and loc.cell:
             case.cell, case.subdistrict, case.grid_kind = loc.cell, loc.subdistrict or "", loc.grid_kind or ""
-        case.first_event = event_to_dict(event)
+        case.first_event = first_event(event)
         self._place(case)
         self._recurrence = None
 

@@ -19,10 +19,10 @@ from pipeline.model.cases import (
     Case,
     CorrelationPolicy,
     Round,
-    event_from_dict,
     iso,
 )
 from pipeline.model.events import CaseUpdate, Event
+from pipeline.model.firstevent import event_of
 from pipeline.model.records import CaseRow, EventRow, PatrolReportRow, RoundRow, TransitionRow
 from pipeline.stages.checks import CHECK_ACTIONS, answer_check, check_refusal
 from pipeline.stages.correlate import CaseIndex
@@ -200,7 +200,7 @@ class CaseLifecycle(CaseIndex):
             self._rework(case, now, u.actor, u.team, note or "verification failed", router, out, at=at)
         elif u.action in CHECK_ACTIONS:
             if answer_check(self, case, u, out):
-                decision = router.decide(event_from_dict(case.first_event), _Without(self.recurrence(), case))
+                decision = router.decide(event_of(case.first_event), _Without(self.recurrence(), case))
                 self._file(case, decision, router, out, now)
         elif u.action == "extend":
             assert u.until is not None
@@ -288,7 +288,7 @@ class CaseLifecycle(CaseIndex):
                             now: datetime) -> None:
         """§4.3: the rules again (with the history the case's first report saw); when they pick the rejecting
         team again, supervision decides (handling, when supervision rejected). The new round's time is fresh."""
-        decision = router.decide(event_from_dict(case.first_event), _Without(self.recurrence(), case))
+        decision = router.decide(event_of(case.first_event), _Without(self.recurrence(), case))
         team, reason = decision.team, f"{why}; {decision.reason}"
         if team == rejecting:
             team = "supervision" if rejecting != "supervision" else "handling"
