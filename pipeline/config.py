@@ -143,7 +143,7 @@ class Settings:
     grid_path: Path | None = None         # CITYOPS_GRID
     sensors_path: Path | None = None      # CITYOPS_SENSORS
     pii_key: str = field(default="", repr=False)   # CITYOPS_PII_KEY (pipeline.model.privacy)
-    malloc_trim_s: float = 0.0            # CITYOPS_MALLOC_TRIM: seconds between malloc_trims (pipeline.runtime.malloc)
+    malloc_trim_s: float = 1.0            # CITYOPS_MALLOC_TRIM: seconds between malloc_trims (0: off; runtime.malloc)
     heap_report: Path | None = None       # CITYOPS_HEAP_REPORT: a worker's heap report (pipeline.runtime.heap)
     heap_trace: int = 0                   # CITYOPS_HEAP_TRACE: tracemalloc from the start, frames a traceback
     # the web server (README "The web UI")
@@ -209,7 +209,7 @@ class Settings:
             grid_path=Path(e["CITYOPS_GRID"]) if e.get("CITYOPS_GRID") else None,
             sensors_path=Path(e["CITYOPS_SENSORS"]) if e.get("CITYOPS_SENSORS") else None,
             pii_key=e.get("CITYOPS_PII_KEY", ""),
-            malloc_trim_s=float(e.get("CITYOPS_MALLOC_TRIM") or 0.0),
+            malloc_trim_s=float(e.get("CITYOPS_MALLOC_TRIM", "1")),
             heap_report=Path(e["CITYOPS_HEAP_REPORT"]) if e.get("CITYOPS_HEAP_REPORT") else None,
             heap_trace=int(e.get("CITYOPS_HEAP_TRACE") or 0),
             web_port=int(e.get("CITYOPS_WEB_PORT", "8080")),

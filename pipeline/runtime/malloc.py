@@ -7,7 +7,7 @@ between two live ones is not returned, however large. Measured (issue #23) on th
 after their 137 MiB of changelog bytes were decoded and dropped, 141.8 MiB sat free in the heap and resident
 (376 MiB resident, 5 MiB of it in use by malloc); `malloc_trim(0)` gave it back (235 MiB resident).
 
-`Trimmer` calls `malloc_trim(0)` every `CITYOPS_MALLOC_TRIM` seconds (Settings.malloc_trim_s; 0, the default: never)
+`Trimmer` calls `malloc_trim(0)` every `CITYOPS_MALLOC_TRIM` seconds (Settings.malloc_trim_s, default 1; 0: never)
 of a running worker. It is a no-op where the C library has no `malloc_trim` (not glibc).
 """
 

@@ -10,7 +10,8 @@ from pipeline.runtime.heap import malloc_info, status_mib
 
 
 def test_setting() -> None:
-    assert Settings.from_env({}).malloc_trim_s == 0.0
+    assert Settings.from_env({}).malloc_trim_s == 1.0
+    assert Settings.from_env({"CITYOPS_MALLOC_TRIM": "0"}).malloc_trim_s == 0
     assert Settings.from_env({"CITYOPS_MALLOC_TRIM": "2.5"}).malloc_trim_s == 2.5
 
 
