@@ -135,7 +135,7 @@ class Settings:
     batch: int = 5000                     # CITYOPS_BATCH: records per fetch
     commit_interval_s: float = 0.5        # CITYOPS_COMMIT_INTERVAL
     max_pending: int = 100_000            # CITYOPS_MAX_PENDING: rows held before a checkpoint is forced
-    fetch_partition_bytes: int = 8 * 1024 * 1024   # CITYOPS_FETCH_PARTITION_BYTES
+    fetch_partition_bytes: int = 1024 * 1024       # CITYOPS_FETCH_PARTITION_BYTES (issue #23: month peak, not 8 MiB)
     align_skew_s: float | None = 60.0     # CITYOPS_ALIGN_SKEW (`off`, `0` or empty: None, no alignment)
     align_idle_s: float = 2.0             # CITYOPS_ALIGN_IDLE
     align_stall_s: float = 30.0           # CITYOPS_ALIGN_STALL
@@ -201,7 +201,7 @@ class Settings:
             batch=int(e.get("CITYOPS_BATCH") or 5000),
             commit_interval_s=float(e.get("CITYOPS_COMMIT_INTERVAL", "0.5")),
             max_pending=int(e.get("CITYOPS_MAX_PENDING") or 100_000),
-            fetch_partition_bytes=int(e.get("CITYOPS_FETCH_PARTITION_BYTES", str(8 * 1024 * 1024))),
+            fetch_partition_bytes=int(e.get("CITYOPS_FETCH_PARTITION_BYTES", str(1024 * 1024))),
             align_skew_s=_skew(e.get("CITYOPS_ALIGN_SKEW", "60")),
             align_idle_s=float(e.get("CITYOPS_ALIGN_IDLE", "2")),
             align_stall_s=float(e.get("CITYOPS_ALIGN_STALL", "30")),
