@@ -77,6 +77,16 @@ def is_retryable(err: BaseException) -> bool:
                       | ch_errors.UnexpectedPacketFromServerError | http.client.HTTPException)
 
 
+def is_unreachable(err: BaseException) -> bool:
+    """True when the node itself could not be reached or dropped the connection (refused, reset, timed out,
+    closed mid-answer): another node of the cluster may take the insert. False when the node answered, even with
+    a retryable error (read-only table, quorum, a shard it could not reach): another node would answer the same."""
+    if isinstance(err, ch_errors.ServerException):
+        return False
+    return isinstance(err, ch_errors.NetworkError | ch_errors.SocketTimeoutError | EOFError | OSError
+                      | ch_errors.UnexpectedPacketFromServerError | http.client.HTTPException)
+
+
 class QueryError(Exception):
     """A query failed or the server could not be reached; the message names the server and database."""
 
@@ -117,7 +127,7 @@ class ClickHouse:
                 options["ca_certs"] = settings.clickhouse_ca_certs
         self._client = Client(**options)
         self._insert_settings = insert_settings(settings)
-        self._where = f"{settings.clickhouse_host}:{settings.clickhouse_port}"
+        self.where = f"{settings.clickhouse_host}:{settings.clickhouse_port}"
         self._lock = threading.Lock()
 
     def execute(self, sql: str,
@@ -140,7 +150,7 @@ class ClickHouse:
         try:
             yield
         except (ch_errors.Error, OSError, EOFError) as err:
-            where = f"ClickHouse {self._where}/{self.database}"
+            where = f"ClickHouse {self.where}/{self.database}"
             detail = " ".join(str(err).split()).split(" Stack trace:")[0][:400] or type(err).__name__
             if isinstance(err, ch_errors.ServerException) and err.code in (60, 81):
                 detail += " (is the schema migrated? run `cityops db migrate`)"
