@@ -39,7 +39,7 @@ from tests.chaos.harness import (
     stream,
     wait_drained,
 )
-from tests.cluster.conftest import cluster_sh
+from tests.cluster.conftest import cluster_sh, drop_database
 from tests.support import wait_for
 
 pytestmark = [pytest.mark.cluster]
@@ -90,12 +90,7 @@ def databases(cluster_env: dict[str, str]) -> Iterator[list[str]]:
         list(pool.map(lambda db: migrate(replace(base, clickhouse_database=db), cluster="cityops"), names))
     left = list(names)
     yield left
-    db = ClickHouse(base, database="default")
-    try:
-        for name in names:
-            db.execute(f"DROP DATABASE IF EXISTS {name} ON CLUSTER cityops")
-    finally:
-        db.close()
+    drop_database(base, *names)
 
 
 FAILED_AT: dict[str, float] = {}
