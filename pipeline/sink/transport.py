@@ -107,11 +107,15 @@ class ClickHouse:
     """A ClickHouse connection over the native protocol, configured from Settings.
 
     Not shared between threads without care: calls are serialized by a lock. The connection is opened on
-    first use and re-opened after a network error.
+    first use and re-opened after a network error. `any_node`: for readers (the web UI, the reports), which read
+    the Distributed tables and may read them through any node: when the host/port node refuses a connection, the
+    driver connects to the other nodes of CITYOPS_CLICKHOUSE_NODES in turn (the query that lost its connection
+    fails; the next one goes elsewhere). Without it, the connection is to that one node (migrations, checks of
+    one node).
     """
 
     def __init__(self, settings: Settings, database: str | None = None, *, connect_timeout: float = 5.0,
-                 send_receive_timeout: float = 60.0) -> None:
+                 send_receive_timeout: float = 60.0, any_node: bool = False) -> None:
         self.database = database or settings.clickhouse_database
         options: dict[str, Any] = {
             "host": settings.clickhouse_host, "port": settings.clickhouse_port,
@@ -120,6 +124,10 @@ class ClickHouse:
             "connect_timeout": connect_timeout, "send_receive_timeout": send_receive_timeout,
             "sync_request_timeout": connect_timeout,
         }
+        others = [f"{host}:{port}" for host, port, _ in settings.clickhouse_nodes
+                  if (host, port) != (settings.clickhouse_host, settings.clickhouse_port)]
+        if any_node and others:
+            options["alt_hosts"] = ",".join(others)
         if settings.clickhouse_secure:
             options["secure"] = True
             options["verify"] = True

@@ -149,3 +149,13 @@ def test_one_node_is_retried_in_place_as_before() -> None:
     cluster.nodes["127.0.0.1:24000"].errors = [ch_errors.NetworkError("Connection refused")] * 2
     sink.write(small_batch())
     assert sink.switches == 0 and sink.retries == 2
+
+
+def test_a_reader_may_connect_to_any_node_and_a_one_node_connection_only_to_its_own() -> None:
+    from pipeline.sink.transport import ClickHouse
+
+    s = three_nodes()
+    reader, one = ClickHouse(s, any_node=True), ClickHouse(s)
+    assert list(reader._client.connection.hosts) == [("127.0.0.1", 24000), ("127.0.0.1", 24100),
+                                                     ("127.0.0.1", 24200)]
+    assert list(one._client.connection.hosts) == [("127.0.0.1", 24000)]

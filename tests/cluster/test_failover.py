@@ -269,8 +269,8 @@ def test_the_clickhouse_node_the_sink_writes_through_killed_mid_stream(tmp_path:
     """SIGKILL of s1r1, the first of CITYOPS_CLICKHOUSE_NODES, the node the worker's sink writes through: the sink
     moves to the next node (s1r2) and storing goes on: shard 1's rows grow on s1r2 while s1r1 is down (they can only
     get there through a live node: s1r1 is the only one it could fetch from otherwise). s1r1 is restarted 20 s after
-    the kill at the earliest, and catches up from s1r2. With a one-node list (CITYOPS_CLICKHOUSE_NODES empty) the
-    sink waits for s1r1 and nothing grows."""
+    the kill at the earliest, and catches up from s1r2. A reader opened with `any_node` answers meanwhile. With a
+    one-node list (CITYOPS_CLICKHOUSE_NODES empty) the sink waits for s1r1 and nothing grows."""
     with on_cluster(tmp_path, cluster_env, databases.pop(), "snk") as p:
         expected, rest = first_half_then_break(p, workers=1)
         s1r2 = node_ports()[1]
@@ -279,7 +279,13 @@ def test_the_clickhouse_node_the_sink_writes_through_killed_mid_stream(tmp_path:
             before = rows_on(p.settings, s1r2, "sensor_readings")
             produce_stream(p.settings, rest)
             grew = wait_for(lambda: rows_on(p.settings, s1r2, "sensor_readings") > before, 120, every_s=0.5)
-            print(f"\nsink: shard 1's readings on s1r2 grew {time.monotonic() - failed:.0f} s after s1r1 was killed")
+            print(f"\nsink: shard 1's readings on s1r2 {'grew' if grew else 'still the same'} "
+                  f"{time.monotonic() - failed:.0f} s after s1r1 was killed")
+            reader = ClickHouse(p.settings, any_node=True)     # a reader (web UI, reports) goes to another node
+            try:
+                assert reader.execute("SELECT count() FROM sensor_readings")[0][0] > 0
+            finally:
+                reader.close()
             time.sleep(max(0.0, 20.0 - (time.monotonic() - failed)))
         assert grew, "nothing stored while the sink's node was down:\n" + p.logs()[-3000:]
         assert "unreachable" in p.logs() and "writing through 127.0.0.1:" in p.logs(), p.logs()[-3000:]
