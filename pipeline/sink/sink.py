@@ -9,7 +9,8 @@ about as much as encoding and sending (`python -m pipeline.bench.sink` compares 
 only when every row is stored; while the server is down or slow it retries with capped exponential backoff,
 which blocks the calling worker (that blocking *is* the backpressure: the worker reads no more input and commits
 no offsets until the batch is stored). `stop()` makes a waiting `write` raise `SinkStopped`, so a worker that
-shuts down never commits the offsets of a batch that was not stored.
+shuts down never commits the offsets of a batch that was not stored. On a cluster with several nodes listed
+(CITYOPS_CLICKHOUSE_NODES) a node that cannot be reached is left for the next one at once (`ClickHouseSink`).
 
 The sink inserts over HTTP when an HTTP port is known, else over the native protocol (`transport=` forces one).
 If the HTTP port refuses connections while the native port answers (a site that closed it), the sink logs a
