@@ -214,6 +214,9 @@ class ClickHouseSink:
         self._settings = self._nodes[self._node]
         self._db.close()
         self._db = self._open(self._settings)
+        self.transport = "http" if isinstance(self._db, ClickHouseHttp) else "native"   # a node may lack HTTP
+        self._may_fall_back = self._choice is None and self.transport == "http"
+        self._refused_while_native_answers = 0
         self.switches += 1
         log.warning("sink: ClickHouse node %s unreachable (%s); writing through %s", was, type(err).__name__,
                     self.node)
