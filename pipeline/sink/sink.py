@@ -218,8 +218,8 @@ class ClickHouseSink:
         self._may_fall_back = self._choice is None and self.transport == "http"
         self._refused_while_native_answers = 0
         self.switches += 1
-        log.warning("sink: ClickHouse node %s unreachable (%s); writing through %s", was, type(err).__name__,
-                    self.node)
+        log.warning("sink: ClickHouse node %s unreachable (%s); writing through %s (%s)", was, type(err).__name__,
+                    self.node, self.transport)
         return self._node not in self._tried
 
     def _fall_back_to_native(self) -> bool | None:

@@ -110,7 +110,7 @@ def test_an_unreachable_node_is_left_for_the_next_one_and_the_switch_logged_once
     assert sink.node == "127.0.0.1:24100" and sink.switches == 1 and sink.retries == 0
     switches = [r.getMessage() for r in caplog.records if "writing through" in r.getMessage()]
     assert switches == ["sink: ClickHouse node 127.0.0.1:24000 unreachable "
-                        f"({type(error).__name__}); writing through 127.0.0.1:24100"]
+                        f"({type(error).__name__}); writing through 127.0.0.1:24100 (native)"]
     assert cluster.http_ports == [24123, 24223]
 
 
@@ -159,3 +159,28 @@ def test_a_reader_may_connect_to_any_node_and_a_one_node_connection_only_to_its_
     assert list(reader._client.connection.hosts) == [("127.0.0.1", 24000), ("127.0.0.1", 24100),
                                                      ("127.0.0.1", 24200)]
     assert list(one._client.connection.hosts) == [("127.0.0.1", 24000)]
+
+
+def test_after_a_switch_the_transport_is_the_new_nodes(caplog: pytest.LogCaptureFixture) -> None:
+    """Nothing listens on either node: the sink starts on the first one's HTTP port, moves to the second, which
+    has no HTTP port (none given, none pairs with its native port), so over the native protocol, and back."""
+    import socket
+    import threading
+
+    from pipeline.sink.sink import SinkStopped
+
+    ports = []
+    for _ in range(3):
+        with socket.socket() as probe:          # ports that were free a moment ago: nothing listens there
+            probe.bind(("127.0.0.1", 0))
+            ports.append(probe.getsockname()[1])
+    s = Settings.from_env({"CITYOPS_CLICKHOUSE_NODES": f"127.0.0.1:{ports[0]}:{ports[1]},127.0.0.1:{ports[2]}",
+                           "CITYOPS_CLICKHOUSE_PORT": str(ports[0])})
+    sink = ClickHouseSink(s, backoff=Backoff(initial_s=0.05, cap_s=0.05))
+    assert sink.transport == "http"
+    threading.Timer(0.5, sink.stop).start()
+    with caplog.at_level(logging.WARNING, logger="cityops.sink"), pytest.raises(SinkStopped):
+        sink.write(small_batch())
+    switches = [r.getMessage().split("writing through ")[1] for r in caplog.records
+                if "writing through" in r.getMessage()]
+    assert switches[:2] == [f"127.0.0.1:{ports[2]} (native)", f"127.0.0.1:{ports[0]} (http)"]
