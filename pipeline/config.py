@@ -120,8 +120,9 @@ class Settings:
     insert_quorum: int = 0                    # CITYOPS_INSERT_QUORUM (0 or 1: off)
     clickhouse_host: str = "127.0.0.1"
     clickhouse_port: int = 19000
-    # the nodes the sink writes through, in order of preference; it moves to the next when one is unreachable
-    clickhouse_nodes: tuple[Node, ...] = ()   # CITYOPS_CLICKHOUSE_NODES (empty: the host and port above)
+    # further nodes the sink may write through (after the host and port above, which it writes through first);
+    # it moves to the next when the one it writes through is unreachable (clickhouse_node_settings)
+    clickhouse_nodes: tuple[Node, ...] = ()   # CITYOPS_CLICKHOUSE_NODES
     clickhouse_user: str = "default"
     clickhouse_password: str = ""
     clickhouse_database: str = "cityops"
@@ -262,6 +263,9 @@ class Settings:
             "CITYOPS_OPEN311_JURISDICTION": self.open311_jurisdiction,
             "CITYOPS_INSERT_SYNC": "1" if self.insert_sync else "0",
             "CITYOPS_INSERT_QUORUM": str(self.insert_quorum),
+            # always set, empty too: a child must not take a node list of the parent's environment (another server)
+            "CITYOPS_CLICKHOUSE_NODES": ",".join(":".join(str(p) for p in n if p is not None)
+                                                 for n in self.clickhouse_nodes),
         }
         optional = {
             "CITYOPS_KAFKA_SASL_MECHANISM": self.kafka_sasl_mechanism,
@@ -272,8 +276,6 @@ class Settings:
             "CITYOPS_REPLICATION_FACTOR": str(self.replication_factor or ""),
             "CITYOPS_MIN_INSYNC_REPLICAS": str(self.min_insync_replicas or ""),
             "CITYOPS_CLUSTER": self.clickhouse_cluster,
-            "CITYOPS_CLICKHOUSE_NODES": ",".join(":".join(str(p) for p in n if p is not None)
-                                                 for n in self.clickhouse_nodes),
             # a child process must not take the parent environment's HTTP port to another server's native one
             "CITYOPS_CLICKHOUSE_HTTP_PORT": None if self.clickhouse_http_port is None
             else str(self.clickhouse_http_port),
@@ -283,18 +285,20 @@ class Settings:
 
     def clickhouse_node_settings(self) -> list[Settings]:
         """The ClickHouse nodes the sink writes through, in order of preference, each as these settings pointed at
-        it: CITYOPS_CLICKHOUSE_NODES, else the one node of CITYOPS_CLICKHOUSE_HOST/PORT. A node without its own
-        HTTP port takes CITYOPS_CLICKHOUSE_HTTP_PORT when it is the host/port node or that is 0 (no HTTP), else
-        the port that pairs with its native one (transport.http_port)."""
-        if not self.clickhouse_nodes:
-            return [self]
-        out = []
+        it: the CITYOPS_CLICKHOUSE_HOST/PORT node first (so settings pointed at another server write there), then
+        the other nodes of CITYOPS_CLICKHOUSE_NODES in their order. The first node's HTTP port is
+        CITYOPS_CLICKHOUSE_HTTP_PORT, else the one the list gives it; another node's is the one the list gives,
+        else none when CITYOPS_CLICKHOUSE_HTTP_PORT is 0, else the port that pairs with its native one
+        (transport.http_port)."""
+        first = (self.clickhouse_host, self.clickhouse_port)
+        listed = {(host, port): http for host, port, http in self.clickhouse_nodes}
+        own_http = self.clickhouse_http_port if self.clickhouse_http_port is not None else listed.get(first)
+        out = [replace(self, clickhouse_http_port=own_http, clickhouse_nodes=())]
         for host, port, http in self.clickhouse_nodes:
-            if http is None and (self.clickhouse_http_port == 0
-                                 or (host, port) == (self.clickhouse_host, self.clickhouse_port)):
-                http = self.clickhouse_http_port
-            out.append(replace(self, clickhouse_host=host, clickhouse_port=port, clickhouse_http_port=http,
-                               clickhouse_nodes=()))
+            if (host, port) != first:
+                out.append(replace(self, clickhouse_host=host, clickhouse_port=port, clickhouse_nodes=(),
+                                   clickhouse_http_port=0 if http is None and self.clickhouse_http_port == 0
+                                   else http))
         return out
 
     def consumer_groups(self) -> dict[str, list[str]]:

@@ -87,6 +87,21 @@ def test_a_node_without_its_own_http_port_takes_the_configured_one_only_when_it_
     assert [n.clickhouse_http_port for n in off.clickhouse_node_settings()] == [0, 0]
 
 
+def test_the_host_port_node_comes_first_so_settings_pointed_elsewhere_write_there() -> None:
+    s = Settings.from_env({"CITYOPS_CLICKHOUSE_NODES": NODES, "CITYOPS_CLICKHOUSE_PORT": "24200"})
+    assert [(n.clickhouse_port, n.clickhouse_http_port) for n in s.clickhouse_node_settings()] == [
+        (24200, 24323), (24000, 24123), (24100, 24223)]
+    other = Settings.from_env({"CITYOPS_CLICKHOUSE_NODES": NODES, "CITYOPS_CLICKHOUSE_PORT": "19000"})
+    assert [n.clickhouse_port for n in other.clickhouse_node_settings()] == [19000, 24000, 24100, 24200]
+
+
+def test_a_child_does_not_take_the_node_list_of_its_parents_environment() -> None:
+    """A worker started with single-node settings from a shell that has the cluster's list keeps to its node."""
+    single = Settings.from_env({"CITYOPS_CLICKHOUSE_PORT": "26000"})
+    child = Settings.from_env({"CITYOPS_CLICKHOUSE_NODES": NODES, **single.to_env()})
+    assert [n.clickhouse_port for n in child.clickhouse_node_settings()] == [26000]
+
+
 @pytest.mark.parametrize("bad", ["127.0.0.1", "127.0.0.1:x", ":9000", "a:1:2:3"])
 def test_a_malformed_node_list_is_a_clear_error(bad: str) -> None:
     with pytest.raises(ValueError, match="CITYOPS_CLICKHOUSE_NODES"):
