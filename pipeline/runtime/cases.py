@@ -18,6 +18,7 @@ offsets past them: a restart holds what the crashed process held, and reads on f
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -45,6 +46,8 @@ from pipeline.wire import (
     located_time,
     refusal_json,
 )
+
+log = logging.getLogger("cityops.cases")
 
 PARKED = "#parked"   # table key suffix: updates that arrived before their case, kept with the grid's cases
 HELD = "~held/"      # table key prefix: a located item waiting for the watermark (`~...`: never a case id)
@@ -278,6 +281,12 @@ class CasesService(BatchService):
         self._marks_dirty.clear()
 
     async def _checkpoint(self, wait: bool = True) -> None:
+        late = sum(o.late for o in self.orders.values())
+        if late:
+            log.warning("%s: %d located items came behind the watermark of the ingest's marks (applied at once: "
+                        "an ingest replay's repeats, or a partition's items out of time order)", self.group, late)
+            for o in self.orders.values():
+                o.late = 0
         self._store_order()
         await super()._checkpoint(wait)
 

@@ -46,6 +46,7 @@ class Reorder:
     marks: dict[Input, float] = field(default_factory=dict)   # INF: caught up
     held: list[Held] = field(default_factory=list)            # a heap
     released_to: float = -INF                 # the watermark of the last release
+    late: int = 0                             # items that came behind it (released at once)
 
     def mark(self, marks: Iterable[tuple[str, int, float | None]]) -> list[Held]:
         """Progress marks of one ingest process (`None`: caught up), and the items they release, in order. A mark
@@ -65,6 +66,7 @@ class Reorder:
         """Hold an item; one behind the last release's watermark (late: an ingest replay's repeat, a new record of
         a partition that had caught up) is released at once."""
         if held.at < self.released_to:
+            self.late += 1
             return [held]
         heapq.heappush(self.held, held)
         return []
