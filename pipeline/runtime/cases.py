@@ -174,12 +174,24 @@ class CasesService(BatchService):
         await super().on_start()
         # a case's partition is its book's on the located topic as it is, whatever the settings say now
         self.located_partitions = self.partition_counts.get(self.settings.topics.located, self.settings.partitions)
-        assert self._producer is not None
-        inputs = set()
-        for topic in self.settings.topics.sources():
-            for p in await self._producer.partitions_for(topic) or ():
-                inputs.add((topic, p))
-        self.inputs = frozenset(inputs)
+
+    def _ensure_topics(self) -> None:
+        """As every stage, and every input partition of the ingest stage, whose marks the order waits for: known
+        before the consumer subscribes (an assignment may come while `on_start` still awaits)."""
+        from kafka import KafkaAdminClient
+
+        from pipeline.runtime.topics import topic_partitions
+
+        super()._ensure_topics()
+        sources = list(self.settings.topics.sources())
+        admin = KafkaAdminClient(client_id=f"{self.group}-admin", **self.settings.kafka_client_options())
+        try:
+            counts = topic_partitions(admin, sources)
+        finally:
+            admin.close()
+        if set(counts) != set(sources):
+            raise RuntimeError(f"input topics not found: {sorted(set(sources) - set(counts))}")
+        self.inputs = frozenset((topic, p) for topic, n in counts.items() for p in range(n))
 
     def _order(self, partition: int) -> Reorder:
         order = self.orders.get(partition)

@@ -57,9 +57,10 @@ class Reorder:
         return self.release()
 
     def watermark(self) -> float:
-        """Every item still to come of any input partition happened at or after this time."""
+        """Every item still to come of any input partition happened at or after this time (no inputs known: none
+        is known, -inf)."""
         if not self.inputs:
-            return INF
+            return -INF
         return min(self.marks.get(tp, -INF) for tp in self.inputs)
 
     def add(self, held: Held) -> list[Held]:
