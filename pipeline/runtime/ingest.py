@@ -21,6 +21,7 @@ by the same producer: the cases stage orders each book's input by them (pipeline
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -36,7 +37,7 @@ from pipeline.runtime.consumer import EXIT_DEADLETTER_LIMIT, BatchService
 from pipeline.stages.deadletters import DeadLetterLimitExceeded
 from pipeline.stages.ingest import IngestResult
 from pipeline.stages.patrolreports import refused
-from pipeline.stages.sensors import SensorState
+from pipeline.stages.sensors import SILENT_CHECK_S, SensorState
 from pipeline.wire import MARKS_KEY, Message, encode_marks
 
 
@@ -130,11 +131,18 @@ class IngestService(BatchService):
             at: float | None
             if self.aligner is not None:
                 at = self.aligner.front(tp, highwater)
+                if at is not None and self.sources[tp.topic].path == "readings":
+                    # a sensor found silent at the next check boundary of the partition's clock (its last reading
+                    # processed) is reported at its last reading + silent: after the last boundary passed
+                    last = self.aligner.last.get(tp, float("-inf"))
+                    at = min(at, math.floor(last / SILENT_CHECK_S) * SILENT_CHECK_S) if last > -math.inf else last
             else:
                 high, nxt = highwater(tp), self._next.get(tp)
                 if nxt is None:
                     continue
                 at = None if high is not None and nxt >= high else self._through.get(tp, float("-inf"))
+                if at is not None and at > -math.inf and self.sources[tp.topic].path == "readings":
+                    at = math.floor(at / SILENT_CHECK_S) * SILENT_CHECK_S       # as above
             if at is None or at > float("-inf"):
                 out.append((tp.topic, tp.partition, at))
         return out
