@@ -158,6 +158,9 @@ class Settings:
     align_skew_s: float | None = 60.0     # CITYOPS_ALIGN_SKEW (`off`, `0` or empty: None, no alignment)
     align_idle_s: float = 2.0             # CITYOPS_ALIGN_IDLE
     align_stall_s: float = 30.0           # CITYOPS_ALIGN_STALL
+    # CITYOPS_ORDER (`off`: no): the cases stage applies each book's input in event-time order behind the ingest
+    # group's progress marks (pipeline.stages.order); off, in the order it arrives
+    order_by_marks: bool = True
     dlq_max_ratio: float = 0.5            # CITYOPS_DLQ_MAX_RATIO
     grid_path: Path | None = None         # CITYOPS_GRID
     sensors_path: Path | None = None      # CITYOPS_SENSORS
@@ -225,6 +228,7 @@ class Settings:
             align_skew_s=_skew(e.get("CITYOPS_ALIGN_SKEW", "60")),
             align_idle_s=float(e.get("CITYOPS_ALIGN_IDLE", "2")),
             align_stall_s=float(e.get("CITYOPS_ALIGN_STALL", "30")),
+            order_by_marks=e.get("CITYOPS_ORDER", "on").strip().lower() not in ("off", "0", "no", "false"),
             dlq_max_ratio=float(e.get("CITYOPS_DLQ_MAX_RATIO", "0.5")),
             grid_path=Path(e["CITYOPS_GRID"]) if e.get("CITYOPS_GRID") else None,
             sensors_path=Path(e["CITYOPS_SENSORS"]) if e.get("CITYOPS_SENSORS") else None,

@@ -123,3 +123,38 @@ def case_book_key(case_id: str) -> str:
         raise ValueError(f"not a cityops case id: {case_id!r}")
     grid = case_id[1:].split("-", 1)[0]
     return grid[:9] if len(grid) >= 9 and grid.isdigit() else grid
+
+
+# -- progress marks on the located topic ------------------------------------------------------------------
+
+MARKS_KEY = b"~marks"     # never a book key (sub-district codes, OUTSIDE_KEY): a located message with it is marks
+
+
+def encode_marks(marks: list[tuple[str, int, float | None]]) -> bytes:
+    """An ingest process's progress marks, sent with key `MARKS_KEY` to every partition of the located topic
+    after the items of each batch (and whenever they change), by the producer that sent those items, so a mark
+    never passes the items it covers (pipeline.stages.order):
+
+        {"type": "marks", "marks": [[<raw topic>, <partition>, <time>], ...]}
+
+    one entry per input partition the process owns: every item of that partition still to come happened at or
+    after <time> (POSIX seconds, a float), or <time> is null: the partition is caught up (nothing more at the
+    broker when the mark was made), it holds nobody back. The raw topic's name is the one the process reads (with
+    a run's prefix)."""
+    return orjson.dumps({"type": "marks", "marks": [[t, p, at] for t, p, at in marks]})
+
+
+def decode_marks(raw: bytes) -> list[tuple[str, int, float | None]]:
+    """The marks of `encode_marks`; anything else raises ValueError."""
+    try:
+        d = orjson.loads(raw)
+        if d.get("type") != "marks":
+            raise ValueError("not marks")
+        return [(str(t), int(p), None if at is None else float(at)) for t, p, at in d["marks"]]
+    except (orjson.JSONDecodeError, TypeError, KeyError, AttributeError, ValueError) as err:
+        raise ValueError(f"bad progress marks on the located topic: {raw[:200]!r}") from err
+
+
+def located_time(item: Event | CaseUpdate) -> float:
+    """The event time a located item is ordered by (POSIX seconds)."""
+    return (item.at if isinstance(item, CaseUpdate) else item.occurred_at).timestamp()

@@ -208,6 +208,18 @@ class Aligner:
                 del self.held[tp]
         return out
 
+    def front(self, tp: TopicPartition, highwater: Callable[[TopicPartition], int | None]) -> float | None:
+        """Where `tp` stands for the records still to come of it: they happened at or after the returned time
+        (its first held record's, else its last released one's; -inf: nothing known yet), or None: it is caught
+        up (nothing held, nothing more at the broker), it holds nobody back (the progress marks of
+        pipeline.wire.encode_marks)."""
+        if tp in self.held:
+            head = self._head(tp)
+            return head if head is not None else self.last.get(tp, float("-inf"))
+        if self.lag(tp, highwater) == 0:
+            return None
+        return self.last.get(tp, float("-inf"))
+
     def _head(self, tp: TopicPartition) -> float | None:
         """Event time of the first readable held record of `tp` (None: none readable, or an unknown topic)."""
         if tp not in self._heads:

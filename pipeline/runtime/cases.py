@@ -7,11 +7,18 @@ updates parked for cases not seen yet (`<case id>#parked`), in the compacted cha
 case lives on the partition of its book (its sub-district: docs/cases.md §1.1), the located partition its
 reports come from. Replayed reports and updates
 are recognised by their stable ids (pipeline.stages.cases), so a replay changes nothing.
+
+Order: each located partition's items wait in a `pipeline.stages.order.Reorder` until the ingest group's progress
+marks have passed their event time, and reach the books in event-time order (`CITYOPS_ORDER=off`: as they come).
+The items held and the marks seen are state too, in the same table (`~held/<offset>`: the item's key, a NUL and
+its bytes; `~marks`: the marks as pipeline.wire.encode_marks writes them), written at each checkpoint with the
+offsets past them: a restart holds what the crashed process held, and reads on from where it had read.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -29,9 +36,23 @@ from pipeline.runtime.consumer import BatchService
 from pipeline.runtime.malloc import trim
 from pipeline.stages.cases import CaseBook
 from pipeline.stages.lifecycle import Outcome
-from pipeline.wire import case_book_key, decode_located, encode_update, refusal_json
+from pipeline.stages.order import Held, Reorder
+from pipeline.wire import (
+    MARKS_KEY,
+    case_book_key,
+    decode_located,
+    decode_marks,
+    encode_marks,
+    encode_update,
+    located_time,
+    refusal_json,
+)
+
+log = logging.getLogger("cityops.cases")
 
 PARKED = "#parked"   # table key suffix: updates that arrived before their case, kept with the grid's cases
+HELD = "~held/"      # table key prefix: a located item waiting for the watermark (`~...`: never a case id)
+MARKS = "~marks"     # table key: the progress marks a located partition has seen
 
 
 def book_partition(key: str, partitions: int) -> int:
@@ -79,6 +100,8 @@ class BookCache:
         if self._by_book is None:
             index: dict[str, list[str]] = {}
             for _, case_id in self.table.all_keys():
+                if case_id.startswith("~"):
+                    continue
                 index.setdefault(case_book_key(case_id), []).append(case_id)
             self._by_book = index
         return self._by_book
@@ -143,15 +166,58 @@ class CasesService(BatchService):
         self._last_sla_check = 0.0
         self.books = BookCache(self.cases_table, components.cases.policy,
                                lambda key: book_partition(key, self.located_partitions))
+        self.inputs: frozenset[tuple[str, int]] = frozenset()     # every input partition of the ingest stage
+        self.orders: dict[int, Reorder] = {}                      # located partition -> its held items
+        self._held_stored: dict[int, set[int]] = {}               # offsets of the held items in the table
+        self._marks_dirty: set[int] = set()
 
     async def on_start(self) -> None:
         await super().on_start()
         # a case's partition is its book's on the located topic as it is, whatever the settings say now
         self.located_partitions = self.partition_counts.get(self.settings.topics.located, self.settings.partitions)
 
+    def _ensure_topics(self) -> None:
+        """As every stage, and every input partition of the ingest stage, whose marks the order waits for: known
+        before the consumer subscribes (an assignment may come while `on_start` still awaits)."""
+        from kafka import KafkaAdminClient
+
+        from pipeline.runtime.topics import topic_partitions
+
+        super()._ensure_topics()
+        sources = list(self.settings.topics.sources())
+        admin = KafkaAdminClient(client_id=f"{self.group}-admin", **self.settings.kafka_client_options())
+        try:
+            counts = topic_partitions(admin, sources)
+        finally:
+            admin.close()
+        if set(counts) != set(sources):
+            raise RuntimeError(f"input topics not found: {sorted(set(sources) - set(counts))}")
+        self.inputs = frozenset((topic, p) for topic, n in counts.items() for p in range(n))
+
+    def _order(self, partition: int) -> Reorder:
+        order = self.orders.get(partition)
+        if order is None:
+            order = self.orders[partition] = Reorder(self.inputs)
+        return order
+
     async def process(self, records: dict[TopicPartition, list[Any]]) -> None:
         refresh(self.c)
-        items = [(r.key.decode(), r.value) for batch in records.values() for r in batch]
+        items: list[tuple[str, Any]] = []
+        for tp, batch in records.items():
+            if not self.settings.order_by_marks:
+                items += [(r.key.decode(), r.value) for r in batch if r.key != MARKS_KEY]
+                continue
+            order = self._order(tp.partition)
+            for r in batch:
+                if r.key == MARKS_KEY:
+                    released = order.mark(decode_marks(r.value))
+                    self._marks_dirty.add(tp.partition)
+                else:
+                    item = decode_located(r.value)
+                    released = order.add(Held(located_time(item), r.value, r.key.decode(), item, r.offset))
+                items += [(h.key, h.item) for h in released]
+        if not items:
+            return
         books: dict[str, CaseBook] = {}
         for key in {key for key, _ in items}:
             if key not in self.books.books:
@@ -194,6 +260,54 @@ class CasesService(BatchService):
 
     def partitions_lost(self, partitions: set[TopicPartition]) -> None:
         self.books.clear()
+        for tp in partitions:
+            self.orders.pop(tp.partition, None)
+            self._held_stored.pop(tp.partition, None)
+            self._marks_dirty.discard(tp.partition)
+
+    def partitions_restored(self, partitions: set[TopicPartition]) -> None:
+        """Hold again what the partitions' last owner held, with the marks it had seen."""
+        for tp in partitions:
+            live = self.cases_table.partition(tp.partition)
+            order = self.orders[tp.partition] = Reorder(self.inputs)
+            stored = self._held_stored[tp.partition] = set()
+            for key, value in live.items():
+                if key.startswith(HELD):
+                    assert isinstance(value, bytes)
+                    book, raw = value.split(b"\0", 1)
+                    item = decode_located(raw)
+                    offset = int(key[len(HELD):])
+                    order.add(Held(located_time(item), raw, book.decode(), item, offset))
+                    stored.add(offset)
+                elif key == MARKS:
+                    assert isinstance(value, bytes)
+                    order.mark(decode_marks(value))
+
+    def _store_order(self) -> None:
+        """Into the table: the items held now that were not yet, away the ones released since, the new marks."""
+        for partition, order in self.orders.items():
+            stored = self._held_stored.setdefault(partition, set())
+            now = {h.offset: h for h in order.held}
+            for offset in now.keys() - stored:
+                h = now[offset]
+                self.cases_table.put(partition, f"{HELD}{offset}", h.key.encode() + b"\0" + h.raw)
+            for offset in stored - now.keys():
+                self.cases_table.delete(partition, f"{HELD}{offset}")
+            self._held_stored[partition] = set(now)
+            if partition in self._marks_dirty:
+                marks = [(t, p, None if at == float("inf") else at) for (t, p), at in sorted(order.marks.items())]
+                self.cases_table.put(partition, MARKS, encode_marks(marks))
+        self._marks_dirty.clear()
+
+    async def _checkpoint(self, wait: bool = True) -> None:
+        late = sum(o.late for o in self.orders.values())
+        if late:
+            log.warning("%s: %d located items came behind the watermark of the ingest's marks (applied at once: "
+                        "an ingest replay's repeats, or a partition's items out of time order)", self.group, late)
+            for o in self.orders.values():
+                o.late = 0
+        self._store_order()
+        await super()._checkpoint(wait)
 
     @Service.timer(1.0)
     async def _escalate_overdue(self) -> None:

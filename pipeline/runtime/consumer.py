@@ -113,6 +113,12 @@ class BatchService(Service):
     def partitions_lost(self, partitions: set[TopicPartition]) -> None:
         """The stage's own caches of `partitions` (its tables are dropped by the service)."""
 
+    def partitions_restored(self, partitions: set[TopicPartition]) -> None:
+        """`partitions` were just assigned and their tables restored (under the lock, before any is read)."""
+
+    async def after_round(self) -> None:
+        """After each fetch and its processing, under the lock (before a checkpoint may start)."""
+
     def failure(self, err: Exception) -> tuple[int, str] | None:
         """(exit status, reason) for an error that stops the worker in a specific way, else None."""
         return None
@@ -185,6 +191,7 @@ class BatchService(Service):
                             self.pending.since = time.monotonic()
                     if self.aligner is not None and self.aligner.held.keys() - self.owned:
                         self.aligner.drop(self.aligner.held.keys() - self.owned)  # fetched as it was revoked
+                    await self.after_round()
                     await self.tick(drained=not fetched and not records
                                     and not (self.aligner is not None and self.aligner.held))
         except asyncio.CancelledError:
@@ -266,10 +273,10 @@ class BatchService(Service):
 
     # -- outputs -----------------------------------------------------------------------------------------------
 
-    async def send(self, topic: str, value: bytes, key: bytes | None = None) -> None:
+    async def send(self, topic: str, value: bytes, key: bytes | None = None, partition: int | None = None) -> None:
         """Produce now; the checkpoint waits for the acknowledgement."""
         assert self._producer is not None
-        self.pending.sends.append(await self._producer.send(topic, value=value, key=key))
+        self.pending.sends.append(await self._producer.send(topic, value=value, key=key, partition=partition))
 
     # -- checkpoints -------------------------------------------------------------------------------------------
 
@@ -356,7 +363,9 @@ class BatchService(Service):
                 new = sorted(tp.partition for tp in assigned if tp.topic == topic and tp not in self.owned)
                 if new:
                     self.restored += await restore_changelog(self.settings, self.group, table, new)
+            fresh = set(assigned) - self.owned
             self.owned = set(assigned)
+            self.partitions_restored(fresh)
             member = getattr(getattr(self._consumer, "_coordinator", None), "member_id", None)
             if self._slot is not None and isinstance(member, str):
                 self._slot.remember_member(member)

@@ -13,10 +13,15 @@ Silent sensors are found by each raw.iot partition's clock as its readings come
 `CITYOPS_SLA_CHECK_INTERVAL` seconds while no reading comes (`_check_silent_sensors`).
 
 The input topics and how each is taken are the rows of pipeline.model.sources.
+
+Progress marks: after each round of fetching (and processing), when where its input partitions stand changed,
+the process sends its marks (pipeline.wire.encode_marks) to every located partition, behind the items they cover,
+by the same producer: the cases stage orders each book's input by them (pipeline.stages.order).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -32,8 +37,8 @@ from pipeline.runtime.consumer import EXIT_DEADLETTER_LIMIT, BatchService
 from pipeline.stages.deadletters import DeadLetterLimitExceeded
 from pipeline.stages.ingest import IngestResult
 from pipeline.stages.patrolreports import refused
-from pipeline.stages.sensors import SensorState
-from pipeline.wire import Message
+from pipeline.stages.sensors import SILENT_CHECK_S, SensorState
+from pipeline.wire import MARKS_KEY, Message, encode_marks
 
 
 def _encode_state(state: SensorState) -> bytes:
@@ -71,6 +76,11 @@ class IngestService(BatchService):
             self.aligner = Aligner({topic: time_reader(src.time_field) for topic, src in self.sources.items()},
                                    skew_s=s.align_skew_s, idle_s=s.align_idle_s, stall_s=s.align_stall_s,
                                    window=components.ingest.decoder.reading_bounds)
+        self.readers = {topic: time_reader(src.time_field) for topic, src in self.sources.items()}
+        self._through: dict[TopicPartition, float] = {}    # without an aligner: each partition's last record time
+        self._next: dict[TopicPartition, int] = {}        # without an aligner: each partition's next offset
+        self._marks_sent: list[tuple[str, int, float | None]] | None = None
+        self._located_partitions: list[int] = []
 
     async def process(self, records: dict[TopicPartition, list[Any]]) -> None:
         refresh(self.c)
@@ -92,6 +102,13 @@ class IngestService(BatchService):
             located += [(at, len(located) + i, key, value)
                         for i, (at, (key, value)) in enumerate(zip(res.located_at, res.located, strict=True))]
             await self._publish(res)
+            if self.aligner is None:
+                self._next[tp] = batch[-1].offset + 1
+                for r in reversed(batch[-100:]):
+                    at = self.readers[tp.topic](r.value) if r.value else None
+                    if at is not None:
+                        self._through[tp] = at
+                        break
         # The batch's located items go out in the order they happened, not partition by partition: reports of
         # one incident come from several partitions and topics, and a case is found most reliably in time order.
         for _, _, key, value in sorted(located):
@@ -99,6 +116,60 @@ class IngestService(BatchService):
 
     def partitions_lost(self, partitions: set[TopicPartition]) -> None:
         self.c.ingest.forget_watches()
+        for tp in partitions:
+            self._through.pop(tp, None)
+            self._next.pop(tp, None)
+        self._marks_sent = None
+
+    def marks(self) -> list[tuple[str, int, float | None]]:
+        """Where each owned input partition stands (pipeline.wire.encode_marks); a partition nothing is known of
+        yet is left out (the cases stage waits for it)."""
+        assert self._consumer is not None
+        highwater = self._consumer.highwater
+        out: list[tuple[str, int, float | None]] = []
+        for tp in sorted(self.owned):
+            at: float | None
+            if self.aligner is not None:
+                at = self.aligner.front(tp, highwater)
+                if at is not None and self.sources[tp.topic].path == "readings":
+                    # a sensor found silent at the next check boundary of the partition's clock (its last reading
+                    # processed) is reported at its last reading + silent: after the last boundary passed
+                    last = self.aligner.last.get(tp, float("-inf"))
+                    at = min(at, math.floor(last / SILENT_CHECK_S) * SILENT_CHECK_S) if last > -math.inf else last
+            else:
+                high, nxt = highwater(tp), self._next.get(tp)
+                if nxt is None:
+                    continue
+                at = None if high is not None and nxt >= high else self._through.get(tp, float("-inf"))
+                if at is not None and at > -math.inf and self.sources[tp.topic].path == "readings":
+                    at = math.floor(at / SILENT_CHECK_S) * SILENT_CHECK_S       # as above
+            if at is None or at > float("-inf"):
+                out.append((tp.topic, tp.partition, at))
+        return out
+
+    async def after_round(self) -> None:
+        if self.aligner is None:
+            assert self._consumer is not None
+            for tp in self.owned - self._next.keys():
+                try:
+                    self._next[tp] = await self._consumer.position(tp)
+                except Exception:       # revoked meanwhile: the next round sees the new assignment
+                    break
+        marks = self.marks()
+        if marks == self._marks_sent:
+            return
+        if not self._located_partitions:
+            assert self._producer is not None
+            located = self.settings.topics.located
+            self._located_partitions = sorted(await self._producer.partitions_for(located) or ())
+            if not self._located_partitions:
+                return
+        value = encode_marks(marks)
+        for partition in self._located_partitions:
+            await self.send(self.settings.topics.located, value, MARKS_KEY, partition=partition)
+        self._marks_sent = marks
+        if self.pending.since is None:
+            self.pending.since = time.monotonic()
 
     @Service.task
     async def _silent_sensor_timer(self) -> None:

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from pipeline.model.cases import CorrelationPolicy
-from pipeline.model.events import CaseUpdate
+from pipeline.model.events import CaseUpdate, Event
 from pipeline.stages.cases import CaseBook
 from pipeline.stages.lifecycle import Outcome, Router
 from pipeline.stages.patrolreports import applied
@@ -47,9 +47,10 @@ class CaseStage:
         current = getattr(self.router_source, "current", None)
         return current if current is not None else self.router_source  # type: ignore[no-any-return]
 
-    def apply(self, items: Iterable[tuple[str, bytes]], books: dict[str, CaseBook]) -> Outcome:
-        """Apply located reports and updates, in order, to the books they belong to. `books` maps book key ->
-        book; a key not in it gets a new empty book (the caller loads existing ones first)."""
+    def apply(self, items: Iterable[tuple[str, bytes | Event | CaseUpdate]], books: dict[str, CaseBook]) -> Outcome:
+        """Apply located reports and updates (as the located topic carries them, or decoded), in order, to the
+        books they belong to. `books` maps book key -> book; a key not in it gets a new empty book (the caller
+        loads existing ones first)."""
         out = Outcome()
         router = self.router()
         touched: dict[str, CaseBook] = {}
@@ -59,7 +60,7 @@ class CaseStage:
             if book is None:
                 book = books[key] = CaseBook(key, self.policy)
             touched[key] = book
-            item = decode_located(raw)
+            item = raw if isinstance(raw, Event | CaseUpdate) else decode_located(raw)
             if wall:
                 now = self.wall_now()
             else:

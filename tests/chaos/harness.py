@@ -449,10 +449,32 @@ def reference_states(p: ChaosPipeline) -> dict[str, dict[str, Any]]:
     states: dict[str, dict[str, Any]] = {}
     for _, messages in sorted(read_topic(p.settings, p.settings.topics.located).items()):
         books: dict[str, CaseBook] = {}
-        items = [(m.key.decode(), m.value) for m in messages]
+        items = in_marks_order(p.settings, messages)
         for i in range(0, len(items), 2000):       # the worker's batch size: escalations happen per batch
             states.update(stage.apply(items[i:i + 2000], books).states)
     return states
+
+
+def in_marks_order(settings: Any, messages: list[Any]) -> list[tuple[str, Any]]:
+    """A located partition's items in the order the cases stage applies them (pipeline.stages.order): behind the
+    ingest's progress marks (every input topic with `settings.partitions` partitions), or as they come with
+    `order_by_marks` off."""
+    from pipeline.stages.order import Held, Reorder
+    from pipeline.wire import MARKS_KEY, decode_located, decode_marks, located_time
+
+    if not settings.order_by_marks:
+        return [(m.key.decode(), m.value) for m in messages if m.key != MARKS_KEY]
+    order = Reorder(frozenset((t, i) for t in settings.topics.sources() for i in range(settings.partitions)))
+    out: list[tuple[str, Any]] = []
+    for m in messages:
+        if m.key == MARKS_KEY:
+            released = order.mark(decode_marks(m.value))
+        else:
+            item = decode_located(m.value)
+            released = order.add(Held(located_time(item), m.value, m.key.decode(), item, m.offset))
+        out += [(h.key, h.item) for h in released]
+    assert not order.held, f"{len(order.held)} located items never released: a partition never marked"
+    return out
 
 
 STATE_FIELDS = ("status", "team", "reports", "reopened", "category", "cell", "discovered_by")
