@@ -82,7 +82,9 @@ def compose_doc(site: Site, base: int) -> dict[str, Any]:
     zk_host, _, zk_port = site.coordination[0].rpartition(":")
     env = {"CITYOPS_KAFKA_BOOTSTRAP": ",".join(f"kafka-{b + 1}:9092" for b in range(site.brokers)),
            "CITYOPS_CLICKHOUSE_HOST": site.nodes[0].host, "CITYOPS_CLICKHOUSE_PORT": str(site.nodes[0].native_port),
-           "CITYOPS_CLICKHOUSE_HTTP_PORT": "8123", "CITYOPS_CLUSTER": site.cluster, "CITYOPS_INSERT_QUORUM": "2",
+           "CITYOPS_CLICKHOUSE_HTTP_PORT": "8123",
+           "CITYOPS_CLICKHOUSE_NODES": ",".join(f"{n.host}:{n.native_port}:8123" for n in site.nodes),
+           "CITYOPS_CLUSTER": site.cluster, "CITYOPS_INSERT_QUORUM": "2",
            "CITYOPS_ENV": "production", "CITYOPS_SLA_CLOCK": "wall",
            "CITYOPS_SECRET": "${CITYOPS_SECRET:?set CITYOPS_SECRET}",
            "CITYOPS_PII_KEY": "${CITYOPS_PII_KEY:?set CITYOPS_PII_KEY}"}

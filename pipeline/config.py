@@ -7,7 +7,7 @@ deploy/local (Kafka on 127.0.0.1:19092, ClickHouse on 127.0.0.1:19000).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from pipeline.model import sources
@@ -25,6 +25,22 @@ def _choice(env: dict[str, str], name: str, default: str, allowed: tuple[str, ..
 
 def _optional_int(text: str) -> int | None:
     return int(text) if text.strip() else None
+
+
+Node = tuple[str, int, int | None]     # a ClickHouse node: host, native port, HTTP port (None: the usual guess)
+
+
+def _nodes(text: str) -> tuple[Node, ...]:
+    """CITYOPS_CLICKHOUSE_NODES: `host:port[:http_port],...` (empty: none)."""
+    out = []
+    for item in (i.strip() for i in text.split(",")):
+        if not item:
+            continue
+        parts = item.split(":")
+        if len(parts) not in (2, 3) or not parts[0] or not all(p.isdigit() for p in parts[1:]):
+            raise ValueError(f"CITYOPS_CLICKHOUSE_NODES: {item!r} is not host:port or host:port:http_port")
+        out.append((parts[0], int(parts[1]), int(parts[2]) if len(parts) == 3 else None))
+    return tuple(out)
 
 
 def _skew(text: str) -> float | None:
@@ -104,6 +120,9 @@ class Settings:
     insert_quorum: int = 0                    # CITYOPS_INSERT_QUORUM (0 or 1: off)
     clickhouse_host: str = "127.0.0.1"
     clickhouse_port: int = 19000
+    # further nodes the sink may write through (after the host and port above, which it writes through first);
+    # it moves to the next when the one it writes through is unreachable (clickhouse_node_settings)
+    clickhouse_nodes: tuple[Node, ...] = ()   # CITYOPS_CLICKHOUSE_NODES
     clickhouse_user: str = "default"
     clickhouse_password: str = ""
     clickhouse_database: str = "cityops"
@@ -172,6 +191,7 @@ class Settings:
             insert_quorum=int(e.get("CITYOPS_INSERT_QUORUM") or 0),
             clickhouse_host=e.get("CITYOPS_CLICKHOUSE_HOST", "127.0.0.1"),
             clickhouse_port=int(e.get("CITYOPS_CLICKHOUSE_PORT", "19000")),
+            clickhouse_nodes=_nodes(e.get("CITYOPS_CLICKHOUSE_NODES", "")),
             clickhouse_user=e.get("CITYOPS_CLICKHOUSE_USER", "default"),
             clickhouse_password=e.get("CITYOPS_CLICKHOUSE_PASSWORD", ""),
             clickhouse_database=e.get("CITYOPS_CLICKHOUSE_DATABASE", "cityops"),
@@ -243,6 +263,9 @@ class Settings:
             "CITYOPS_OPEN311_JURISDICTION": self.open311_jurisdiction,
             "CITYOPS_INSERT_SYNC": "1" if self.insert_sync else "0",
             "CITYOPS_INSERT_QUORUM": str(self.insert_quorum),
+            # always set, empty too: a child must not take a node list of the parent's environment (another server)
+            "CITYOPS_CLICKHOUSE_NODES": ",".join(":".join(str(p) for p in n if p is not None)
+                                                 for n in self.clickhouse_nodes),
         }
         optional = {
             "CITYOPS_KAFKA_SASL_MECHANISM": self.kafka_sasl_mechanism,
@@ -259,6 +282,24 @@ class Settings:
         }
         env.update({k: v for k, v in optional.items() if v})
         return env
+
+    def clickhouse_node_settings(self) -> list[Settings]:
+        """The ClickHouse nodes the sink writes through, in order of preference, each as these settings pointed at
+        it: the CITYOPS_CLICKHOUSE_HOST/PORT node first (so settings pointed at another server write there), then
+        the other nodes of CITYOPS_CLICKHOUSE_NODES in their order. The first node's HTTP port is
+        CITYOPS_CLICKHOUSE_HTTP_PORT, else the one the list gives it; another node's is the one the list gives,
+        else none when CITYOPS_CLICKHOUSE_HTTP_PORT is 0, else the port that pairs with its native one
+        (transport.http_port)."""
+        first = (self.clickhouse_host, self.clickhouse_port)
+        listed = {(host, port): http for host, port, http in self.clickhouse_nodes}
+        own_http = self.clickhouse_http_port if self.clickhouse_http_port is not None else listed.get(first)
+        out = [replace(self, clickhouse_http_port=own_http, clickhouse_nodes=())]
+        for host, port, http in self.clickhouse_nodes:
+            if (host, port) != first:
+                out.append(replace(self, clickhouse_host=host, clickhouse_port=port, clickhouse_nodes=(),
+                                   clickhouse_http_port=0 if http is None and self.clickhouse_http_port == 0
+                                   else http))
+        return out
 
     def consumer_groups(self) -> dict[str, list[str]]:
         """The worker's consumer groups and the topics each consumes, whatever the process layout:

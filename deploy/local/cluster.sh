@@ -28,6 +28,8 @@ env_lines() {
   echo "export CITYOPS_KAFKA_BOOTSTRAP=$(bootstrap)"
   echo "export CITYOPS_CLICKHOUSE_PORT=$(awk '$1 == "clickhouse" {print $3; exit}' "$NODES")"
   echo "export CITYOPS_CLICKHOUSE_HTTP_PORT=$(awk '$1 == "clickhouse" {print $4; exit}' "$NODES")"
+  # the sink's nodes, s1r1 first: it moves to the next when the one it writes through is unreachable
+  echo "export CITYOPS_CLICKHOUSE_NODES=$(awk '$1 == "clickhouse" {printf "%s127.0.0.1:%s:%s", (n++ ? "," : ""), $3, $4}' "$NODES")"
   echo "export CITYOPS_CLUSTER=cityops"
 }
 

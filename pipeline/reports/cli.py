@@ -36,7 +36,7 @@ REPORTS: dict[str, Command] = {c.name: c for c in (
 def _connect() -> Queryable:
     from pipeline.sink.transport import ClickHouse
 
-    return ClickHouse(Settings.from_env())
+    return ClickHouse(Settings.from_env(), any_node=True)
 
 
 

@@ -9,7 +9,8 @@ about as much as encoding and sending (`python -m pipeline.bench.sink` compares 
 only when every row is stored; while the server is down or slow it retries with capped exponential backoff,
 which blocks the calling worker (that blocking *is* the backpressure: the worker reads no more input and commits
 no offsets until the batch is stored). `stop()` makes a waiting `write` raise `SinkStopped`, so a worker that
-shuts down never commits the offsets of a batch that was not stored.
+shuts down never commits the offsets of a batch that was not stored. On a cluster with several nodes listed
+(CITYOPS_CLICKHOUSE_NODES) a node that cannot be reached is left for the next one at once (`ClickHouseSink`).
 
 The sink inserts over HTTP when an HTTP port is known, else over the native protocol (`transport=` forces one).
 If the HTTP port refuses connections while the native port answers (a site that closed it), the sink logs a
@@ -51,6 +52,7 @@ from pipeline.sink.transport import (
     QueryError,
     http_port,
     is_retryable,
+    is_unreachable,
 )
 
 log = logging.getLogger("cityops.sink")
@@ -90,38 +92,64 @@ class Backoff:
 
 
 Transport = Literal["http", "native"]
+Writer = ClickHouse | ClickHouseHttp
 
 
 class ClickHouseSink:
     """Stores SinkBatches; see the module docstring for the contract.
 
     `write` may be called from a worker thread (e.g. `loop.run_in_executor`); concurrent writes are
-    serialized. Counters: `retries` (failed attempts that were retried), `rows_written`, `batches_written`.
-    `transport`: "http" (Native blocks over the HTTP interface, the fast path) or "native" (the driver's
-    columnar insert); by default HTTP when `http_port(settings)` knows a port. `client` replaces the writer
-    (anything with `insert_columns` and `close`), e.g. a fake in tests.
+    serialized. Counters: `retries` (failed attempts that were retried), `switches` (moves to another node),
+    `rows_written`, `batches_written`. `transport`: "http" (Native blocks over the HTTP interface, the fast path)
+    or "native" (the driver's columnar insert); by default HTTP when `http_port(settings)` knows a port.
+
+    Nodes: `settings.clickhouse_node_settings()` (CITYOPS_CLICKHOUSE_NODES, else the one host/port). The sink
+    writes through the first; when the node it writes through is unreachable (`is_unreachable`: refused, reset,
+    timed out; not an error the node answered with, such as a read-only table, which backs off as on one node)
+    it moves to the next one at once, and backs off only once every node failed since the last stored block. It
+    stays on the new node until that one fails. A block retried through another node is not doubled: each shard's
+    Replicated table de-duplicates it by its checksum in ZooKeeper, whichever replica receives it (README
+    "Running a city: the cluster").
+
+    `client` replaces the writer (anything with `insert_columns` and `close`), e.g. a fake in tests, on one
+    node; `connect(node_settings)` opens the writer of each node instead (a fake per node in tests).
     """
 
     def __init__(self, settings: Settings, *, backoff: Backoff | None = None,
-                 client: ClickHouse | None = None, transport: Transport | None = None) -> None:
-        self._settings = settings
-        self._native: ClickHouse | None = client
-        self._db: ClickHouse | ClickHouseHttp
-        if client is not None:
-            self._db = client
-        elif transport == "http" or (transport is None and http_port(settings) is not None):
-            self._db = ClickHouseHttp(settings)
-        else:
-            self._db = self._native = ClickHouse(settings)
+                 client: ClickHouse | None = None, transport: Transport | None = None,
+                 connect: Callable[[Settings], Writer] | None = None) -> None:
+        self._nodes = settings.clickhouse_node_settings()
+        self._node = 0
+        self._settings = self._nodes[0]
+        self._client = client
+        self._connect = connect
+        self._choice = transport
+        self._db: Writer = self._open(self._settings)
         self.transport: Transport = "http" if isinstance(self._db, ClickHouseHttp) else "native"
         self._may_fall_back = transport is None and self.transport == "http"
         self._refused_while_native_answers = 0
+        self._tried: set[int] = set()       # nodes found unreachable since the last stored block or backoff
         self._backoff = backoff or Backoff()
         self._stopped = threading.Event()
         self._write_lock = threading.Lock()
         self.retries = 0
+        self.switches = 0
         self.rows_written = 0
         self.batches_written = 0
+
+    def _open(self, node: Settings) -> Writer:
+        if self._client is not None:
+            return self._client
+        if self._connect is not None:
+            return self._connect(node)
+        if self._choice == "http" or (self._choice is None and http_port(node) is not None):
+            return ClickHouseHttp(node)
+        return ClickHouse(node)
+
+    @property
+    def node(self) -> str:
+        """host:port (native) of the node the sink writes through now."""
+        return f"{self._settings.clickhouse_host}:{self._settings.clickhouse_port}"
 
     def write(self, batch: SinkBatch) -> None:
         """Store every row of `batch`; return only when all are stored.
@@ -153,12 +181,20 @@ class ClickHouseSink:
             try:
                 self._db.insert_columns(spec.table, spec.columns, data)
                 self.rows_written += n
+                self._tried.clear()
                 return
             except Exception as err:
                 if not is_retryable(err):
                     raise SinkRejected(f"{spec.table}: {n} rows refused: {err}") from err
-                if isinstance(err, ConnectionRefusedError) and self._fall_back_to_native():
+                down = True
+                if isinstance(err, ConnectionRefusedError):
+                    fell_back = self._fall_back_to_native()
+                    if fell_back:
+                        continue
+                    down = fell_back is None
+                if down and is_unreachable(err) and self._switch_node(err):
                     continue
+                self._tried.clear()
                 delay = self._backoff.delay(attempt)
                 attempt += 1
                 self.retries += 1
@@ -167,18 +203,38 @@ class ClickHouseSink:
                 if self._stopped.wait(delay):
                     raise SinkStopped(f"sink stopped before {n} rows were stored in {spec.table}") from err
 
-    def _fall_back_to_native(self) -> bool:
-        """The HTTP port refused: if the native port answers, three times in a row (a restarting server may
-        open its ports one after the other), use it from now on. True: retry at once."""
-        if not self._may_fall_back:
+    def _switch_node(self, err: BaseException) -> bool:
+        """The node did not answer: write through the next one of the list (logged once per switch). True: retry
+        at once; False: every node was unreachable since the last stored block, back off first."""
+        if len(self._nodes) < 2 or self._client is not None:
             return False
+        self._tried.add(self._node)
+        was = self.node
+        self._node = (self._node + 1) % len(self._nodes)
+        self._settings = self._nodes[self._node]
+        self._db.close()
+        self._db = self._open(self._settings)
+        self.transport = "http" if isinstance(self._db, ClickHouseHttp) else "native"   # a node may lack HTTP
+        self._may_fall_back = self._choice is None and self.transport == "http"
+        self._refused_while_native_answers = 0
+        self.switches += 1
+        log.warning("sink: ClickHouse node %s unreachable (%s); writing through %s (%s)", was, type(err).__name__,
+                    self.node, self.transport)
+        return self._node not in self._tried
+
+    def _fall_back_to_native(self) -> bool | None:
+        """The HTTP port refused: if the native port answers, three times in a row (a restarting server may
+        open its ports one after the other), use it from now on, on every node. True: retry at once; False: the
+        native port answers (back off, the node is up); None: the node is down, or HTTP was chosen."""
+        if not self._may_fall_back:
+            return None
         native = ClickHouse(self._settings, connect_timeout=2.0)
         try:
             native.execute("SELECT 1")
         except QueryError:
             native.close()
             self._refused_while_native_answers = 0
-            return False    # the whole server is down: keep HTTP and wait like any outage
+            return None    # the whole server is down: keep HTTP and wait like any outage (or try another node)
         self._refused_while_native_answers += 1
         if self._refused_while_native_answers < 3:
             native.close()
@@ -188,8 +244,8 @@ class ClickHouseSink:
                     "the native protocol (slower). Set CITYOPS_CLICKHOUSE_HTTP_PORT to the server's HTTP port, "
                     "or 0 to silence this.", self._db.where)
         self._db.close()
-        self._db = self._native = native
-        self.transport, self._may_fall_back = "native", False
+        self._db = native
+        self._choice, self.transport, self._may_fall_back = "native", "native", False
         return True
 
     def stop(self) -> None:

@@ -77,6 +77,16 @@ def is_retryable(err: BaseException) -> bool:
                       | ch_errors.UnexpectedPacketFromServerError | http.client.HTTPException)
 
 
+def is_unreachable(err: BaseException) -> bool:
+    """True when the node itself could not be reached or dropped the connection (refused, reset, timed out,
+    closed mid-answer): another node of the cluster may take the insert. False when the node answered, even with
+    a retryable error (read-only table, quorum, a shard it could not reach): another node would answer the same."""
+    if isinstance(err, ch_errors.ServerException):
+        return False
+    return isinstance(err, ch_errors.NetworkError | ch_errors.SocketTimeoutError | EOFError | OSError
+                      | ch_errors.UnexpectedPacketFromServerError | http.client.HTTPException)
+
+
 class QueryError(Exception):
     """A query failed or the server could not be reached; the message names the server and database."""
 
@@ -97,11 +107,15 @@ class ClickHouse:
     """A ClickHouse connection over the native protocol, configured from Settings.
 
     Not shared between threads without care: calls are serialized by a lock. The connection is opened on
-    first use and re-opened after a network error.
+    first use and re-opened after a network error. `any_node`: for readers (the web UI, the reports), which read
+    the Distributed tables and may read them through any node: when the host/port node refuses a connection, the
+    driver connects to the other nodes of CITYOPS_CLICKHOUSE_NODES in turn (the query that lost its connection
+    fails; the next one goes elsewhere). Without it, the connection is to that one node (migrations, checks of
+    one node).
     """
 
     def __init__(self, settings: Settings, database: str | None = None, *, connect_timeout: float = 5.0,
-                 send_receive_timeout: float = 60.0) -> None:
+                 send_receive_timeout: float = 60.0, any_node: bool = False) -> None:
         self.database = database or settings.clickhouse_database
         options: dict[str, Any] = {
             "host": settings.clickhouse_host, "port": settings.clickhouse_port,
@@ -110,6 +124,10 @@ class ClickHouse:
             "connect_timeout": connect_timeout, "send_receive_timeout": send_receive_timeout,
             "sync_request_timeout": connect_timeout,
         }
+        others = [f"{host}:{port}" for host, port, _ in settings.clickhouse_nodes
+                  if (host, port) != (settings.clickhouse_host, settings.clickhouse_port)]
+        if any_node and others:
+            options["alt_hosts"] = ",".join(others)
         if settings.clickhouse_secure:
             options["secure"] = True
             options["verify"] = True
@@ -117,7 +135,7 @@ class ClickHouse:
                 options["ca_certs"] = settings.clickhouse_ca_certs
         self._client = Client(**options)
         self._insert_settings = insert_settings(settings)
-        self._where = f"{settings.clickhouse_host}:{settings.clickhouse_port}"
+        self.where = f"{settings.clickhouse_host}:{settings.clickhouse_port}"
         self._lock = threading.Lock()
 
     def execute(self, sql: str,
@@ -140,7 +158,7 @@ class ClickHouse:
         try:
             yield
         except (ch_errors.Error, OSError, EOFError) as err:
-            where = f"ClickHouse {self._where}/{self.database}"
+            where = f"ClickHouse {self.where}/{self.database}"
             detail = " ".join(str(err).split()).split(" Stack trace:")[0][:400] or type(err).__name__
             if isinstance(err, ch_errors.ServerException) and err.code in (60, 81):
                 detail += " (is the schema migrated? run `cityops db migrate`)"

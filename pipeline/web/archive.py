@@ -158,4 +158,4 @@ def open_archive(settings: Any) -> CaseArchive:
     """The archive on the configured ClickHouse database (connects lazily, on the first query)."""
     from pipeline.sink.transport import ClickHouse
 
-    return CaseArchive(ClickHouse(settings, connect_timeout=3.0, send_receive_timeout=10.0))
+    return CaseArchive(ClickHouse(settings, connect_timeout=3.0, send_receive_timeout=10.0, any_node=True))

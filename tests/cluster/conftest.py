@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from pipeline.config import ROOT
+from pipeline.config import ROOT, Settings
 
 SCRIPT = ROOT / "deploy" / "local" / "cluster.sh"
 
@@ -27,3 +27,16 @@ def cluster_env() -> Iterator[dict[str, str]]:
     yield dict(e.split("=", 1) for e in exports if "=" in e)
     if not was_running:
         cluster_sh("down", check=False)
+
+
+def drop_database(settings: Settings, *names: str) -> None:
+    """DROP DATABASE ... ON CLUSTER cityops of each of `names` (default: the settings' database), through the
+    settings' node."""
+    from pipeline.sink.transport import ClickHouse
+
+    db = ClickHouse(settings, database="default")
+    try:
+        for name in names or (settings.clickhouse_database,):
+            db.execute(f"DROP DATABASE IF EXISTS {name} ON CLUSTER cityops")
+    finally:
+        db.close()

@@ -24,6 +24,7 @@ from pipeline.simulate import Simulation
 from pipeline.sink.migrate import load_migrations, migrate
 from pipeline.sink.transport import ClickHouse
 from tests.chaos.harness import stream_config
+from tests.cluster.conftest import drop_database
 from tests.cluster.test_failover import replicas_differ
 from tests.cluster.test_profile import NODE_PORTS, SITE, node
 from tests.integration.simday import check_against_truth, report_figures, run_day
@@ -128,11 +129,7 @@ def test_a_simulated_day_through_two_workers_per_stage_on_the_cluster(
     finally:
         clustered.close()
         alone.close()
-        db = ClickHouse(cs, database="default")
-        try:
-            db.execute(f"DROP DATABASE IF EXISTS {cs.clickhouse_database} ON CLUSTER cityops")
-        finally:
-            db.close()
+        drop_database(cs)
 
 
 def _fields_differing(got: Any, want: Any) -> str:

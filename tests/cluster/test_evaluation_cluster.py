@@ -32,7 +32,8 @@ from tests.analytics.history import generate
 from tests.analytics.test_evaluation import month
 from tests.analytics.test_evaluation_checks import run_scenario as checks_scenario
 from tests.analytics.test_evaluation_inspectors import run_scenario
-from tests.cluster.test_profile import NODE_PORTS, cluster_sh, node
+from tests.cluster.conftest import cluster_sh, drop_database
+from tests.cluster.test_profile import NODE_PORTS, node
 
 pytestmark = [pytest.mark.cluster, pytest.mark.clickhouse]
 
@@ -52,11 +53,7 @@ def cluster_settings() -> Iterator[Settings]:
     try:
         yield s
     finally:
-        db = ClickHouse(s, database="default")
-        try:
-            db.execute(f"DROP DATABASE IF EXISTS {s.clickhouse_database} ON CLUSTER cityops")
-        finally:
-            db.close()
+        drop_database(s)
         if not was_running:
             cluster_sh("down", check=False)
 

@@ -39,7 +39,7 @@ from tests.chaos.harness import (
     stream,
     wait_drained,
 )
-from tests.cluster.conftest import cluster_sh
+from tests.cluster.conftest import cluster_sh, drop_database
 from tests.support import wait_for
 
 pytestmark = [pytest.mark.cluster]
@@ -83,19 +83,14 @@ def node_ports() -> list[int]:
 
 @pytest.fixture(scope="module")
 def databases(cluster_env: dict[str, str]) -> Iterator[list[str]]:
-    """Four databases migrated ON CLUSTER at once; each test takes one (its accounting reads whole tables)."""
+    """Five databases migrated ON CLUSTER at once; each test takes one (its accounting reads whole tables)."""
     base = Settings.from_env({**os.environ, **cluster_env})
-    names = [f"cityops_f{uuid.uuid4().hex[:10]}" for _ in range(4)]
+    names = [f"cityops_f{uuid.uuid4().hex[:10]}" for _ in range(5)]
     with ThreadPoolExecutor(len(names)) as pool:
         list(pool.map(lambda db: migrate(replace(base, clickhouse_database=db), cluster="cityops"), names))
     left = list(names)
     yield left
-    db = ClickHouse(base, database="default")
-    try:
-        for name in names:
-            db.execute(f"DROP DATABASE IF EXISTS {name} ON CLUSTER cityops")
-    finally:
-        db.close()
+    drop_database(base, *names)
 
 
 FAILED_AT: dict[str, float] = {}
@@ -257,6 +252,43 @@ def test_a_clickhouse_replica_killed_mid_stream_catches_up(tmp_path: Path, clust
         with broken("clickhouse", "s2r2"):
             produce_stream(p.settings, rest)
             assert wait_for(lambda: "failed" in p.logs(), 120), p.logs()[-3000:]   # the sink waits for the quorum
+        finish(p, expected, alive=p.workers, since=failed)
+
+
+def rows_on(s: Settings, port: int, table: str) -> int:
+    """Rows of `table`'s local (Replicated) table on one node, duplicates not yet merged included."""
+    ch = ClickHouse(replace(s, clickhouse_port=port), database="default")
+    try:
+        return int(ch.execute(f"SELECT count() FROM {s.clickhouse_database}.{table}_local")[0][0])
+    finally:
+        ch.close()
+
+
+def test_the_clickhouse_node_the_sink_writes_through_killed_mid_stream(tmp_path: Path, cluster_env: dict[str, str],
+                                                                       databases: list[str]) -> None:
+    """SIGKILL of s1r1, the first of CITYOPS_CLICKHOUSE_NODES, the node the worker's sink writes through: the sink
+    moves to the next node (s1r2) and storing goes on: shard 1's rows grow on s1r2 while s1r1 is down (they can only
+    get there through a live node: s1r1 is the only one it could fetch from otherwise). s1r1 is restarted 20 s after
+    the kill at the earliest, and catches up from s1r2. A reader opened with `any_node` answers meanwhile. With a
+    one-node list (CITYOPS_CLICKHOUSE_NODES empty) the sink waits for s1r1 and nothing grows."""
+    with on_cluster(tmp_path, cluster_env, databases.pop(), "snk") as p:
+        expected, rest = first_half_then_break(p, workers=1)
+        s1r2 = node_ports()[1]
+        failed = time.monotonic()
+        with broken("clickhouse", "s1r1"):
+            before = rows_on(p.settings, s1r2, "sensor_readings")
+            produce_stream(p.settings, rest)
+            grew = wait_for(lambda: rows_on(p.settings, s1r2, "sensor_readings") > before, 120, every_s=0.5)
+            print(f"\nsink: shard 1's readings on s1r2 {'grew' if grew else 'still the same'} "
+                  f"{time.monotonic() - failed:.0f} s after s1r1 was killed")
+            reader = ClickHouse(p.settings, any_node=True)     # a reader (web UI, reports) goes to another node
+            try:
+                assert reader.execute("SELECT count() FROM sensor_readings")[0][0] > 0
+            finally:
+                reader.close()
+            time.sleep(max(0.0, 20.0 - (time.monotonic() - failed)))
+        assert grew, "nothing stored while the sink's node was down:\n" + p.logs()[-3000:]
+        assert "unreachable" in p.logs() and "writing through 127.0.0.1:" in p.logs(), p.logs()[-3000:]
         finish(p, expected, alive=p.workers, since=failed)
 
 

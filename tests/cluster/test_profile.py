@@ -20,7 +20,7 @@ from pipeline.config import ROOT, Settings, Topics
 from pipeline.runtime.topics import ensure_derived, ensure_topics, replication, under_replicated, wait_visible
 from pipeline.sink.migrate import migrate, status
 from pipeline.sink.transport import ClickHouse
-from tests.cluster.conftest import cluster_sh
+from tests.cluster.conftest import cluster_sh, drop_database
 from tests.pipeline.factories import hotline, raw
 from tests.support import produce, running_worker, wait_for
 
@@ -37,11 +37,7 @@ def cs(cluster_env: dict[str, str], tmp_path: Path) -> Iterator[Settings]:
     s = replace(base, clickhouse_database=f"cityops_{tag}", topic_prefix=tag, topics=Topics.with_prefix(tag),
                 app_id=f"cityops-{tag}", var_dir=tmp_path, replication_factor=None, min_insync_replicas=None)
     yield s
-    db = ClickHouse(s, database="default")
-    try:
-        db.execute(f"DROP DATABASE IF EXISTS {s.clickhouse_database} ON CLUSTER cityops")
-    finally:
-        db.close()
+    drop_database(s)
 
 
 @pytest.fixture(scope="module")
@@ -52,11 +48,7 @@ def migrated_db(cluster_env: dict[str, str]) -> Iterator[str]:
                 clickhouse_database=f"cityops_m{uuid.uuid4().hex[:10]}")
     migrate(s, cluster="cityops")
     yield s.clickhouse_database
-    db = ClickHouse(s, database="default")
-    try:
-        db.execute(f"DROP DATABASE IF EXISTS {s.clickhouse_database} ON CLUSTER cityops")
-    finally:
-        db.close()
+    drop_database(s)
 
 
 def node(s: Settings, port: int) -> ClickHouse:
@@ -220,6 +212,55 @@ def test_a_sink_insert_is_on_its_shard_and_both_replicas_when_it_returns(cs: Set
     finally:
         ch.close()
     assert s1r1 == expected & set(ids)                               # shard 1 holds the keys hashing to it
+
+
+def test_a_block_retried_through_another_node_is_stored_once(cs: Settings, migrated_db: str) -> None:
+    """What the sink does when the node it writes through is lost mid-insert: it sends the same block again through
+    the next node. Here the same block (rows of both shards) goes into the Distributed `events` through each of the
+    four nodes in turn: every node splits it by the sharding key into the same sub-blocks, and each shard's
+    Replicated table drops a sub-block whose checksum is already in the shard's ZooKeeper log, whichever replica
+    receives it (`insert_deduplicate`). Merges are stopped, so a duplicate could not be collapsed meanwhile by
+    ReplacingMergeTree: the rows counted are the rows inserted. (With `insert_deduplicate=0` each node's copy stays:
+    4 times the rows.)"""
+    from pipeline.sink.transport import ClickHouseHttp
+
+    db = migrated_db
+    ids = [f"t:{uuid.uuid4().hex}" for _ in range(300)]
+    columns = ["event_id", "source", "case_id", "subdistrict", "received_at", "ingested_at"]
+    data = [ids, ["hotline"] * 300, ids, [f"31010900{i % 8}" for i in range(300)], [1764576000] * 300,
+            [1764576000] * 300]
+    for n in SITE.nodes:
+        ch = node(cs, n.native_port)
+        try:
+            ch.execute(f"SYSTEM STOP MERGES {db}.events_local")
+        finally:
+            ch.close()
+    per_node: dict[str, int] = {}
+    try:
+        for n in SITE.nodes:
+            http = ClickHouseHttp(replace(cs, clickhouse_database=db, clickhouse_port=n.native_port,
+                                          clickhouse_http_port=n.http_port))
+            try:
+                assert http.insert_columns("events", columns, data) == 300
+            finally:
+                http.close()
+        for n in SITE.nodes:
+            ch = node(cs, n.native_port)
+            try:
+                ch.execute(f"SYSTEM SYNC REPLICA {db}.events_local")
+                per_node[n.name] = ch.execute(f"SELECT count() FROM {db}.events_local WHERE event_id IN %(ids)s",
+                                              {"ids": tuple(ids)})[0][0]
+            finally:
+                ch.close()
+    finally:
+        for n in SITE.nodes:
+            ch = node(cs, n.native_port)
+            try:
+                ch.execute(f"SYSTEM START MERGES {db}.events_local")
+            finally:
+                ch.close()
+    assert per_node["s1r1"] == per_node["s1r2"] and per_node["s2r1"] == per_node["s2r2"], per_node
+    assert per_node["s1r1"] + per_node["s2r1"] == 300 and per_node["s1r1"] and per_node["s2r1"], per_node
 
 
 def test_cluster_down_leaves_nothing_running(cluster_env: dict[str, str]) -> None:
