@@ -7,6 +7,7 @@ import asyncio
 from typing import Any
 
 from aiokafka import TopicPartition
+from aiokafka.errors import KafkaTimeoutError
 from aiokafka.partitioner import DefaultPartitioner, murmur2
 
 from pipeline.wire import Message
@@ -115,10 +116,22 @@ class Outbox:
                 if batch.append(key=key, value=value, timestamp=None) is None:
                     # full: send it and start the next with this record (a batch takes its first record whatever
                     # its size, as `send` does)
-                    futures.append(await producer.send_batch(batch, topic, partition=partition))
+                    futures.append(await _enqueue(producer, batch, topic, partition))
                     batch = producer.create_batch()
                     if batch.append(key=key, value=value, timestamp=None) is None:
                         raise RuntimeError(f"{topic}[{partition}]: a new record batch refused a record")
             batch.close()
-            futures.append(await producer.send_batch(batch, topic, partition=partition))
+            futures.append(await _enqueue(producer, batch, topic, partition))
         return futures
+
+
+async def _enqueue(producer: Any, batch: Any, topic: str, partition: int) -> asyncio.Future[Any]:
+    """`send_batch`, waiting as long as the partition's previous batch is not taken by the sender. aiokafka gives
+    up after its request timeout (40 s) with the batch not queued; `send` appends to a partition's open batch
+    instead and waited only when it was full, so a broker outage longer than that did not stop the stage: nor
+    does it here (the idempotent producer delivers what is queued when the broker is back)."""
+    while True:
+        try:
+            return await producer.send_batch(batch, topic, partition=partition)   # type: ignore[no-any-return]
+        except KafkaTimeoutError:
+            continue
