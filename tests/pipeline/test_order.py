@@ -45,15 +45,19 @@ def names(released: list[Held]) -> list[str]:
 
 
 def test_after_every_input_caught_up_a_backlog_is_ordered_again() -> None:
-    """Live, every input partition is caught up and each item is released with the mark that follows it. When one
-    falls behind again (its ingest process restarted on a backlog), the items after the last one released wait for
-    the marks again, in event-time order, instead of passing as late ones in the order they came."""
+    """Live, every input partition is caught up and each item passes at once (its process sends no mark while it
+    stays caught up). When one falls behind again (its ingest process restarted on a backlog), the items after the
+    last one released wait for the marks again, in event-time order, instead of passing as late ones in the order
+    they came."""
     order = Reorder(frozenset({(HOT, 0), (HOT, 1)}))
     order.add(held(item(0, 10), 0))
     assert names(order.mark([(HOT, 0, None), (HOT, 1, None)])) == ["u0"]
-    # hotline 1's process restarted on a backlog from minute 12; hotline 0's is live
-    order.add(held(item(1, 40), 1))
+    # live: a new item passes at once (its process sends no mark while it stays caught up)
+    assert names(order.add(held(item(9, 11), 9))) == ["u9"]
+    # hotline 1's process restarted on a backlog from minute 12 (its first round's repeats passed as late ones);
+    # hotline 0's is live
     assert order.mark([(HOT, 1, at(12))]) == []
+    assert order.add(held(item(1, 40), 1)) == []
     order.add(held(item(2, 20), 2))
     assert names(order.mark([(HOT, 1, at(21))])) == ["u2"], "minute 40 waits for hotline 1 to pass it"
     order.add(held(item(3, 30), 3))
