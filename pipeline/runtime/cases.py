@@ -214,7 +214,14 @@ class CasesService(BatchService):
                     self._marks_dirty.add(tp.partition)
                 else:
                     item = decode_located(r.value)
+                    late = order.late
                     released = order.add(Held(located_time(item), r.value, r.key.decode(), item, r.offset))
+                    if late < order.late <= 3:      # the first few of each checkpoint: which, and why
+                        log.warning("%s: located[%d]@%d (%s) happened at %.0f, behind the watermark %.0f; marks: %s",
+                                    self.group, tp.partition, r.offset, getattr(item, "event_id", None)
+                                    or getattr(item, "update_id", None), located_time(item), order.released_to,
+                                    ", ".join(f"{t.rsplit('.', 1)[-1]}[{p}] {m:.0f}"
+                                              for (t, p), m in sorted(order.marks.items())))
                 items += [(h.key, h.item) for h in released]
         if not items:
             return
