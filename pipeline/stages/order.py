@@ -80,6 +80,12 @@ class Reorder:
         out: list[Held] = []
         while self.held and self.held[0].at < w:
             out.append(heapq.heappop(self.held))
-        if w > self.released_to:
+        if w == INF:
+            # every input caught up: what is released is known, nothing beyond it. A partition that falls behind
+            # again (a restarted ingest process resuming a backlog) is marked again, and its items after the last
+            # one released are ordered as before; released_to = inf would take every later item for a late one
+            if out and out[-1].at > self.released_to:
+                self.released_to = out[-1].at
+        elif w > self.released_to:
             self.released_to = w
         return out

@@ -44,6 +44,23 @@ def names(released: list[Held]) -> list[str]:
     return [h.item.update_id for h in released]
 
 
+def test_after_every_input_caught_up_a_backlog_is_ordered_again() -> None:
+    """Live, every input partition is caught up and each item is released with the mark that follows it. When one
+    falls behind again (its ingest process restarted on a backlog), the items after the last one released wait for
+    the marks again, in event-time order, instead of passing as late ones in the order they came."""
+    order = Reorder(frozenset({(HOT, 0), (HOT, 1)}))
+    order.add(held(item(0, 10), 0))
+    assert names(order.mark([(HOT, 0, None), (HOT, 1, None)])) == ["u0"]
+    # hotline 1's process restarted on a backlog from minute 12; hotline 0's is live
+    order.add(held(item(1, 40), 1))
+    assert order.mark([(HOT, 1, at(12))]) == []
+    order.add(held(item(2, 20), 2))
+    assert names(order.mark([(HOT, 1, at(21))])) == ["u2"], "minute 40 waits for hotline 1 to pass it"
+    order.add(held(item(3, 30), 3))
+    assert names(order.mark([(HOT, 1, None)])) == ["u3", "u1"]
+    assert order.late == 0
+
+
 def test_two_processes_one_ahead_are_released_in_event_time_order() -> None:
     order = Reorder(frozenset({(HOT, 0), (HOT, 1)}))
     # process A owns hotline 0 and runs an hour ahead; B owns hotline 1
