@@ -146,7 +146,7 @@ def test_a_restart_holds_what_was_held_and_applies_nothing_twice() -> None:
     assert rec1.applied == ["u2"]
     crashed._store_order()       # what its checkpoint writes with the offsets past `first`
     changes = crashed.cases_table.take_changes()
-    assert {k for _, k, v in changes if v is not None} == {b"~held/0", b"~held/1", b"~marks"}
+    assert {k for _, k, v in changes if v is not None} == {b"~held/0", b"~held/1", b"~marks", b"~released"}
 
     restarted, rec2 = service(settings)
     restarted.cases_table.load(0, [(k, v) for _, k, v in changes])
@@ -157,6 +157,37 @@ def test_a_restart_holds_what_was_held_and_applies_nothing_twice() -> None:
     restarted._store_order()
     gone = {k for _, k, v in restarted.cases_table.take_changes() if v is None}
     assert gone == {b"~held/0", b"~held/1"}, "released items leave the table"
+
+
+def test_a_restart_after_the_marks_went_back_applies_the_late_items_as_the_first_owner_did() -> None:
+    """An ingest replay's marks go back (the partition's new owner resumes from the committed offset): the watermark
+    falls below what was released, and items in between are late, applied at once as they come. A cases worker
+    that takes the located partition over at that point must do the same: rebuilt from the marks alone it held
+    them and applied them sorted, another order than the process that was not interrupted (issue #18)."""
+    settings = replace(Settings.from_env(), app_id="cityops-order-test")
+    located = TopicPartition(settings.topics.located, 0)
+
+    def msg(offset: int, value: bytes, key: bytes = b"310109009") -> Message:
+        return Message(located.topic, 0, offset, value, key)
+
+    def marks(offset: int, topic: str, partition: int, minutes: float | None) -> Message:
+        return msg(offset, encode_marks([(topic, partition, None if minutes is None else at(minutes))]), MARKS_KEY)
+
+    first = [msg(0, item(0, 10)), marks(1, HOT, 0, 60), marks(2, HOT, 1, 60), marks(3, HOT, 1, 30)]
+    rest = [msg(4, item(1, 50)), msg(5, item(2, 45)), marks(6, HOT, 1, None), marks(7, HOT, 0, None)]
+
+    whole, rec = service(settings)
+    asyncio.run(whole.process({located: first + rest}))
+    assert rec.applied == ["u0", "u1", "u2"]        # behind the watermark released (60): at once, as they came
+
+    crashed, rec1 = service(settings)
+    asyncio.run(crashed.process({located: first}))
+    crashed._store_order()
+    restarted, rec2 = service(settings)
+    restarted.cases_table.load(0, [(k, v) for _, k, v in crashed.cases_table.take_changes()])
+    restarted.partitions_restored({located})
+    asyncio.run(restarted.process({located: rest}))
+    assert rec1.applied + rec2.applied == rec.applied
 
 
 def test_off_the_items_go_as_they_come_and_marks_are_no_items() -> None:
