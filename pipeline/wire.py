@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 from datetime import UTC, datetime
 
-import msgspec
 import orjson
 
 from pipeline.model.cases import OUTSIDE_KEY
@@ -17,11 +16,9 @@ from pipeline.model.events import CaseUpdate, Event, Location, record
 from pipeline.model.privacy import mask_text, redact_bytes, redact_raw
 
 
-class Message(msgspec.Struct, frozen=True, gc=False):
-    """One consumed Kafka message, with where it came from (for dead letters). A msgspec struct: the consumer
-    builds one per record (pipeline.runtime.fastclient), and its constructor runs in C (0.15 against 0.39 µs for a
-    slotted dataclass: 1-2 % of a worker's CPU at `make bench`'s rate, issue #23); equal and hashable by fields
-    like the `record` dataclasses."""
+@record
+class Message:
+    """One consumed Kafka message, with where it came from (for dead letters)."""
 
     topic: str
     partition: int

@@ -79,9 +79,7 @@ class StageRun:
 
 def run_chain(inp: BenchInput, world: Any) -> tuple[StageRun, dict[str, float]]:
     """The worker's chain (Ingest, then CaseStage) over the input in worker-sized batches of one topic at a
-    time, timed per stage (CPU); returns what it produced and the median rates. The cases stage takes the located
-    items in the order the worker's cases stage applies them (pipeline.stages.order: by event time, ties by the
-    item's bytes), not in the order the topics are read, so the totals are the worker's."""
+    time, timed per stage (CPU); returns what it produced and the median rates."""
     from pipeline.model.cases import CorrelationPolicy
     from pipeline.model.records import ReadingColumns, SinkBatch
     from pipeline.stages.cases import CaseBook
@@ -90,7 +88,7 @@ def run_chain(inp: BenchInput, world: Any) -> tuple[StageRun, dict[str, float]]:
     from pipeline.stages.ingest import Ingest
     from pipeline.stages.registry import load_registry, load_types
     from pipeline.stages.sensors import SensorState
-    from pipeline.wire import Message, decode_located, located_time
+    from pipeline.wire import Message
 
     ingest = Ingest(decoder=default_decoder(), grid=world.index, gazetteer=world.gazetteer,
                     sensors=load_registry(inp.registry, load_types()))
@@ -116,19 +114,18 @@ def run_chain(inp: BenchInput, world: Any) -> tuple[StageRun, dict[str, float]]:
             source = SOURCE_OF[topic]
             res, kind = ingest.take(source, batch, states, columns), source.path
             rates[kind].append(len(batch) / max(time.process_time() - t, 1e-6))
+            t = time.process_time()
+            out = stage.apply(res.located, books)
+            if res.located:
+                rates["cases"].append(len(res.located) / max(time.process_time() - t, 1e-6))
             run.located += res.located
             run.sink_batches.append(SinkBatch(readings=res.readings, reading_columns=columns))
+            run.sink_batches.append(SinkBatch(cases=list(out.cases.values()), events=out.events,
+                                              transitions=out.transitions))
+            events.update(e.event_id for e in out.events)
+            cases.update(out.cases)
             minutes.update(zip(columns.sensor_id, columns.minute, strict=True))
-    ordered = sorted(run.located, key=lambda kv: (located_time(decode_located(kv[1])), kv[1]))
-    for batch in chunks(ordered, STAGE_BATCH):
-        t = time.process_time()
-        out = stage.apply(batch, books)
-        rates["cases"].append(len(batch) / max(time.process_time() - t, 1e-6))
-        run.sink_batches.append(SinkBatch(cases=list(out.cases.values()), events=out.events,
-                                          transitions=out.transitions))
-        events.update(e.event_id for e in out.events)
-        cases.update(out.cases)
-        assignments += len(out.assignments)
+            assignments += len(out.assignments)
     run.expected = {"events": len(events), "cases": len(cases), "reading_minutes": len(minutes),
                     "assignments": assignments, "located": len(run.located)}
     return run, {k: statistics.median(v) for k, v in rates.items() if v}

@@ -51,17 +51,13 @@ TIME_FIELDS = {            # logical topic -> the field with the event's time (C
 
 def time_reader(field: str) -> Callable[[bytes], float | None]:
     """`value -> event time (POSIX seconds)`, None for a message without a readable one (it will be a dead
-    letter, and goes with its neighbours). A time without a UTC offset is unreadable too: the stage refuses it
-    (pipeline.stages.decode), and read as the machine's local time it is hours off (a hotline ticket's
-    "2026-12-01 00:27:42", Shanghai time, read as UTC: 8 hours ahead); as its partition's progress mark it let the
-    cases stage's watermark pass the tickets behind it, which then came late, out of order (issue #18)."""
+    letter, and goes with its neighbours)."""
     def read(value: bytes) -> float | None:
         try:
             text = orjson.loads(value)[field]
-            at = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
         except Exception:
             return None
-        return None if at.utcoffset() is None else at.timestamp()
     return read
 
 

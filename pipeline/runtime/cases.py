@@ -11,9 +11,8 @@ are recognised by their stable ids (pipeline.stages.cases), so a replay changes 
 Order: each located partition's items wait in a `pipeline.stages.order.Reorder` until the ingest group's progress
 marks have passed their event time, and reach the books in event-time order (`CITYOPS_ORDER=off`: as they come).
 The items held and the marks seen are state too, in the same table (`~held/<offset>`: the item's key, a NUL and
-its bytes; `~marks`: the marks as pipeline.wire.encode_marks writes them; `~released`: the watermark released
-to), written at each checkpoint with the offsets past them: a restart holds what the crashed process held, and
-reads on from where it had read.
+its bytes; `~marks`: the marks as pipeline.wire.encode_marks writes them), written at each checkpoint with the
+offsets past them: a restart holds what the crashed process held, and reads on from where it had read.
 """
 
 from __future__ import annotations
@@ -54,7 +53,6 @@ log = logging.getLogger("cityops.cases")
 PARKED = "#parked"   # table key suffix: updates that arrived before their case, kept with the grid's cases
 HELD = "~held/"      # table key prefix: a located item waiting for the watermark (`~...`: never a case id)
 MARKS = "~marks"     # table key: the progress marks a located partition has seen
-RELEASED = "~released"   # table key: the watermark its last release went to (`Reorder.released_to`)
 
 
 def book_partition(key: str, partitions: int) -> int:
@@ -216,14 +214,7 @@ class CasesService(BatchService):
                     self._marks_dirty.add(tp.partition)
                 else:
                     item = decode_located(r.value)
-                    late = order.late
                     released = order.add(Held(located_time(item), r.value, r.key.decode(), item, r.offset))
-                    if late < order.late <= 3:      # the first few of each checkpoint: which, and why
-                        log.warning("%s: located[%d]@%d (%s) happened at %.0f, behind the watermark %.0f; marks: %s",
-                                    self.group, tp.partition, r.offset, getattr(item, "event_id", None)
-                                    or getattr(item, "update_id", None), located_time(item), order.released_to,
-                                    ", ".join(f"{t.rsplit('.', 1)[-1]}[{p}] {m:.0f}"
-                                              for (t, p), m in sorted(order.marks.items())))
                 items += [(h.key, h.item) for h in released]
         if not items:
             return
@@ -291,12 +282,6 @@ class CasesService(BatchService):
                 elif key == MARKS:
                     assert isinstance(value, bytes)
                     order.mark(decode_marks(value))
-            # The marks go back when an ingest process replays (its new owner resumes from the committed offset):
-            # the watermark then falls below what was released, and the items in between are late, applied at
-            # once. Rebuilt from the marks alone, the new owner held and sorted them instead (issue #18).
-            released = live.get(RELEASED)
-            if isinstance(released, bytes):
-                order.released_to = max(order.released_to, float(released))
 
     def _store_order(self) -> None:
         """Into the table: the items held now that were not yet, away the ones released since, the new marks."""
@@ -312,7 +297,6 @@ class CasesService(BatchService):
             if partition in self._marks_dirty:
                 marks = [(t, p, None if at == float("inf") else at) for (t, p), at in sorted(order.marks.items())]
                 self.cases_table.put(partition, MARKS, encode_marks(marks))
-                self.cases_table.put(partition, RELEASED, repr(order.released_to).encode())
         self._marks_dirty.clear()
 
     async def _checkpoint(self, wait: bool = True) -> None:

@@ -4,8 +4,9 @@ processed, and checkpoints that store rows, then state, then offsets.
 Each stage (pipeline.runtime.ingest, pipeline.runtime.cases) is a `BatchService`: a mode service (faust-streaming's
 service layer) around an aiokafka consumer and producer (Faust's Kafka client). It reads with `getmany`, thousands
 of messages a call, and hands each batch to the stage's `process`, which runs the pipeline.stages.ingest functions and
-queues its outputs: messages are produced when it returns, as record batches (fastclient.Outbox; their futures
-kept), ClickHouse rows wait in `pending`. Faust's per-message agents held one worker near 560 events/s (issue #9).
+queues its outputs: messages are produced at once (their futures kept), ClickHouse rows wait in `pending`.
+Faust's agents were the first design; their per-message stream machinery and a broker round trip per small batch
+held one worker near 560 events/s (issue #9), so the stages consume batches themselves.
 
 Checkpoint, every `commit_interval_s` (or sooner when many rows wait):
 
@@ -35,18 +36,19 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from mode import Service
 
 from pipeline.config import Settings
+from pipeline.model.records import SinkBatch
 from pipeline.runtime.align import Aligner
 from pipeline.runtime.changelog import ChangelogTable
 from pipeline.runtime.components import Components
-from pipeline.runtime.fastclient import LEAN, KeyPartitioner, Outbox, install_lean_records
+from pipeline.runtime.fastclient import LEAN, KeyPartitioner, install_lean_records
 from pipeline.runtime.instance import TRANSACTION_TIMEOUT_MS, InstanceSlot, evict_predecessor
-from pipeline.runtime.pending import Pending
 from pipeline.runtime.restore import restore_changelog
 
 log = logging.getLogger("cityops.worker")
@@ -55,6 +57,17 @@ EXIT_DEADLETTER_LIMIT = 3      # the worker's exit status when the dead-letter c
 EXIT_STAGE_FAILED = 4          # a batch failed (e.g. an output could not be delivered): exit, replay after restart
 CHANGELOG_BATCH_BYTES = 512 * 1024  # a checkpoint's state changes go out in record batches of up to this size
 # (the broker takes messages, that is batches, of up to 1 MiB by default)
+
+
+@dataclass
+class Pending:
+    """What was produced and computed since the last checkpoint."""
+
+    sends: list[asyncio.Future[Any]] = field(default_factory=list)
+    rows: SinkBatch = field(default_factory=SinkBatch)
+    offsets: dict[TopicPartition, int] = field(default_factory=dict)  # next offset to commit
+    since: float | None = None
+    messages: int = 0
 
 
 class BatchService(Service):
@@ -80,7 +93,6 @@ class BatchService(Service):
         self._on_fatal = on_fatal or fatal
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
-        self._outbox: Outbox | None = None
         self._in_flight: asyncio.Future[None] | None = None
         self.partition_counts: dict[str, int] = {}     # input topic of a table -> its partitions
         self.under_replicated: list[str] = []            # topics replicated less than configured, at start
@@ -119,10 +131,9 @@ class BatchService(Service):
         # idempotent: a batch is retried until the broker takes it, however long an outage lasts (a plain
         # producer gives up after its request timeout, 40 s, and fails the stage), and never written twice
         self._producer = AIOKafkaProducer(client_id=f"{self.group}-producer", acks="all", linger_ms=5,
-                                          enable_idempotence=True, partitioner=KeyPartitioner(), **opts,
-                                          max_batch_size=CHANGELOG_BATCH_BYTES, max_request_size=4 << 20)
+                                          enable_idempotence=True, partitioner=KeyPartitioner(),
+                                          max_request_size=4 * 1024 * 1024, **opts)
         await self._producer.start()
-        self._outbox = Outbox(self._producer)
         self._slot = InstanceSlot.take(self.settings.var_dir / "run", self.group)
         self._txn = AIOKafkaProducer(client_id=f"{self.group}-checkpoints", linger_ms=5,
                                      transactional_id=self._slot.transactional_id,
@@ -249,15 +260,13 @@ class BatchService(Service):
     async def tick(self, drained: bool = False) -> None:
         """After each fetch (under the lock): start a checkpoint when one is due, surface a finished one's error.
         `drained`: the fetch found nothing new (it waited its timeout), so the stage has caught up with its input.
-        What the batch sent goes to the producer first.
 
         While the previous checkpoint is still being stored, processing goes on and the next one simply starts
         later, unless `max_rows` rows or messages are waiting: then the stage waits for it (backpressure)."""
-        await self._flush_sends()
         if self._in_flight is not None:
             if self._in_flight.done():
                 await self._finish_checkpoint()     # surfaces its error, if it failed
-            elif len(self.pending.rows) < self.max_rows and self.pending.sent < self.max_rows:
+            elif len(self.pending.rows) < self.max_rows and len(self.pending.sends) < self.max_rows:
                 return
         if self._due(drained):
             await self._checkpoint(wait=False)
@@ -265,15 +274,9 @@ class BatchService(Service):
     # -- outputs -----------------------------------------------------------------------------------------------
 
     async def send(self, topic: str, value: bytes, key: bytes | None = None, partition: int | None = None) -> None:
-        """Produced by `tick`, per partition in the order sent (fastclient.Outbox; `partition`: that one, not the
-        key's); the checkpoint waits for it."""
-        assert self._outbox is not None
-        self._outbox.add(topic, value, key, partition)
-
-    async def _flush_sends(self) -> None:
-        if self._outbox is not None and len(self._outbox):
-            self.pending.sent += len(self._outbox)
-            self.pending.sends += await self._outbox.flush()
+        """Produce now; the checkpoint waits for the acknowledgement."""
+        assert self._producer is not None
+        self.pending.sends.append(await self._producer.send(topic, value=value, key=key, partition=partition))
 
     # -- checkpoints -------------------------------------------------------------------------------------------
 
@@ -283,7 +286,7 @@ class BatchService(Service):
         pending (the end of a burst reaches ClickHouse 0.4 s sooner), and an idle stage checkpoints at most
         once per fetch timeout."""
         p = self.pending
-        if len(p.rows) >= self.max_rows or p.sent >= self.max_rows:
+        if len(p.rows) >= self.max_rows or len(p.sends) >= self.max_rows:
             return True
         if p.since is None:
             return False
@@ -293,7 +296,6 @@ class BatchService(Service):
         """Start storing what is pending and, with `wait`, wait until it is stored and committed. Without `wait`
         processing goes on; the next checkpoint waits for this one first, so they complete in order."""
         await self._finish_checkpoint()
-        await self._flush_sends()
         p, self.pending = self.pending, Pending()
         changes = [(table.topic, change) for table in self.tables.values() for change in table.take_changes()]
         if not p.offsets and not p.sends and not changes:

@@ -1,13 +1,11 @@
-"""Speed-ups of the aiokafka client for the worker stages (pipeline.runtime.consumer): lean consumer records, a
-partitioner that keeps each key's hash, and an outbox that produces a batch's outputs as whole record batches."""
+"""Two speed-ups of the aiokafka client for the worker stages (pipeline.runtime.consumer): lean consumer records
+and a partitioner that keeps each key's hash."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from aiokafka import TopicPartition
-from aiokafka.errors import KafkaTimeoutError
 from aiokafka.partitioner import DefaultPartitioner, murmur2
 
 from pipeline.wire import Message
@@ -69,72 +67,3 @@ class KeyPartitioner:
                 self._hashes.clear()
             h = self._hashes[key] = murmur2(key) & 0x7FFFFFFF
         return all_partitions[h % len(all_partitions)]
-
-
-class Outbox:
-    """A stage's outputs of one batch, produced together: grouped by partition (the partitioner the producer was
-    given, on the topic's partitions as the producer's metadata lists them, so a key lands where `send` puts
-    it), each partition's records in the order they were added, as whole record batches (`create_batch`,
-    `send_batch`). One future per record batch; a failed record batch fails its future, as `send` fails each
-    record's.
-
-    `AIOKafkaProducer.send` per record cost a stage about 6 % of its CPU (issue #23's profile): the topic's
-    metadata looked up twice (each building a set of the topic's partitions), a future and a `TopicPartition`
-    per record, and each record's future set again when its batch is acknowledged."""
-
-    def __init__(self, producer: Any) -> None:
-        self.producer = producer
-        self.records: list[tuple[str, bytes | None, bytes, int | None]] = []
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def add(self, topic: str, value: bytes, key: bytes | None, partition: int | None = None) -> None:
-        """`partition` None: the key's, as the producer's partitioner picks it."""
-        self.records.append((topic, key, value, partition))
-
-    async def flush(self) -> list[asyncio.Future[Any]]:
-        """Hand everything added so far to the producer; the futures of its record batches."""
-        records, self.records = self.records, []
-        if not records:
-            return []
-        producer = self.producer
-        partition_of = producer._partitioner
-        cluster = producer.client.cluster
-        partitions: dict[str, tuple[list[int], list[int]]] = {}
-        by_partition: dict[tuple[str, int], list[tuple[bytes | None, bytes]]] = {}
-        for topic, key, value, partition in records:
-            known = partitions.get(topic)
-            if known is None:
-                await producer.client._wait_on_metadata(topic)     # as `send` does, once per topic and flush
-                known = partitions[topic] = (list(cluster.partitions_for_topic(topic)),
-                                             list(cluster.available_partitions_for_topic(topic)))
-            if partition is None:
-                partition = partition_of(key, *known)
-            by_partition.setdefault((topic, partition), []).append((key, value))
-        futures = []
-        for (topic, partition), batch_records in by_partition.items():
-            batch = producer.create_batch()
-            for key, value in batch_records:
-                if batch.append(key=key, value=value, timestamp=None) is None:
-                    # full: send it and start the next with this record (a batch takes its first record whatever
-                    # its size, as `send` does)
-                    futures.append(await _enqueue(producer, batch, topic, partition))
-                    batch = producer.create_batch()
-                    if batch.append(key=key, value=value, timestamp=None) is None:
-                        raise RuntimeError(f"{topic}[{partition}]: a new record batch refused a record")
-            batch.close()
-            futures.append(await _enqueue(producer, batch, topic, partition))
-        return futures
-
-
-async def _enqueue(producer: Any, batch: Any, topic: str, partition: int) -> asyncio.Future[Any]:
-    """`send_batch`, waiting as long as the partition's previous batch is not taken by the sender. aiokafka gives
-    up after its request timeout (40 s) with the batch not queued; `send` appends to a partition's open batch
-    instead and waited only when it was full, so a broker outage longer than that did not stop the stage: nor
-    does it here (the idempotent producer delivers what is queued when the broker is back)."""
-    while True:
-        try:
-            return await producer.send_batch(batch, topic, partition=partition)   # type: ignore[no-any-return]
-        except KafkaTimeoutError:
-            continue

@@ -46,7 +46,6 @@ class Reorder:
     marks: dict[Input, float] = field(default_factory=dict)   # INF: caught up
     held: list[Held] = field(default_factory=list)            # a heap
     released_to: float = -INF                 # the watermark of the last release
-    current: float = -INF                     # the watermark now (as of the last mark)
     late: int = 0                             # items that came behind it (released at once)
 
     def mark(self, marks: Iterable[tuple[str, int, float | None]]) -> list[Held]:
@@ -70,11 +69,6 @@ class Reorder:
         if held.at < self.released_to:
             self.late += 1
             return [held]
-        if self.current == INF:
-            # every input has caught up (live): the item is the newest known, and no mark may follow it (an ingest
-            # process sends one only when where it stands changes)
-            self.released_to = held.at
-            return [held]
         heapq.heappush(self.held, held)
         return []
 
@@ -82,17 +76,10 @@ class Reorder:
         """The held items before the watermark, in order. Items are released only here and by `add` (late ones),
         so the order depends on the order of the located partition's messages alone, not on how they were
         fetched."""
-        w = self.current = self.watermark()
+        w = self.watermark()
         out: list[Held] = []
         while self.held and self.held[0].at < w:
             out.append(heapq.heappop(self.held))
-        if w == INF:
-            # every input caught up: what is released is known, nothing beyond it (later items pass at once, `add`).
-            # A partition that falls behind again (a restarted ingest process resuming a backlog) is marked again,
-            # and its items after the last one released are ordered as before; released_to = inf would take every
-            # later item for a late one
-            if out and out[-1].at > self.released_to:
-                self.released_to = out[-1].at
-        elif w > self.released_to:
+        if w > self.released_to:
             self.released_to = w
         return out

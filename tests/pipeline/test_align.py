@@ -219,23 +219,6 @@ def test_a_time_the_stage_would_refuse_holds_nothing_back() -> None:
     assert a.last[UPD] == T0.timestamp() + 30      # where the partition stands: its last plausible time
 
 
-def test_a_time_without_an_offset_is_unreadable_and_marks_nothing() -> None:
-    """A hotline ticket whose time has no UTC offset is a dead letter to be (pipeline.stages.decode). Read as the
-    machine's local time it was hours off, and where its partition stands (`front`, the progress mark the cases
-    stage orders by) jumped past the tickets after it: they came behind the watermark and were applied out of
-    order, moving a round's dispatch time (issue #18: the cluster day test's SLA report, in some runs)."""
-    read = time_reader("at")
-    naive = orjson.dumps({"at": (T0 + timedelta(days=2)).strftime("%Y-%m-%d %H:%M:%S"), "n": 1})
-    assert read(naive) is None
-    assert read(orjson.dumps({"at": (T0 + timedelta(days=2)).strftime("%Y-%m-%dT%H:%M:%S+08:00")})) is not None
-    a = aligner()
-    backlog = {IOT: [msg(IOT, i, i) for i in range(10)], UPD: [msg(UPD, 0, 0), Message("upd", 0, 1, naive)]}
-    a.add(backlog)
-    a.release(lambda tp: len(backlog[tp]) + (tp == UPD))       # one more ticket of UPD at the broker
-    nxt = msg(UPD, 2, 1)                                          # the next ticket, a minute after the first
-    assert a.front(UPD, lambda tp: 3) <= minutes_of(nxt) * 60 + T0.timestamp()
-
-
 def test_a_partition_with_a_known_backlog_is_waited_for_however_slow_its_fetches_are(
         caplog: pytest.LogCaptureFixture) -> None:
     """The failure CI met: the first fetches after the assignment were slow (over 2 s), the readings' partitions

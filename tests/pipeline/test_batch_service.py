@@ -102,7 +102,7 @@ def test_a_checkpoint_is_due_at_once_when_the_input_is_drained() -> None:
     svc.pending.since = time.monotonic() - 61.0
     assert svc._due()
     svc.pending = type(svc.pending)()
-    svc.pending.sent = 10                                          # backpressure, even with no time passed
+    svc.pending.sends.extend([None] * 10)                          # backpressure, even with no time passed
     assert svc._due()
 
 

@@ -44,27 +44,6 @@ def names(released: list[Held]) -> list[str]:
     return [h.item.update_id for h in released]
 
 
-def test_after_every_input_caught_up_a_backlog_is_ordered_again() -> None:
-    """Live, every input partition is caught up and each item passes at once (its process sends no mark while it
-    stays caught up). When one falls behind again (its ingest process restarted on a backlog), the items after the
-    last one released wait for the marks again, in event-time order, instead of passing as late ones in the order
-    they came."""
-    order = Reorder(frozenset({(HOT, 0), (HOT, 1)}))
-    order.add(held(item(0, 10), 0))
-    assert names(order.mark([(HOT, 0, None), (HOT, 1, None)])) == ["u0"]
-    # live: a new item passes at once (its process sends no mark while it stays caught up)
-    assert names(order.add(held(item(9, 11), 9))) == ["u9"]
-    # hotline 1's process restarted on a backlog from minute 12 (its first round's repeats passed as late ones);
-    # hotline 0's is live
-    assert order.mark([(HOT, 1, at(12))]) == []
-    assert order.add(held(item(1, 40), 1)) == []
-    order.add(held(item(2, 20), 2))
-    assert names(order.mark([(HOT, 1, at(21))])) == ["u2"], "minute 40 waits for hotline 1 to pass it"
-    order.add(held(item(3, 30), 3))
-    assert names(order.mark([(HOT, 1, None)])) == ["u3", "u1"]
-    assert order.late == 0
-
-
 def test_two_processes_one_ahead_are_released_in_event_time_order() -> None:
     order = Reorder(frozenset({(HOT, 0), (HOT, 1)}))
     # process A owns hotline 0 and runs an hour ahead; B owns hotline 1
@@ -146,7 +125,7 @@ def test_a_restart_holds_what_was_held_and_applies_nothing_twice() -> None:
     assert rec1.applied == ["u2"]
     crashed._store_order()       # what its checkpoint writes with the offsets past `first`
     changes = crashed.cases_table.take_changes()
-    assert {k for _, k, v in changes if v is not None} == {b"~held/0", b"~held/1", b"~marks", b"~released"}
+    assert {k for _, k, v in changes if v is not None} == {b"~held/0", b"~held/1", b"~marks"}
 
     restarted, rec2 = service(settings)
     restarted.cases_table.load(0, [(k, v) for _, k, v in changes])
@@ -157,37 +136,6 @@ def test_a_restart_holds_what_was_held_and_applies_nothing_twice() -> None:
     restarted._store_order()
     gone = {k for _, k, v in restarted.cases_table.take_changes() if v is None}
     assert gone == {b"~held/0", b"~held/1"}, "released items leave the table"
-
-
-def test_a_restart_after_the_marks_went_back_applies_the_late_items_as_the_first_owner_did() -> None:
-    """An ingest replay's marks go back (the partition's new owner resumes from the committed offset): the watermark
-    falls below what was released, and items in between are late, applied at once as they come. A cases worker
-    that takes the located partition over at that point must do the same: rebuilt from the marks alone it held
-    them and applied them sorted, another order than the process that was not interrupted (issue #18)."""
-    settings = replace(Settings.from_env(), app_id="cityops-order-test")
-    located = TopicPartition(settings.topics.located, 0)
-
-    def msg(offset: int, value: bytes, key: bytes = b"310109009") -> Message:
-        return Message(located.topic, 0, offset, value, key)
-
-    def marks(offset: int, topic: str, partition: int, minutes: float | None) -> Message:
-        return msg(offset, encode_marks([(topic, partition, None if minutes is None else at(minutes))]), MARKS_KEY)
-
-    first = [msg(0, item(0, 10)), marks(1, HOT, 0, 60), marks(2, HOT, 1, 60), marks(3, HOT, 1, 30)]
-    rest = [msg(4, item(1, 50)), msg(5, item(2, 45)), marks(6, HOT, 1, None), marks(7, HOT, 0, None)]
-
-    whole, rec = service(settings)
-    asyncio.run(whole.process({located: first + rest}))
-    assert rec.applied == ["u0", "u1", "u2"]        # behind the watermark released (60): at once, as they came
-
-    crashed, rec1 = service(settings)
-    asyncio.run(crashed.process({located: first}))
-    crashed._store_order()
-    restarted, rec2 = service(settings)
-    restarted.cases_table.load(0, [(k, v) for _, k, v in crashed.cases_table.take_changes()])
-    restarted.partitions_restored({located})
-    asyncio.run(restarted.process({located: rest}))
-    assert rec1.applied + rec2.applied == rec.applied
 
 
 def test_off_the_items_go_as_they_come_and_marks_are_no_items() -> None:
