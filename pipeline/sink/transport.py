@@ -30,6 +30,10 @@ from pipeline.sink.native import (  # noqa: E402
     encode_block,
 )
 
+# clickhouse-driver logs a refused connection as a WARNING with its whole traceback; the sink says it once in its
+# own words when it moves to another node (a node killed on a cluster filled the worker's log with tracebacks)
+logging.getLogger("clickhouse_driver.connection").setLevel(logging.ERROR)
+
 
 def quiet_driver_logs() -> None:
     """For command-line tools: the driver logs each failed connect with a traceback; our errors say it."""
